@@ -1,0 +1,3 @@
+from elite_cli.cli import main
+
+main()
