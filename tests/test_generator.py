@@ -237,3 +237,30 @@ def test_bad_generation_arguments(loaded_models, concepts, kwargs, message):
     with pytest.raises(InputError) as error:
         Generator(loaded_models).generate(prompt, concepts, **arguments)
     assert message in str(error.value)
+
+
+def test_low_vram_mode_gives_the_same_image(tiny_spec, loaded_models, concepts):
+    import dataclasses
+
+    from elite_cli.models import load_models
+
+    offloaded = load_models(dataclasses.replace(tiny_spec, low_vram=True))
+    assert offloaded is not loaded_models
+    a = Generator(loaded_models).generate("<cat> on the beach", concepts, seed=2, **SIZE)[0]
+    b = Generator(offloaded).generate("<cat> on the beach", concepts, seed=2, **SIZE)[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert next(offloaded.unet.parameters()).device.type == "cpu"  # back in CPU memory after use
+
+
+@torch.no_grad()
+def test_unet_with_elite_processors_compiles_without_graph_breaks(loaded_models, concepts):
+    """fullgraph=True raises on any graph break; the eager backend keeps this fast on CPU."""
+    generator = Generator(loaded_models)
+    tokenized = generator.tokenize([Job("<cat> next to <mug>", 1)], concepts)
+    injection = generator.local_injection(tokenized, concepts, first_row=1, llambda=0.8)
+    torch.manual_seed(0)
+    latents, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, loaded_models.text_width)
+    compiled = torch.compile(loaded_models.unet, backend="eager", fullgraph=True)
+    kwargs = dict(encoder_hidden_states=context, cross_attention_kwargs={"elite": injection})
+    out = compiled(latents, 10, **kwargs).sample
+    assert torch.allclose(out, loaded_models.unet(latents, 10, **kwargs).sample, atol=1e-5)
