@@ -123,11 +123,29 @@ def concept_metadata(concept: Concept, tensors: dict[str, "torch.Tensor"], *, na
     return metadata
 
 
-def serialize(tensors: dict[str, "torch.Tensor"], metadata: dict[str, str]) -> bytes:
-    """safetensors bytes with metadata keys sorted, so equal content always gives equal bytes."""
-    from safetensors.torch import save
+_DTYPE_CODES = {"float16": "F16", "float32": "F32", "uint8": "U8"}
 
-    return save(tensors, metadata=dict(sorted(metadata.items())))
+
+def serialize(tensors: dict[str, "torch.Tensor"], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes, deterministic: equal content always gives equal bytes.
+
+    Written here rather than by safetensors.torch.save, whose metadata order varies between
+    calls (a hash map), because bundles must round-trip byte for byte. Layout per the
+    safetensors spec: u64 header length, JSON header (metadata keys and tensors sorted,
+    space-padded to 8 bytes), then each tensor's little-endian bytes in header order.
+    """
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        blob = tensor.view(-1).view(_uint8_dtype()).numpy().tobytes() if tensor.numel() else b""
+        header[name] = {"dtype": _DTYPE_CODES[str(tensor.dtype).removeprefix("torch.")],
+                        "shape": list(tensor.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded + b"".join(blobs)
 
 
 # --- reading -------------------------------------------------------------------------------------
