@@ -402,8 +402,8 @@ class ConceptStore:
         self.db.execute("DELETE FROM concept_tags WHERE concept_id = ?", [record.id])
         self.db.conn.executemany("INSERT INTO concept_tags (tag, concept_id) VALUES (?, ?)",
                                  [(tag, record.id) for tag in json.loads(metadata["tags"])])
-        cf.atomic_write(record.file_path, data)
         self._undo_bytes = (record.file_path, old_bytes)
+        cf.atomic_write(record.file_path, data)
 
     @contextmanager
     def _editing(self) -> Iterator[None]:
