@@ -319,3 +319,13 @@ def test_listing_does_not_import_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "home")], capture_output=True, text=True,
                             cwd=str(SAMPLES.parent.parent), check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_generation_refuses_concepts_from_other_mappers(store, tmp_path):
+    add(store, tmp_path, 1, name="cat")
+    concepts = store.for_generation(["Cat"], GLOBAL_FP, LOCAL_FP)
+    assert list(concepts) == ["Cat"] and concepts["Cat"].name == "cat"
+    other = "sha256:" + "e" * 64
+    with pytest.raises(LibraryError, match=r"concept 'cat' was encoded with other local mapper weights.*re-encode"):
+        store.for_generation(["cat"], GLOBAL_FP, other)
+    assert store.for_generation(["cat"], other, other, allow_mapper_mismatch=True)["cat"].words.shape == (5, 32)

@@ -497,6 +497,25 @@ class ConceptStore:
 
     # --- mapper provenance -----------------------------------------------------------------------
 
+    def for_generation(self, names: list[str], global_fingerprint: str, local_fingerprint: str,
+                       allow_mapper_mismatch: bool = False) -> dict[str, "Concept"]:
+        """Load the concepts a prompt names, refusing any encoded by other mapper weights.
+
+        Mixing a concept with mappers it was not made by gives wrong images without any error,
+        so this raises LibraryError (naming the fix: re-encode) unless allow_mapper_mismatch.
+        Returns {name as written in the prompt: Concept}.
+        """
+        concepts = {}
+        for name in names:
+            record = self.get(name)
+            problem = mapper_mismatch(record, global_fingerprint, local_fingerprint)
+            if problem and not allow_mapper_mismatch:
+                raise LibraryError(problem)
+            concept = cf.load_path(record.file_path).to_concept()
+            concept.name = record.name
+            concepts[name] = concept
+        return concepts
+
     def stale(self, global_fingerprint: str, local_fingerprint: str) -> list[StoredConcept]:
         """Concepts encoded by other mapper weights than the given ones (candidates for reencode)."""
         rows = self._find("NOT (m.global_mapper = ? AND m.local_mapper = ?) ORDER BY c.name",
@@ -582,6 +601,16 @@ class ConceptStore:
         from elite_cli.library.sharing import import_bundle
 
         return import_bundle(self, Path(path), name, replace)
+
+
+def mapper_mismatch(record: StoredConcept, global_fingerprint: str, local_fingerprint: str) -> str | None:
+    """A one-sentence explanation when `record` was encoded by other mapper weights, else None."""
+    if record.mapper_matches(global_fingerprint, local_fingerprint):
+        return None
+    which = [label for label, stored, current in (("global", record.global_mapper, global_fingerprint),
+                                                  ("local", record.local_mapper, local_fingerprint)) if stored != current]
+    return (f"concept '{record.name}' was encoded with other {' and '.join(which)} mapper weights than the configured "
+            f"ones; re-encode it (`elite reencode {record.name}`) or explicitly allow the mismatch.")
 
 
 @contextmanager
