@@ -128,11 +128,10 @@ class ConceptStore:
         tags: dict[str, list[str]] = {concept_id: [] for concept_id in ids}
         if ids:
             marks = ",".join("?" * len(ids))
-            rows = self.db.execute(f"SELECT concept_id, tag FROM concept_tags WHERE concept_id IN ({marks}) "
-                                   "ORDER BY tag COLLATE NOCASE", ids)
+            rows = self.db.execute(f"SELECT concept_id, tag FROM concept_tags WHERE concept_id IN ({marks})", ids)
             for concept_id, tag in rows:
                 tags[concept_id].append(tag)
-        return {concept_id: tuple(values) for concept_id, values in tags.items()}
+        return {concept_id: tuple(sorted(values, key=str.lower)) for concept_id, values in tags.items()}
 
     def _records(self, rows: list) -> list[StoredConcept]:
         tags = self._tags_of([row[0] for row in rows])
