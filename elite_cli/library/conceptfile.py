@@ -161,18 +161,24 @@ def serialize(tensors: dict[str, "torch.Tensor"], metadata: dict[str, str]) -> b
 
 def read_header(data: bytes, label: str) -> dict:
     """Parse and sanity-check a safetensors header from the first bytes of a file."""
-    if data[:2] == b"PK" or data[:1] == b"\x80":
-        raise FormatError(f"'{label}' is a PyTorch pickle checkpoint; {_PICKLE_HINT}.")
-    if len(data) < 8:
-        raise FormatError(f"'{label}' is too short to be a safetensors file; {_PICKLE_HINT}.")
-    size = int.from_bytes(data[:8], "little")
-    if size > MAX_HEADER_BYTES:
-        raise FormatError(f"'{label}' has a {size}-byte header, over the {MAX_HEADER_BYTES}-byte limit for concept files.")
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else None
+    header = None
+    if size is not None and size <= MAX_HEADER_BYTES:
+        try:
+            header = json.loads(data[8 : 8 + size].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+    if header is None:
+        # Only now look for pickle signatures: a valid header length may start with 0x80 too.
+        if data[:2] == b"PK" or data[:1] == b"\x80":
+            raise FormatError(f"'{label}' is a PyTorch pickle checkpoint; {_PICKLE_HINT}.")
+        if size is None:
+            raise FormatError(f"'{label}' is too short to be a safetensors file; {_PICKLE_HINT}.")
+        if size > MAX_HEADER_BYTES:
+            raise FormatError(f"'{label}' has a {size}-byte header, over the {MAX_HEADER_BYTES}-byte limit for "
+                              "concept files.")
+        raise FormatError(f"'{label}' is not a safetensors file; {_PICKLE_HINT}.")
     raw = data[8 : 8 + size]
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FormatError(f"'{label}' is not a safetensors file; {_PICKLE_HINT}.") from None
     if len(raw) < size or not isinstance(header, dict):
         raise FormatError(f"'{label}' has a truncated or malformed safetensors header; re-export it with elite.")
     metadata = header.get("__metadata__", {})
