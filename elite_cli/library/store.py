@@ -68,6 +68,8 @@ class ConceptStore:
                                "set ELITE_HOME to a writable folder.") from None
         self.db_path = self.home / DB_NAME
         self.db = self._open_database()
+        # (path, bytes) to write back if the open edit transaction fails after a file rewrite.
+        self._undo_bytes: tuple[Path, bytes] | None = None
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -337,7 +339,7 @@ class ConceptStore:
         metadata = cf.concept_metadata(concept, tensors, name=name, created=cf.utc_now(), tags=tags)
         metadata.update({key: provenance[key] for key in cf.PROVENANCE_KEYS if key in provenance})
         data = cf.serialize(tensors, metadata)
-        cf.load_bytes(data, f"concept '{name}'")  # the same checks an import gets: shapes, finite values
+        cf.load_bytes(data, name)  # the same checks an import gets: shapes, finite values
         thumbnail = thumbnail_png(image_path)
         sources = [("image", image_path, image_path.suffix.lower())]
         if mask_path is not None:
