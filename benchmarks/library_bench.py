@@ -30,7 +30,6 @@ import numpy  # noqa: E402,F401  (imported before forking so children skip the i
 import torch  # noqa: E402,F401
 
 from elite_cli.library import ConceptStore  # noqa: E402
-from elite_cli.library import conceptfile as cf  # noqa: E402
 from library_support import child, make_picture, random_concept  # noqa: E402
 
 WORDS = ["cat", "dog", "mug", "lamp", "car", "hat", "shoe", "tree", "rock", "bird", "vase", "toy", "bike", "cup"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol
@@ -26,9 +25,10 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 from elite_cli.errors import ConceptNotFound, InputError, LibraryError, NameClash
 from elite_cli.library import conceptfile as cf
 from elite_cli.library.migrations import library_migrations
+from elite_cli.library.history import GenerationHistory
 from elite_cli.library.names import closest_names, name_from_stem, validate_name, validate_tag
 from elite_cli.library.thumbnails import thumbnail_png
-from elite_cli.library.records import CheckReport, ExportResult, HistoryEntry, Problem, RepairReport, StoredConcept
+from elite_cli.library.records import CheckReport, ExportResult, RepairReport, StoredConcept
 from elite_cli.paths import default_home
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class ConceptEncoder(Protocol):
     def encode(self, image, mask=None) -> "Concept": ...
 
 
-class ConceptStore:
+class ConceptStore(GenerationHistory):
     """The concept library in `home` (default: `default_home()`), created and migrated on open.
 
     Safe to use from several processes at once. Not thread-safe: use one store per thread.
@@ -522,50 +522,6 @@ class ConceptStore:
         rows = self._find("NOT (m.global_mapper = ? AND m.local_mapper = ?) ORDER BY c.name",
                           [global_fingerprint, local_fingerprint])
         return self._records(rows)
-
-    # --- history ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def new_run_id() -> str:
-        return uuid.uuid4().hex
-
-    def record_generation(self, *, run_id: str, prompt: str, negative_prompt: str, seed: int, image_index: int,
-                          parameters: dict, concept_ids: dict[str, str], output_path: Path | str | None,
-                          duration_s: float | None) -> int:
-        """Record one generated image; returns the history row id.
-
-        parameters: every other setting (steps, guidance_scale, llambda, width, height,
-        scheduler, models...) as JSON-serialisable values. concept_ids: {prompt name: id}.
-        """
-        try:
-            parameters_json = json.dumps(parameters, sort_keys=True)
-        except TypeError as error:
-            raise InputError(f"generation parameters must be JSON values ({error}).") from None
-        with self._write():
-            cursor = self.db.execute(
-                "INSERT INTO generations (run_id, created, prompt, negative_prompt, seed, image_index, parameters,"
-                " concept_ids, output_path, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, cf.utc_now(), prompt, negative_prompt, int(seed), int(image_index), parameters_json,
-                 json.dumps(concept_ids, sort_keys=True), None if output_path is None else str(output_path),
-                 duration_s])
-            return cursor.lastrowid
-
-    def list_history(self, limit: int | None = 20, offset: int = 0, contains: str | None = None) -> list[HistoryEntry]:
-        """Past generated images, newest first; `contains` filters prompts by a substring."""
-        where, params = ("prompt LIKE ?", [f"%{contains}%"]) if contains else ("1", [])
-        rows = self.db.query(f"SELECT * FROM generations WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
-                             [*params, -1 if limit is None else limit, offset])
-        return [HistoryEntry.from_row(row) for row in rows]
-
-    def get_run(self, run_id: str) -> list[HistoryEntry]:
-        """Every image of one run (by run id or a unique prefix of it), in index order."""
-        rows = list(self.db.query("SELECT * FROM generations WHERE run_id >= ? AND run_id < ? "
-                                  "ORDER BY run_id, image_index", [run_id, run_id + "\uffff"]))
-        if len({row["run_id"] for row in rows}) > 1:
-            raise LibraryError(f"run id prefix '{run_id}' matches several runs; give more characters.")
-        if not rows:
-            raise LibraryError(f"no generation run '{run_id}' in the history; list runs with `elite history`.")
-        return [HistoryEntry.from_row(row) for row in rows]
 
     # --- check and repair ------------------------------------------------------------------------
 
