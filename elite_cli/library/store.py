@@ -216,8 +216,7 @@ class ConceptStore(GenerationHistory):
                 clauses.append("c.id IN (SELECT concept_id FROM concept_tags WHERE tag = ?)")
             params.append(tag)
         if pattern:
-            escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            like = escaped.replace("*", "%").replace("?", "_")
+            like = _like_escape(pattern).replace("*", "%").replace("?", "_")
             if "*" not in pattern and "?" not in pattern:
                 like = f"%{like}%"
             clauses.append("c.name LIKE ? ESCAPE '\\'")
@@ -236,7 +235,7 @@ class ConceptStore(GenerationHistory):
         if self.count() > 5000:
             candidates = [row[0] for row in self.db.execute(
                 "SELECT name FROM concepts WHERE name LIKE ? ESCAPE '\\' LIMIT 20000",
-                [name[0].replace("_", "\\_") + "%"])]
+                [_like_escape(name[0]) + "%"])]
         else:
             candidates = self.names()
         return closest_names(name, candidates, limit)
@@ -558,6 +557,11 @@ class ConceptStore(GenerationHistory):
         from elite_cli.library.sharing import import_bundle
 
         return import_bundle(self, Path(path), name, replace)
+
+
+def _like_escape(text: str) -> str:
+    """Make LIKE's wildcards literal (used with ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def mapper_mismatch(record: StoredConcept, global_fingerprint: str, local_fingerprint: str) -> str | None:
