@@ -122,3 +122,12 @@ def test_missing_source_and_thumbnail(store):
     assert kinds(store.check()) == ["missing-source", "missing-thumbnail"]
     assert_repaired(store)
     assert store.get("owl").image_path is None and owl.thumbnail_path.exists()
+
+
+def test_sources_without_a_plain_extension_are_still_recognised(tmp_path):
+    store = ConceptStore(tmp_path / "home")
+    picture = make_picture(tmp_path / "photo.png", 1)
+    odd = tmp_path / "photo"  # no extension at all
+    odd.write_bytes(picture.read_bytes())
+    record = store.add(random_concept(1), image_path=odd)
+    assert record.image_path.name.endswith(".image.img") and store.check().ok

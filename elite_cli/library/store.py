@@ -340,9 +340,9 @@ class ConceptStore(GenerationHistory):
         data = cf.serialize(tensors, metadata)
         cf.load_bytes(data, name)  # the same checks an import gets: shapes, finite values
         thumbnail = thumbnail_png(image_path)
-        sources = [("image", image_path, image_path.suffix.lower())]
+        sources = [("image", image_path, _source_suffix(image_path))]
         if mask_path is not None:
-            sources.append(("mask", mask_path, mask_path.suffix.lower()))
+            sources.append(("mask", mask_path, _source_suffix(mask_path)))
         if not keep_sources:
             sources = []
         return self._store(data, metadata, thumbnail, sources, replace)
@@ -557,6 +557,13 @@ class ConceptStore(GenerationHistory):
         from elite_cli.library.sharing import import_bundle
 
         return import_bundle(self, Path(path), name, replace)
+
+
+def _source_suffix(path: Path) -> str:
+    """The suffix a kept source gets: the original one lower-cased if it is a plain short
+    extension (check recognises `<hex>.image.<ext>`), else `.img`."""
+    suffix = path.suffix.lower()
+    return suffix if 1 < len(suffix) <= 9 and suffix[1:].isascii() and suffix[1:].isalnum() else ".img"
 
 
 def _like_escape(text: str) -> str:
