@@ -89,9 +89,24 @@ class ConceptStore(GenerationHistory):
                 with _immediate(db):
                     library_migrations.apply(db)
         except sqlite3.DatabaseError as error:
-            raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); move it aside and "
-                               "run `elite check --repair` to rebuild it from the concept files.") from None
+            raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); rebuild it from the "
+                               "concept files (ConceptStore.rebuild_index, `elite check --repair`).") from None
         return db
+
+    @classmethod
+    def rebuild_index(cls, home: Path | str | None = None) -> tuple["ConceptStore", RepairReport]:
+        """Recover from an unreadable library.db: move it aside, start a fresh index, and
+        index every concept file (names and tags come from the files). The generation
+        history lived only in the old index; it stays in `library.db.broken-<time>`.
+        """
+        home = Path(home).expanduser() if home is not None else default_home()
+        stamp = cf.utc_now().replace(":", "").replace(".", "")
+        for suffix in ("", "-wal", "-shm"):
+            old = home / f"{DB_NAME}{suffix}"
+            if old.exists():
+                os.replace(old, home / f"{DB_NAME}.broken-{stamp}{suffix}")
+        store = cls(home)
+        return store, store.repair()
 
     def close(self) -> None:
         self.db.close()
