@@ -1,0 +1,110 @@
+"""Which concepts `elite eval` measures: library concepts by name, or pictures encoded on the fly.
+
+A library concept brings its tensors (`ConceptStore.load`) and the source picture the store
+keeps beside it (`ConceptStore.get(...)` record). A picture file given instead of a name is
+encoded with the loaded models (no mask), named after its file stem, and never added to the
+library: researchers can evaluate a folder of benchmark subjects without importing it.
+
+The class word (CLIP-T text and DreamBench's live/object choice) comes from, in order:
+`--class-word NAME=word`, the library record's `class_word` (a tag `class_word=WORD` or
+`class:WORD` also counts), then DreamBench's own class list when the concept is named like a
+DreamBench subject (`dog2` -> dog); otherwise it is unknown.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from elite_cli.errors import InputError, LibraryError
+from elite_cli.evaluation.dreambench import SUBJECT_CLASSES
+from elite_cli.evaluation.runner import Subject
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CLASS_TAG = re.compile(r"^(?:class_word|class)[=:](.+)$", re.IGNORECASE)
+# Where a library record may keep the path of its source picture, newest spelling first.
+SOURCE_FIELDS = ("source_image", "image_path", "source_path", "image")
+
+
+def parse_class_words(values: Iterable[str]) -> dict[str, str]:
+    """`["mycat=cat", "toy=stuffed animal"]` -> {"mycat": "cat", "toy": "stuffed animal"}."""
+    words: dict[str, str] = {}
+    for value in values:
+        name, separator, word = value.partition("=")
+        if not separator or not name.strip() or not word.strip():
+            raise InputError(f"--class-word {value!r} is not NAME=WORD; write e.g. --class-word mycat=cat.")
+        words[name.strip()] = " ".join(word.split())
+    return words
+
+
+def is_picture_path(name: str) -> bool:
+    return name.lower().endswith(PICTURE_SUFFIXES) and Path(name).expanduser().is_file()
+
+
+def picture_name(path: Path) -> str:
+    """A valid concept name from a file stem (letters, digits, '-' and '_')."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem).strip("_")[:64]
+    return name or "picture"
+
+
+def _field(record: Any, key: str) -> Any:
+    if isinstance(record, Mapping):
+        return record.get(key)
+    return getattr(record, key, None)
+
+
+def record_source_image(record: Any, home: Path | None = None) -> Path | None:
+    for key in SOURCE_FIELDS:
+        value = _field(record, key)
+        if value:
+            path = Path(value)
+            return path if path.is_absolute() or home is None else home / path
+    return None
+
+
+def record_class_word(record: Any) -> str | None:
+    for container in (record, _field(record, "metadata") or {}):
+        value = _field(container, "class_word")
+        if value:
+            return str(value)
+    tags = _field(record, "tags") or []
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    for tag in tags:
+        match = CLASS_TAG.match(str(tag).strip())
+        if match:
+            return match.group(1).strip()
+    return None
+
+
+def class_word_for(name: str, flags: Mapping[str, str], record: Any = None) -> str | None:
+    if name in flags:
+        return flags[name]
+    stored = record_class_word(record) if record is not None else None
+    return stored or SUBJECT_CLASSES.get(name)
+
+
+def library_subject(store: Any, name: str, class_words: Mapping[str, str], home: Path | None = None) -> Subject:
+    record = store.get(name)
+    source = record_source_image(record, home)
+    canonical = str(_field(record, "name") or name)
+    if source is None or not Path(source).is_file():
+        raise LibraryError(f"the source picture of <{canonical}> is missing from the library; run `elite check --repair` or re-add it.")
+    concept = store.load(name)
+    word = class_word_for(canonical, class_words, record) if name not in class_words else class_words[name]
+    return Subject(canonical, concept, Path(source), word)
+
+
+def picture_subject(path: Path, encoder: Any, class_words: Mapping[str, str]) -> Subject:
+    name = picture_name(path)
+    word = class_words.get(str(path), class_words.get(name)) or SUBJECT_CLASSES.get(name)
+    return Subject(name, encoder.encode(path), path, word)
+
+
+def check_unique(subjects: list[Subject]) -> None:
+    seen: set[str] = set()
+    for subject in subjects:
+        if subject.name in seen:
+            raise InputError(f"<{subject.name}> is named twice; evaluate each concept once (rename one picture).")
+        seen.add(subject.name)
