@@ -45,6 +45,9 @@ def eval_command(
     width: Annotated[int, typer.Option(help="Image width, a multiple of 8.")] = 512,
     height: Annotated[int, typer.Option(help="Image height, a multiple of 8.")] = 512,
     scheduler: Annotated[str, typer.Option(help="Sampler: lms, ddim, pndm, euler or dpm++.")] = "lms",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images denoised together; lower it if the GPU runs out of memory.")
+    ] = 4,
     class_word: Annotated[
         Optional[list[str]],
         typer.Option("--class-word", help="NAME=WORD, e.g. mycat=cat (repeatable); else the library's class_word.", show_default=False),
@@ -104,7 +107,7 @@ def eval_command(
     settings = EvalSettings(
         prompts=read_prompt_templates(prompts_file) if prompts_file is not None else None,
         num_images=number, seed=seed, steps=steps, guidance_scale=guidance, llambda=llambda,
-        width=width, height=height, scheduler=scheduler, negative_prompt=negative,
+        width=width, height=height, scheduler=scheduler, negative_prompt=negative, batch_size=batch_size,
     )
     settings.check()
     class_words = parse_class_words(class_word or [])
@@ -198,7 +201,7 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
 
 
 def progress_bar(console):
-    """A progress callback drawing a rich bar on stderr (prompts done / all prompts)."""
+    """A progress callback drawing a rich bar on stderr (images done / all images)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -243,12 +246,13 @@ def print_report(report: "EvalReport") -> None:
     from elite_cli.evaluation.runner import METRIC_LABELS, METRICS
 
     data = report.to_dict()
-    table = Table(show_edge=False, header_style="bold", title="mean ± std (sample), n = images")
+    table = Table(show_edge=False, header_style="bold", title="mean ± std (sample), n = images",
+                  caption="CLIP-T scores each prompt with the concept replaced by its class word (removed where the class word is -).")
     for column in ["concept", "class word", "n", *(METRIC_LABELS[metric] for metric in METRICS)]:
         table.add_column(column, overflow="fold")
     for name, concept in data["concepts"].items():
         # Cells are Text, never markup: names and class words may hold '['.
-        table.add_row(Text(name), Text(concept["class_word"] or "(none: removed)"), str(concept["clip_t"]["count"]),
+        table.add_row(Text(name), Text(concept["class_word"] or "-"), str(concept["clip_t"]["count"]),
                       *(format_score(concept[metric]) for metric in METRICS))
     table.add_section()
     overall = data["overall"]
@@ -266,19 +270,15 @@ def print_comparison(comparison: "Comparison") -> None:
 
     console = Console(highlight=False, file=sys.stdout)
     console.print(Text(f"A = {comparison.first}\nB = {comparison.second}"))
-    table = Table(show_edge=False, header_style="bold")
+    table = Table(show_edge=False, header_style="bold", title="A → B (B minus A)")
     table.add_column("concept", overflow="fold")
     for metric in METRICS:
-        label = METRIC_LABELS[metric]
-        table.add_column(f"{label} A", justify="right")
-        table.add_column(f"{label} B", justify="right")
-        table.add_column("Δ", justify="right")
+        table.add_column(METRIC_LABELS[metric], justify="right")
+
     def cells(metrics) -> list[str]:
-        values = []
-        for metric in METRICS:
-            value = metrics[metric]
-            values += [format_value(value.first), format_value(value.second), format_delta(value.delta)]
-        return values
+        # One cell per metric keeps the table readable in 80 columns.
+        return [f"{format_value(metrics[metric].first)} → {format_value(metrics[metric].second)} "
+                f"({format_delta(metrics[metric].delta)})" for metric in METRICS]
 
     for name, metrics in comparison.rows.items():
         table.add_row(Text(name), *cells(metrics))

@@ -67,11 +67,15 @@ class EvalSettings:
     height: int = 512
     scheduler: str = "lms"
     negative_prompt: str = ""
+    # Images denoised together (one UNet batch); 4 = one DreamBench prompt at a time.
+    batch_size: int = 4
 
     def check(self) -> None:
         """Fail before any model loads if a setting cannot work."""
         if self.num_images < 1:
             raise InputError(f"-n must be at least 1, not {self.num_images}.")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, not {self.batch_size}.")
         if self.prompts is not None:
             if not self.prompts:
                 raise InputError("no prompts to evaluate; pass --prompts FILE (one template with {} a line) or --dreambench.")
@@ -233,13 +237,13 @@ class EvalRunner:
         output_dir = Path(output_dir)
         if output_dir.exists() and not output_dir.is_dir():
             raise InputError(f"output folder '{output_dir}' is a file; pass a folder with -o.")
-        total = sum(len(templates_for(subject, settings)) for subject in subjects)
+        total = sum(len(templates_for(subject, settings)) for subject in subjects) * settings.num_images
         done = 0
         results = []
         for subject in subjects:
-            def advance(label: str, subject=subject) -> None:
+            def advance(images: int, label: str, subject=subject) -> None:
                 nonlocal done
-                done += 1
+                done += images
                 if progress is not None:
                     progress(done, total, f"<{subject.name}> {label}")
 
@@ -255,39 +259,44 @@ class EvalRunner:
         return report
 
     def evaluate_subject(self, subject: Subject, settings: EvalSettings, output_dir: Path,
-                         advance: Callable[[str], None]) -> ConceptResult:
+                         advance: Callable[[int, str], None]) -> ConceptResult:
+        from elite_cli.generator import Job
+
         source = open_source_image(subject)
         source_clip = self.metrics.clip.embed_images([source])
         source_dino = self.metrics.dino.embed_images([source])
         folder = output_dir / subject.name
         folder.mkdir(parents=True, exist_ok=True)
         result = ConceptResult(subject.name, subject.class_word, str(subject.source_image))
-        rows = []
-        for number, template in enumerate(templates_for(subject, settings)):
-            prompt = generation_prompt(template, subject.name)
-            images = self.generator.generate(
-                prompt, {subject.name: subject.concept}, negative_prompt=settings.negative_prompt, seed=settings.seed,
-                steps=settings.steps, guidance_scale=settings.guidance_scale, llambda=settings.llambda,
-                width=settings.width, height=settings.height, num_images=settings.num_images, scheduler=settings.scheduler,
+        templates = templates_for(subject, settings)
+        rows = [SheetRow(generation_prompt(template, subject.name), []) for template in templates]
+        # Every (prompt, image) of the concept, denoised batch_size at a time: the generator gives
+        # the same image for a job whatever batch it is in, so batching changes speed only.
+        work = [(number, Job(row.prompt, settings.seed + index, settings.negative_prompt))
+                for number, row in enumerate(rows) for index in range(settings.num_images)]
+        for start in range(0, len(work), settings.batch_size):
+            chunk = work[start:start + settings.batch_size]
+            images = self.generator.generate_batch(
+                [job for _, job in chunk], {subject.name: subject.concept}, steps=settings.steps,
+                guidance_scale=settings.guidance_scale, llambda=settings.llambda, width=settings.width,
+                height=settings.height, scheduler=settings.scheduler,
             )
-            scored_text = clip_t_text(template, subject.class_word)
+            texts = [clip_t_text(templates[number], subject.class_word) for number, _ in chunk]
             clip_features = self.metrics.clip.embed_images(images)
-            text_features = self.metrics.clip.embed_texts([scored_text]).expand(len(images), -1)
-            clip_t = paired_cosine(text_features, clip_features)
+            clip_t = paired_cosine(self.metrics.clip.embed_texts(texts), clip_features)
             clip_i = mean_cosine_to_references(source_clip, clip_features)
             dino = mean_cosine_to_references(source_dino, self.metrics.dino.embed_images(images))
-            for index, image in enumerate(images):
-                seed = settings.seed + index
-                path = folder / f"{number:02d}-s{seed}.png"
-                save_image(image, path, {"prompt": prompt, "seed": seed, "steps": settings.steps,
+            for position, ((number, job), image) in enumerate(zip(chunk, images)):
+                path = folder / f"{number:02d}-s{job.seed}.png"
+                save_image(image, path, {"prompt": job.prompt, "seed": job.seed, "steps": settings.steps,
                                          "guidance_scale": settings.guidance_scale, "llambda": settings.llambda,
-                                         "scheduler": settings.scheduler, "negative_prompt": settings.negative_prompt})
-                result.images.append(ImageScore(prompt, scored_text, seed, str(path), float(clip_t[index]),
-                                                float(clip_i[index]), float(dino[index])))
-            # Only tile-sized copies wait for the sheet: 25 prompts x 4 full images would be ~75 MB.
-            rows.append(SheetRow(prompt, [fit(image, SHEET_TILE) for image in images],
-                                 [settings.seed + index for index in range(len(images))]))
-            advance(prompt)
+                                         "scheduler": settings.scheduler, "negative_prompt": job.negative_prompt})
+                result.images.append(ImageScore(job.prompt, texts[position], job.seed, str(path), float(clip_t[position]),
+                                                float(clip_i[position]), float(dino[position])))
+                # Only tile-sized copies wait for the sheet: 100 full 512 px images would be ~75 MB.
+                rows[number].images.append(fit(image, SHEET_TILE))
+                rows[number].seeds.append(job.seed)
+            advance(len(chunk), chunk[-1][1].prompt)
         sheet_path = output_dir / f"{subject.name}-sheet.png"
         contact_sheet(source, rows, tile=SHEET_TILE, title=f"<{subject.name}>").save(sheet_path)
         result.contact_sheet = str(sheet_path)
