@@ -172,11 +172,18 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
     """Library look-ups first (typos fail before minutes of model loading), then models, then the run."""
     from rich.console import Console
 
-    from elite_cli.evaluation.subjects import check_unique, is_picture_path, library_subject, picture_subject
+    from elite_cli.evaluation.subjects import (
+        check_unique,
+        is_picture_path,
+        library_subject,
+        picture_name,
+        picture_subject,
+    )
 
     library_names = [name for name in names if not is_picture_path(name)]
     store = open_store(home) if library_names else None
     subjects = {name: library_subject(store, name, class_words, home) for name in library_names}
+    check_unique([subjects[name].name if name in subjects else picture_name(Path(name)) for name in names])
 
     console = Console(stderr=True, highlight=False)
     with console.status("Loading models (the first run downloads them)..."):
@@ -196,7 +203,6 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
             if name not in subjects:
                 subjects[name] = picture_subject(Path(name).expanduser(), encoder, class_words)
     ordered = [subjects[name] for name in names]
-    check_unique(ordered)
     return EvalRunner(models, metric_models).run(ordered, settings, directory, progress=progress_bar(console))
 
 

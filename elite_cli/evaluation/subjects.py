@@ -102,9 +102,10 @@ def picture_subject(path: Path, encoder: Any, class_words: Mapping[str, str]) ->
     return Subject(name, encoder.encode(path), path, word)
 
 
-def check_unique(subjects: list[Subject]) -> None:
+def check_unique(names: list[str]) -> None:
+    """Each concept's images go to a folder named after it, so two subjects may not share a name."""
     seen: set[str] = set()
-    for subject in subjects:
-        if subject.name in seen:
-            raise InputError(f"<{subject.name}> is named twice; evaluate each concept once (rename one picture).")
-        seen.add(subject.name)
+    for name in names:
+        if name.lower() in seen:
+            raise InputError(f"<{name}> is named twice; evaluate each concept once (rename one picture).")
+        seen.add(name.lower())
