@@ -159,9 +159,45 @@ def test_library_concepts(app, pictures, tmp_path, loaded_models):
 
     (cat, _), prompts = pictures
     store = store_module.ConceptStore(tmp_path / "library")
-    store.add(Encoder(loaded_models).encode(cat), name="kitty", image_path=cat, tags=["class_word=cat"])
+    store.add(Encoder(loaded_models).encode(cat), name="kitty", image_path=cat, tags=["pets", "class-cat"])
     result = run(app, "kitty", "--prompts", prompts, *FAST, "-o", tmp_path / "lib", "--json")
     assert result.exit_code == 0, result.output
     concept = json.loads(result.stdout)["concepts"]["kitty"]
     assert concept["class_word"] == "cat"
     assert concept["images"][0]["clip_t_text"] == "a cat on the beach"
+
+    # --class-word wins over the tag.
+    result = run(app, "kitty", "--prompts", prompts, *FAST, "--class-word", "kitty=kitten", "-o", tmp_path / "lib2", "--json")
+    assert json.loads(result.stdout)["concepts"]["kitty"]["images"][0]["clip_t_text"] == "a kitten on the beach"
+
+    # Without its source picture a concept cannot be compared with it.
+    from elite_cli.errors import LibraryError
+
+    (_, mug), _ = pictures
+    store.add(Encoder(loaded_models).encode(mug), name="nosource", image_path=mug, keep_sources=False)
+    result = run(app, "nosource", "--prompts", prompts, *FAST, "-o", tmp_path / "lib3")
+    assert isinstance(result.exception, LibraryError) and "no source picture" in str(result.exception)
+
+
+def test_concepts_from_other_mappers_are_refused(loaded_models, pictures):
+    from elite_cli.encoder import Encoder
+    from elite_cli.evaluation.runner import Subject, check_fresh
+
+    (cat, _), _ = pictures
+    fresh = Encoder(loaded_models).encode(cat)
+    check_fresh([Subject("cat", fresh, cat)], loaded_models)
+    stale = Encoder(loaded_models).encode(cat)
+    stale.provenance["local_mapper"] = "sha256:" + "0" * 64
+    with pytest.raises(InputError, match="--allow-stale"):
+        check_fresh([Subject("cat", fresh, cat), Subject("old", stale, cat)], loaded_models)
+
+
+def test_importing_the_command_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, elite_cli.evaluation.cli; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parent.parent).stdout
+    assert output.strip() == "[]"

@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -203,10 +204,12 @@ def test_class_words():
     for bad in ("mycat", "=cat", "mycat="):
         with pytest.raises(InputError, match="NAME=WORD"):
             parse_class_words([bad])
-    assert record_class_word({"tags": ["pets", "class_word=cat"]}) == "cat"
-    assert record_class_word({"tags": "pets,class:dog"}) == "dog"
-    assert record_class_word({"metadata": {"class_word": "teapot"}}) == "teapot"
-    assert record_class_word({"tags": ["pets"]}) is None
+    record = SimpleNamespace
+    assert record_class_word(record(tags=("pets", "class-cat"))) == "cat"
+    assert record_class_word(record(tags=("Class-stuffed_animal",))) == "stuffed animal"
+    assert record_class_word(record(tags=("class_word=dog",))) == "dog"
+    assert record_class_word(record(tags=("pets", "classic"))) is None
+    assert record_class_word(record(tags=())) is None
     assert picture_name(__import__("pathlib").Path("my cat (1).jpg")) == "my_cat_1"
 
 

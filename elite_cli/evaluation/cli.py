@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from elite_cli.errors import InputError
-from elite_cli.evaluation.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
+from elite_cli.evaluation import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
 
 if TYPE_CHECKING:
     from elite_cli.evaluation.compare import Comparison

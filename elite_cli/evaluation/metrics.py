@@ -26,12 +26,11 @@ import numpy as np
 from PIL import Image
 
 from elite_cli.errors import ModelError
+from elite_cli.evaluation import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
-DEFAULT_DINO_MODEL = "facebook/dino-vits16"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -6,9 +6,9 @@ encoded with the loaded models (no mask), named after its file stem, and never a
 library: researchers can evaluate a folder of benchmark subjects without importing it.
 
 The class word (CLIP-T text and DreamBench's live/object choice) comes from, in order:
-`--class-word NAME=word`, the library record's `class_word` (a tag `class_word=WORD` or
-`class:WORD` also counts), then DreamBench's own class list when the concept is named like a
-DreamBench subject (`dog2` -> dog); otherwise it is unknown.
+`--class-word NAME=word`, a library tag `class-WORD` (tags follow the name rules, so
+underscores stand for spaces: `class-stuffed_animal`), then DreamBench's own class list when
+the concept is named like a DreamBench subject (`dog2` -> dog); otherwise it is unknown.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from elite_cli.evaluation.dreambench import SUBJECT_CLASSES
 from elite_cli.evaluation.runner import Subject
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-CLASS_TAG = re.compile(r"^(?:class_word|class)[=:](.+)$", re.IGNORECASE)
-# Where a library record may keep the path of its source picture, newest spelling first.
-SOURCE_FIELDS = ("source_image", "image_path", "source_path", "image")
+# `class-cat`; `class_word-`, `class=` and `class:` are accepted too, for hand-edited tags.
+CLASS_TAG = re.compile(r"^class(?:_word)?[-=:](.+)$", re.IGNORECASE)
 
 
 def parse_class_words(values: Iterable[str]) -> dict[str, str]:
@@ -48,33 +47,22 @@ def picture_name(path: Path) -> str:
     return name or "picture"
 
 
-def _field(record: Any, key: str) -> Any:
-    if isinstance(record, Mapping):
-        return record.get(key)
-    return getattr(record, key, None)
-
-
 def record_source_image(record: Any, home: Path | None = None) -> Path | None:
-    for key in SOURCE_FIELDS:
-        value = _field(record, key)
-        if value:
-            path = Path(value)
-            return path if path.is_absolute() or home is None else home / path
-    return None
+    """The copy of the source picture the library keeps beside the concept (StoredConcept.image_path)."""
+    value = getattr(record, "image_path", None)
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() or home is None else home / path
 
 
 def record_class_word(record: Any) -> str | None:
-    for container in (record, _field(record, "metadata") or {}):
-        value = _field(container, "class_word")
-        if value:
-            return str(value)
-    tags = _field(record, "tags") or []
-    if isinstance(tags, str):
-        tags = tags.split(",")
+    """The class word from a `class-WORD` tag (underscores read as spaces), else None."""
+    tags = getattr(record, "tags", None) or ()
     for tag in tags:
         match = CLASS_TAG.match(str(tag).strip())
         if match:
-            return match.group(1).strip()
+            return " ".join(match.group(1).replace("_", " ").split())
     return None
 
 
@@ -88,11 +76,12 @@ def class_word_for(name: str, flags: Mapping[str, str], record: Any = None) -> s
 def library_subject(store: Any, name: str, class_words: Mapping[str, str], home: Path | None = None) -> Subject:
     record = store.get(name)
     source = record_source_image(record, home)
-    canonical = str(_field(record, "name") or name)
+    canonical = str(record.name)
     if source is None or not Path(source).is_file():
-        raise LibraryError(f"the source picture of <{canonical}> is missing from the library; run `elite check --repair` or re-add it.")
+        raise LibraryError(f"the library keeps no source picture for <{canonical}>, which CLIP-I and DINO compare with; "
+                           "pass the picture file instead of the name, or re-add the concept with its picture.")
     concept = store.load(name)
-    word = class_word_for(canonical, class_words, record) if name not in class_words else class_words[name]
+    word = class_words.get(name) or class_word_for(canonical, class_words, record)
     return Subject(canonical, concept, Path(source), word)
 
 
