@@ -85,6 +85,9 @@ def test_whole_command_table_json_images_and_contact_sheet(app, pictures, tmp_pa
             assert all(-1.0 <= value <= 1.0 for value in values)
         for image in concept["images"]:
             assert Image.open(image["path"]).size == (64, 64)
+        per_prompt = {entry["prompt"]: entry for entry in concept["prompts"]}
+        for image in concept["images"]:  # one image per prompt: the prompt's mean is that image's score
+            assert per_prompt[image["prompt"]]["dino"] == {"mean": image["dino"], "std": None, "count": 1}
         sheet = Image.open(concept["contact_sheet"])
         assert sheet.width > 2 * 256 and sheet.height > 2 * 256  # source + 1 image, 2 prompt rows
     overall_clip_i = [image["clip_i"] for concept in data["concepts"].values() for image in concept["images"]]

@@ -235,23 +235,23 @@ def test_contact_sheet_layout():
 
 # ---- compare ---------------------------------------------------------------------------------
 
-def report(values, llambda=0.8, clip_model="clip", names=("cat",)):
+def report(values, llambda=0.8, clip_model="clip", names=("cat",), batch_size=4):
     concepts = [ConceptResult(name, "cat", "cat.png", images=[
         ImageScore("a <cat>", "a cat", seed, "x.png", clip_t=value, clip_i=value / 2, dino=value / 4)
         for seed, value in enumerate(values)]) for name in names]
     settings = EvalSettings(llambda=llambda)
-    return EvalReport(settings={"llambda": settings.llambda, "prompts": "dreambench"},
+    return EvalReport(settings={"llambda": settings.llambda, "prompts": "dreambench", "batch_size": batch_size},
                       models={"clip_model": clip_model, "dino_model": "dino"}, concepts=concepts, output_dir="out").to_dict()
 
 
 def test_compare_differences_by_hand():
-    comparison = compare_reports(report([0.2, 0.4]), report([0.3, 0.7], llambda=0.6))
+    comparison = compare_reports(report([0.2, 0.4]), report([0.3, 0.7], llambda=0.6, batch_size=1))
     cat = comparison.rows["cat"]
     assert math.isclose(cat["clip_t"].first, 0.3) and math.isclose(cat["clip_t"].second, 0.5)
     assert math.isclose(cat["clip_t"].delta, 0.2)
     assert math.isclose(cat["dino"].delta, 0.05)
     assert math.isclose(comparison.overall["clip_i"].delta, 0.1)
-    assert comparison.differences == [("llambda", 0.8, 0.6)]
+    assert comparison.differences == [("llambda", 0.8, 0.6)]  # batch size changes speed only
     assert comparison.warnings == []
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Iterator, Optional
 
 import typer
 
@@ -203,28 +204,24 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
             if name not in subjects:
                 subjects[name] = picture_subject(Path(name).expanduser(), encoder, class_words)
     ordered = [subjects[name] for name in names]
-    return EvalRunner(models, metric_models).run(ordered, settings, directory, progress=progress_bar(console))
+    with progress_bar(console) as advance:
+        return EvalRunner(models, metric_models).run(ordered, settings, directory, progress=advance)
 
 
-def progress_bar(console):
-    """A progress callback drawing a rich bar on stderr (images done / all images)."""
+@contextmanager
+def progress_bar(console) -> Iterator[Callable[[int, int, str], None]]:
+    """A progress callback drawing a rich bar on stderr (images done / all images), removed at the end."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=console, transient=True)
-    task = None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("Generating", total=None)
 
-    def advance(done: int, total: int, label: str) -> None:
-        nonlocal task
-        if task is None:
-            bar.start()
-            task = bar.add_task("", total=total)
-        label = label if len(label) <= 40 else label[:39] + "…"
-        bar.update(task, completed=done, total=total, description=label)
-        if done >= total:
-            bar.stop()
+        def advance(done: int, total: int, label: str) -> None:
+            label = label if len(label) <= 40 else label[:39] + "…"
+            bar.update(task, completed=done, total=total, description=label)
 
-    return advance
+        yield advance
 
 
 # ---- printing --------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ from pathlib import Path
 from elite_cli.errors import InputError
 from elite_cli.evaluation.runner import METRICS, REPORT_FORMAT
 
+# Settings that change speed, not images: not worth listing as a difference.
+SPEED_ONLY = {"batch_size"}
+
+
 @dataclass
 class MetricDelta:
     first: float | None
@@ -80,7 +84,7 @@ def compare_reports(first: dict, second: dict, first_label: str = "A", second_la
     differences = []
     for section in ("models", "settings"):
         keys = list(first.get(section, {})) + [key for key in second.get(section, {}) if key not in first.get(section, {})]
-        for key in keys:
+        for key in (key for key in keys if key not in SPEED_ONLY):
             value_a, value_b = first.get(section, {}).get(key), second.get(section, {}).get(key)
             if value_a != value_b:
                 differences.append((key, value_a, value_b))

@@ -144,6 +144,15 @@ class ConceptResult:
     def summary(self, metric: str) -> Summary:
         return summarize([getattr(image, metric) for image in self.images])
 
+    def per_prompt(self) -> list[dict]:
+        """Summaries per prompt, in prompt order: which prompts a concept fails is the useful part."""
+        prompts = list(dict.fromkeys(image.prompt for image in self.images))
+        return [
+            {"prompt": prompt, **{metric: summarize([getattr(image, metric) for image in self.images
+                                                      if image.prompt == prompt]).to_dict() for metric in METRICS}}
+            for prompt in prompts
+        ]
+
 
 @dataclass
 class EvalReport:
@@ -172,6 +181,7 @@ class EvalReport:
                     "source_image": concept.source_image,
                     "contact_sheet": concept.contact_sheet,
                     **{metric: concept.summary(metric).to_dict() for metric in METRICS},
+                    "prompts": concept.per_prompt(),
                     "images": [asdict(image) for image in concept.images],
                 }
                 for concept in self.concepts
