@@ -43,17 +43,21 @@ def pictures(tmp_path_factory):
     return paths, prompts
 
 
+def set_environment(patch, tiny_models, metric_models, library):
+    """Models and library come from the environment, as the main CLI resolves them too."""
+    patch.setenv("ELITE_HOME", str(library))
+    patch.setenv("ELITE_BASE_MODEL", str(tiny_models.base_model))
+    patch.setenv("ELITE_IMAGE_ENCODER", str(tiny_models.image_encoder))
+    patch.setenv("ELITE_GLOBAL_MAPPER", str(tiny_models.global_mapper))
+    patch.setenv("ELITE_LOCAL_MAPPER", str(tiny_models.local_mapper))
+    patch.setenv("ELITE_DEVICE", "cpu")
+    patch.setenv("ELITE_EVAL_CLIP_MODEL", str(metric_models.clip))
+    patch.setenv("ELITE_EVAL_DINO_MODEL", str(metric_models.dino))
+
+
 @pytest.fixture(autouse=True)
 def environment(monkeypatch, tiny_models, tmp_path, metric_models):
-    """Models and library come from the environment, as the main CLI resolves them too."""
-    monkeypatch.setenv("ELITE_HOME", str(tmp_path / "library"))
-    monkeypatch.setenv("ELITE_BASE_MODEL", str(tiny_models.base_model))
-    monkeypatch.setenv("ELITE_IMAGE_ENCODER", str(tiny_models.image_encoder))
-    monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(tiny_models.global_mapper))
-    monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(tiny_models.local_mapper))
-    monkeypatch.setenv("ELITE_DEVICE", "cpu")
-    monkeypatch.setenv("ELITE_EVAL_CLIP_MODEL", str(metric_models.clip))
-    monkeypatch.setenv("ELITE_EVAL_DINO_MODEL", str(metric_models.dino))
+    set_environment(monkeypatch, tiny_models, metric_models, tmp_path / "library")
 
 
 def run(app, *args):
@@ -61,10 +65,20 @@ def run(app, *args):
     return result
 
 
-def test_whole_command_table_json_images_and_contact_sheet(app, pictures, tmp_path):
+@pytest.fixture(scope="module")
+def baseline(app, pictures, tiny_models, metric_models, tmp_path_factory):
+    """One run over two pictures and two prompts: (its CLI result, its output folder)."""
     (cat, mug), prompts = pictures
-    out = tmp_path / "run"
-    result = run(app, cat, mug, "--prompts", prompts, *FAST, "--class-word", "cat=cat", "-o", out)
+    out = tmp_path_factory.mktemp("baseline") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        set_environment(patch, tiny_models, metric_models, out.parent / "library")
+        result = run(app, cat, mug, "--prompts", prompts, *FAST, "--class-word", "cat=cat", "-o", out)
+    return result, out
+
+
+def test_whole_command_table_json_images_and_contact_sheet(app, pictures, tmp_path, baseline):
+    (cat, mug), prompts = pictures
+    result, out = baseline
     assert result.exit_code == 0, result.output
     for text in ("CLIP-T", "CLIP-I", "DINO", "cat", "mug", "overall", "class word"):
         assert text in result.stdout
@@ -105,11 +119,11 @@ def test_whole_command_table_json_images_and_contact_sheet(app, pictures, tmp_pa
     assert printed["settings"]["batch_size"] == 1
 
 
-def test_compare_two_runs(app, pictures, tmp_path):
-    (cat, _), prompts = pictures
-    first, second = tmp_path / "a", tmp_path / "b"
-    assert run(app, cat, "--prompts", prompts, *FAST, "-o", first).exit_code == 0
-    assert run(app, cat, "--prompts", prompts, *FAST, "--lambda", "0.0", "-o", second).exit_code == 0
+def test_compare_two_runs(app, pictures, tmp_path, baseline):
+    (cat, mug), prompts = pictures
+    first, second = baseline[1], tmp_path / "b"
+    result = run(app, cat, mug, "--prompts", prompts, *FAST, "--class-word", "cat=cat", "--lambda", "0.0", "-o", second)
+    assert result.exit_code == 0, result.output
 
     result = run(app, "--compare", first / "results.json", second / "results.json")
     assert result.exit_code == 0, result.output
@@ -123,6 +137,8 @@ def test_compare_two_runs(app, pictures, tmp_path):
         row = as_json["rows"]["cat"][metric]
         assert row["first"] == a["concepts"]["cat"][metric]["mean"]
         assert row["delta"] == pytest.approx(b["concepts"]["cat"][metric]["mean"] - a["concepts"]["cat"][metric]["mean"])
+    assert as_json["overall"]["dino"]["second"] == b["overall"]["dino"]["mean"]
+    assert as_json["warnings"] == []
     assert {"setting": "llambda", "first": 0.8, "second": 0.0} in as_json["differences"]
 
 
