@@ -162,6 +162,8 @@ def test_dreambench_uses_the_class_words_templates(app, pictures, tmp_path):
     (["{cat}", "--compare", "{prompts}", "{prompts}"], "no concept names"),
     (["--compare", "{prompts}", "{prompts}"], "is not JSON"),
     (["{cat}", "{cat}", "--prompts", "{prompts}", *FAST], "named twice"),
+    (["{cat}", "--prompts", "{prompts}", "--class-word", "dog=dog"], "not among the concepts"),
+    (["no-such-picture.png", "--prompts", "{prompts}"], "does not exist"),
 ])
 def test_errors(app, pictures, tmp_path, arguments, message):
     (cat, _), prompts = pictures

@@ -174,6 +174,7 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
     from rich.console import Console
 
     from elite_cli.evaluation.subjects import (
+        check_class_words,
         check_unique,
         is_picture_path,
         library_subject,
@@ -184,7 +185,9 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
     library_names = [name for name in names if not is_picture_path(name)]
     store = open_store(home) if library_names else None
     subjects = {name: library_subject(store, name, class_words, home) for name in library_names}
-    check_unique([subjects[name].name if name in subjects else picture_name(Path(name)) for name in names])
+    final_names = [subjects[name].name if name in subjects else picture_name(Path(name)) for name in names]
+    check_unique(final_names)
+    check_class_words(class_words, [*names, *final_names])
 
     console = Console(stderr=True, highlight=False)
     with console.status("Loading models (the first run downloads them)..."):

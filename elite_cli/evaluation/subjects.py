@@ -38,7 +38,19 @@ def parse_class_words(values: Iterable[str]) -> dict[str, str]:
 
 
 def is_picture_path(name: str) -> bool:
-    return name.lower().endswith(PICTURE_SUFFIXES) and Path(name).expanduser().is_file()
+    """Whether NAME means a picture file. Library names cannot hold '.' or '/', so there is no ambiguity."""
+    looks_like_path = name.lower().endswith(PICTURE_SUFFIXES) or "/" in name or "\\" in name
+    if looks_like_path and not Path(name).expanduser().is_file():
+        raise InputError(f"picture file '{name}' does not exist; pass a PNG, JPEG or WebP file or a concept name from `elite list`.")
+    return looks_like_path
+
+
+def check_class_words(class_words: Mapping[str, str], names: Iterable[str]) -> None:
+    """A --class-word for a concept that is not evaluated is a typo worth stopping for."""
+    known = set(names)
+    for name in class_words:
+        if name not in known:
+            raise InputError(f"--class-word names {name!r}, which is not among the concepts evaluated; use NAME=WORD with one of them.")
 
 
 def picture_name(path: Path) -> str:
