@@ -235,8 +235,8 @@ def test_contact_sheet_layout():
 
 # ---- compare ---------------------------------------------------------------------------------
 
-def report(values, llambda=0.8, clip_model="clip", names=("cat",), batch_size=4):
-    concepts = [ConceptResult(name, "cat", "cat.png", images=[
+def report(values, llambda=0.8, clip_model="clip", names=("cat",), batch_size=4, class_word="cat"):
+    concepts = [ConceptResult(name, class_word, "cat.png", images=[
         ImageScore("a <cat>", "a cat", seed, "x.png", clip_t=value, clip_i=value / 2, dino=value / 4)
         for seed, value in enumerate(values)]) for name in names]
     settings = EvalSettings(llambda=llambda)
@@ -260,6 +260,12 @@ def test_compare_warns_when_runs_measure_different_things():
     assert any("metric models" in warning for warning in comparison.warnings)
     assert any("<dog>" in warning for warning in comparison.warnings)
     assert comparison.rows["dog"]["clip_t"].first is None and comparison.rows["dog"]["clip_t"].delta is None
+
+
+def test_compare_flags_a_changed_class_word():
+    comparison = compare_reports(report([0.2]), report([0.3], class_word=None))
+    assert ("<cat> class_word", "cat", None) in comparison.differences
+    assert any("CLIP-T texts differ" in warning for warning in comparison.warnings)
 
 
 def test_read_report_refuses_other_files(tmp_path):

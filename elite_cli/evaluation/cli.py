@@ -51,7 +51,7 @@ def eval_command(
     ] = 4,
     class_word: Annotated[
         Optional[list[str]],
-        typer.Option("--class-word", help="NAME=WORD, e.g. mycat=cat (repeatable); else the library's class_word.", show_default=False),
+        typer.Option("--class-word", help="NAME=WORD, e.g. mycat=cat (repeatable); else a class-WORD tag on the concept.", show_default=False),
     ] = None,
     clip_model: Annotated[
         str, typer.Option("--clip-model", envvar="ELITE_EVAL_CLIP_MODEL", help="CLIP for CLIP-T/CLIP-I: hub id or folder.")

@@ -95,6 +95,12 @@ def compare_reports(first: dict, second: dict, first_label: str = "A", second_la
         warnings.append("the runs used different metric models, so their scores are not comparable.")
     if "prompts" in different:
         warnings.append("the runs used different prompts; differences mix the change you made with the prompts.")
+    for name in names:
+        if name in first["concepts"] and name in second["concepts"]:
+            word_a, word_b = first["concepts"][name].get("class_word"), second["concepts"][name].get("class_word")
+            if word_a != word_b:
+                differences.append((f"<{name}> class_word", word_a, word_b))
+                warnings.append(f"<{name}> has class word {word_a!r} in A and {word_b!r} in B, so its CLIP-T texts differ.")
     only = [name for name in names if (name in first["concepts"]) != (name in second["concepts"])]
     if only:
         warnings.append(f"only one run has {', '.join(f'<{name}>' for name in only)}; the overall rows pool different concepts.")
