@@ -278,3 +278,17 @@ def test_read_report_refuses_other_files(tmp_path):
         read_report(path)
     path.write_text(json.dumps(report([0.5])))
     assert read_report(path)["overall"]["clip_t"]["mean"] == 0.5
+
+
+def test_results_format_documents_every_key():
+    from pathlib import Path
+
+    import elite_cli.evaluation
+
+    documented = (Path(elite_cli.evaluation.__file__).parent / "RESULTS_FORMAT.md").read_text()
+    data = report([0.2, 0.4])
+    concept = data["concepts"]["cat"]
+    keys = [*data, *concept, *concept["images"][0], *concept["prompts"][0], *EvalSettings().__dataclass_fields__]
+    missing = sorted({key for key in keys if f"`{key}`" not in documented})
+    assert missing == []
+    assert '"elite-eval/1"' in documented and data["format"] == "elite-eval/1"

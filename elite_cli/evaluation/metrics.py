@@ -10,7 +10,9 @@ pairs, so one number per generated image is the mean over the references it is c
 Preprocessing is the references' torchvision pipelines re-stated in PIL (torchvision is not a
 dependency): CLIP resizes the short side to the model's input size (bicubic), centre-crops and
 normalises with CLIP's mean/std; DINO resizes the short side to 256/224 of the input size
-(bicubic), centre-crops and normalises with ImageNet's mean/std.
+(bicubic), centre-crops and normalises with ImageNet's mean/std. (PIL's bicubic resize is
+antialiased, like `clip.load`'s own PIL preprocessing; Textual Inversion's tensor path resized
+without antialiasing on older torchvision, so absolute numbers can differ slightly from its.)
 
 Models come from transformers (`CLIPModel`, `ViTModel`) by hub id or folder; only their
 towers and projections are called, which is the same on transformers 4 and 5.
