@@ -128,12 +128,15 @@ def eval_command(
 def cli_settings() -> tuple["ModelSpec", Path]:
     """The model spec and library folder chosen by elite's global options (flag, env, config.toml).
 
-    Uses the main CLI's resolution when it is there; on its own (tests of this package) the
-    environment variables the main CLI also reads.
+    Uses the main CLI's `model_spec()` and `library_dir()`. Only where there is no main CLI
+    module at all (this package tested on its own) does it read the environment variables the
+    main CLI also reads; a main CLI without those functions is an error, not a silent fallback.
     """
     try:
-        from elite_cli.cli import library_dir, model_spec
-    except ImportError:
+        import elite_cli.cli as main_cli
+    except ModuleNotFoundError as error:
+        if error.name != "elite_cli.cli":
+            raise
         import os
 
         from elite_cli.models import DEFAULT_BASE_MODEL, DEFAULT_IMAGE_ENCODER, ModelSpec
@@ -147,7 +150,7 @@ def cli_settings() -> tuple["ModelSpec", Path]:
             dtype=os.environ.get("ELITE_DTYPE", "auto"),
         )
         return spec, default_library()
-    return model_spec(), Path(library_dir())
+    return main_cli.model_spec(), Path(main_cli.library_dir())
 
 
 def default_library() -> Path:
