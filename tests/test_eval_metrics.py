@@ -14,6 +14,10 @@ from elite_cli.evaluation import dreambench
 from elite_cli.evaluation.compare import compare_reports, read_report
 from elite_cli.evaluation.contact_sheet import MARGIN, SheetRow, contact_sheet
 from elite_cli.evaluation.metrics import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     ClipScorer,
     DinoScorer,
     cosine_matrix,
@@ -95,6 +99,17 @@ def test_resize_and_center_crop_keeps_the_centre():
 def test_resize_follows_the_short_side():
     cropped = resize_and_center_crop(picture(0, (60, 40)), 36, 32)
     assert cropped.size == (32, 32)
+
+
+def test_pixels_are_normalised_with_each_models_mean_and_std(scorers):
+    clip, dino = scorers
+    grey = Image.new("RGB", (50, 40), (51, 102, 204))  # 0.2, 0.4, 0.8 of full scale
+    expected_clip = [(value - mean) / std for value, mean, std in zip((0.2, 0.4, 0.8), CLIP_MEAN, CLIP_STD)]
+    expected_dino = [(value - mean) / std for value, mean, std in zip((0.2, 0.4, 0.8), IMAGENET_MEAN, IMAGENET_STD)]
+    for scorer, expected in ((clip, expected_clip), (dino, expected_dino)):
+        pixels = scorer.pixels([grey])
+        assert pixels.shape == (1, 3, 32, 32)
+        assert torch.allclose(pixels[0].mean(dim=(1, 2)), torch.tensor(expected), atol=1e-5)
 
 
 # ---- the metric models -----------------------------------------------------------------------

@@ -26,6 +26,7 @@ class TinyMetricModels:
 def build_tiny_metric_models(directory: str | Path, seed: int = 0) -> TinyMetricModels:
     """Build (or reuse, if already built here) a tiny CLIPModel folder and a tiny DINO ViTModel folder."""
     import torch
+    import transformers.utils.logging as transformers_logging
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, ViTConfig, ViTModel
 
     from elite_cli.tiny import write_tiny_vocab
@@ -36,6 +37,7 @@ def build_tiny_metric_models(directory: str | Path, seed: int = 0) -> TinyMetric
     if marker.is_file() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
         return paths
 
+    transformers_logging.disable_progress_bar()  # "Writing model shards" bars are noise in test logs
     torch.manual_seed(seed)
     vocab_file, merges_file = write_tiny_vocab(directory / "vocab")
     tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
