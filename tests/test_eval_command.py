@@ -1,5 +1,6 @@
 """`elite eval` end to end on the tiny models: table, JSON, images, contact sheets, compare, errors."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -145,8 +146,9 @@ def test_compare_two_runs(app, pictures, tmp_path, baseline):
 def test_dreambench_uses_the_class_words_templates(app, pictures, tmp_path):
     (cat, _), _ = pictures
     # All 25 prompts in one batch: the tiny UNet's cost is per call, not per image.
-    result = run(app, cat, "--dreambench", "-n", "1", "--steps", "1", "--width", "64", "--height", "64", "--batch-size", "25",
-                 "--class-word", "cat=cat", "-o", tmp_path / "db", "--json")
+    # Guidance 1 skips the unconditional branch, halving the UNet batch.
+    result = run(app, cat, "--dreambench", "-n", "1", "--steps", "1", "--guidance", "1", "--width", "64", "--height", "64",
+                 "--batch-size", "25", "--class-word", "cat=cat", "-o", tmp_path / "db", "--json")
     assert result.exit_code == 0, result.output
     images = json.loads(result.stdout)["concepts"]["cat"]["images"]
     assert len(images) == 25
@@ -207,8 +209,7 @@ def test_concepts_from_other_mappers_are_refused(loaded_models, pictures):
     (cat, _), _ = pictures
     fresh = Encoder(loaded_models).encode(cat)
     check_fresh([Subject("cat", fresh, cat)], loaded_models)
-    stale = Encoder(loaded_models).encode(cat)
-    stale.provenance["local_mapper"] = "sha256:" + "0" * 64
+    stale = dataclasses.replace(fresh, provenance={**fresh.provenance, "local_mapper": "sha256:" + "0" * 64})
     with pytest.raises(InputError, match="--allow-stale"):
         check_fresh([Subject("cat", fresh, cat), Subject("old", stale, cat)], loaded_models)
 
