@@ -85,7 +85,7 @@ def test_whole_command_table_json_images_and_contact_sheet(app, pictures, tmp_pa
         assert text in result.stdout
 
     data = json.loads((out / "results.json").read_text())
-    assert data["format"] == "elite-eval/1"
+    assert data["format"] == "elite-eval/1" and data["complete"] is True
     assert list(data["concepts"]) == ["cat", "mug"]
     cat_result = data["concepts"]["cat"]
     assert [image["prompt"] for image in cat_result["images"]] == ["a <cat> on the beach", "a red <cat>"]
@@ -223,3 +223,25 @@ def test_importing_the_command_does_not_import_torch():
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parent.parent).stdout
     assert output.strip() == "[]"
+
+
+def test_an_interrupted_run_keeps_the_finished_concepts(loaded_models, metric_models, pictures, tmp_path):
+    from elite_cli.encoder import Encoder
+    from elite_cli.evaluation.metrics import load_metric_models
+    from elite_cli.evaluation.runner import EvalRunner, EvalSettings, Subject
+
+    (cat, _), _ = pictures
+    concept = Encoder(loaded_models).encode(cat)
+    subjects = [Subject("first", concept, cat), Subject("second", concept, cat)]
+
+    def stop_in_the_second_concept(done, total, label):
+        if "<second>" in label:
+            raise KeyboardInterrupt
+
+    runner = EvalRunner(loaded_models, load_metric_models(str(metric_models.clip), str(metric_models.dino)))
+    settings = EvalSettings(prompts=("a {} on the beach",), num_images=1, steps=1, width=64, height=64)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(subjects, settings, tmp_path / "out", progress=stop_in_the_second_concept)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["complete"] is False
+    assert list(saved["concepts"]) == ["first"] and saved["overall"]["dino"]["count"] == 1

@@ -277,6 +277,13 @@ def test_compare_warns_when_runs_measure_different_things():
     assert comparison.rows["dog"]["clip_t"].first is None and comparison.rows["dog"]["clip_t"].delta is None
 
 
+def test_compare_warns_about_an_interrupted_run():
+    interrupted = report([0.3])
+    interrupted["complete"] = False
+    comparison = compare_reports(report([0.2]), interrupted, "a.json", "b.json")
+    assert comparison.warnings == ["b.json is an interrupted run; it holds only the concepts finished before it stopped."]
+
+
 def test_compare_flags_a_changed_class_word():
     comparison = compare_reports(report([0.2]), report([0.3], class_word=None))
     assert ("<cat> class_word", "cat", None) in comparison.differences

@@ -90,6 +90,9 @@ def compare_reports(first: dict, second: dict, first_label: str = "A", second_la
                 differences.append((key, value_a, value_b))
 
     warnings = []
+    for label, report in ((first_label, first), (second_label, second)):
+        if not report.get("complete", True):
+            warnings.append(f"{label} is an interrupted run; it holds only the concepts finished before it stopped.")
     different = {key for key, _, _ in differences}
     if different & {"clip_model", "dino_model"}:
         warnings.append("the runs used different metric models, so their scores are not comparable.")

@@ -160,6 +160,7 @@ class EvalReport:
     models: dict
     concepts: list[ConceptResult]
     output_dir: str
+    complete: bool = True  # False while concepts are still to come
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def overall(self, metric: str) -> Summary:
@@ -172,6 +173,7 @@ class EvalReport:
             "elite_version": __version__,
             "created": self.created,
             "output_dir": self.output_dir,
+            "complete": self.complete,
             "settings": self.settings,
             "models": self.models,
             "overall": {metric: self.overall(metric).to_dict() for metric in METRICS},
@@ -211,6 +213,13 @@ def open_source_image(subject: Subject) -> Image.Image:
         raise InputError(f"the source image of <{subject.name}> ('{subject.source_image}') cannot be read; re-add the concept from a PNG, JPEG or WebP picture.") from None
 
 
+def write_report(report: EvalReport, path: Path) -> None:
+    """results.json, replaced whole so a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    partial.replace(path)
+
+
 def save_image(image: Image.Image, path: Path, record: dict) -> None:
     """A PNG with its generation parameters in an `elite-eval` text chunk; written whole or not at all."""
     info = PngImagePlugin.PngInfo()
@@ -244,28 +253,33 @@ class EvalRunner:
     def run(self, subjects: Sequence[Subject], settings: EvalSettings, output_dir: Path,
             progress: Progress | None = None) -> EvalReport:
         settings.check()
+        if not subjects:
+            raise InputError("no concepts to evaluate; name at least one concept or picture file.")
         output_dir = Path(output_dir)
         if output_dir.exists() and not output_dir.is_dir():
             raise InputError(f"output folder '{output_dir}' is a file; pass a folder with -o.")
         total = sum(len(templates_for(subject, settings)) for subject in subjects) * settings.num_images
         done = 0
-        results = []
-        for subject in subjects:
+        report = EvalReport(
+            settings={**asdict(settings), "prompts": "dreambench" if settings.prompts is None else list(settings.prompts),
+                      "clip_t_subject": "class word when known, else removed"},
+            models=self.model_description(),
+            concepts=[],
+            output_dir=str(output_dir),
+            complete=False,
+        )
+        for number, subject in enumerate(subjects):
             def advance(images: int, label: str, subject=subject) -> None:
                 nonlocal done
                 done += images
                 if progress is not None:
                     progress(done, total, f"<{subject.name}> {label}")
 
-            results.append(self.evaluate_subject(subject, settings, output_dir, advance))
-        report = EvalReport(
-            settings={**asdict(settings), "prompts": "dreambench" if settings.prompts is None else list(settings.prompts),
-                      "clip_t_subject": "class word when known, else removed"},
-            models=self.model_description(),
-            concepts=results,
-            output_dir=str(output_dir),
-        )
-        (output_dir / "results.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+            report.concepts.append(self.evaluate_subject(subject, settings, output_dir, advance))
+            # Written after every concept: a DreamBench run takes hours, and an interrupted
+            # one should still leave the scores it has (marked "complete": false).
+            report.complete = number == len(subjects) - 1
+            write_report(report, output_dir / "results.json")
         return report
 
     def evaluate_subject(self, subject: Subject, settings: EvalSettings, output_dir: Path,
