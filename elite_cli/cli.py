@@ -144,8 +144,12 @@ def stderr_console():
 def library_dir() -> Path:
     if options.library is not None:
         return options.library
-    from elite_cli.paths import default_home
+    try:
+        from elite_cli.paths import default_home
+    except ImportError:  # TEMPORARY until the library branch lands paths.py
+        import platformdirs
 
+        return Path(os.environ.get("ELITE_HOME") or platformdirs.user_data_dir("elite"))
     return Path(default_home())
 
 

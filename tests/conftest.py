@@ -1,0 +1,89 @@
+"""Shared fixtures. Every test gets its own empty library (ELITE_HOME) and no ELITE_* settings
+from the developer's shell; tests that need models ask for `tiny_models` (built once per session,
+random weights, real on-disk layouts, no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ELITE_ENVIRONMENT = (
+    "ELITE_HOME",
+    "ELITE_BASE_MODEL",
+    "ELITE_IMAGE_ENCODER",
+    "ELITE_GLOBAL_MAPPER",
+    "ELITE_LOCAL_MAPPER",
+    "ELITE_DEVICE",
+    "ELITE_DTYPE",
+    "ELITE_OUTPUT_DIR",
+)
+
+
+@pytest.fixture(autouse=True)
+def elite_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh library folder per test, and no settings leaking in from the environment."""
+    for name in ELITE_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    # Nothing in the tests may reach the network; the hub libraries honour these.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    home = tmp_path / "elite-home"
+    monkeypatch.setenv("ELITE_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny random model set, built once: `.base_model`, `.image_encoder`, `.global_mapper`, `.local_mapper`."""
+    from elite_cli.tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def use_tiny_models(tiny_models, monkeypatch: pytest.MonkeyPatch):
+    """Point the model settings at the tiny set through the environment, as a user would."""
+    monkeypatch.setenv("ELITE_BASE_MODEL", str(tiny_models.base_model))
+    monkeypatch.setenv("ELITE_IMAGE_ENCODER", str(tiny_models.image_encoder))
+    monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(tiny_models.global_mapper))
+    monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(tiny_models.local_mapper))
+    monkeypatch.setenv("ELITE_DEVICE", "cpu")
+    return tiny_models
+
+
+def draw_object_picture(path: Path, size: int = 64, color: tuple[int, int, int] = (200, 40, 40)) -> Path:
+    """A small RGB picture of a filled disc on grey: enough for the encoder to see an object."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), (128, 128, 128))
+    ImageDraw.Draw(image).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=color)
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def cat_picture(tmp_path: Path) -> Path:
+    return draw_object_picture(tmp_path / "mycat.png")
+
+
+@pytest.fixture
+def dog_picture(tmp_path: Path) -> Path:
+    return draw_object_picture(tmp_path / "mydog.png", color=(40, 40, 200))
+
+
+@pytest.fixture
+def run_cli():
+    """Run `elite ARGS...` in-process; returns typer's Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from elite_cli.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str, **kwargs):
+        return runner.invoke(app, [str(arg) for arg in args], env=kwargs.pop("env", None), **kwargs)
+
+    return run
+
+
