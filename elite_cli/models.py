@@ -1,0 +1,206 @@
+"""Loading everything ELITE needs, once per process.
+
+Sources: the Stable Diffusion 1.x base model (hub id or local diffusers folder) for UNet, VAE,
+tokenizer and text encoder (the SD text encoder *is* the CLIP text tower the reference uses),
+the CLIP vision tower (hub id or folder), and the two mapper checkpoints (reference `.pt` or
+our `.safetensors`). Half precision on CUDA, float32 elsewhere unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from elite_cli.errors import InputError, ModelError
+
+DEFAULT_BASE_MODEL = "CompVis/stable-diffusion-v1-4"
+DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    base_model: str = DEFAULT_BASE_MODEL
+    image_encoder: str = DEFAULT_IMAGE_ENCODER
+    global_mapper: str = ""
+    local_mapper: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    attention: str = "auto"  # auto | sdpa | xformers
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested in ("auto", "", None):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise InputError(f"--device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but this torch has no usable CUDA; install a CUDA build of torch or use --device cpu.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps was asked for but MPS is not available here; use --device cpu.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {requested!r} is not supported; use auto, cpu, cuda, cuda:N or mps.")
+    return device
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested in ("auto", "", None):
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if requested not in DTYPES:
+        raise InputError(f"--dtype {requested!r} is not supported; use auto, float32, float16 or bfloat16.")
+    dtype = DTYPES[requested]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise InputError("--dtype float16 is too slow and imprecise on the CPU; use float32 or bfloat16 there.")
+    return dtype
+
+
+@dataclass
+class Models:
+    spec: ModelSpec
+    device: torch.device
+    dtype: torch.dtype
+    backend: str
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    image_encoder: torch.nn.Module
+    global_mapper: torch.nn.Module
+    local_mapper: torch.nn.Module
+    global_fingerprint: str
+    local_fingerprint: str
+    scheduler_config: dict = field(default_factory=dict)
+
+    @property
+    def text_width(self) -> int:
+        return int(self.text_encoder.config.hidden_size)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.image_encoder.config.image_size)
+
+    @property
+    def grid(self) -> int:
+        config = self.image_encoder.config
+        return int(config.image_size) // int(config.patch_size)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def provenance(self) -> dict[str, str]:
+        return {
+            "global_mapper": self.global_fingerprint,
+            "local_mapper": self.local_fingerprint,
+            "base_model": self.spec.base_model,
+            "image_encoder": self.spec.image_encoder,
+        }
+
+
+_CACHE: dict[ModelSpec, Models] = {}
+
+
+def _disable_progress_bars() -> None:
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def _quiet_from_pretrained(load, source: str, what: str, **kwargs):
+    """Call a from_pretrained and turn every failure into one ModelError sentence."""
+    local = Path(source).expanduser()
+    if local.exists():
+        source = str(local)
+    elif source.startswith((".", "/", "~")) or os.sep in source and source.count("/") > 1:
+        raise ModelError(f"{what} folder '{source}' does not exist; pass a diffusers/transformers folder or a hub id.")
+    # Library chatter (progress bars, "some weights were not used") is not for our users.
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    _disable_progress_bars()
+    try:
+        return load(source, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as error:
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise ModelError(
+            f"could not load the {what} from '{source}' ({reason}); pass a local folder, or download the hub "
+            "model once with network access so it is in the Hugging Face cache."
+        ) from None
+
+
+def load_models(spec: ModelSpec) -> Models:
+    """Load (or return the already loaded) models for a spec. Raises ModelError / InputError."""
+    if spec in _CACHE:
+        return _CACHE[spec]
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+
+    from elite_cli.attention import cross_attention_modules, install_elite_processors, resolve_backend
+    from elite_cli.mappers import GlobalMapper, LocalMapper, check_against_unet, fingerprint, load_mapper_state, module_key
+
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    backend = resolve_backend(spec.attention, device)
+    if not spec.global_mapper or not spec.local_mapper:
+        raise ModelError("no mapper checkpoints are configured; run `elite models import global_mapper.pt local_mapper.pt` or set ELITE_GLOBAL_MAPPER/ELITE_LOCAL_MAPPER.")
+
+    # Mappers first: they are small and the most likely to be wrong.
+    global_state = load_mapper_state(spec.global_mapper, "global mapper")
+    local_state = load_mapper_state(spec.local_mapper, "local mapper")
+    global_mapper = GlobalMapper.from_state_dict(global_state, f"global mapper '{spec.global_mapper}'")
+    local_mapper = LocalMapper.from_state_dict(local_state, f"local mapper '{spec.local_mapper}'")
+
+    base = spec.base_model
+    tokenizer = _quiet_from_pretrained(CLIPTokenizer.from_pretrained, base, "base model tokenizer", subfolder="tokenizer")
+    text_encoder = _quiet_from_pretrained(CLIPTextModel.from_pretrained, base, "base model text encoder", subfolder="text_encoder")
+    unet = _quiet_from_pretrained(UNet2DConditionModel.from_pretrained, base, "base model UNet", subfolder="unet")
+    vae = _quiet_from_pretrained(AutoencoderKL.from_pretrained, base, "base model VAE", subfolder="vae")
+    image_encoder = _quiet_from_pretrained(CLIPVisionModel.from_pretrained, spec.image_encoder, "image encoder")
+
+    unet_kv = {module_key(name): tuple(module.to_k.weight.shape) for name, module in cross_attention_modules(unet).items()}
+    check_against_unet(global_mapper, unet_kv, f"global mapper '{spec.global_mapper}'")
+    check_against_unet(local_mapper, unet_kv, f"local mapper '{spec.local_mapper}'")
+    text_width = int(text_encoder.config.hidden_size)
+    vision_width = int(image_encoder.config.hidden_size)
+    for mapper, label in ((global_mapper, "global"), (local_mapper, "local")):
+        if mapper.text_width != text_width:
+            raise ModelError(f"the {label} mapper makes {mapper.text_width}-wide words but the base model's text encoder is {text_width}-wide; use mappers trained for this base model.")
+        if mapper.image_width != vision_width:
+            raise ModelError(f"the {label} mapper reads {mapper.image_width}-wide image features but the image encoder gives {vision_width}; use the image encoder the mappers were trained with.")
+    if int(image_encoder.config.num_hidden_layers) < 16:
+        raise ModelError("the image encoder has fewer than 16 layers; ELITE reads hidden states 4, 8, 12 and 16 (use CLIP ViT-L/14).")
+
+    for module in (text_encoder, unet, vae, image_encoder, global_mapper, local_mapper):
+        module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    install_elite_processors(unet, global_mapper, local_mapper, backend)
+
+    scheduler_config = {}
+    try:
+        from diffusers import LMSDiscreteScheduler
+
+        scheduler_config = dict(LMSDiscreteScheduler.load_config(base, subfolder="scheduler"))
+    except (OSError, ValueError, EnvironmentError):
+        pass  # fall back to the reference's betas in the generator
+
+    models = Models(
+        spec=spec, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer, text_encoder=text_encoder,
+        unet=unet, vae=vae, image_encoder=image_encoder, global_mapper=global_mapper, local_mapper=local_mapper,
+        global_fingerprint=fingerprint(global_state), local_fingerprint=fingerprint(local_state),
+        scheduler_config=scheduler_config,
+    )
+    _CACHE[spec] = models
+    return models
