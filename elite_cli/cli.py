@@ -97,9 +97,11 @@ class EliteTyper(typer.Typer):
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
 
-def new_app(help_text: str, **kwargs: Any) -> EliteTyper:
+def new_app(help_text: str | None = None, **kwargs: Any) -> EliteTyper:
+    """An app with elite's conventions; without help_text, its callback's docstring is the help."""
+    if help_text is not None:
+        kwargs["help"] = help_text  # passing help=None would hide the callback's docstring
     return EliteTyper(
-        help=help_text,
         context_settings=HELP_OPTIONS,
         no_args_is_help=False,
         add_completion=False,
@@ -113,8 +115,8 @@ app = new_app(
     "elite: put the thing in your picture into new images (ELITE over Stable Diffusion 1.x).\n\n"
     "Example: [bold]elite add mycat.jpg[/bold] then [bold]elite gen \"<mycat> on the beach\"[/bold]"
 )
-models_app = new_app("Show, import and build the model files elite needs.", invoke_without_command=True)
-config_app = new_app("Show or change the effective settings.", invoke_without_command=True)
+models_app = new_app(invoke_without_command=True)
+config_app = new_app(invoke_without_command=True)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 

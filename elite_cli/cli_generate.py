@@ -146,7 +146,7 @@ def gen(
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
     width: Annotated[int, typer.Option(help="Image width, a multiple of 8.")] = 512,
     height: Annotated[int, typer.Option(help="Image height, a multiple of 8.")] = 512,
-    scheduler: Annotated[str, typer.Option(help="Sampler; lms as in the ELITE paper.")] = "lms",
+    scheduler: Annotated[str, typer.Option(help="Sampler: lms (as in the ELITE paper), ddim, pndm, euler or dpm++.")] = "lms",
     output_dir: Annotated[
         Optional[Path],
         typer.Option("--output-dir", "-o", help="Folder for the PNGs (default: ./elite-out, or config).", show_default=False),
@@ -164,8 +164,7 @@ def gen(
 ) -> None:
     """Generate images from a prompt that names concepts as <name>.
 
-    Files are named <time>-<prompt>-<seed>.png and never overwritten; each PNG holds its full
-    parameters (A1111 `parameters` text and an `elite` JSON chunk). Image i uses seed + i.
+    Files are named <time>-<prompt>-<seed>.png and never overwritten; each PNG holds its full parameters (A1111 `parameters` text and an `elite` JSON chunk). Image i uses seed + i.
 
     Example: [bold]elite gen "<mycat> on the beach" -n 4 --seed 7[/bold]
     """
@@ -195,8 +194,10 @@ def gen(
     store = open_store()
     concepts = load_concepts(store, job.prompts)
 
-    from elite_cli.generator import Generator
+    from elite_cli.generator import SCHEDULERS, Generator
 
+    if job.scheduler not in SCHEDULERS:  # checked here too so a typo does not wait for the models
+        raise InputError(f"--scheduler '{job.scheduler}' is not supported; use one of {', '.join(SCHEDULERS)}.")
     models, _ = load_models_with_status()
     if not allow_stale:
         refuse_stale(concepts, models)
@@ -249,7 +250,8 @@ def run_with_progress(generator: Any, job: GenerationJob, prompt: str, concepts:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     label = prompt if len(prompt) <= 40 else prompt[:39] + "…"
     with Progress(*columns, console=stderr_console(), transient=True) as progress:
-        task = progress.add_task(label, total=job.steps * job.num_images)
+        # All images of a prompt are denoised together, so the bar counts steps, not images.
+        task = progress.add_task(label, total=job.steps)
 
         def advance(step: int, total: int) -> None:
             progress.update(task, completed=step, total=total)

@@ -7,6 +7,7 @@ Pure Python (tomllib only): the CLI resolves settings before it knows whether to
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,13 +119,24 @@ def resolve(
                 value = str(library / Path(value).expanduser())
         else:
             value, source = builtin[setting.key], "default"
-        if setting.choices and value not in setting.choices:
-            accepted = ", ".join(setting.choices)
-            raise InputError(f"{setting.key} '{value}' (from {source}) is not one of {accepted}.")
+        if not is_valid_choice(setting, value):
+            raise InputError(f"{setting.key} '{value}' (from {source}) is not one of {accepted_values(setting)}.")
         if setting.is_path:
             value = str(Path(value).expanduser())
         resolved[setting.key] = Resolved(setting.key, value, source)
     return resolved
+
+
+def is_valid_choice(setting: Setting, value: str) -> bool:
+    if not setting.choices or value in setting.choices:
+        return True
+    # A numbered GPU ("cuda:1") is a device too.
+    return setting.key == "device" and re.fullmatch(r"cuda:\d+", value) is not None
+
+
+def accepted_values(setting: Setting) -> str:
+    accepted = ", ".join(setting.choices)
+    return accepted + " or cuda:N" if setting.key == "device" else accepted
 
 
 def set_config_value(library: Path, key: str, value: str | None) -> Path:
@@ -135,8 +147,8 @@ def set_config_value(library: Path, key: str, value: str | None) -> Path:
     if key not in SETTINGS_BY_KEY:
         raise InputError(f"unknown setting '{key}'; known settings are {', '.join(SETTINGS_BY_KEY)}.")
     setting = SETTINGS_BY_KEY[key]
-    if value is not None and setting.choices and value not in setting.choices:
-        raise InputError(f"{key} '{value}' is not one of {', '.join(setting.choices)}.")
+    if value is not None and not is_valid_choice(setting, value):
+        raise InputError(f"{key} '{value}' is not one of {accepted_values(setting)}.")
     values = read_config_file(library)
     if value is None:
         values.pop(key, None)

@@ -34,11 +34,7 @@ A1111_SAMPLER_NAMES = {
     "ddim": "DDIM",
     "pndm": "PLMS",
     "euler": "Euler",
-    "euler_a": "Euler a",
-    "euler-ancestral": "Euler a",
-    "dpm": "DPM++ 2M",
-    "dpmsolver": "DPM++ 2M",
-    "unipc": "UniPC",
+    "dpm++": "DPM++ 2M",
 }
 
 

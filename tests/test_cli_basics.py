@@ -264,7 +264,7 @@ def test_errors_become_one_line(error, exit_code, stderr):
         (["add", "missing.jpg"], "Error: image 'missing.jpg' does not exist; check the path."),
         (["add", "a.jpg", "b.jpg", "--name", "x"], "Error: --name and --mask apply to one image;"),
         (["export", "x", "-o", "x.bin", "--format", "zip"], "Error: --format 'zip' is not one of elite, diffusers, a1111."),
-        (["--device", "gpu", "config"], "Error: device 'gpu' (from flag) is not one of auto, cpu, cuda, mps."),
+        (["--device", "gpu", "config"], "Error: device 'gpu' (from flag) is not one of auto, cpu, cuda, mps or cuda:N."),
         (["config", "set", "colour", "red"], "Error: unknown setting 'colour'; known settings are"),
         (["models", "import", "g.pt", "l.pt"], "Error: global mapper checkpoint 'g.pt' does not exist; check the path."),
     ],
