@@ -143,6 +143,27 @@ def stderr_console():
     return Console(stderr=True, highlight=False)
 
 
+def print_rows(columns: list[str], rows: list[list[Any]]) -> None:
+    """A plain table on stdout. Cells are text, never rich markup: prompts and paths may hold '['."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(cell if isinstance(cell, Text) else Text(format_cell(cell)) for cell in row))
+    stdout_console().print(table)
+
+
+def format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
 def library_dir() -> Path:
     if options.library is not None:
         return options.library

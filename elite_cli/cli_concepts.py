@@ -15,9 +15,10 @@ from elite_cli.cli import (
     as_dict,
     check_file_exists,
     echo_json,
+    format_cell,
     load_models_with_status,
     open_store,
-    stdout_console,
+    print_rows,
 )
 from elite_cli.errors import InputError
 
@@ -33,22 +34,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> N
     if not rows:
         typer.echo(empty)
         return
-    from rich.table import Table
-
-    table = Table(show_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(format_cell(row.get(column)) for column in columns))
-    stdout_console().print(table)
-
-
-def format_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(item) for item in value)
-    return str(value)
+    print_rows(columns, [[row.get(column) for column in columns] for row in rows])
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
@@ -20,6 +21,7 @@ from elite_cli.cli import (
     library_dir,
     load_models_with_status,
     open_store,
+    print_rows,
     setting,
     stderr_console,
 )
@@ -94,8 +96,6 @@ def job_from_history(reference: str) -> GenerationJob:
     run = as_dict(open_store().get_run(reference))
     parameters = run.get("parameters", run)
     if isinstance(parameters, str):
-        import json
-
         parameters = json.loads(parameters)
     fields = GenerationJob.__dataclass_fields__
     values = {key: parameters[key] for key in fields if key in parameters}
@@ -295,25 +295,19 @@ def history(
     if not runs:
         typer.echo("No runs yet; generate with `elite gen \"<name> ...\"`.")
         return
-    from rich.table import Table
-
-    from elite_cli.cli import stdout_console
-
-    table = Table(show_edge=False, header_style="bold")
-    for column in ("id", "when", "prompt", "seed", "images"):
-        table.add_column(column)
+    rows = []
     for run in runs:
         parameters = run.get("parameters") or {}
         if isinstance(parameters, str):
-            import json
-
             parameters = json.loads(parameters)
         outputs = run.get("outputs") or []
-        table.add_row(
-            str(run.get("id", "")),
-            str(run.get("created", run.get("when", ""))),
-            str(parameters.get("prompt", run.get("prompt", ""))),
-            str(parameters.get("seed", run.get("seed", ""))),
-            str(len(outputs) if isinstance(outputs, list) else outputs),
+        rows.append(
+            [
+                run.get("id"),
+                run.get("created", run.get("when")),
+                parameters.get("prompt", run.get("prompt")),
+                parameters.get("seed", run.get("seed")),
+                len(outputs) if isinstance(outputs, list) else outputs,
+            ]
         )
-    stdout_console().print(table)
+    print_rows(["id", "when", "prompt", "seed", "images"], rows)

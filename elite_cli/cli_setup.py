@@ -19,22 +19,21 @@ from elite_cli.cli import (
     library_dir,
     models_app,
     open_store,
-    stdout_console,
+    print_rows,
 )
 from elite_cli.errors import InputError
 
-STATUS_MARKS = {"ok": "[green]ok[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
+STATUS_STYLES = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "bold red")}
 
 
 def print_findings(findings: list) -> None:
-    from rich.table import Table
+    from rich.text import Text
 
-    table = Table(show_edge=False, header_style="bold")
-    for column in ("check", "status", "detail", "fix"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for finding in findings:
-        table.add_row(finding.check, STATUS_MARKS[finding.status], finding.detail, finding.fix)
-    stdout_console().print(table)
+        label, style = STATUS_STYLES[finding.status]
+        rows.append([finding.check, Text(label, style=style), finding.detail, finding.fix])
+    print_rows(["check", "status", "detail", "fix"], rows)
 
 
 @models_app.callback()
@@ -145,15 +144,9 @@ def config_show(ctx: typer.Context, as_json: JsonFlag = False) -> None:
             }
         )
         return
-    from rich.table import Table
-
-    table = Table(show_edge=False, header_style="bold")
-    for column in ("setting", "value", "source"):
-        table.add_column(column, overflow="fold")
-    table.add_row("library", str(library), "flag" if _library_from_flag() else "ELITE_HOME or default")
-    for key, item in resolved.items():
-        table.add_row(key, item.value, item.source)
-    stdout_console().print(table)
+    rows = [["library", library, "flag" if _library_from_flag() else "ELITE_HOME or default"]]
+    rows += [[key, item.value, item.source] for key, item in resolved.items()]
+    print_rows(["setting", "value", "source"], rows)
     typer.echo(f"Config file: {settings_module.config_path(library)}")
 
 
