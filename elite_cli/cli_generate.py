@@ -78,7 +78,8 @@ def read_prompts_file(path: Path) -> list[str]:
 
 def job_from_history(reference: str) -> GenerationJob:
     """The job of an earlier run: a history id, or a PNG written by `elite gen`."""
-    if reference.lower().endswith(".png") and Path(reference).exists():
+    if reference.lower().endswith(".png"):
+        check_file_exists(Path(reference), "PNG")
         parameters = read_png_parameters(Path(reference))
         # A PNG is one image: repeat exactly that one (its own seed, one image).
         return GenerationJob(
