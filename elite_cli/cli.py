@@ -11,12 +11,10 @@ from __future__ import annotations
 import functools
 import json
 import os
-import secrets
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
@@ -24,7 +22,7 @@ import typer
 
 from elite_cli import __version__
 from elite_cli import config as settings_module
-from elite_cli.errors import ConceptNotFound, EliteError, InputError
+from elite_cli.errors import InputError
 from elite_cli.failures import EXIT_ERROR, EXIT_INTERRUPTED, internal_message, user_message
 
 if TYPE_CHECKING:

@@ -18,7 +18,6 @@ from elite_cli.cli import (
     as_dict,
     check_file_exists,
     echo_json,
-    library_dir,
     load_models_with_status,
     open_store,
     print_rows,

@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-import typer
 
 from elite_cli import __version__
 from elite_cli import config as settings
