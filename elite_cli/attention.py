@@ -32,6 +32,8 @@ class LocalInjection:
     positions: [R, J] prompt position of that concept's placeholder word.
     weights:   [R, J] 1.0 for a real slot, 0.0 for padding (rows mentioning fewer concepts).
     llambda:   the spec's lambda: how much local detail to add.
+    local_values: when a list, every cross-attention layer appends its local values v_L
+        ([R, H, P, D]) to it (local-mapper training regularises their magnitude).
     """
 
     rows: torch.Tensor
@@ -39,6 +41,7 @@ class LocalInjection:
     positions: torch.Tensor
     weights: torch.Tensor
     llambda: float
+    local_values: list | None = None
 
 
 def xformers_available() -> bool:
@@ -171,6 +174,8 @@ class EliteCrossAttnProcessor:
                 tokens = elite.tokens[:, slot].to(device=query.device, dtype=query.dtype)
                 local_key = _heads(self.to_k_local(tokens), attn.heads)
                 local_value = _heads(self.to_v_local(tokens), attn.heads)
+                if elite.local_values is not None:
+                    elite.local_values.append(local_value)
                 local = attend(row_query, local_key, local_value, attn.scale, self.backend)
                 gain = (elite.weights[:, slot].to(out.device, torch.float32) * elite.llambda).view(-1, 1, 1, 1)
                 local_out = local_out + (weight[:, slot] * gain * local.float()).to(local_out.dtype)

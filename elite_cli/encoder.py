@@ -31,7 +31,8 @@ class Encoder:
         pixels, grid_mask = clip_inputs(prepared, models.image_size, models.grid)
         pixels = pixels.to(device=models.device, dtype=models.dtype)
         # One forward over [full image, object image].
-        output = models.image_encoder(pixel_values=pixels, output_hidden_states=True)
+        with models.using(models.image_encoder):
+            output = models.image_encoder(pixel_values=pixels, output_hidden_states=True)
         features = select_features(output)
         words = models.global_mapper([level[:1] for level in features])[0]
         local = models.local_mapper([level[1:] for level in features])[0]

@@ -152,21 +152,28 @@ class Generator:
         tokenized = self.tokenize(jobs, concepts)
 
         words = {name: concept.primary_word for name, concept in concepts.items()}
-        conditional = self.prompt_encoder.encode(tokenized, words)
         guided = guidance_scale > 1.0
-        if guided:
-            # Unconditional (negative) branch first, conditional second, in ONE UNet batch; only
-            # the conditional rows receive local tokens.
-            unconditional = self.prompt_encoder.encode_plain([job.negative_prompt for job in jobs])
-            context = torch.cat([unconditional, conditional])
-            first_conditional_row = len(jobs)
-        else:
-            context, first_conditional_row = conditional, 0
-        context = context.to(models.dtype)
+        with models.using(models.text_encoder):
+            conditional = self.prompt_encoder.encode(tokenized, words)
+            if guided:
+                # Unconditional (negative) branch first, conditional second, in ONE UNet batch;
+                # only the conditional rows receive local tokens.
+                unconditional = self.prompt_encoder.encode_plain([job.negative_prompt for job in jobs])
+                context, first_conditional_row = torch.cat([unconditional, conditional]), len(jobs)
+            else:
+                context, first_conditional_row = conditional, 0
+        context = context.to(device=models.device, dtype=models.dtype)
         injection = self.local_injection(tokenized, concepts, first_conditional_row, llambda)
 
         noise_scheduler.set_timesteps(steps)
         latents = self.prepare_latents(jobs, width, height, float(noise_scheduler.init_noise_sigma))
+        with models.using(models.unet):
+            latents = self._denoise(noise_scheduler, latents, context, injection, guided, guidance_scale, progress)
+        with models.using(models.vae):
+            return self.decode(latents)
+
+    def _denoise(self, noise_scheduler, latents, context, injection, guided, guidance_scale, progress):
+        models = self.models
         timesteps = noise_scheduler.timesteps
         for step, timestep in enumerate(timesteps):
             model_input = torch.cat([latents, latents]) if guided else latents
@@ -181,7 +188,7 @@ class Generator:
             latents = noise_scheduler.step(noise, timestep, latents).prev_sample
             if progress is not None:
                 progress(step + 1, len(timesteps))
-        return self.decode(latents)
+        return latents
 
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         vae = self.models.vae

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,10 @@ class ModelSpec:
     device: str = "auto"
     dtype: str = "auto"
     attention: str = "auto"  # auto | sdpa | xformers
+    # Keep the big models in CPU memory and move each to the GPU only while it runs.
+    low_vram: bool = False
+    # torch.compile the UNet (with the ELITE processors; they trace without graph breaks).
+    compile: bool = False
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -98,6 +103,22 @@ class Models:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @contextmanager
+    def using(self, *modules: torch.nn.Module):
+        """Run a block with these modules on the compute device (a no-op unless low_vram)."""
+        if not self.spec.low_vram:
+            yield
+            return
+        for module in modules:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def provenance(self) -> dict[str, str]:
         return {
@@ -184,9 +205,16 @@ def load_models(spec: ModelSpec) -> Models:
     if int(image_encoder.config.num_hidden_layers) < 16:
         raise ModelError("the image encoder has fewer than 16 layers; ELITE reads hidden states 4, 8, 12 and 16 (use CLIP ViT-L/14).")
 
-    for module in (text_encoder, unet, vae, image_encoder, global_mapper, local_mapper):
+    # With low_vram the large models wait in CPU memory; the mappers (~200 MB in fp16) always
+    # stay on the device because the UNet's processors use their key/value layers.
+    resting = torch.device("cpu") if spec.low_vram else device
+    for module in (text_encoder, unet, vae, image_encoder):
+        module.to(device=resting, dtype=dtype).eval().requires_grad_(False)
+    for module in (global_mapper, local_mapper):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     install_elite_processors(unet, global_mapper, local_mapper, backend)
+    if spec.compile:
+        unet.compile()
 
     scheduler_config = {}
     try:

@@ -92,22 +92,28 @@ class PromptEncoder:
         finally:
             handle.remove()
 
+    def encode_ids(self, input_ids: torch.Tensor, replacements: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
+        """Hidden states for token ids [B, window] with embeddings replaced at (row, position).
+
+        Not wrapped in no_grad: training passes words that need gradients.
+        """
+        with self._injecting(replacements):
+            return self.text_encoder(input_ids.to(self.text_encoder.device))[0]
+
     @torch.no_grad()
     def encode(self, prompts: list[TokenizedPrompt], concepts: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Text-encoder hidden states [B, window, Dt] with each slot's concept word (w0) injected.
 
         concepts maps a name to the word vector [Dt] to put at that name's slots.
         """
-        device = self.text_encoder.device
-        input_ids = torch.tensor([prompt.input_ids for prompt in prompts], dtype=torch.long, device=device)
+        input_ids = torch.tensor([prompt.input_ids for prompt in prompts], dtype=torch.long)
         replacements = []
         for row, prompt in enumerate(prompts):
             for position, name in prompt.slots:
                 if concepts is None or name not in concepts:
                     raise InputError(f"the prompt mentions <{name}> but no concept of that name was given.")
                 replacements.append((row, position, concepts[name]))
-        with self._injecting(replacements):
-            return self.text_encoder(input_ids)[0]
+        return self.encode_ids(input_ids, replacements)
 
     @torch.no_grad()
     def encode_plain(self, texts: list[str]) -> torch.Tensor:

@@ -68,6 +68,10 @@ def write_tiny_vocab(directory: Path) -> tuple[Path, Path]:
 def build_tiny_models(directory: str | Path, seed: int = 0) -> TinyModels:
     """Build (or reuse, if already built here) the tiny model set in `directory`."""
     import torch
+    import transformers.utils.logging as transformers_logging
+
+    # Importing the SD pipeline class makes transformers warn about optional image processors.
+    transformers_logging.set_verbosity_error()
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 

@@ -1,12 +1,22 @@
-"""Shared fixtures. Every test gets its own empty library (ELITE_HOME) and no ELITE_* settings
-from the developer's shell; tests that need models ask for `tiny_models` (built once per session,
-random weights, real on-disk layouts, no network)."""
+"""Shared fixtures. Tests never touch the network: models are tiny, random and built offline.
+
+Every test gets its own empty library (ELITE_HOME) and no ELITE_* settings from the
+developer's shell; tests that need models ask for `tiny_models` (built once per session,
+random weights, real on-disk layouts), `tiny_spec`/`loaded_models`, or `use_tiny_models`
+(the CLI's settings pointed at them).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
 
 ELITE_ENVIRONMENT = (
     "ELITE_HOME",
@@ -35,10 +45,32 @@ def elite_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
-    """The tiny random model set, built once: `.base_model`, `.image_encoder`, `.global_mapper`, `.local_mapper`."""
+    """Paths of the tiny model set (real on-disk layouts), built once per test session:
+    `.base_model`, `.image_encoder`, `.global_mapper`, `.local_mapper`."""
     from elite_cli.tiny import build_tiny_models
 
-    return build_tiny_models(tmp_path_factory.mktemp("tiny"))
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_models):
+    from elite_cli.models import ModelSpec
+
+    return ModelSpec(
+        base_model=str(tiny_models.base_model),
+        image_encoder=str(tiny_models.image_encoder),
+        global_mapper=str(tiny_models.global_mapper),
+        local_mapper=str(tiny_models.local_mapper),
+        device="cpu",
+    )
+
+
+@pytest.fixture(scope="session")
+def loaded_models(tiny_spec):
+    """The tiny models loaded once; the CLI under `use_tiny_models` gets the same cached object."""
+    from elite_cli.models import load_models
+
+    return load_models(tiny_spec)
 
 
 @pytest.fixture

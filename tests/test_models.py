@@ -1,0 +1,67 @@
+"""Model loading through the same code path users take, on the tiny models."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from elite_cli.errors import InputError, ModelError
+from elite_cli.mappers import convert_reference_checkpoint, load_mapper_state
+from elite_cli.models import load_models, resolve_device, resolve_dtype
+
+
+def test_loaded_models_are_cached_and_fingerprinted(tiny_spec, loaded_models):
+    assert load_models(tiny_spec) is loaded_models
+    assert loaded_models.global_fingerprint.startswith("sha256:")
+    assert loaded_models.global_fingerprint != loaded_models.local_fingerprint
+    assert loaded_models.grid == 16 and loaded_models.dtype == torch.float32
+    # the UNet's cross-attention layers run the ELITE processor
+    kinds = {type(p).__name__ for name, p in loaded_models.unet.attn_processors.items() if "attn2" in name}
+    assert kinds == {"EliteCrossAttnProcessor"}
+
+
+def test_safetensors_mappers_load_with_the_same_fingerprint(tmp_path, tiny_spec, loaded_models):
+    global_st = tmp_path / "global_mapper.safetensors"
+    local_st = tmp_path / "local_mapper.safetensors"
+    convert_reference_checkpoint(tiny_spec.global_mapper, global_st)
+    convert_reference_checkpoint(tiny_spec.local_mapper, local_st)
+    models = load_models(dataclasses.replace(tiny_spec, global_mapper=str(global_st), local_mapper=str(local_st)))
+    assert models.global_fingerprint == loaded_models.global_fingerprint
+    assert models.local_fingerprint == loaded_models.local_fingerprint
+
+
+def test_mapper_for_another_unet_is_refused_with_the_first_key(tmp_path, tiny_spec):
+    state = load_mapper_state(tiny_spec.global_mapper)
+    dropped = sorted(k for k in state if k.endswith("_to_k.weight"))[0]
+    del state[dropped], state[dropped.replace("_to_k.", "_to_v.")]
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(ModelError) as error:
+        load_models(dataclasses.replace(tiny_spec, global_mapper=str(tmp_path / "other.pt")))
+    assert f"missing key '{dropped}'" in str(error.value)
+
+
+def test_missing_base_model_folder_is_one_sentence(tmp_path, tiny_spec):
+    with pytest.raises(ModelError) as error:
+        load_models(dataclasses.replace(tiny_spec, base_model=str(tmp_path / "nowhere")))
+    assert "does not exist" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_mapper_configuration(tiny_spec):
+    with pytest.raises(ModelError, match="elite models import"):
+        load_models(dataclasses.replace(tiny_spec, global_mapper=""))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_requested_without_cuda():
+    with pytest.raises(InputError, match="no usable CUDA"):
+        resolve_device("cuda")
+
+
+def test_device_and_dtype_choices():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(InputError, match="not a device"):
+        resolve_device("gpu0")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    with pytest.raises(InputError, match="use auto, float32, float16 or bfloat16"):
+        resolve_dtype("int8", torch.device("cpu"))
