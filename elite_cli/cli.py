@@ -36,6 +36,8 @@ class GlobalOptions:
     library: Path | None = None
     flags: dict[str, str | None] = field(default_factory=dict)
     verbose: bool = False
+    low_vram: bool = False
+    compile_unet: bool = False
 
 
 options = GlobalOptions()
@@ -199,6 +201,8 @@ def model_spec() -> "ModelSpec":
         local_mapper=values["local_mapper"].value,
         device=values["device"].value,
         dtype=values["dtype"].value,
+        low_vram=options.low_vram,
+        compile=options.compile_unet,
     )
 
 
@@ -266,6 +270,12 @@ def main_callback(
     local_mapper: Annotated[
         Optional[str], typer.Option(help="Local mapper file (env ELITE_LOCAL_MAPPER).")
     ] = None,
+    low_vram: Annotated[
+        bool, typer.Option("--low-vram", help="Keep models in CPU memory, each on the GPU only while it runs.")
+    ] = False,
+    compile_unet: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the UNet: slow first image, faster after.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show tracebacks and library logs.")] = False,
     version: Annotated[
         bool,
@@ -283,6 +293,8 @@ def main_callback(
         "local_mapper": local_mapper,
     }
     options.verbose = verbose
+    options.low_vram = low_vram
+    options.compile_unet = compile_unet
     if not verbose:
         # The model libraries warn about things users cannot act on (unused weights etc.).
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

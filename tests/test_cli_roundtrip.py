@@ -40,7 +40,7 @@ def library_with_cat(run_cli, use_tiny_models, cat_picture):
     return cat_picture
 
 
-def test_add_list_show(run_cli, use_tiny_models, cat_picture, dog_picture):
+def test_add_list_show(run_cli, use_tiny_models, loaded_models, cat_picture, dog_picture):
     result = run_cli("add", cat_picture, dog_picture, "--tag", "pets", "--json")
     assert result.exit_code == 0, result.output
     added = json.loads(result.stdout)
@@ -58,17 +58,7 @@ def test_add_list_show(run_cli, use_tiny_models, cat_picture, dog_picture):
     details = json.loads(shown.stdout)
     assert details["name"] == "mycat"
     text = json.dumps(details)
-    from elite_cli.models import ModelSpec, load_models
-
-    models = load_models(
-        ModelSpec(
-            base_model=str(use_tiny_models.base_model),
-            image_encoder=str(use_tiny_models.image_encoder),
-            global_mapper=str(use_tiny_models.global_mapper),
-            local_mapper=str(use_tiny_models.local_mapper),
-            device="cpu",
-        )
-    )
+    models = loaded_models  # the same cached models the CLI loaded
     assert models.global_fingerprint in text and models.local_fingerprint in text
     assert "thumbnail" in text
     human = run_cli("show", "mycat")
