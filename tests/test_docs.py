@@ -71,3 +71,11 @@ def test_readme_test_command_is_what_ci_runs_last():
 def test_changelog_has_an_unreleased_section():
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert "## [Unreleased]" in changelog
+
+
+REPORTING_COMMANDS = ["add", "gen", "list", "show", "history", "import", "check", "reencode", "models", "config", "doctor"]
+
+
+@pytest.mark.parametrize("command", REPORTING_COMMANDS)
+def test_commands_that_report_data_take_json(command, run_cli):
+    assert "--json" in run_cli(command, "--help").stdout
