@@ -167,13 +167,9 @@ def format_cell(value: Any) -> str:
 def library_dir() -> Path:
     if options.library is not None:
         return options.library
-    try:
-        from elite_cli.paths import default_home
-    except ImportError:  # TEMPORARY until the library branch lands paths.py
-        import platformdirs
+    from elite_cli.paths import default_home
 
-        return Path(os.environ.get("ELITE_HOME") or platformdirs.user_data_dir("elite"))
-    return Path(default_home())
+    return default_home()
 
 
 def effective_settings() -> dict[str, settings_module.Resolved]:
@@ -185,7 +181,7 @@ def setting(key: str) -> str:
 
 
 def open_store():
-    from elite_cli.store import ConceptStore
+    from elite_cli.library import ConceptStore
 
     return ConceptStore(library_dir())
 
@@ -218,16 +214,14 @@ def load_models_with_status(spec: "ModelSpec" | None = None):
 
 
 def as_dict(record: Any) -> dict[str, Any]:
-    """A library record (dataclass, dict or sqlite row) as a plain dict for printing."""
+    """A library record (StoredConcept, HistoryEntry, ...) as a JSON-ready dict."""
     import dataclasses
 
+    if hasattr(record, "to_dict"):
+        return record.to_dict()
     if dataclasses.is_dataclass(record) and not isinstance(record, type):
         return dataclasses.asdict(record)
-    if isinstance(record, dict):
-        return dict(record)
-    if hasattr(record, "_asdict"):
-        return record._asdict()
-    return {key: value for key, value in vars(record).items() if not key.startswith("_")}
+    return dict(record)
 
 
 def check_file_exists(path: Path, what: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -20,21 +20,9 @@ from elite_cli.cli import (
     open_store,
     print_rows,
 )
-from elite_cli.errors import InputError
+from elite_cli.errors import InputError, NameClash
 
 EXPORT_FORMATS = ("elite", "diffusers", "a1111")
-
-
-def concept_summary(stored: Any) -> dict[str, Any]:
-    """The printable fields of a stored concept (whatever record type the library returns)."""
-    return as_dict(stored)
-
-
-def print_table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
-    if not rows:
-        typer.echo(empty)
-        return
-    print_rows(columns, [[row.get(column) for column in columns] for row in rows])
 
 
 @app.command()
@@ -62,23 +50,41 @@ def add(
         check_file_exists(image, "image")
     if mask is not None:
         check_file_exists(mask, "mask")
+    from elite_cli.library import name_from_stem, validate_name
+    from elite_cli.library.names import validate_tag
+
+    for value in tag or ():
+        validate_tag(value)
+    names = [validate_name(name)] if name else [name_from_stem(image.stem) for image in images]
     store = open_store()
+    # Name problems surface before the models load and before anything is stored, so a call
+    # with several images adds all of them or (for these errors) none.
+    if not replace:
+        for wanted in names:
+            if store.exists(wanted):
+                raise NameClash(f"a concept named '{wanted}' already exists; pass --replace or choose --name.")
+    repeated = sorted({wanted for wanted in names if names.count(wanted) > 1})
+    if repeated:
+        raise InputError(f"several images would be named '{repeated[0]}'; add them one at a time with --name.")
     from elite_cli.encoder import Encoder
 
     models, load_seconds = load_models_with_status()
     encoder = Encoder(models)
     added = []
-    for image in images:
+    for image, wanted in zip(images, names):
         started = time.perf_counter()
         concept = encoder.encode(image, mask=mask)
         stored = store.add(
-            concept, name=name, image_path=image, mask_path=mask, tags=tuple(tag or ()), replace=replace
+            concept, name=wanted, image_path=image, mask_path=mask, tags=tuple(tag or ()), replace=replace
         )
-        summary = concept_summary(stored)
+        summary = as_dict(stored)
         summary["seconds"] = round(time.perf_counter() - started, 3)
         added.append(summary)
         if not as_json:
-            typer.echo(f"Added <{summary.get('name')}> (id {summary.get('id')}) in {summary['seconds']:.2f}s")
+            if stored.duplicate:
+                typer.echo(f"Already in the library as <{stored.name}> (id {stored.short_id}); nothing added")
+            else:
+                typer.echo(f"Added <{stored.name}> (id {stored.short_id}) in {summary['seconds']:.2f}s")
     if as_json:
         echo_json({"added": added, "model_load_seconds": round(load_seconds, 3)})
 
@@ -95,11 +101,17 @@ def list_concepts(
 
     Example: [bold]elite list --tag pets[/bold]
     """
-    rows = [concept_summary(stored) for stored in open_store().list(tag=tag, pattern=pattern)]
+    concepts = open_store().list(tag=tag, pattern=pattern)
     if as_json:
-        echo_json(rows)
+        echo_json([as_dict(stored) for stored in concepts])
         return
-    print_table(rows, ["name", "id", "tags", "created"], "No concepts yet; add one with `elite add IMAGE`.")
+    if not concepts:
+        typer.echo("No concepts yet; add one with `elite add IMAGE`." if not (tag or pattern) else "No matching concepts.")
+        return
+    print_rows(
+        ["name", "id", "tags", "created"],
+        [[stored.name, stored.short_id, stored.tags, stored.created] for stored in concepts],
+    )
 
 
 @app.command()
@@ -111,17 +123,14 @@ def show(
 
     Example: [bold]elite show mycat[/bold]
     """
-    details = concept_summary(open_store().get(name))
+    details = as_dict(open_store().get(name))
     if as_json:
         echo_json(details)
         return
+    details.pop("duplicate", None)
+    width = max(len(key) for key in details)
     for key, value in details.items():
-        if isinstance(value, dict):
-            typer.echo(f"{key}:")
-            for inner_key, inner_value in value.items():
-                typer.echo(f"  {inner_key}: {format_cell(inner_value)}")
-        else:
-            typer.echo(f"{key}: {format_cell(value)}")
+        typer.echo(f"{key.ljust(width)}  {format_cell(value)}")
 
 
 @app.command("rm")
@@ -136,11 +145,10 @@ def remove(
     Example: [bold]elite rm mycat oldcat[/bold]
     """
     store = open_store()
-    for name in names:
-        store.get(name)  # every name must exist before anything is removed
-    for name in names:
-        store.remove(name, keep_sources=keep_sources)
-        typer.echo(f"Removed <{name}>")
+    records = [store.get(name) for name in names]  # every name must exist before anything is removed
+    for record in records:
+        kept = store.remove(record.id, keep_sources=keep_sources)
+        typer.echo(f"Removed <{record.name}>" + (f"; sources kept in {kept[0].parent}" if kept else ""))
 
 
 @app.command()
@@ -152,8 +160,8 @@ def rename(
 
     Example: [bold]elite rename mycat tom[/bold]
     """
-    open_store().rename(old, new)
-    typer.echo(f"Renamed <{old}> to <{new}>")
+    renamed = open_store().rename(old, new)
+    typer.echo(f"Renamed <{old}> to <{renamed.name}>")
 
 
 @app.command("tag")
@@ -167,12 +175,8 @@ def tag_concept(
     Example: [bold]elite tag mycat pets black[/bold]
     """
     store = open_store()
-    if remove_tags:
-        store.untag(name, tags)
-        typer.echo(f"Untagged <{name}>: {', '.join(tags)}")
-    else:
-        store.tag(name, tags)
-        typer.echo(f"Tagged <{name}>: {', '.join(tags)}")
+    record = store.untag(name, *tags) if remove_tags else store.tag(name, *tags)
+    typer.echo(f"<{record.name}> tags: {', '.join(record.tags) or '(none)'}")
 
 
 @app.command("export")
@@ -182,6 +186,10 @@ def export_concept(
     format: Annotated[
         str, typer.Option("--format", "-f", help="elite (full concept), diffusers or a1111 (word embedding only).")
     ] = "elite",
+    token: Annotated[
+        Optional[str], typer.Option("--token", help="Trigger word for diffusers/a1111 (default: <name> / name).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
 ) -> None:
     """Write a concept to a file to share or to use elsewhere.
 
@@ -189,8 +197,10 @@ def export_concept(
     """
     if format not in EXPORT_FORMATS:
         raise InputError(f"--format '{format}' is not one of {', '.join(EXPORT_FORMATS)}.")
-    open_store().export(name, output, format)
-    typer.echo(f"Exported <{name}> to {output} ({format})")
+    result = open_store().export(name, output, format, token=token, overwrite=overwrite)
+    typer.echo(f"Exported <{name}> to {result.path} ({result.format})")
+    if result.note:
+        typer.echo(f"Note: {result.note}.", err=True)
 
 
 @app.command("import")
@@ -205,11 +215,13 @@ def import_concept(
     Example: [bold]elite import mycat.elite.safetensors --name tom[/bold]
     """
     check_file_exists(file, "concept file")
-    summary = concept_summary(open_store().import_concept(file, name=name, replace=replace))
+    stored = open_store().import_concept(file, name=name, replace=replace)
     if as_json:
-        echo_json(summary)
+        echo_json(as_dict(stored))
+    elif stored.duplicate:
+        typer.echo(f"Already in the library as <{stored.name}> (id {stored.short_id}); nothing imported")
     else:
-        typer.echo(f"Imported <{summary.get('name')}> (id {summary.get('id')})")
+        typer.echo(f"Imported <{stored.name}> (id {stored.short_id})")
 
 
 @app.command()
@@ -222,25 +234,28 @@ def check(
     Example: [bold]elite check --repair[/bold]
     """
     store = open_store()
-    repaired = [as_dict(item) if not isinstance(item, str) else item for item in (store.repair() if repair else [])]
-    problems = [as_dict(item) if not isinstance(item, str) else item for item in store.check()]
+    actions = store.repair().actions if repair else []
+    report = store.check()
     if as_json:
-        echo_json({"repaired": repaired, "problems": problems})
+        echo_json(
+            {
+                "concepts": report.concepts,
+                "files": report.files,
+                "repaired": actions,
+                "problems": [as_dict(problem) for problem in report.problems],
+            }
+        )
     else:
-        for item in repaired:
-            typer.echo(f"Repaired: {format_problem(item)}")
-        for item in problems:
-            typer.echo(f"Problem: {format_problem(item)}")
-        if not problems:
-            typer.echo("Library OK")
-    if problems:
+        for action in actions:
+            typer.echo(f"Repaired: {action}")
+        for problem in report.problems:
+            typer.echo(f"Problem: {problem}")
+        if report.ok:
+            typer.echo(f"Library OK ({report.concepts} concept{'' if report.concepts == 1 else 's'})")
+        else:
+            typer.echo("Run `elite check --repair` to fix what can be fixed." if not repair else "Some problems remain.", err=True)
+    if not report.ok:
         raise typer.Exit(1)
-
-
-def format_problem(item: Any) -> str:
-    if isinstance(item, dict):
-        return "; ".join(str(value) for value in item.values() if value)
-    return str(item)
 
 
 @app.command()
@@ -257,10 +272,9 @@ def reencode(
     Example: [bold]elite reencode mycat[/bold]
     """
     store = open_store()
-    targets = list(names) if names else [concept_summary(stored)["name"] for stored in store.list()]
-    for target in targets:
-        store.get(target)
-    if not targets:
+    # Resolve every name first: a typo fails before the models load.
+    records = [store.get(name) for name in names] if names else store.list()
+    if not records:
         typer.echo("No concepts to re-encode.")
         return
     from elite_cli.encoder import Encoder
@@ -268,12 +282,15 @@ def reencode(
     models, _ = load_models_with_status()
     encoder = Encoder(models)
     done = []
-    for target in targets:
+    for record in records:
         started = time.perf_counter()
-        summary = concept_summary(store.reencode(target, encoder))
+        stored = store.reencode(record.id, encoder)
+        summary = as_dict(stored)
         summary["seconds"] = round(time.perf_counter() - started, 3)
+        summary["changed"] = not stored.duplicate
         done.append(summary)
         if not as_json:
-            typer.echo(f"Re-encoded <{target}> in {summary['seconds']:.2f}s")
+            verb = "Re-encoded" if summary["changed"] else "Up to date:"
+            typer.echo(f"{verb} <{stored.name}> ({summary['seconds']:.2f}s)")
     if as_json:
         echo_json(done)

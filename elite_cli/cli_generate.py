@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import secrets
-from dataclasses import asdict, dataclass, replace
+import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -32,9 +32,9 @@ SEED_LIMIT = 2**32  # seeds stay in the range every torch generator and A1111 ac
 
 @dataclass
 class GenerationJob:
-    """The parameters of one `elite gen` call, for every prompt in it."""
+    """One prompt's images in an `elite gen` call; image i uses seed + i."""
 
-    prompts: list[str]
+    prompt: str
     negative_prompt: str = ""
     seed: int = 0
     steps: int = 50
@@ -54,12 +54,23 @@ class GenerationJob:
             raise InputError(f"--steps must be at least 1, not {self.steps}.")
         if self.num_images < 1:
             raise InputError(f"-n must be at least 1, not {self.num_images}.")
-        if not 0 <= self.seed < SEED_LIMIT:
-            raise InputError(f"--seed must be between 0 and {SEED_LIMIT - 1}, not {self.seed}.")
+        if not 0 <= self.seed or self.seed + self.num_images > SEED_LIMIT:
+            raise InputError(f"--seed must be between 0 and {SEED_LIMIT - self.num_images}, not {self.seed}.")
         if self.guidance_scale < 0:
             raise InputError(f"--guidance must be 0 or more, not {self.guidance_scale:g}.")
-        if not self.prompts or not all(prompt.strip() for prompt in self.prompts):
-            raise InputError("the prompt is empty; pass text such as \"<mycat> on the beach\".")
+        if not self.prompt.strip():
+            raise InputError('the prompt is empty; pass text such as "<mycat> on the beach".')
+
+    def settings(self) -> dict[str, Any]:
+        """What the history keeps besides prompt, negative prompt and seed."""
+        return {
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "llambda": self.llambda,
+            "width": self.width,
+            "height": self.height,
+            "scheduler": self.scheduler,
+        }
 
 
 def read_prompts_file(path: Path) -> list[str]:
@@ -75,57 +86,61 @@ def read_prompts_file(path: Path) -> list[str]:
     return prompts
 
 
-def job_from_history(reference: str) -> GenerationJob:
-    """The job of an earlier run: a history id, or a PNG written by `elite gen`."""
-    if reference.lower().endswith(".png"):
-        check_file_exists(Path(reference), "PNG")
-        parameters = read_png_parameters(Path(reference))
-        # A PNG is one image: repeat exactly that one (its own seed, one image).
-        return GenerationJob(
-            prompts=[parameters["prompt"]],
+def jobs_from_png(path: Path) -> list[GenerationJob]:
+    """A PNG written by `elite gen` describes one image: repeat exactly that one."""
+    check_file_exists(path, "PNG")
+    parameters = read_png_parameters(path)
+    return [
+        GenerationJob(
+            prompt=parameters["prompt"],
             negative_prompt=parameters["negative_prompt"],
             seed=int(parameters["seed"]),
-            steps=int(parameters["steps"]),
-            guidance_scale=float(parameters["guidance_scale"]),
-            llambda=float(parameters["llambda"]),
-            width=int(parameters["width"]),
-            height=int(parameters["height"]),
-            scheduler=parameters["scheduler"],
             num_images=1,
+            **{key: parameters[key] for key in GenerationJob("").settings()},
         )
-    run = as_dict(open_store().get_run(reference))
-    parameters = run.get("parameters", run)
-    if isinstance(parameters, str):
-        parameters = json.loads(parameters)
-    fields = GenerationJob.__dataclass_fields__
-    values = {key: parameters[key] for key in fields if key in parameters}
-    if "prompts" not in values and "prompt" in parameters:
-        values["prompts"] = [parameters["prompt"]]
-    return GenerationJob(**values)
+    ]
 
 
-def load_concepts(store: Any, prompts: list[str]) -> dict[str, Any]:
-    """Every concept the prompts mention, loaded before the models so a typo fails fast."""
+def jobs_from_history(store: Any, run_id: str) -> list[GenerationJob]:
+    """The jobs of an earlier run, from its history rows (one row per image)."""
+    jobs: dict[tuple, GenerationJob] = {}
+    for entry in store.get_run(run_id):
+        first_seed = entry.seed - entry.image_index
+        settings = {key: entry.parameters[key] for key in GenerationJob("").settings() if key in entry.parameters}
+        key = (entry.prompt, entry.negative_prompt, first_seed, tuple(sorted(settings.items())))
+        if key in jobs:
+            jobs[key].num_images = max(jobs[key].num_images, entry.image_index + 1)
+        else:
+            jobs[key] = GenerationJob(
+                prompt=entry.prompt,
+                negative_prompt=entry.negative_prompt,
+                seed=first_seed,
+                num_images=entry.image_index + 1,
+                **settings,
+            )
+    return list(jobs.values())
+
+
+def load_concepts(store: Any, prompts: list[str]) -> dict[str, tuple[Any, Any]]:
+    """{name: (record, concept)} for every concept the prompts mention, loaded before the models
+    so that a typo fails fast."""
     from elite_cli.prompts import concept_names
 
-    concepts: dict[str, Any] = {}
+    concepts: dict[str, tuple[Any, Any]] = {}
     for prompt in prompts:
         for name in concept_names(prompt):
             if name not in concepts:
-                concepts[name] = store.load(name)
+                concepts[name] = (store.get(name), store.load(name))
     return concepts
 
 
-def refuse_stale(concepts: dict[str, Any], models: Any) -> None:
+def refuse_stale(concepts: dict[str, tuple[Any, Any]], models: Any) -> None:
     """Concepts encoded with other mappers than the loaded ones would give wrong images."""
-    for name, concept in concepts.items():
-        provenance = concept.provenance or {}
-        stored = (provenance.get("global_mapper"), provenance.get("local_mapper"))
-        current = (models.global_fingerprint, models.local_fingerprint)
-        if stored != current:
+    for name, (record, _) in concepts.items():
+        if not record.mapper_matches(models.global_fingerprint, models.local_fingerprint):
             raise InputError(
                 f"<{name}> was encoded with other mapper checkpoints than the configured ones; "
-                f"run `elite reencode {name}` or pass --allow-stale."
+                f"run `elite reencode {record.name}` or pass --allow-stale."
             )
 
 
@@ -171,93 +186,113 @@ def gen(
     sources = [value for value in (prompt, prompts_file, again) if value is not None]
     if len(sources) != 1:
         raise InputError("give exactly one of PROMPT, --prompts FILE or --again ID.")
+    store = open_store()
     if again is not None:
-        job = job_from_history(again)
+        jobs = jobs_from_png(Path(again)) if again.lower().endswith(".png") else jobs_from_history(store, again)
     else:
         prompts = [prompt] if prompt is not None else read_prompts_file(prompts_file)
-        job = GenerationJob(
-            prompts=prompts,
-            negative_prompt=negative,
-            seed=secrets.randbelow(SEED_LIMIT) if seed is None else seed,
-            steps=steps,
-            guidance_scale=guidance,
-            llambda=llambda,
-            width=width,
-            height=height,
-            scheduler=scheduler,
-            num_images=number,
-        )
-    job.check()
+        first_seed = secrets.randbelow(SEED_LIMIT - number) if seed is None else seed
+        jobs = [
+            GenerationJob(
+                prompt=text,
+                negative_prompt=negative,
+                seed=first_seed,
+                steps=steps,
+                guidance_scale=guidance,
+                llambda=llambda,
+                width=width,
+                height=height,
+                scheduler=scheduler,
+                num_images=number,
+            )
+            for text in prompts
+        ]
+    for job in jobs:
+        job.check()
     directory = output_dir if output_dir is not None else Path(setting("output_dir"))
     if directory.exists() and not directory.is_dir():
         raise InputError(f"output folder '{directory}' is a file; pass a folder with -o.")
-    store = open_store()
-    concepts = load_concepts(store, job.prompts)
+    concepts = load_concepts(store, [job.prompt for job in jobs])
 
     from elite_cli.generator import SCHEDULERS, Generator
 
-    if job.scheduler not in SCHEDULERS:  # checked here too so a typo does not wait for the models
-        raise InputError(f"--scheduler '{job.scheduler}' is not supported; use one of {', '.join(SCHEDULERS)}.")
+    for job in jobs:  # checked here too so that a typo does not wait for the models
+        if job.scheduler not in SCHEDULERS:
+            raise InputError(f"--scheduler '{job.scheduler}' is not supported; use one of {', '.join(SCHEDULERS)}.")
     models, _ = load_models_with_status()
     if not allow_stale:
         refuse_stale(concepts, models)
     generator = Generator(models)
-    spec = models.spec if hasattr(models, "spec") else None
+    run_id = store.new_run_id()
+    model_parameters = {
+        "base_model": models.spec.base_model,
+        "image_encoder": models.spec.image_encoder,
+        "global_mapper": models.global_fingerprint,
+        "local_mapper": models.local_fingerprint,
+        "elite_version": __version__,
+    }
     written: list[dict[str, Any]] = []
-    for text in job.prompts:
-        wanted = {name: concepts[name] for name in concepts if f"<{name}>" in text}
-        images = run_with_progress(generator, job, text, wanted)
+    for job in jobs:
+        from elite_cli.prompts import concept_names
+
+        wanted = {name: concepts[name] for name in concept_names(job.prompt)}
+        concept_ids = {name: record.id for name, (record, _) in wanted.items()}
+        started = time.perf_counter()
+        images = run_with_progress(generator, job, {name: concept for name, (_, concept) in wanted.items()})
+        seconds_per_image = (time.perf_counter() - started) / len(images)
         when = datetime.now()
-        base = GenerationRecord(
-            prompt=text,
-            negative_prompt=job.negative_prompt,
-            seed=job.seed,
-            steps=job.steps,
-            guidance_scale=job.guidance_scale,
-            llambda=job.llambda,
-            width=job.width,
-            height=job.height,
-            scheduler=job.scheduler,
-            base_model=str(getattr(spec, "base_model", "") or setting("base_model")),
-            image_encoder=str(getattr(spec, "image_encoder", "") or setting("image_encoder")),
-            global_mapper=models.global_fingerprint,
-            local_mapper=models.local_fingerprint,
-            concepts={name: str(getattr(concept, "concept_id", "") or concept.provenance.get("id", "")) for name, concept in wanted.items()},
-            elite_version=__version__,
-        )
-        paths = []
         for index, image in enumerate(images):
-            record = replace(base, seed=job.seed + index, index=index)
+            record = GenerationRecord(
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt,
+                seed=job.seed + index,
+                index=index,
+                concepts=concept_ids,
+                run_id=run_id,
+                **job.settings(),
+                **model_parameters,
+            )
             path = save_png(image, directory, record, when)
-            paths.append(path)
+            # One history row per saved image, right after its file: an interruption leaves
+            # complete files with complete rows.
+            store.record_generation(
+                run_id=run_id,
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt,
+                seed=job.seed + index,
+                image_index=index,
+                parameters={**job.settings(), **model_parameters},
+                concept_ids=concept_ids,
+                output_path=path.resolve(),
+                duration_s=round(seconds_per_image, 3),
+            )
+            written.append({"path": str(path), "prompt": job.prompt, "seed": job.seed + index, "run_id": run_id})
             if not as_json:
                 typer.echo(str(path))
-        run_id = record_run(store, job, text, paths)
-        written.extend(
-            {"path": str(path), "prompt": text, "seed": job.seed + index, "run_id": run_id}
-            for index, path in enumerate(paths)
-        )
     if as_json:
         echo_json(written)
     else:
-        typer.echo(f"Seed: {job.seed}" + (f" (image i uses {job.seed} + i)" if job.num_images > 1 else ""), err=True)
+        seeds = sorted({job.seed for job in jobs})
+        note = " (image i uses seed + i)" if any(job.num_images > 1 for job in jobs) else ""
+        typer.echo(f"Seed: {', '.join(map(str, seeds))}{note}; run {run_id[:8]} (repeat: elite gen --again {run_id[:8]})", err=True)
 
 
-def run_with_progress(generator: Any, job: GenerationJob, prompt: str, concepts: dict[str, Any]) -> list[Any]:
+def run_with_progress(generator: Any, job: GenerationJob, concepts: dict[str, Any]) -> list[Any]:
     """One prompt's images, with a rich progress bar over the denoising steps on stderr."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    label = prompt if len(prompt) <= 40 else prompt[:39] + "…"
+    label = job.prompt if len(job.prompt) <= 40 else job.prompt[:39] + "…"
     with Progress(*columns, console=stderr_console(), transient=True) as progress:
         # All images of a prompt are denoised together, so the bar counts steps, not images.
-        task = progress.add_task(label, total=job.steps)
+        task = progress.add_task(escape(label), total=job.steps)
 
         def advance(step: int, total: int) -> None:
             progress.update(task, completed=step, total=total)
 
         return generator.generate(
-            prompt,
+            job.prompt,
             concepts=concepts,
             negative_prompt=job.negative_prompt,
             seed=job.seed,
@@ -272,42 +307,40 @@ def run_with_progress(generator: Any, job: GenerationJob, prompt: str, concepts:
         )
 
 
-def record_run(store: Any, job: GenerationJob, prompt: str, paths: list[Path]) -> Any:
-    """Add one prompt's run to the library's generation history; returns its id."""
-    parameters = asdict(replace(job, prompts=[prompt]))
-    parameters["prompt"] = prompt
-    return store.record_generation(parameters=parameters, outputs=[str(path) for path in paths])
-
-
 @app.command()
 def history(
-    limit: Annotated[int, typer.Option("--limit", "-l", help="How many runs, newest first.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-l", help="How many images to look back over, newest first (0: all).")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
-    """List earlier `elite gen` runs; repeat one with `elite gen --again ID`.
+    """List earlier `elite gen` runs; repeat one with `elite gen --again RUN`.
 
     Example: [bold]elite history --limit 5[/bold]
     """
-    runs = [as_dict(run) for run in open_store().list_history(limit=limit)]
-    if as_json:
-        echo_json(runs)
-        return
-    if not runs:
-        typer.echo("No runs yet; generate with `elite gen \"<name> ...\"`.")
-        return
-    rows = []
-    for run in runs:
-        parameters = run.get("parameters") or {}
-        if isinstance(parameters, str):
-            parameters = json.loads(parameters)
-        outputs = run.get("outputs") or []
-        rows.append(
-            [
-                run.get("id"),
-                run.get("created", run.get("when")),
-                parameters.get("prompt", run.get("prompt")),
-                parameters.get("seed", run.get("seed")),
-                len(outputs) if isinstance(outputs, list) else outputs,
-            ]
+    entries = open_store().list_history(limit=None if limit == 0 else limit)
+    # One item per run (newest first), gathered from the per-image rows.
+    runs: dict[str, list[Any]] = {}
+    for entry in entries:
+        runs.setdefault(entry.run_id, []).append(entry)
+    summaries = []
+    for run_id, images in runs.items():
+        images.sort(key=lambda image: image.id)
+        summaries.append(
+            {
+                "run_id": run_id,
+                "created": images[0].created,
+                "prompts": list(dict.fromkeys(image.prompt for image in images)),
+                "seed": min(image.seed - image.image_index for image in images),
+                "images": [as_dict(image) for image in images],
+            }
         )
-    print_rows(["id", "when", "prompt", "seed", "images"], rows)
+    if as_json:
+        echo_json(summaries)
+        return
+    if not summaries:
+        typer.echo('No runs yet; generate with `elite gen "<name> ..."`.')
+        return
+    rows = [
+        [run["run_id"][:8], run["created"], " | ".join(run["prompts"]), run["seed"], len(run["images"])]
+        for run in summaries
+    ]
+    print_rows(["run", "when", "prompt", "seed", "images"], rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -13,8 +14,6 @@ import pytest
 
 from conftest import draw_object_picture
 from elite_cli.outputs import read_png_parameters
-
-pytest.importorskip("elite_cli.store")  # until the library branch is merged
 
 FAST = ("--steps", "2", "--width", "64", "--height", "64")
 NAME_PATTERN = re.compile(r"^\d{8}-\d{6}-(?P<slug>[a-z0-9-]+)-(?P<seed>\d+)(-\d+)?\.png$")
@@ -27,17 +26,43 @@ def listed_names(run_cli) -> list[str]:
 
 
 def pixels(path: Path) -> bytes:
+    """The RGB bytes of an image file (8-bit levels)."""
     from PIL import Image
 
     with Image.open(path) as image:
         return image.convert("RGB").tobytes()
 
 
-@pytest.fixture
-def library_with_cat(run_cli, use_tiny_models, cat_picture):
-    result = run_cli("add", cat_picture, "--tag", "pets")
+@pytest.fixture(scope="module")
+def cat_library_template(tmp_path_factory, tiny_models) -> tuple[Path, Path]:
+    """A library holding <mycat> (tag pets), made once per module through the CLI itself."""
+    from typer.testing import CliRunner
+
+    from elite_cli.cli import app
+
+    home = tmp_path_factory.mktemp("cat-library") / "home"
+    picture = draw_object_picture(home.parent / "mycat.png")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ELITE_HOME", str(home))
+        for variable, value in (
+            ("ELITE_BASE_MODEL", tiny_models.base_model),
+            ("ELITE_IMAGE_ENCODER", tiny_models.image_encoder),
+            ("ELITE_GLOBAL_MAPPER", tiny_models.global_mapper),
+            ("ELITE_LOCAL_MAPPER", tiny_models.local_mapper),
+            ("ELITE_DEVICE", "cpu"),
+        ):
+            patch.setenv(variable, str(value))
+        result = CliRunner().invoke(app, ["add", str(picture), "--tag", "pets"])
     assert result.exit_code == 0, result.output
-    return cat_picture
+    return home, picture
+
+
+@pytest.fixture
+def library_with_cat(use_tiny_models, elite_home: Path, cat_library_template) -> Path:
+    """This test's library: a copy of the template (copying is much faster than encoding)."""
+    template, picture = cat_library_template
+    shutil.copytree(template, elite_home)
+    return picture
 
 
 def test_add_list_show(run_cli, use_tiny_models, loaded_models, cat_picture, dog_picture):
@@ -48,9 +73,15 @@ def test_add_list_show(run_cli, use_tiny_models, loaded_models, cat_picture, dog
     assert all(item["seconds"] >= 0 for item in added["added"])
     assert listed_names(run_cli) == ["mycat", "mydog"]
 
-    plain = run_cli("add", cat_picture, "--name", "tom")
+    other = draw_object_picture(cat_picture.with_name("other.png"), color=(20, 160, 20))
+    plain = run_cli("add", other, "--name", "tom")
     assert plain.exit_code == 0
-    assert re.match(r"^Added <tom> \(id .+\) in \d+\.\d\ds$", plain.stdout.strip())
+    assert re.match(r"^Added <tom> \(id [0-9a-f]{12}\) in \d+\.\d\ds$", plain.stdout.strip())
+    assert listed_names(run_cli) == ["mycat", "mydog", "tom"]
+    # The same picture again is recognised, not stored twice.
+    same = run_cli("add", cat_picture, "--name", "again")
+    assert same.exit_code == 0
+    assert same.stdout.startswith("Already in the library as <mycat>")
     assert listed_names(run_cli) == ["mycat", "mydog", "tom"]
 
     shown = run_cli("show", "mycat", "--json")
@@ -85,7 +116,8 @@ def test_gen_writes_reproducible_pngs_and_history(run_cli, library_with_cat, tmp
     runs = json.loads(run_cli("history", "--json").stdout)
     assert len(runs) == 1
     run_id = str(written[0]["run_id"])
-    assert str(runs[0]["id"]) == run_id
+    assert runs[0]["run_id"] == run_id and runs[0]["seed"] == 5
+    assert [image["output_path"] for image in runs[0]["images"]] == [str(path.resolve()) for path in paths]
     assert "<mycat> on the beach" in run_cli("history").stdout
 
     again = run_cli("gen", "--again", run_id, "-o", out, "--json")
@@ -98,7 +130,11 @@ def test_gen_writes_reproducible_pngs_and_history(run_cli, library_with_cat, tmp
     from_png = run_cli("gen", "--again", paths[1], "-o", out, "--json")
     assert from_png.exit_code == 0, from_png.output
     (single,) = json.loads(from_png.stdout)
-    assert single["seed"] == 6 and pixels(Path(single["path"])) == pixels(paths[1])
+    assert single["seed"] == 6
+    # Alone instead of in a batch of two: the same image up to float rounding in batched
+    # matrix products (a pixel may differ by a level or two).
+    alone, batched = pixels(Path(single["path"])), pixels(paths[1])
+    assert max(abs(a - b) for a, b in zip(alone, batched)) <= 3
 
 
 def test_gen_prompts_file_and_random_seed(run_cli, library_with_cat, tmp_path: Path):
@@ -127,13 +163,14 @@ def test_export_rm_import_round_trip(run_cli, library_with_cat, tmp_path: Path):
     assert imported.exit_code == 0, imported.output
     assert listed_names(run_cli) == ["mycat"]
     after = json.loads(run_cli("show", "mycat", "--json").stdout)
-    assert before["provenance"] == after["provenance"] if "provenance" in before else True
+    assert after["id"] == before["id"] and after["global_mapper"] == before["global_mapper"]
 
-    renamed = run_cli("import", exported, "--name", "tom")
-    assert renamed.exit_code == 0
-    assert listed_names(run_cli) == ["mycat", "tom"]
+    # The library already holds it: importing under another name finds the same concept.
+    again = run_cli("import", exported, "--name", "tom")
+    assert again.exit_code == 0
+    assert again.stdout.startswith("Already in the library as <mycat>")
     out = tmp_path / "out"
-    assert run_cli("gen", "<tom> and <mycat>", "--seed", "1", "-o", out, *FAST).exit_code == 0
+    assert run_cli("gen", "<mycat> in the snow", "--seed", "1", "-o", out, *FAST).exit_code == 0
     assert len(list(out.iterdir())) == 1
 
 
@@ -152,7 +189,7 @@ def test_check_and_reencode(run_cli, library_with_cat):
     result = run_cli("check", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["problems"] == []
-    assert run_cli("check").stdout.strip() == "Library OK"
+    assert run_cli("check").stdout.strip() == "Library OK (1 concept)"
     again = run_cli("reencode", "--json")
     assert again.exit_code == 0, again.output
     assert [item["name"] for item in json.loads(again.stdout)] == ["mycat"]

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("elite_cli.store")  # until the library branch is merged
-
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--steps", "2", "--width", "64", "--height", "64"]
 
