@@ -1,12 +1,9 @@
 """Helpers for the library tests: random concepts (no model needed) and sample pictures.
 
-Also runnable as a script by the crash and concurrency tests:
-  python tests/library_support.py add HOME NAME SEED [--hang-after STEP]
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,21 +38,58 @@ def make_picture(path: Path, seed: int, size: int = 24) -> Path:
     return path
 
 
-def _main(argv: list[str]) -> None:
-    sys.path.insert(0, str(REPO))
+def _kill_on(target: str, when: int) -> None:
+    """Make the `when`-th call of `target` ("os.replace", "Path.unlink", "insert_row") SIGKILL us."""
+    import os
+    import signal
+    from pathlib import Path as PathClass
+
+    from elite_cli.library.store import ConceptStore
+
+    owner, attribute = {"os.replace": (os, "replace"), "Path.unlink": (PathClass, "unlink"),
+                        "insert_row": (ConceptStore, "_insert_row")}[target]
+    original = getattr(owner, attribute)
+    calls = [0]
+
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == when:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*args, **kwargs)
+
+    setattr(owner, attribute, wrapper)
+
+
+def child(command: str, home: str, name: str, seed: int, kill: tuple[str, int] | None = None,
+          start=None) -> None:
+    """Body of a library-using child process (forked by the tests, so no slow interpreter start).
+
+    command: "add", "remove" (adds first, unharmed, so that a kill lands inside remove) or
+    "churn" (add, rename, tag, replace, remove in a loop until killed from outside).
+    kill: (target, n) makes the n-th call of target SIGKILL the process.
+    start: an optional multiprocessing.Event to wait on, so that siblings start together.
+    """
     from elite_cli.library import ConceptStore
 
-    command, home, name, seed = argv[0], Path(argv[1]), argv[2], int(argv[3])
+    if start is not None:
+        start.wait()
+    home = Path(home)
     store = ConceptStore(home)
-    picture = make_picture(home.parent / f"{name}.png", seed)
+    picture = make_picture(home.parent / f"{name}-{seed}.png", seed)
+    mask = SAMPLES / "coffee_mask.png"
+    if command == "remove":
+        store.add(random_concept(seed), image_path=picture, mask_path=mask, name=name)
+    if kill is not None:
+        _kill_on(*kill)
     if command == "add":
-        store.add(random_concept(seed), image_path=picture, name=name)
-    elif command == "add-forever":  # add then remove in a loop until killed
+        store.add(random_concept(seed), image_path=picture, mask_path=mask, name=name)
+    elif command == "remove":
+        store.remove(name)
+    elif command == "churn":
+        # Tensor seeds far from other children's, so that de-duplication never links them.
         while True:
-            store.add(random_concept(seed), image_path=picture, name=name)
-            store.remove(name)
-    print("done", flush=True)
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1:])
+            store.add(random_concept(1000 * seed), image_path=picture, name=name)
+            store.rename(name, name + "-x")
+            store.tag(name + "-x", "t")
+            store.add(random_concept(1000 * seed + 1), image_path=picture, name=name + "-x", replace=True)
+            store.remove(name + "-x")

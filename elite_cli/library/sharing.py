@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from elite_cli.library.store import ConceptStore
 
 EXPORT_FORMATS = ("elite", "diffusers", "a1111")
-LOCAL_DETAIL_NOTE = ("only the primary word w0 is exported: ELITE's local detail (the masked patch tokens) "
-                     "does not travel, so other tools reproduce the concept less faithfully than elite")
+LOCAL_DETAIL_NOTE = ("only the primary word w0 is exported; local detail does not travel (ELITE's masked patch "
+                     "tokens have no place in textual-inversion formats), so other tools reproduce the concept "
+                     "less faithfully than elite")
 # A bundle is a concept file (~0.4 MB for SD 1.x) plus a thumbnail; 128 MB is far above any real one.
 MAX_BUNDLE_BYTES = 128 * 1024 * 1024
 
