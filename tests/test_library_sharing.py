@@ -146,3 +146,11 @@ def test_a1111_export_has_emb_params_and_metadata(store, tmp_path):
     assert metadata["name"] == "cat" and metadata["sd_checkpoint_name"] == "tiny/sd"
     assert metadata["elite_note"] == LOCAL_DETAIL_NOTE
     json.dumps(metadata)
+
+
+def test_a_header_length_starting_with_0x80_is_not_mistaken_for_a_pickle(store, tmp_path):
+    header = json.dumps({"__metadata__": {"format": "other"}}).encode()
+    header += b" " * (128 - len(header))
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes((128).to_bytes(8, "little") + header)
+    _refuses(store, path, "not an elite concept")

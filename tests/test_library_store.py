@@ -151,18 +151,20 @@ def test_get_by_name_or_id_prefix(store, tmp_path):
     assert store.suggestions("moci") == ["Mochi"]
 
 
-def test_ambiguous_id_prefix_is_an_error(store, tmp_path):
-    records = [add(store, tmp_path, seed, name=f"c{seed}") for seed in range(40)]
-    firsts = [r.id[7] for r in records]
-    shared = next(ch for ch in firsts if firsts.count(ch) > 1)
-    # one hex digit is too short to be an id prefix, so use 4 where two ids agree on the first
-    pair = [r for r in records if r.id[7] == shared][:2]
-    common = os.path.commonprefix([pair[0].id, pair[1].id])[7:]
-    if len(common) >= 4:
-        with pytest.raises(LibraryError, match="matches several"):
-            store.get(common)
+def test_ambiguous_id_prefix_is_an_error(store):
+    # Two index rows whose ids share 'abcd' (crafted: real ids would need ~65,000 concepts).
+    with store._write():
+        for digit, name in (("1", "first"), ("2", "second")):
+            metadata = {"concept_id": "sha256:abcd" + digit * 60, "name": name, "created": cf.utc_now(),
+                        "text_width": "32", "grid": "4", "image_sha256": "sha256:" + digit * 64, "mask_sha256": "",
+                        "tags": "[]", "global_mapper": GLOBAL_FP, "local_mapper": LOCAL_FP, "base_model": "b",
+                        "image_encoder": "e"}
+            store._insert_row(metadata, "sha256:f", None, None, updated=cf.utc_now())
+    with pytest.raises(LibraryError, match="id prefix 'abcd' matches several concepts"):
+        store.get("abcd")
+    assert store.get("ABCD2").name == "second" and store.get("sha256:abcd1").name == "first"
     with pytest.raises(ConceptNotFound):
-        store.get(shared)
+        store.get("abc")  # under 4 hex digits is never taken as an id prefix
 
 
 def test_list_filters_sorts_and_pages(store, tmp_path):
@@ -319,3 +321,13 @@ def test_listing_does_not_import_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "home")], capture_output=True, text=True,
                             cwd=str(SAMPLES.parent.parent), check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_generation_refuses_concepts_from_other_mappers(store, tmp_path):
+    add(store, tmp_path, 1, name="cat")
+    concepts = store.for_generation(["Cat"], GLOBAL_FP, LOCAL_FP)
+    assert list(concepts) == ["Cat"] and concepts["Cat"].name == "cat"
+    other = "sha256:" + "e" * 64
+    with pytest.raises(LibraryError, match=r"concept 'cat' was encoded with other local mapper weights.*re-encode"):
+        store.for_generation(["cat"], GLOBAL_FP, other)
+    assert store.for_generation(["cat"], other, other, allow_mapper_mismatch=True)["cat"].words.shape == (5, 32)

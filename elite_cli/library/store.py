@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol
@@ -26,9 +25,10 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 from elite_cli.errors import ConceptNotFound, InputError, LibraryError, NameClash
 from elite_cli.library import conceptfile as cf
 from elite_cli.library.migrations import library_migrations
+from elite_cli.library.history import GenerationHistory
 from elite_cli.library.names import closest_names, name_from_stem, validate_name, validate_tag
 from elite_cli.library.thumbnails import thumbnail_png
-from elite_cli.library.records import CheckReport, ExportResult, HistoryEntry, Problem, RepairReport, StoredConcept
+from elite_cli.library.records import CheckReport, ExportResult, RepairReport, StoredConcept
 from elite_cli.paths import default_home
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class ConceptEncoder(Protocol):
     def encode(self, image, mask=None) -> "Concept": ...
 
 
-class ConceptStore:
+class ConceptStore(GenerationHistory):
     """The concept library in `home` (default: `default_home()`), created and migrated on open.
 
     Safe to use from several processes at once. Not thread-safe: use one store per thread.
@@ -68,6 +68,8 @@ class ConceptStore:
                                "set ELITE_HOME to a writable folder.") from None
         self.db_path = self.home / DB_NAME
         self.db = self._open_database()
+        # (path, bytes) to write back if the open edit transaction fails after a file rewrite.
+        self._undo_bytes: tuple[Path, bytes] | None = None
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -128,11 +130,10 @@ class ConceptStore:
         tags: dict[str, list[str]] = {concept_id: [] for concept_id in ids}
         if ids:
             marks = ",".join("?" * len(ids))
-            rows = self.db.execute(f"SELECT concept_id, tag FROM concept_tags WHERE concept_id IN ({marks}) "
-                                   "ORDER BY tag COLLATE NOCASE", ids)
+            rows = self.db.execute(f"SELECT concept_id, tag FROM concept_tags WHERE concept_id IN ({marks})", ids)
             for concept_id, tag in rows:
                 tags[concept_id].append(tag)
-        return {concept_id: tuple(values) for concept_id, values in tags.items()}
+        return {concept_id: tuple(sorted(values, key=str.lower)) for concept_id, values in tags.items()}
 
     def _records(self, rows: list) -> list[StoredConcept]:
         tags = self._tags_of([row[0] for row in rows])
@@ -178,7 +179,7 @@ class ConceptStore:
 
         sort: "name" (A-Z) or "recent" (newest first). limit/offset page through large libraries.
         """
-        where, params = self._filters(tag, pattern)
+        where, params = self._filters(tag, pattern, self._tag_is_common(tag))
         order = {"name": "c.name", "recent": "c.created DESC, c.id"}.get(sort)
         if order is None:
             raise InputError(f"sort order '{sort}' is not known; use 'name' or 'recent'.")
@@ -192,11 +193,27 @@ class ConceptStore:
         where, params = self._filters(tag, pattern)
         return self.db.execute(f"SELECT count(*) FROM concepts c WHERE {where}", params).fetchone()[0]
 
+    def _tag_is_common(self, tag: str | None) -> bool:
+        """Whether a tag is on so many concepts that scanning in list order finds a page sooner.
+
+        Fetching every tagged concept and sorting costs ~ n lookups; walking the name (or
+        created) index and testing each concept costs ~ page * total / n. They cross near
+        n = sqrt(20 * total) on a 2-core machine (benchmarks/library_bench.py).
+        """
+        if tag is None:
+            return False
+        tagged = self.db.execute("SELECT count(*) FROM concept_tags WHERE tag = ?", [tag]).fetchone()[0]
+        total = self.db.execute("SELECT max(rowid) FROM concepts").fetchone()[0] or 0  # cheap stand-in for count
+        return tagged * tagged > 20 * total
+
     @staticmethod
-    def _filters(tag: str | None, pattern: str | None) -> tuple[str, list]:
+    def _filters(tag: str | None, pattern: str | None, common_tag: bool = False) -> tuple[str, list]:
         clauses, params = ["1"], []
         if tag is not None:
-            clauses.append("c.id IN (SELECT concept_id FROM concept_tags WHERE tag = ?)")
+            if common_tag:
+                clauses.append("EXISTS (SELECT 1 FROM concept_tags t WHERE t.tag = ? AND t.concept_id = c.id)")
+            else:
+                clauses.append("c.id IN (SELECT concept_id FROM concept_tags WHERE tag = ?)")
             params.append(tag)
         if pattern:
             escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -322,7 +339,7 @@ class ConceptStore:
         metadata = cf.concept_metadata(concept, tensors, name=name, created=cf.utc_now(), tags=tags)
         metadata.update({key: provenance[key] for key in cf.PROVENANCE_KEYS if key in provenance})
         data = cf.serialize(tensors, metadata)
-        cf.load_bytes(data, f"concept '{name}'")  # the same checks an import gets: shapes, finite values
+        cf.load_bytes(data, name)  # the same checks an import gets: shapes, finite values
         thumbnail = thumbnail_png(image_path)
         sources = [("image", image_path, image_path.suffix.lower())]
         if mask_path is not None:
@@ -481,55 +498,30 @@ class ConceptStore:
 
     # --- mapper provenance -----------------------------------------------------------------------
 
+    def for_generation(self, names: list[str], global_fingerprint: str, local_fingerprint: str,
+                       allow_mapper_mismatch: bool = False) -> dict[str, "Concept"]:
+        """Load the concepts a prompt names, refusing any encoded by other mapper weights.
+
+        Mixing a concept with mappers it was not made by gives wrong images without any error,
+        so this raises LibraryError (naming the fix: re-encode) unless allow_mapper_mismatch.
+        Returns {name as written in the prompt: Concept}.
+        """
+        concepts = {}
+        for name in names:
+            record = self.get(name)
+            problem = mapper_mismatch(record, global_fingerprint, local_fingerprint)
+            if problem and not allow_mapper_mismatch:
+                raise LibraryError(problem)
+            concept = cf.load_path(record.file_path).to_concept()
+            concept.name = record.name
+            concepts[name] = concept
+        return concepts
+
     def stale(self, global_fingerprint: str, local_fingerprint: str) -> list[StoredConcept]:
         """Concepts encoded by other mapper weights than the given ones (candidates for reencode)."""
         rows = self._find("NOT (m.global_mapper = ? AND m.local_mapper = ?) ORDER BY c.name",
                           [global_fingerprint, local_fingerprint])
         return self._records(rows)
-
-    # --- history ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def new_run_id() -> str:
-        return uuid.uuid4().hex
-
-    def record_generation(self, *, run_id: str, prompt: str, negative_prompt: str, seed: int, image_index: int,
-                          parameters: dict, concept_ids: dict[str, str], output_path: Path | str | None,
-                          duration_s: float | None) -> int:
-        """Record one generated image; returns the history row id.
-
-        parameters: every other setting (steps, guidance_scale, llambda, width, height,
-        scheduler, models...) as JSON-serialisable values. concept_ids: {prompt name: id}.
-        """
-        try:
-            parameters_json = json.dumps(parameters, sort_keys=True)
-        except TypeError as error:
-            raise InputError(f"generation parameters must be JSON values ({error}).") from None
-        with self._write():
-            cursor = self.db.execute(
-                "INSERT INTO generations (run_id, created, prompt, negative_prompt, seed, image_index, parameters,"
-                " concept_ids, output_path, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [run_id, cf.utc_now(), prompt, negative_prompt, int(seed), int(image_index), parameters_json,
-                 json.dumps(concept_ids, sort_keys=True), None if output_path is None else str(output_path),
-                 duration_s])
-            return cursor.lastrowid
-
-    def list_history(self, limit: int | None = 20, offset: int = 0, contains: str | None = None) -> list[HistoryEntry]:
-        """Past generated images, newest first; `contains` filters prompts by a substring."""
-        where, params = ("prompt LIKE ?", [f"%{contains}%"]) if contains else ("1", [])
-        rows = self.db.query(f"SELECT * FROM generations WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
-                             [*params, -1 if limit is None else limit, offset])
-        return [HistoryEntry.from_row(row) for row in rows]
-
-    def get_run(self, run_id: str) -> list[HistoryEntry]:
-        """Every image of one run (by run id or a unique prefix of it), in index order."""
-        rows = list(self.db.query("SELECT * FROM generations WHERE run_id >= ? AND run_id < ? "
-                                  "ORDER BY run_id, image_index", [run_id, run_id + "\uffff"]))
-        if len({row["run_id"] for row in rows}) > 1:
-            raise LibraryError(f"run id prefix '{run_id}' matches several runs; give more characters.")
-        if not rows:
-            raise LibraryError(f"no generation run '{run_id}' in the history; list runs with `elite history`.")
-        return [HistoryEntry.from_row(row) for row in rows]
 
     # --- check and repair ------------------------------------------------------------------------
 
@@ -566,6 +558,16 @@ class ConceptStore:
         from elite_cli.library.sharing import import_bundle
 
         return import_bundle(self, Path(path), name, replace)
+
+
+def mapper_mismatch(record: StoredConcept, global_fingerprint: str, local_fingerprint: str) -> str | None:
+    """A one-sentence explanation when `record` was encoded by other mapper weights, else None."""
+    if record.mapper_matches(global_fingerprint, local_fingerprint):
+        return None
+    which = [label for label, stored, current in (("global", record.global_mapper, global_fingerprint),
+                                                  ("local", record.local_mapper, local_fingerprint)) if stored != current]
+    return (f"concept '{record.name}' was encoded with other {' and '.join(which)} mapper weights than the configured "
+            f"ones; re-encode it (`elite reencode {record.name}`) or explicitly allow the mismatch.")
 
 
 @contextmanager
