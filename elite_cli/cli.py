@@ -181,7 +181,7 @@ def setting(key: str) -> str:
 
 
 def open_store():
-    from elite_cli.library import ConceptStore
+    from elite_cli.store import ConceptStore
 
     return ConceptStore(library_dir())
 
