@@ -130,7 +130,7 @@ def library_findings(library: Path, open_store: Callable[[], Any]) -> list[Findi
     if not library.exists():
         return [Finding("library", OK, f"{library} (created on first `elite add`)")]
     try:
-        problems = list(open_store().check())
+        problems = open_store().check().problems
     except Exception as error:  # report, don't crash: doctor runs when things are broken
         return [Finding("library", FAIL, f"{library}: {error}", "run `elite check --repair`, or move the folder away")]
     if problems:

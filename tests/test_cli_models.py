@@ -84,3 +84,18 @@ def test_doctor_fails_with_a_fix_when_cuda_is_asked_for_but_absent(run_cli, use_
     findings = {finding["check"]: finding for finding in json.loads(result.stdout)}
     assert findings["device"]["status"] == "fail"
     assert "--device cpu" in findings["device"]["fix"]
+
+
+def test_doctor_reports_library_problems_with_the_fix(run_cli, use_tiny_models, cat_picture, elite_home: Path):
+    assert run_cli("add", cat_picture).exit_code == 0
+    healthy = {finding["check"]: finding for finding in json.loads(run_cli("doctor", "--json").stdout)}
+    assert healthy["library"] == {"check": "library", "status": "ok", "detail": str(elite_home), "fix": ""}
+    (thumbnail,) = (elite_home / "concepts").glob("*.thumb.png")
+    thumbnail.unlink()
+    result = run_cli("doctor", "--json")
+    assert result.exit_code == 1
+    broken = {finding["check"]: finding for finding in json.loads(result.stdout)}["library"]
+    assert broken["status"] == "fail" and "1 problem(s)" in broken["detail"]
+    assert broken["fix"] == "run `elite check --repair`"
+    assert run_cli("check", "--repair").exit_code == 0
+    assert run_cli("doctor").exit_code == 0
