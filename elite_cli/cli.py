@@ -164,6 +164,14 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
+def short_time(iso: str | None) -> str:
+    """`2026-11-25T09:41:34.187537Z` -> `2026-11-25 09:41 UTC` for tables (--json keeps the full value)."""
+    if not iso:
+        return ""
+    text = iso.replace("T", " ")
+    return f"{text[:16]} UTC" if iso.endswith("Z") else text[:16]
+
+
 def library_dir() -> Path:
     if options.library is not None:
         return options.library

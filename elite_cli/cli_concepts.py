@@ -19,6 +19,7 @@ from elite_cli.cli import (
     load_models_with_status,
     open_store,
     print_rows,
+    short_time,
 )
 from elite_cli.errors import InputError, NameClash
 
@@ -110,7 +111,7 @@ def list_concepts(
         return
     print_rows(
         ["name", "id", "tags", "created"],
-        [[stored.name, stored.short_id, stored.tags, stored.created] for stored in concepts],
+        [[stored.name, stored.short_id, stored.tags, short_time(stored.created)] for stored in concepts],
     )
 
 

@@ -21,6 +21,7 @@ from elite_cli.cli import (
     load_models_with_status,
     open_store,
     print_rows,
+    short_time,
     setting,
     stderr_console,
 )
@@ -340,7 +341,7 @@ def history(
         typer.echo('No runs yet; generate with `elite gen "<name> ..."`.')
         return
     rows = [
-        [run["run_id"][:8], run["created"], " | ".join(run["prompts"]), run["seed"], len(run["images"])]
+        [run["run_id"][:8], short_time(run["created"]), " | ".join(run["prompts"]), run["seed"], len(run["images"])]
         for run in summaries
     ]
     print_rows(["run", "when", "prompt", "seed", "images"], rows)
