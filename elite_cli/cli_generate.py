@@ -192,7 +192,7 @@ def gen(
         jobs = jobs_from_png(Path(again)) if again.lower().endswith(".png") else jobs_from_history(store, again)
     else:
         prompts = [prompt] if prompt is not None else read_prompts_file(prompts_file)
-        first_seed = secrets.randbelow(SEED_LIMIT - number) if seed is None else seed
+        first_seed = secrets.randbelow(max(1, SEED_LIMIT - number)) if seed is None else seed
         jobs = [
             GenerationJob(
                 prompt=text,
@@ -232,10 +232,10 @@ def gen(
         "local_mapper": models.local_fingerprint,
         "elite_version": __version__,
     }
+    from elite_cli.prompts import concept_names
+
     written: list[dict[str, Any]] = []
     for job in jobs:
-        from elite_cli.prompts import concept_names
-
         wanted = {name: concepts[name] for name in concept_names(job.prompt)}
         concept_ids = {name: record.id for name, (record, _) in wanted.items()}
         started = time.perf_counter()
