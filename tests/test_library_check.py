@@ -122,3 +122,27 @@ def test_missing_source_and_thumbnail(store):
     assert kinds(store.check()) == ["missing-source", "missing-thumbnail"]
     assert_repaired(store)
     assert store.get("owl").image_path is None and owl.thumbnail_path.exists()
+
+
+def test_sources_without_a_plain_extension_are_still_recognised(tmp_path):
+    store = ConceptStore(tmp_path / "home")
+    picture = make_picture(tmp_path / "photo.png", 1)
+    odd = tmp_path / "photo"  # no extension at all
+    odd.write_bytes(picture.read_bytes())
+    record = store.add(random_concept(1), image_path=odd)
+    assert record.image_path.name.endswith(".image.img") and store.check().ok
+
+
+def test_unreadable_index_is_rebuilt_from_the_files(store):
+    from elite_cli.errors import LibraryError
+
+    before = {r.id: (r.name, r.tags) for r in store.list()}
+    store.close()
+    for suffix in ("-wal", "-shm"):
+        (store.home / f"library.db{suffix}").unlink(missing_ok=True)
+    (store.home / "library.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(LibraryError, match="cannot be opened.*rebuild"):
+        ConceptStore(store.home)
+    rebuilt, report = ConceptStore.rebuild_index(store.home)
+    assert report.after.ok and {r.id: (r.name, r.tags) for r in rebuilt.list()} == before
+    assert len(list(store.home.glob("library.db.broken-*"))) == 1

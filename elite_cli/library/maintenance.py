@@ -156,7 +156,7 @@ def repair(store: "ConceptStore") -> RepairReport:
         for problem in found.problems:
             kind, subject = problem.kind, problem.subject
             if kind == "index-corrupt":
-                actions.append(f"cannot repair {subject} in place: move it aside and repair again to rebuild it")
+                actions.append(f"cannot repair {subject} in place; rebuild it from the files with ConceptStore.rebuild_index")
             elif kind in ("temp-file", "orphan-companion"):
                 (store.concepts_dir / subject).unlink(missing_ok=True)
                 actions.append(f"deleted {subject} ({problem.detail})")

@@ -89,9 +89,24 @@ class ConceptStore(GenerationHistory):
                 with _immediate(db):
                     library_migrations.apply(db)
         except sqlite3.DatabaseError as error:
-            raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); move it aside and "
-                               "run `elite check --repair` to rebuild it from the concept files.") from None
+            raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); rebuild it from the "
+                               "concept files (ConceptStore.rebuild_index, `elite check --repair`).") from None
         return db
+
+    @classmethod
+    def rebuild_index(cls, home: Path | str | None = None) -> tuple["ConceptStore", RepairReport]:
+        """Recover from an unreadable library.db: move it aside, start a fresh index, and
+        index every concept file (names and tags come from the files). The generation
+        history lived only in the old index; it stays in `library.db.broken-<time>`.
+        """
+        home = Path(home).expanduser() if home is not None else default_home()
+        stamp = cf.utc_now().replace(":", "").replace(".", "")
+        for suffix in ("", "-wal", "-shm"):
+            old = home / f"{DB_NAME}{suffix}"
+            if old.exists():
+                os.replace(old, home / f"{DB_NAME}.broken-{stamp}{suffix}")
+        store = cls(home)
+        return store, store.repair()
 
     def close(self) -> None:
         self.db.close()
@@ -216,8 +231,7 @@ class ConceptStore(GenerationHistory):
                 clauses.append("c.id IN (SELECT concept_id FROM concept_tags WHERE tag = ?)")
             params.append(tag)
         if pattern:
-            escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            like = escaped.replace("*", "%").replace("?", "_")
+            like = _like_escape(pattern).replace("*", "%").replace("?", "_")
             if "*" not in pattern and "?" not in pattern:
                 like = f"%{like}%"
             clauses.append("c.name LIKE ? ESCAPE '\\'")
@@ -236,7 +250,7 @@ class ConceptStore(GenerationHistory):
         if self.count() > 5000:
             candidates = [row[0] for row in self.db.execute(
                 "SELECT name FROM concepts WHERE name LIKE ? ESCAPE '\\' LIMIT 20000",
-                [name[0].replace("_", "\\_") + "%"])]
+                [_like_escape(name[0]) + "%"])]
         else:
             candidates = self.names()
         return closest_names(name, candidates, limit)
@@ -341,9 +355,9 @@ class ConceptStore(GenerationHistory):
         data = cf.serialize(tensors, metadata)
         cf.load_bytes(data, name)  # the same checks an import gets: shapes, finite values
         thumbnail = thumbnail_png(image_path)
-        sources = [("image", image_path, image_path.suffix.lower())]
+        sources = [("image", image_path, _source_suffix(image_path))]
         if mask_path is not None:
-            sources.append(("mask", mask_path, mask_path.suffix.lower()))
+            sources.append(("mask", mask_path, _source_suffix(mask_path)))
         if not keep_sources:
             sources = []
         return self._store(data, metadata, thumbnail, sources, replace)
@@ -558,6 +572,18 @@ class ConceptStore(GenerationHistory):
         from elite_cli.library.sharing import import_bundle
 
         return import_bundle(self, Path(path), name, replace)
+
+
+def _source_suffix(path: Path) -> str:
+    """The suffix a kept source gets: the original one lower-cased if it is a plain short
+    extension (check recognises `<hex>.image.<ext>`), else `.img`."""
+    suffix = path.suffix.lower()
+    return suffix if 1 < len(suffix) <= 9 and suffix[1:].isascii() and suffix[1:].isalnum() else ".img"
+
+
+def _like_escape(text: str) -> str:
+    """Make LIKE's wildcards literal (used with ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def mapper_mismatch(record: StoredConcept, global_fingerprint: str, local_fingerprint: str) -> str | None:
