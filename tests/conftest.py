@@ -1,4 +1,10 @@
-"""Shared fixtures. Tests never touch the network: models are tiny, random and built offline."""
+"""Shared fixtures. Tests never touch the network: models are tiny, random and built offline.
+
+Every test gets its own empty library (ELITE_HOME) and no ELITE_* settings from the
+developer's shell; tests that need models ask for `tiny_models` (built once per session,
+random weights, real on-disk layouts), `tiny_spec`/`loaded_models`, or `use_tiny_models`
+(the CLI's settings pointed at them).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,35 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
+ELITE_ENVIRONMENT = (
+    "ELITE_HOME",
+    "ELITE_BASE_MODEL",
+    "ELITE_IMAGE_ENCODER",
+    "ELITE_GLOBAL_MAPPER",
+    "ELITE_LOCAL_MAPPER",
+    "ELITE_DEVICE",
+    "ELITE_DTYPE",
+    "ELITE_OUTPUT_DIR",
+)
+
+
+@pytest.fixture(autouse=True)
+def elite_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh library folder per test, and no settings leaking in from the environment."""
+    for name in ELITE_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    # Nothing in the tests may reach the network; the hub libraries honour these.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    home = tmp_path / "elite-home"
+    monkeypatch.setenv("ELITE_HOME", str(home))
+    return home
+
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    """Paths of the tiny model set (real on-disk layouts), built once per test session."""
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """Paths of the tiny model set (real on-disk layouts), built once per test session:
+    `.base_model`, `.image_encoder`, `.global_mapper`, `.local_mapper`."""
     from elite_cli.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
@@ -36,6 +67,55 @@ def tiny_spec(tiny_models):
 
 @pytest.fixture(scope="session")
 def loaded_models(tiny_spec):
+    """The tiny models loaded once; the CLI under `use_tiny_models` gets the same cached object."""
     from elite_cli.models import load_models
 
     return load_models(tiny_spec)
+
+
+@pytest.fixture
+def use_tiny_models(tiny_models, monkeypatch: pytest.MonkeyPatch):
+    """Point the model settings at the tiny set through the environment, as a user would."""
+    monkeypatch.setenv("ELITE_BASE_MODEL", str(tiny_models.base_model))
+    monkeypatch.setenv("ELITE_IMAGE_ENCODER", str(tiny_models.image_encoder))
+    monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(tiny_models.global_mapper))
+    monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(tiny_models.local_mapper))
+    monkeypatch.setenv("ELITE_DEVICE", "cpu")
+    return tiny_models
+
+
+def draw_object_picture(path: Path, size: int = 64, color: tuple[int, int, int] = (200, 40, 40)) -> Path:
+    """A small RGB picture of a filled disc on grey: enough for the encoder to see an object."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), (128, 128, 128))
+    ImageDraw.Draw(image).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=color)
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def cat_picture(tmp_path: Path) -> Path:
+    return draw_object_picture(tmp_path / "mycat.png")
+
+
+@pytest.fixture
+def dog_picture(tmp_path: Path) -> Path:
+    return draw_object_picture(tmp_path / "mydog.png", color=(40, 40, 200))
+
+
+@pytest.fixture
+def run_cli():
+    """Run `elite ARGS...` in-process; returns typer's Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from elite_cli.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str, **kwargs):
+        return runner.invoke(app, [str(arg) for arg in args], env=kwargs.pop("env", None), **kwargs)
+
+    return run
+
+

@@ -1,0 +1,313 @@
+"""The `elite` command line: parse, call the core and the library, print.
+
+Every command is registered through `EliteTyper.command`, which wraps it in `report_errors`:
+the one place where exceptions become `Error: ...` lines and exit codes. torch, diffusers and
+the model modules are imported inside the commands that need them, so `elite --help` and
+`elite list` stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
+
+import typer
+
+from elite_cli import __version__
+from elite_cli import config as settings_module
+from elite_cli.errors import InputError
+from elite_cli.failures import EXIT_ERROR, EXIT_INTERRUPTED, internal_message, user_message
+
+if TYPE_CHECKING:
+    from elite_cli.models import ModelSpec
+
+
+@dataclass
+class GlobalOptions:
+    """What the top-level options chose; set by `main_callback` before any command runs."""
+
+    library: Path | None = None
+    flags: dict[str, str | None] = field(default_factory=dict)
+    verbose: bool = False
+    low_vram: bool = False
+    compile_unet: bool = False
+
+
+options = GlobalOptions()
+
+
+def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command; print `Error: ...` (exit 1) or `Interrupted` (exit 130) instead of a traceback.
+
+    With -v the traceback is printed too. Typer's own exits (typer.Exit, usage errors) pass through.
+    """
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            if options.verbose:
+                traceback.print_exc(file=sys.stderr)
+            typer.echo("Interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as error:
+            if type(error).__module__.startswith(("typer", "click")):
+                raise  # usage errors: Typer formats those itself
+            if options.verbose:
+                traceback.print_exc(file=sys.stderr)
+            message = user_message(error) or internal_message(error)
+            typer.echo(f"Error: {message}", err=True)
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return run
+
+
+class EliteTyper(typer.Typer):
+    """A Typer whose commands all go through `report_errors`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(function: Callable[..., Any]) -> Callable[..., Any]:
+            register(report_errors(function))
+            return function
+
+        return decorator
+
+    def callback(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        register = super().callback(*args, **kwargs)
+
+        def decorator(function: Callable[..., Any]) -> Callable[..., Any]:
+            register(report_errors(function))
+            return function
+
+        return decorator
+
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
+
+def new_app(help_text: str | None = None, **kwargs: Any) -> EliteTyper:
+    """An app with elite's conventions; without help_text, its callback's docstring is the help."""
+    if help_text is not None:
+        kwargs["help"] = help_text  # passing help=None would hide the callback's docstring
+    return EliteTyper(
+        context_settings=HELP_OPTIONS,
+        no_args_is_help=False,
+        add_completion=False,
+        rich_markup_mode="rich",
+        pretty_exceptions_enable=False,
+        **kwargs,
+    )
+
+
+app = new_app(
+    "elite: put the thing in your picture into new images (ELITE over Stable Diffusion 1.x).\n\n"
+    "Example: [bold]elite add mycat.jpg[/bold] then [bold]elite gen \"<mycat> on the beach\"[/bold]"
+)
+models_app = new_app(invoke_without_command=True)
+config_app = new_app(invoke_without_command=True)
+app.add_typer(models_app, name="models")
+app.add_typer(config_app, name="config")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def stdout_console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def print_rows(columns: list[str], rows: list[list[Any]]) -> None:
+    """A plain table on stdout. Cells are text, never rich markup: prompts and paths may hold '['."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(cell if isinstance(cell, Text) else Text(format_cell(cell)) for cell in row))
+    stdout_console().print(table)
+
+
+def format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+def short_time(iso: str | None) -> str:
+    """`2026-11-25T09:41:34.187537Z` -> `2026-11-25 09:41 UTC` for tables (--json keeps the full value)."""
+    if not iso:
+        return ""
+    text = iso.replace("T", " ")
+    return f"{text[:16]} UTC" if iso.endswith("Z") else text[:16]
+
+
+def library_dir() -> Path:
+    if options.library is not None:
+        return options.library
+    from elite_cli.paths import default_home
+
+    return default_home()
+
+
+def effective_settings() -> dict[str, settings_module.Resolved]:
+    return settings_module.resolve(library_dir(), options.flags)
+
+
+def setting(key: str) -> str:
+    return effective_settings()[key].value
+
+
+def open_store():
+    from elite_cli.store import ConceptStore
+
+    return ConceptStore(library_dir())
+
+
+def model_spec() -> "ModelSpec":
+    from elite_cli.models import ModelSpec
+
+    values = effective_settings()
+    return ModelSpec(
+        base_model=values["base_model"].value,
+        image_encoder=values["image_encoder"].value,
+        global_mapper=values["global_mapper"].value,
+        local_mapper=values["local_mapper"].value,
+        device=values["device"].value,
+        dtype=values["dtype"].value,
+        low_vram=options.low_vram,
+        compile=options.compile_unet,
+    )
+
+
+def load_models_with_status(spec: "ModelSpec" | None = None):
+    """Load (or reuse) the models, with a spinner on stderr; returns (models, seconds)."""
+    spec = spec or model_spec()
+    with stderr_console().status("Loading models (the first run downloads them)..."):
+        from elite_cli.models import load_models
+
+        started = time.perf_counter()
+        models = load_models(spec)
+    return models, time.perf_counter() - started
+
+
+def as_dict(record: Any) -> dict[str, Any]:
+    """A library record (StoredConcept, HistoryEntry, ...) as a JSON-ready dict."""
+    import dataclasses
+
+    if hasattr(record, "to_dict"):
+        return record.to_dict()
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return dataclasses.asdict(record)
+    return dict(record)
+
+
+def check_file_exists(path: Path, what: str) -> None:
+    """Fail before loading models when a path the user gave is missing."""
+    if not path.exists():
+        raise InputError(f"{what} '{path}' does not exist; check the path.")
+    if path.is_dir():
+        raise InputError(f"{what} '{path}' is a folder; pass a file.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Top level
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"elite {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    library: Annotated[
+        Optional[Path],
+        typer.Option("--library", help="Concept library folder (env ELITE_HOME).", show_default=False),
+    ] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps (env ELITE_DEVICE).")] = None,
+    dtype: Annotated[
+        Optional[str], typer.Option(help="auto, float32, float16 or bfloat16 (env ELITE_DTYPE).")
+    ] = None,
+    base_model: Annotated[
+        Optional[str], typer.Option(help="SD 1.x hub id or folder (env ELITE_BASE_MODEL).")
+    ] = None,
+    image_encoder: Annotated[
+        Optional[str], typer.Option(help="CLIP ViT-L/14 hub id or folder (env ELITE_IMAGE_ENCODER).")
+    ] = None,
+    global_mapper: Annotated[
+        Optional[str], typer.Option(help="Global mapper file (env ELITE_GLOBAL_MAPPER).")
+    ] = None,
+    local_mapper: Annotated[
+        Optional[str], typer.Option(help="Local mapper file (env ELITE_LOCAL_MAPPER).")
+    ] = None,
+    low_vram: Annotated[
+        bool, typer.Option("--low-vram", help="Keep models in CPU memory, each on the GPU only while it runs.")
+    ] = False,
+    compile_unet: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the UNet: slow first image, faster after.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show tracebacks and library logs.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Settings shared by every command; models come from flag, environment, config.toml, default."""
+    options.library = library.expanduser() if library is not None else None
+    options.flags = {
+        "device": device,
+        "dtype": dtype,
+        "base_model": base_model,
+        "image_encoder": image_encoder,
+        "global_mapper": global_mapper,
+        "local_mapper": local_mapper,
+    }
+    options.verbose = verbose
+    options.low_vram = low_vram
+    options.compile_unet = compile_unet
+    if not verbose:
+        # The model libraries warn about things users cannot act on (unused weights etc.).
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def main() -> None:
+    """Console-script entry point (`elite`, `python -m elite_cli`)."""
+    app(prog_name="elite")
+
+
+from elite_cli import cli_concepts as _concepts  # noqa: E402,F401  (registers commands)
+from elite_cli import cli_generate as _generate  # noqa: E402,F401
+from elite_cli import cli_setup as _setup  # noqa: E402,F401

@@ -1,0 +1,297 @@
+"""Commands over the concept library: add, list, show, rm, rename, tag, export, import, check,
+reencode. Registered on `elite_cli.cli.app` when that module is imported."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from elite_cli.cli import (
+    JsonFlag,
+    app,
+    as_dict,
+    check_file_exists,
+    echo_json,
+    format_cell,
+    load_models_with_status,
+    open_store,
+    print_rows,
+    short_time,
+)
+from elite_cli.errors import InputError, NameClash
+
+EXPORT_FORMATS = ("elite", "diffusers", "a1111")
+
+
+@app.command()
+def add(
+    images: Annotated[list[Path], typer.Argument(help="Picture(s) of the thing, object centred.", show_default=False)],
+    name: Annotated[
+        Optional[str], typer.Option("--name", "-N", help="Concept name (default: the file name). One image only.")
+    ] = None,
+    mask: Annotated[
+        Optional[Path], typer.Option("--mask", "-m", help="Object mask, white = object. One image only.")
+    ] = None,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="Tag to attach; repeatable.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace a concept of the same name.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Encode pictures into concepts and store them in the library.
+
+    Several images are added with one model load. A PNG with transparency needs no mask.
+
+    Example: [bold]elite add mycat.jpg --mask mycat-mask.png --tag pets[/bold]
+    """
+    if len(images) > 1 and (name or mask):
+        raise InputError("--name and --mask apply to one image; add images with their own name or mask one at a time.")
+    for image in images:
+        check_file_exists(image, "image")
+    if mask is not None:
+        check_file_exists(mask, "mask")
+    from elite_cli.library import name_from_stem, validate_name
+    from elite_cli.library.names import validate_tag
+
+    for value in tag or ():
+        validate_tag(value)
+    names = [validate_name(name)] if name else [name_from_stem(image.stem) for image in images]
+    store = open_store()
+    # Name problems surface before the models load and before anything is stored, so a call
+    # with several images adds all of them or (for these errors) none.
+    if not replace:
+        for wanted in names:
+            if store.exists(wanted):
+                raise NameClash(f"a concept named '{wanted}' already exists; pass --replace or choose --name.")
+    repeated = sorted({wanted for wanted in names if names.count(wanted) > 1})
+    if repeated:
+        raise InputError(f"several images would be named '{repeated[0]}'; add them one at a time with --name.")
+    from elite_cli.encoder import Encoder
+
+    models, load_seconds = load_models_with_status()
+    encoder = Encoder(models)
+    added = []
+    for image, wanted in zip(images, names):
+        started = time.perf_counter()
+        concept = encoder.encode(image, mask=mask)
+        stored = store.add(
+            concept, name=wanted, image_path=image, mask_path=mask, tags=tuple(tag or ()), replace=replace
+        )
+        summary = as_dict(stored)
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        added.append(summary)
+        if not as_json:
+            if stored.duplicate:
+                typer.echo(f"Already in the library as <{stored.name}> (id {stored.short_id}); nothing added")
+            else:
+                typer.echo(f"Added <{stored.name}> (id {stored.short_id}) in {summary['seconds']:.2f}s")
+    if as_json:
+        echo_json({"added": added, "model_load_seconds": round(load_seconds, 3)})
+
+
+@app.command("list")
+def list_concepts(
+    tag: Annotated[Optional[str], typer.Option("--tag", "-t", help="Only concepts with this tag.")] = None,
+    pattern: Annotated[
+        Optional[str], typer.Option("--match", help="Only names matching this glob, e.g. 'cat*'.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the concepts in the library.
+
+    Example: [bold]elite list --tag pets[/bold]
+    """
+    concepts = open_store().list(tag=tag, pattern=pattern)
+    if as_json:
+        echo_json([as_dict(stored) for stored in concepts])
+        return
+    if not concepts:
+        typer.echo("No concepts yet; add one with `elite add IMAGE`." if not (tag or pattern) else "No matching concepts.")
+        return
+    print_rows(
+        ["name", "id", "tags", "created"],
+        [[stored.name, stored.short_id, stored.tags, short_time(stored.created)] for stored in concepts],
+    )
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="Concept name or id.", show_default=False)],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one concept: id, tags, source files, thumbnail and the models that encoded it.
+
+    Example: [bold]elite show mycat[/bold]
+    """
+    details = as_dict(open_store().get(name))
+    if as_json:
+        echo_json(details)
+        return
+    details.pop("duplicate", None)
+    width = max(len(key) for key in details)
+    for key, value in details.items():
+        typer.echo(f"{key.ljust(width)}  {format_cell(value)}")
+
+
+@app.command("rm")
+def remove(
+    names: Annotated[list[str], typer.Argument(help="Concept names or ids.", show_default=False)],
+    keep_sources: Annotated[
+        bool, typer.Option("--keep-sources", help="Keep the stored copies of the source images.")
+    ] = False,
+) -> None:
+    """Remove concepts from the library.
+
+    Example: [bold]elite rm mycat oldcat[/bold]
+    """
+    store = open_store()
+    records = [store.get(name) for name in names]  # every name must exist before anything is removed
+    for record in records:
+        kept = store.remove(record.id, keep_sources=keep_sources)
+        typer.echo(f"Removed <{record.name}>" + (f"; sources kept in {kept[0].parent}" if kept else ""))
+
+
+@app.command()
+def rename(
+    old: Annotated[str, typer.Argument(help="Current name or id.", show_default=False)],
+    new: Annotated[str, typer.Argument(help="New name.", show_default=False)],
+) -> None:
+    """Rename a concept; prompts then use the new <name>.
+
+    Example: [bold]elite rename mycat tom[/bold]
+    """
+    renamed = open_store().rename(old, new)
+    typer.echo(f"Renamed <{old}> to <{renamed.name}>")
+
+
+@app.command("tag")
+def tag_concept(
+    name: Annotated[str, typer.Argument(help="Concept name or id.", show_default=False)],
+    tags: Annotated[list[str], typer.Argument(help="Tags to add (or remove with --remove).", show_default=False)],
+    remove_tags: Annotated[bool, typer.Option("--remove", help="Remove these tags instead.")] = False,
+) -> None:
+    """Add tags to a concept (or remove them).
+
+    Example: [bold]elite tag mycat pets black[/bold]
+    """
+    store = open_store()
+    record = store.untag(name, *tags) if remove_tags else store.tag(name, *tags)
+    typer.echo(f"<{record.name}> tags: {', '.join(record.tags) or '(none)'}")
+
+
+@app.command("export")
+def export_concept(
+    name: Annotated[str, typer.Argument(help="Concept name or id.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.", show_default=False)],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="elite (full concept), diffusers or a1111 (word embedding only).")
+    ] = "elite",
+    token: Annotated[
+        Optional[str], typer.Option("--token", help="Trigger word for diffusers/a1111 (default: <name> / name).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+) -> None:
+    """Write a concept to a file to share or to use elsewhere.
+
+    Example: [bold]elite export mycat -o mycat.elite.safetensors[/bold]
+    """
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"--format '{format}' is not one of {', '.join(EXPORT_FORMATS)}.")
+    result = open_store().export(name, output, format, token=token, overwrite=overwrite)
+    typer.echo(f"Exported <{name}> to {result.path} ({result.format})")
+    if result.note:
+        typer.echo(f"Note: {result.note}.", err=True)
+
+
+@app.command("import")
+def import_concept(
+    file: Annotated[Path, typer.Argument(help="A file written by `elite export`.", show_default=False)],
+    name: Annotated[Optional[str], typer.Option("--name", "-N", help="Store under this name.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace a concept of the same name.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add a concept exported from another library.
+
+    Example: [bold]elite import mycat.elite.safetensors --name tom[/bold]
+    """
+    check_file_exists(file, "concept file")
+    stored = open_store().import_concept(file, name=name, replace=replace)
+    if as_json:
+        echo_json(as_dict(stored))
+    elif stored.duplicate:
+        typer.echo(f"Already in the library as <{stored.name}> (id {stored.short_id}); nothing imported")
+    else:
+        typer.echo(f"Imported <{stored.name}> (id {stored.short_id})")
+
+
+@app.command()
+def check(
+    repair: Annotated[bool, typer.Option("--repair", help="Fix what can be fixed.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check the library: database, tensor files, thumbnails. Exits 1 when problems remain.
+
+    Example: [bold]elite check --repair[/bold]
+    """
+    store = open_store()
+    actions = store.repair().actions if repair else []
+    report = store.check()
+    if as_json:
+        echo_json(
+            {
+                "concepts": report.concepts,
+                "files": report.files,
+                "repaired": actions,
+                "problems": [as_dict(problem) for problem in report.problems],
+            }
+        )
+    else:
+        for action in actions:
+            typer.echo(f"Repaired: {action}")
+        for problem in report.problems:
+            typer.echo(f"Problem: {problem}")
+        if report.ok:
+            typer.echo(f"Library OK ({report.concepts} concept{'' if report.concepts == 1 else 's'})")
+        else:
+            typer.echo("Run `elite check --repair` to fix what can be fixed." if not repair else "Some problems remain.", err=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def reencode(
+    names: Annotated[
+        Optional[list[str]], typer.Argument(help="Concepts to re-encode (default: all).", show_default=False)
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Encode concepts again from their stored source images with the configured models.
+
+    Needed after changing the mapper checkpoints: concepts encoded with other mappers are stale.
+
+    Example: [bold]elite reencode mycat[/bold]
+    """
+    store = open_store()
+    # Resolve every name first: a typo fails before the models load.
+    records = [store.get(name) for name in names] if names else store.list()
+    if not records:
+        typer.echo("No concepts to re-encode.")
+        return
+    from elite_cli.encoder import Encoder
+
+    models, _ = load_models_with_status()
+    encoder = Encoder(models)
+    done = []
+    for record in records:
+        started = time.perf_counter()
+        stored = store.reencode(record.id, encoder)
+        summary = as_dict(stored)
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        summary["changed"] = not stored.duplicate
+        done.append(summary)
+        if not as_json:
+            verb = "Re-encoded" if summary["changed"] else "Up to date:"
+            typer.echo(f"{verb} <{stored.name}> ({summary['seconds']:.2f}s)")
+    if as_json:
+        echo_json(done)

@@ -1,0 +1,205 @@
+"""Set-up commands: `elite models`, `elite config`, `elite doctor`.
+Registered on `elite_cli.cli.app` when that module is imported."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from elite_cli import config as settings_module
+from elite_cli.cli import (
+    JsonFlag,
+    app,
+    config_app,
+    echo_json,
+    effective_settings,
+    library_dir,
+    models_app,
+    open_store,
+    print_rows,
+)
+from elite_cli.errors import InputError
+
+STATUS_STYLES = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "bold red")}
+
+
+def print_findings(findings: list) -> None:
+    from rich.text import Text
+
+    rows = []
+    for finding in findings:
+        label, style = STATUS_STYLES[finding.status]
+        rows.append([finding.check, Text(label, style=style), finding.detail, finding.fix])
+    print_rows(["check", "status", "detail", "fix"], rows)
+
+
+@models_app.callback()
+def models_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Show the configured models, where each setting came from, and whether each is present.
+
+    Example: [bold]elite models[/bold]
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from elite_cli.doctor import model_findings
+
+    findings = model_findings(effective_settings())
+    if as_json:
+        echo_json([asdict(finding) for finding in findings])
+    else:
+        print_findings(findings)
+
+
+@models_app.command("import")
+def models_import(
+    global_checkpoint: Annotated[
+        Path, typer.Argument(help="Reference global_mapper.pt (or .safetensors).", show_default=False)
+    ],
+    local_checkpoint: Annotated[
+        Path, typer.Argument(help="Reference local_mapper.pt (or .safetensors).", show_default=False)
+    ],
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite mappers already imported.")] = False,
+) -> None:
+    """Convert the reference ELITE mapper checkpoints to safetensors in the library's models folder.
+
+    Example: [bold]elite models import global_mapper.pt local_mapper.pt[/bold]
+    """
+    from elite_cli.cli import check_file_exists
+
+    check_file_exists(global_checkpoint, "global mapper checkpoint")
+    check_file_exists(local_checkpoint, "local mapper checkpoint")
+    models_dir = library_dir() / settings_module.MODELS_DIR_NAME
+    targets = [
+        (global_checkpoint, models_dir / settings_module.GLOBAL_MAPPER_FILE),
+        (local_checkpoint, models_dir / settings_module.LOCAL_MAPPER_FILE),
+    ]
+    if not replace:
+        for _, target in targets:
+            if target.exists():
+                raise InputError(
+                    f"'{target}' already exists; pass --replace to overwrite it (concepts encoded with it become stale)."
+                )
+    from elite_cli.mappers import convert_reference_checkpoint
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for source, target in targets:
+        # Convert next to the target, then rename: an interrupted import leaves the old file intact.
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            fingerprint = convert_reference_checkpoint(source, partial)
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        typer.echo(f"{target}  {fingerprint}")
+
+
+@models_app.command("tiny")
+def models_tiny(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the tiny models in.", show_default=False)],
+    use: Annotated[bool, typer.Option("--use", help="Also point this library's config.toml at them.")] = False,
+) -> None:
+    """Build a tiny random model set (seconds, offline) to try every command without downloads.
+
+    The images it makes are noise: it is for smoke tests, not pictures.
+
+    Example: [bold]elite models tiny ./tiny --use[/bold]
+    """
+    from elite_cli.tiny import build_tiny_models
+
+    tiny = build_tiny_models(directory)
+    values = {
+        "base_model": str(Path(tiny.base_model).resolve()),
+        "image_encoder": str(Path(tiny.image_encoder).resolve()),
+        "global_mapper": str(Path(tiny.global_mapper).resolve()),
+        "local_mapper": str(Path(tiny.local_mapper).resolve()),
+    }
+    if use:
+        for key, value in values.items():
+            path = settings_module.set_config_value(library_dir(), key, value)
+        typer.echo(f"Wrote the tiny model paths to {path}")
+    else:
+        for key, value in values.items():
+            typer.echo(f"export {settings_module.SETTINGS_BY_KEY[key].env}={value}")
+
+
+@config_app.callback()
+def config_show(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Show every setting's effective value and where it came from (flag, env, config file, default).
+
+    Example: [bold]elite config[/bold]
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    resolved = effective_settings()
+    library = library_dir()
+    if as_json:
+        echo_json(
+            {
+                "library": str(library),
+                "config_file": str(settings_module.config_path(library)),
+                "settings": {key: {"value": item.value, "source": item.source} for key, item in resolved.items()},
+            }
+        )
+        return
+    rows = [["library", library, "flag" if _library_from_flag() else "ELITE_HOME or default"]]
+    rows += [[key, item.value, item.source] for key, item in resolved.items()]
+    print_rows(["setting", "value", "source"], rows)
+    typer.echo(f"Config file: {settings_module.config_path(library)}")
+
+
+def _library_from_flag() -> bool:
+    from elite_cli.cli import options
+
+    return options.library is not None
+
+
+@config_app.command("set")
+def config_set(
+    key: Annotated[str, typer.Argument(help="Setting name, as `elite config` lists it.", show_default=False)],
+    value: Annotated[str, typer.Argument(help="New value.", show_default=False)],
+) -> None:
+    """Store a setting in the library's config.toml (flags and environment still win).
+
+    Example: [bold]elite config set device cuda[/bold]
+    """
+    path = settings_module.set_config_value(library_dir(), key, value)
+    typer.echo(f"{key} = {value}  ({path})")
+
+
+@config_app.command("unset")
+def config_unset(
+    key: Annotated[str, typer.Argument(help="Setting name.", show_default=False)],
+) -> None:
+    """Remove a setting from config.toml so its default applies again.
+
+    Example: [bold]elite config unset device[/bold]
+    """
+    path = settings_module.set_config_value(library_dir(), key, None)
+    typer.echo(f"Removed {key} from {path}")
+
+
+@app.command()
+def doctor(as_json: JsonFlag = False) -> None:
+    """Check Python, torch, CUDA, xformers, the device, the models and the library, with a fix for each problem.
+
+    Exits 1 when something would stop `elite add` or `elite gen`.
+
+    Example: [bold]elite doctor[/bold]
+    """
+    from elite_cli.doctor import FAIL, environment_findings, library_findings, model_findings
+
+    resolved = effective_settings()
+    findings = environment_findings(resolved["device"].value)
+    findings += model_findings(resolved)
+    findings += library_findings(library_dir(), open_store)
+    if as_json:
+        echo_json([asdict(finding) for finding in findings])
+    else:
+        print_findings(findings)
+    if any(finding.status == FAIL for finding in findings):
+        raise typer.Exit(1)
+
+

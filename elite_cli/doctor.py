@@ -1,0 +1,146 @@
+"""`elite doctor` and `elite models`: what is installed and configured, and how to fix what is not.
+
+Each check returns a `Finding` with a fix the user can type. Nothing here raises for a
+problem it finds: a missing model is a finding, not an error.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from elite_cli.config import Resolved
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+# The file whose presence says a hub model is complete enough to load.
+HUB_MARKER_FILES = {"base_model": "model_index.json", "image_encoder": "config.json"}
+
+
+@dataclass
+class Finding:
+    check: str
+    status: str  # ok, warn or fail
+    detail: str
+    fix: str = ""
+
+
+def package_version(name: str) -> str | None:
+    """Installed version without importing the package (xformers imports torch and CUDA)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def model_presence(key: str, value: str) -> tuple[str, str]:
+    """(status, detail) for one configured model: a local path, a cached hub model, or neither."""
+    path = Path(value).expanduser()
+    if key in ("global_mapper", "local_mapper"):
+        if path.is_file():
+            return OK, f"file {path}"
+        return FAIL, f"missing file {path}"
+    if path.exists():
+        marker = HUB_MARKER_FILES[key]
+        if (path / marker).is_file():
+            return OK, f"folder {path}"
+        return FAIL, f"folder {path} has no {marker}"
+    if value.count("/") == 1 and not value.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - huggingface_hub comes with diffusers
+            return WARN, f"hub model {value} (cache not inspectable)"
+        cached = try_to_load_from_cache(value, HUB_MARKER_FILES[key])
+        if isinstance(cached, str):
+            return OK, f"hub model {value} (downloaded)"
+        return WARN, f"hub model {value} (not downloaded yet; the first run downloads it)"
+    return FAIL, f"'{value}' is neither a folder nor a hub id"
+
+
+MODEL_FIXES = {
+    "base_model": "pass --base-model or set ELITE_BASE_MODEL to a Stable Diffusion 1.x folder or hub id",
+    "image_encoder": "pass --image-encoder or set ELITE_IMAGE_ENCODER to a CLIP ViT-L/14 folder or hub id",
+    "global_mapper": "download the ELITE checkpoints and run `elite models import global_mapper.pt local_mapper.pt`",
+    "local_mapper": "download the ELITE checkpoints and run `elite models import global_mapper.pt local_mapper.pt`",
+}
+
+
+def model_findings(settings: dict[str, Resolved]) -> list[Finding]:
+    findings = []
+    for key in ("base_model", "image_encoder", "global_mapper", "local_mapper"):
+        status, detail = model_presence(key, settings[key].value)
+        fix = MODEL_FIXES[key] if status != OK else ""
+        if status == WARN:
+            fix = "needs internet once; or point it at a local folder"
+        findings.append(Finding(key, status, f"{detail} [{settings[key].source}]", fix))
+    return findings
+
+
+def environment_findings(device: str) -> list[Finding]:
+    """Python, torch, CUDA, xformers and the device the configured setting resolves to."""
+    findings = [Finding("python", OK if sys.version_info >= (3, 11) else FAIL, platform.python_version(), "")]
+    if sys.version_info < (3, 11):
+        findings[0].fix = "install Python 3.11 or newer"
+    try:
+        import torch
+    except ImportError:
+        return findings + [Finding("torch", FAIL, "not installed", "pip install torch (a CUDA build for GPUs)")]
+    cuda_build = torch.version.cuda
+    findings.append(Finding("torch", OK, f"{torch.__version__} ({'CUDA ' + cuda_build if cuda_build else 'CPU build'})"))
+    for name in ("diffusers", "transformers"):
+        version = package_version(name)
+        findings.append(Finding(name, OK if version else FAIL, version or "not installed", "" if version else f"pip install {name}"))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        findings.append(Finding("cuda", OK, f"{torch.cuda.get_device_name(0)}, CUDA {cuda_build}"))
+    else:
+        fix = "install a CUDA build of torch from pytorch.org to use an NVIDIA GPU" if not cuda_build else "check the NVIDIA driver (nvidia-smi)"
+        findings.append(Finding("cuda", WARN if device != "cuda" else FAIL, "not available", fix))
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    xformers = package_version("xformers")
+    findings.append(
+        Finding(
+            "xformers",
+            OK if xformers or not cuda else WARN,
+            xformers or "not installed",
+            "" if xformers or not cuda else "pip install -e '.[cuda]' for faster, leaner attention on CUDA",
+        )
+    )
+    resolved = device
+    if device == "auto":
+        resolved = "cuda" if cuda else "mps" if mps else "cpu"
+    unavailable = (resolved == "cuda" and not cuda) or (resolved == "mps" and not mps)
+    findings.append(
+        Finding(
+            "device",
+            FAIL if unavailable else OK,
+            f"{resolved} (setting: {device})",
+            "use --device cpu or install the matching torch build" if unavailable else "",
+        )
+    )
+    return findings
+
+
+def library_findings(library: Path, open_store: Callable[[], Any]) -> list[Finding]:
+    """The library folder and its health (`ConceptStore.check`)."""
+    if not library.exists():
+        return [Finding("library", OK, f"{library} (created on first `elite add`)")]
+    try:
+        problems = open_store().check().problems
+    except Exception as error:  # report, don't crash: doctor runs when things are broken
+        return [Finding("library", FAIL, f"{library}: {error}", "run `elite check --repair`, or move the folder away")]
+    if problems:
+        first = problems[0]
+        return [
+            Finding(
+                "library",
+                FAIL,
+                f"{library}: {len(problems)} problem(s), e.g. {first}",
+                "run `elite check --repair`",
+            )
+        ]
+    return [Finding("library", OK, str(library))]

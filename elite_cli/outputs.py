@@ -1,0 +1,166 @@
+"""Generated PNG files: predictable names that never overwrite, reproducible parameters inside
+each file, and saves that leave no partial file behind when interrupted.
+
+Each PNG carries two text chunks:
+- `parameters`: the one-line-per-field text AUTOMATIC1111's web UI writes and reads
+  (prompt, `Negative prompt: ...`, then `Steps: 50, Sampler: ..., Seed: ...`), so image
+  browsers that understand A1111 show the settings;
+- `elite`: a JSON object with every parameter `elite gen` needs to repeat the image exactly
+  (see `GenerationRecord`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # PIL is imported by the functions that write images
+    from PIL import Image
+
+PARAMETERS_CHUNK = "parameters"
+ELITE_CHUNK = "elite"
+SLUG_MAX_LENGTH = 48
+
+# Scheduler names as A1111 spells its samplers, so its UI recognises them.
+A1111_SAMPLER_NAMES = {
+    "lms": "LMS",
+    "ddim": "DDIM",
+    "pndm": "PLMS",
+    "euler": "Euler",
+    "dpm++": "DPM++ 2M",
+}
+
+
+@dataclass
+class GenerationRecord:
+    """Everything that fixes one generated image (with the concept tensors it names)."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance_scale: float
+    llambda: float
+    width: int
+    height: int
+    scheduler: str
+    base_model: str
+    image_encoder: str
+    global_mapper: str = ""  # fingerprints "sha256:<hex>"
+    local_mapper: str = ""
+    # concept name -> its id in the library, so a renamed concept can still be traced.
+    concepts: dict[str, str] = field(default_factory=dict)
+    index: int = 0  # which image of the call; its seed is the call's seed + index
+    run_id: str | int | None = None
+    elite_version: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+
+def a1111_parameters(record: GenerationRecord) -> str:
+    """The `parameters` text A1111 writes: prompt, negative prompt, then one `Key: value` line."""
+    fields = [
+        ("Steps", record.steps),
+        ("Sampler", A1111_SAMPLER_NAMES.get(record.scheduler, record.scheduler)),
+        ("CFG scale", _number(record.guidance_scale)),
+        ("Seed", record.seed),
+        ("Size", f"{record.width}x{record.height}"),
+        ("Model", record.base_model),
+        ("ELITE lambda", _number(record.llambda)),
+    ]
+    if record.concepts:
+        fields.append(("ELITE concepts", " ".join(sorted(record.concepts))))
+    if record.elite_version:
+        fields.append(("Version", f"elite {record.elite_version}"))
+    # A1111 separates fields with ", " and quotes values that contain one.
+    settings = ", ".join(f"{key}: {_a1111_quote(str(value))}" for key, value in fields)
+    lines = [record.prompt]
+    if record.negative_prompt:
+        lines.append(f"Negative prompt: {record.negative_prompt}")
+    lines.append(settings)
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _a1111_quote(value: str) -> str:
+    if "," in value or ":" in value or '"' in value:
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def slugify(prompt: str, max_length: int = SLUG_MAX_LENGTH) -> str:
+    """A file-name-safe, lower-case summary of a prompt: `<mycat> on the beach` -> `mycat-on-the-beach`."""
+    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    slug = slug[:max_length].rstrip("-")
+    return slug or "image"
+
+
+def image_file_name(prompt: str, seed: int, when: datetime, suffix: int = 0) -> str:
+    """`<YYYYmmdd-HHMMSS>-<slug>-<seed>.png`, or `...-<seed>-<suffix>.png` when that is taken."""
+    stem = f"{when:%Y%m%d-%H%M%S}-{slugify(prompt)}-{seed}"
+    return f"{stem}.png" if suffix == 0 else f"{stem}-{suffix}.png"
+
+
+def save_png(image: "Image.Image", directory: Path, record: GenerationRecord, when: datetime) -> Path:
+    """Save `image` with its parameters under a fresh name in `directory`; returns the path.
+
+    The PNG is written to a hidden temporary file first and then linked to its final name, so
+    an interrupted save leaves no partial PNG, and an existing file is never overwritten (the
+    name gets a numeric suffix instead, even if another process takes a name meanwhile).
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    directory.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    info.add_text(PARAMETERS_CHUNK, a1111_parameters(record))
+    info.add_text(ELITE_CHUNK, record.to_json())
+    handle, temporary_name = tempfile.mkstemp(prefix=".elite-partial-", suffix=".png", dir=directory)
+    temporary = Path(temporary_name)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format="PNG", pnginfo=info)
+            stream.flush()
+            os.fsync(stream.fileno())
+        suffix = 0
+        while True:
+            final = directory / image_file_name(record.prompt, record.seed, when, suffix)
+            try:
+                # link() fails if the name exists, which makes "never overwrite" race-free.
+                os.link(temporary, final)
+                return final
+            except FileExistsError:
+                suffix += 1
+            except OSError:
+                # Filesystems without hard links: check-then-rename is the best we can do.
+                if final.exists():
+                    suffix += 1
+                    continue
+                os.replace(temporary, final)
+                return final
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def read_png_parameters(path: Path) -> dict[str, Any]:
+    """The `elite` JSON chunk of a PNG written by `save_png` (for tests and `gen --again FILE`)."""
+    from PIL import Image
+
+    from elite_cli.errors import InputError
+
+    with Image.open(path) as image:
+        text = image.info.get(ELITE_CHUNK)
+    if text is None:
+        raise InputError(f"'{path}' has no elite parameters chunk; pass a PNG written by `elite gen`.")
+    return json.loads(text)

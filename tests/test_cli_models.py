@@ -1,0 +1,101 @@
+"""`elite models`, `elite models import`, `elite models tiny` and `elite doctor` against the tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def test_models_tiny_use_points_the_config_at_them(run_cli, tiny_models, elite_home: Path, tmp_path: Path):
+    # build_tiny_models reuses a finished set, so pointing at the session's set is quick.
+    directory = Path(tiny_models.base_model).parent
+    result = run_cli("models", "tiny", directory, "--use")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(run_cli("config", "--json").stdout)["settings"]
+    assert shown["base_model"]["value"] == str(Path(tiny_models.base_model).resolve())
+    assert shown["global_mapper"]["source"] == f"config {elite_home / 'config.toml'}"
+    status = json.loads(run_cli("models", "--json").stdout)
+    assert [finding["status"] for finding in status] == ["ok", "ok", "ok", "ok"]
+
+
+def test_models_tiny_prints_exports_without_use(run_cli, tiny_models):
+    result = run_cli("models", "tiny", Path(tiny_models.base_model).parent)
+    assert result.exit_code == 0
+    assert f"export ELITE_LOCAL_MAPPER={Path(tiny_models.local_mapper).resolve()}" in result.stdout.splitlines()
+
+
+def test_models_shows_missing_mappers_with_the_fix(run_cli, elite_home: Path):
+    result = run_cli("models", "--json")
+    findings = {finding["check"]: finding for finding in json.loads(result.stdout)}
+    assert findings["global_mapper"]["status"] == "fail"
+    assert str(elite_home / "models" / "global_mapper.safetensors") in findings["global_mapper"]["detail"]
+    assert "elite models import" in findings["global_mapper"]["fix"]
+
+
+def test_models_import_converts_and_refuses_to_overwrite(run_cli, tiny_models, elite_home: Path):
+    from elite_cli.mappers import convert_reference_checkpoint
+
+    result = run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper)
+    assert result.exit_code == 0, result.output
+    models_dir = elite_home / "models"
+    assert sorted(path.name for path in models_dir.iterdir()) == ["global_mapper.safetensors", "local_mapper.safetensors"]
+    # The fingerprint printed is the one the core computes for the same checkpoint.
+    expected = convert_reference_checkpoint(tiny_models.global_mapper, models_dir.parent / "check.safetensors")
+    assert f"{models_dir / 'global_mapper.safetensors'}  {expected}" in result.stdout.splitlines()
+
+    again = run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper)
+    assert again.exit_code == 1
+    assert again.stderr.startswith(f"Error: '{models_dir / 'global_mapper.safetensors'}' already exists; pass --replace")
+    assert run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper, "--replace").exit_code == 0
+    # With the default mapper paths, the imported files are what `elite models` finds.
+    findings = {finding["check"]: finding["status"] for finding in json.loads(run_cli("models", "--json").stdout)}
+    assert findings["global_mapper"] == findings["local_mapper"] == "ok"
+
+
+def test_models_import_of_a_non_checkpoint_leaves_nothing(run_cli, tiny_models, elite_home: Path, tmp_path: Path):
+    bogus = tmp_path / "global_mapper.pt"
+    bogus.write_bytes(b"this is not a checkpoint")
+    result = run_cli("models", "import", bogus, tiny_models.local_mapper)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    models_dir = elite_home / "models"
+    assert not models_dir.exists() or list(models_dir.iterdir()) == []
+
+
+def test_doctor_reports_and_passes_with_tiny_models(run_cli, use_tiny_models):
+    result = run_cli("doctor", "--json")
+    assert result.exit_code == 0, result.output
+    findings = {finding["check"]: finding for finding in json.loads(result.stdout)}
+    assert findings["python"]["status"] == "ok"
+    assert findings["torch"]["detail"].startswith("2.")
+    assert findings["device"]["detail"] == "cpu (setting: cpu)"
+    assert findings["base_model"]["status"] == "ok"
+
+
+def test_doctor_fails_with_a_fix_when_cuda_is_asked_for_but_absent(run_cli, use_tiny_models):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cli("--device", "cuda", "doctor", "--json")
+    assert result.exit_code == 1
+    findings = {finding["check"]: finding for finding in json.loads(result.stdout)}
+    assert findings["device"]["status"] == "fail"
+    assert "--device cpu" in findings["device"]["fix"]
+
+
+def test_doctor_reports_library_problems_with_the_fix(run_cli, use_tiny_models, cat_picture, elite_home: Path):
+    assert run_cli("add", cat_picture).exit_code == 0
+    healthy = {finding["check"]: finding for finding in json.loads(run_cli("doctor", "--json").stdout)}
+    assert healthy["library"] == {"check": "library", "status": "ok", "detail": str(elite_home), "fix": ""}
+    (thumbnail,) = (elite_home / "concepts").glob("*.thumb.png")
+    thumbnail.unlink()
+    result = run_cli("doctor", "--json")
+    assert result.exit_code == 1
+    broken = {finding["check"]: finding for finding in json.loads(result.stdout)}["library"]
+    assert broken["status"] == "fail" and "1 problem(s)" in broken["detail"]
+    assert broken["fix"] == "run `elite check --repair`"
+    assert run_cli("check", "--repair").exit_code == 0
+    assert run_cli("doctor").exit_code == 0

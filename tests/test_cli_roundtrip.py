@@ -1,0 +1,276 @@
+"""The whole user journey through the CLI on the tiny models: add -> list -> show -> gen ->
+history -> gen --again -> export -> rm -> import, and every user error as one line."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from conftest import draw_object_picture
+from elite_cli.outputs import read_png_parameters
+
+FAST = ("--steps", "2", "--width", "64", "--height", "64")
+NAME_PATTERN = re.compile(r"^\d{8}-\d{6}-(?P<slug>[a-z0-9-]+)-(?P<seed>\d+)(-\d+)?\.png$")
+
+
+def listed_names(run_cli) -> list[str]:
+    result = run_cli("list", "--json")
+    assert result.exit_code == 0, result.output
+    return sorted(row["name"] for row in json.loads(result.stdout))
+
+
+def pixels(path: Path) -> bytes:
+    """The RGB bytes of an image file (8-bit levels)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB").tobytes()
+
+
+@pytest.fixture(scope="module")
+def cat_library_template(tmp_path_factory, tiny_models) -> tuple[Path, Path]:
+    """A library holding <mycat> (tag pets), made once per module through the CLI itself."""
+    from typer.testing import CliRunner
+
+    from elite_cli.cli import app
+
+    home = tmp_path_factory.mktemp("cat-library") / "home"
+    picture = draw_object_picture(home.parent / "mycat.png")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ELITE_HOME", str(home))
+        for variable, value in (
+            ("ELITE_BASE_MODEL", tiny_models.base_model),
+            ("ELITE_IMAGE_ENCODER", tiny_models.image_encoder),
+            ("ELITE_GLOBAL_MAPPER", tiny_models.global_mapper),
+            ("ELITE_LOCAL_MAPPER", tiny_models.local_mapper),
+            ("ELITE_DEVICE", "cpu"),
+        ):
+            patch.setenv(variable, str(value))
+        result = CliRunner().invoke(app, ["add", str(picture), "--tag", "pets"])
+    assert result.exit_code == 0, result.output
+    return home, picture
+
+
+@pytest.fixture
+def library_with_cat(use_tiny_models, elite_home: Path, cat_library_template) -> Path:
+    """This test's library: a copy of the template (copying is much faster than encoding)."""
+    template, picture = cat_library_template
+    shutil.copytree(template, elite_home)
+    return picture
+
+
+def test_add_list_show(run_cli, use_tiny_models, loaded_models, cat_picture, dog_picture):
+    result = run_cli("add", cat_picture, dog_picture, "--tag", "pets", "--json")
+    assert result.exit_code == 0, result.output
+    added = json.loads(result.stdout)
+    assert [item["name"] for item in added["added"]] == ["mycat", "mydog"]
+    assert all(item["seconds"] >= 0 for item in added["added"])
+    assert listed_names(run_cli) == ["mycat", "mydog"]
+
+    other = draw_object_picture(cat_picture.with_name("other.png"), color=(20, 160, 20))
+    plain = run_cli("add", other, "--name", "tom")
+    assert plain.exit_code == 0
+    assert re.match(r"^Added <tom> \(id [0-9a-f]{12}\) in \d+\.\d\ds$", plain.stdout.strip())
+    assert listed_names(run_cli) == ["mycat", "mydog", "tom"]
+    # The same picture again is recognised, not stored twice.
+    same = run_cli("add", cat_picture, "--name", "again")
+    assert same.exit_code == 0
+    assert same.stdout.startswith("Already in the library as <mycat>")
+    assert listed_names(run_cli) == ["mycat", "mydog", "tom"]
+
+    shown = run_cli("show", "mycat", "--json")
+    assert shown.exit_code == 0
+    details = json.loads(shown.stdout)
+    assert details["name"] == "mycat"
+    text = json.dumps(details)
+    models = loaded_models  # the same cached models the CLI loaded
+    assert models.global_fingerprint in text and models.local_fingerprint in text
+    assert "thumbnail" in text
+    human = run_cli("show", "mycat")
+    assert "mycat" in human.stdout and models.global_fingerprint in human.stdout
+
+
+def test_gen_writes_reproducible_pngs_and_history(run_cli, library_with_cat, tmp_path: Path):
+    out = tmp_path / "out"
+    result = run_cli("gen", "<mycat> on the beach", "-n", "2", "--seed", "5", "-o", out, "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.stdout)
+    assert [item["seed"] for item in written] == [5, 6]
+    paths = [Path(item["path"]) for item in written]
+    assert sorted(out.iterdir()) == sorted(paths)  # nothing else, no temporary files
+    for index, path in enumerate(paths):
+        match = NAME_PATTERN.match(path.name)
+        assert match and match["slug"] == "mycat-on-the-beach" and match["seed"] == str(5 + index)
+        parameters = read_png_parameters(path)
+        assert parameters["seed"] == 5 + index and parameters["index"] == index
+        assert (parameters["steps"], parameters["width"], parameters["llambda"]) == (2, 64, 0.8)
+        assert list(parameters["concepts"]) == ["mycat"]
+    assert pixels(paths[0]) != pixels(paths[1])  # different seeds, different images
+
+    runs = json.loads(run_cli("history", "--json").stdout)
+    assert len(runs) == 1
+    run_id = str(written[0]["run_id"])
+    assert runs[0]["run_id"] == run_id and runs[0]["seed"] == 5
+    assert [image["output_path"] for image in runs[0]["images"]] == [str(path.resolve()) for path in paths]
+    assert "<mycat> on the beach" in run_cli("history").stdout
+
+    again = run_cli("gen", "--again", run_id, "-o", out, "--json")
+    assert again.exit_code == 0, again.output
+    repeated = [Path(item["path"]) for item in json.loads(again.stdout)]
+    assert len(repeated) == 2 and not set(repeated) & set(paths)
+    assert [pixels(path) for path in repeated] == [pixels(path) for path in paths]
+    assert len(json.loads(run_cli("history", "--json").stdout)) == 2
+
+    from_png = run_cli("gen", "--again", paths[1], "-o", out, "--json")
+    assert from_png.exit_code == 0, from_png.output
+    (single,) = json.loads(from_png.stdout)
+    assert single["seed"] == 6
+    # Alone instead of in a batch of two: the same image up to float rounding in batched
+    # matrix products (a pixel may differ by a level or two).
+    alone, batched = pixels(Path(single["path"])), pixels(paths[1])
+    assert max(abs(a - b) for a, b in zip(alone, batched)) <= 3
+
+
+def test_gen_prompts_file_and_random_seed(run_cli, library_with_cat, tmp_path: Path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# a comment\n<mycat> in the snow\n\na painting of <mycat>\n")
+    out = tmp_path / "out"
+    result = run_cli("gen", "--prompts", prompts, "-o", out, *FAST)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(Path(line).parent == out for line in lines)
+    assert re.search(r"^Seed: \d+", result.stderr, re.MULTILINE)
+    slugs = sorted(NAME_PATTERN.match(Path(line).name)["slug"] for line in lines)
+    assert slugs == ["a-painting-of-mycat", "mycat-in-the-snow"]
+
+
+def test_export_rm_import_round_trip(run_cli, library_with_cat, tmp_path: Path):
+    exported = tmp_path / "mycat.elite.safetensors"
+    assert run_cli("export", "mycat", "-o", exported).exit_code == 0
+    assert exported.is_file()
+    before = json.loads(run_cli("show", "mycat", "--json").stdout)
+
+    assert run_cli("rm", "mycat").exit_code == 0
+    assert listed_names(run_cli) == []
+
+    imported = run_cli("import", exported, "--json")
+    assert imported.exit_code == 0, imported.output
+    assert listed_names(run_cli) == ["mycat"]
+    after = json.loads(run_cli("show", "mycat", "--json").stdout)
+    assert after["id"] == before["id"] and after["global_mapper"] == before["global_mapper"]
+
+    # The library already holds it: importing under another name finds the same concept.
+    again = run_cli("import", exported, "--name", "tom")
+    assert again.exit_code == 0
+    assert again.stdout.startswith("Already in the library as <mycat>")
+    out = tmp_path / "out"
+    assert run_cli("gen", "<mycat> in the snow", "--seed", "1", "-o", out, *FAST).exit_code == 0
+    assert len(list(out.iterdir())) == 1
+
+
+def test_rename_and_tag(run_cli, library_with_cat):
+    assert run_cli("rename", "mycat", "tom").exit_code == 0
+    assert listed_names(run_cli) == ["tom"]
+    assert run_cli("tag", "tom", "black", "small").exit_code == 0
+    tagged = json.loads(run_cli("list", "--tag", "black", "--json").stdout)
+    assert [row["name"] for row in tagged] == ["tom"]
+    assert run_cli("tag", "tom", "black", "--remove").exit_code == 0
+    assert json.loads(run_cli("list", "--tag", "black", "--json").stdout) == []
+    assert [row["name"] for row in json.loads(run_cli("list", "--tag", "pets", "--json").stdout)] == ["tom"]
+
+
+def test_check_and_reencode(run_cli, library_with_cat):
+    result = run_cli("check", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["problems"] == []
+    assert run_cli("check").stdout.strip() == "Library OK (1 concept)"
+    again = run_cli("reencode", "--json")
+    assert again.exit_code == 0, again.output
+    assert [item["name"] for item in json.loads(again.stdout)] == ["mycat"]
+
+
+def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, tiny_models, tmp_path, monkeypatch):
+    # Other mapper weights: the tiny set built with another seed.
+    from elite_cli.tiny import build_tiny_models
+
+    other = build_tiny_models(tmp_path / "other-tiny", seed=1)
+    monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(other.global_mapper))
+    monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(other.local_mapper))
+    out = tmp_path / "out"
+    refused = run_cli("gen", "<mycat> on the beach", "-o", out, *FAST)
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        "Error: <mycat> was encoded with other mapper checkpoints than the configured ones; "
+        "run `elite reencode mycat` or pass --allow-stale.\n"
+    )
+    assert not out.exists()
+    assert run_cli("gen", "<mycat> on the beach", "-o", out, "--allow-stale", *FAST).exit_code == 0
+    assert run_cli("reencode", "mycat").exit_code == 0
+    assert run_cli("gen", "<mycat> on the beach", "-o", out, *FAST).exit_code == 0
+
+
+# --- every user error: one line, exit 1, nothing written --------------------------------------
+
+
+def write_png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that claims a huge size: PIL's decompression-bomb guard must refuse it on open."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+def truncated_png(path: Path) -> Path:
+    draw_object_picture(path, size=64)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+ERROR_CASES = [
+    # (id, args builder, expected start of the message)
+    ("missing file", lambda d: ["add", d / "nope.jpg"], "Error: image '{d}/nope.jpg' does not exist"),
+    ("not an image", lambda d: ["add", (d / "notes.jpg").write_text("hello") and d / "notes.jpg"], "Error: image '{d}/notes.jpg' is not an image"),
+    ("corrupt image", lambda d: ["add", truncated_png(d / "broken.png")], "Error: image '{d}/broken.png' is corrupt or truncated"),
+    ("decompression bomb", lambda d: ["add", write_png_header_only(d / "bomb.png", 30000, 30000)], "Error: image '{d}/bomb.png' is too large"),
+    ("mask wrong size", lambda d: ["add", draw_object_picture(d / "cat.png", 64), "--mask", draw_object_picture(d / "mask.png", 32)], "Error: "),
+    ("bad name", lambda d: ["add", draw_object_picture(d / "cat.png"), "--name", "no spaces!"], "Error: "),
+    ("name clash", lambda d: ["add", draw_object_picture(d / "mycat.png")], "Error: "),
+    ("unknown concept", lambda d: ["gen", "<mycta> on the beach", "-o", d / "out", *FAST], "Error: "),
+    ("size not multiple of 8", lambda d: ["gen", "<mycat>", "--width", "60", "-o", d / "out"], "Error: --width must be a positive multiple of 8"),
+    ("bad scheduler", lambda d: ["gen", "<mycat>", "--scheduler", "nope", "-o", d / "out"], "Error: --scheduler 'nope' is not supported"),
+    ("no cuda", lambda d: ["--device", "cuda", "gen", "<mycat>", "-o", d / "out", *FAST], "Error: --device cuda was asked for"),
+    ("missing model", lambda d: ["--global-mapper", d / "missing.safetensors", "gen", "<mycat>", "-o", d / "out", *FAST], "Error: "),
+    ("show unknown", lambda d: ["show", "nobody"], "Error: "),
+    ("rm unknown", lambda d: ["rm", "mycat", "nobody"], "Error: "),
+    ("import non-concept", lambda d: ["import", (d / "x.safetensors").write_bytes(b"junk") and d / "x.safetensors"], "Error: "),
+    ("again unknown run", lambda d: ["gen", "--again", "9999", "-o", d / "out"], "Error: "),
+]
+
+
+@pytest.mark.parametrize("build_args, expected", [case[1:] for case in ERROR_CASES], ids=[case[0] for case in ERROR_CASES])
+def test_user_error_is_one_line_and_writes_nothing(run_cli, library_with_cat, tmp_path: Path, build_args, expected):
+    import torch
+
+    if "--device" in expected and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    work = tmp_path / "work"
+    work.mkdir()
+    before_list = run_cli("list", "--json").stdout
+    before_history = run_cli("history", "--json").stdout
+    result = run_cli(*build_args(work))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(expected.format(d=work)), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (work / "out").exists()
+    assert run_cli("list", "--json").stdout == before_list
+    assert run_cli("history", "--json").stdout == before_history

@@ -1,0 +1,107 @@
+"""Real processes: the `elite` entry point run as users run it, Ctrl-C, and import cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--steps", "2", "--width", "64", "--height", "64"]
+
+
+def elite_command() -> list[str]:
+    # `python -m elite_cli` runs the same `main` as the installed `elite` script, but is
+    # guaranteed to run this checkout (another checkout may own the `elite` on PATH).
+    return [sys.executable, "-m", "elite_cli"]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def elite(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        elite_command() + [str(arg) for arg in args], cwd=cwd, env=environment(), capture_output=True, text=True
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_console_script_is_declared():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == {"elite": "elite_cli.cli:main"}
+
+
+def test_add_gen_list_rm_in_real_processes(use_tiny_models, cat_picture, tmp_path: Path):
+    added = elite("add", cat_picture, "--json", cwd=tmp_path)
+    assert json.loads(added.stdout)["added"][0]["name"] == "mycat"
+    generated = elite("gen", "<mycat> on the beach", "--seed", "3", *FAST, cwd=tmp_path)
+    (path,) = generated.stdout.split()
+    assert Path(tmp_path / path).parent == tmp_path / "elite-out"  # default output folder, relative to cwd
+    assert "Seed: 3" in generated.stderr
+    listed = elite("list", "--json", cwd=tmp_path)
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["mycat"]
+    elite("rm", "mycat", cwd=tmp_path)
+    failed = elite("show", "mycat", cwd=tmp_path, check=False)
+    assert failed.returncode == 1 and failed.stderr.startswith("Error: ") and "Traceback" not in failed.stderr
+
+
+def test_list_does_not_import_torch(run_cli, use_tiny_models, cat_picture, tmp_path: Path):
+    assert run_cli("add", cat_picture).exit_code == 0  # in-process: the models are already loaded
+    # CPU time, not wall time: on a machine shared with other jobs wall time says little.
+    code = (
+        "import sys, time\n"
+        "start = time.process_time()\n"
+        "sys.argv = ['elite', 'list']\n"
+        "from elite_cli.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('TORCH', 'torch' in sys.modules, 'SECONDS', time.process_time() - start)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=environment(), capture_output=True, text=True, check=True)
+    assert "mycat" in result.stdout
+    last = result.stdout.strip().splitlines()[-1].split()
+    assert last[:2] == ["TORCH", "False"]
+    assert float(last[3]) < 1.0
+
+
+def test_ctrl_c_during_gen_leaves_no_png_and_no_history(run_cli, use_tiny_models, cat_picture, tmp_path: Path):
+    assert run_cli("add", cat_picture).exit_code == 0
+    out = tmp_path / "out"
+    # TTY_COMPATIBLE makes rich draw the progress bar into the pipe, so we can see denoising start.
+    process = subprocess.Popen(
+        elite_command() + ["gen", "<mycat> on the beach", "--steps", "100000", "--width", "64", "--height", "64", "-o", str(out)],
+        cwd=tmp_path,
+        env=environment(TTY_COMPATIBLE="1", COLUMNS="120"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    seen = b""
+    deadline = time.monotonic() + 120
+    os.set_blocking(process.stderr.fileno(), False)
+    while b"/100000" not in seen and time.monotonic() < deadline and process.poll() is None:
+        chunk = process.stderr.read()
+        seen += chunk or b""
+        time.sleep(0.2)
+    assert b"/100000" in seen, seen.decode(errors="replace")  # denoising has started
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+    os.set_blocking(process.stderr.fileno(), True)
+    rest = process.stderr.read().decode(errors="replace")
+    assert process.returncode == 130
+    assert rest.strip().endswith("Interrupted") and "Traceback" not in rest
+    assert not out.exists() or list(out.iterdir()) == []
+    history = elite("history", "--json", cwd=tmp_path)
+    assert json.loads(history.stdout) == []
