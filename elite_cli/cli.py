@@ -311,3 +311,6 @@ def main() -> None:
 from elite_cli import cli_concepts as _concepts  # noqa: E402,F401  (registers commands)
 from elite_cli import cli_generate as _generate  # noqa: E402,F401
 from elite_cli import cli_setup as _setup  # noqa: E402,F401
+from elite_cli.evaluation.cli import eval_command  # noqa: E402
+
+app.command("eval")(eval_command)
