@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from elite_cli.cli import (
     check_file_exists,
     echo_json,
     load_models_with_status,
+    model_spec,
     open_store,
     print_rows,
     short_time,
@@ -176,17 +178,42 @@ def gen(
     allow_stale: Annotated[
         bool, typer.Option("--allow-stale", help="Use concepts encoded with other mapper checkpoints.")
     ] = False,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", "-b", help="Images denoised together (default: sized for the device).", show_default=False)
+    ] = None,
+    gpus: Annotated[
+        Optional[str], typer.Option("--gpus", help="Spread the images over this many local GPUs ('all' or N), via accelerate.", show_default=False)
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip images this command already wrote in the output folder.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Generate images from a prompt that names concepts as <name>.
 
-    Files are named <time>-<prompt>-<seed>.png and never overwritten; each PNG holds its full parameters (A1111 `parameters` text and an `elite` JSON chunk). Image i uses seed + i.
+    Files are named <time>-<prompt>-<seed>.png and never overwritten; each PNG holds its full parameters (A1111 `parameters` text and an `elite` JSON chunk). Image i uses seed + i. Under `accelerate launch`/`torchrun`, or with --gpus, the images are shared out between processes; each image is the same whichever process makes it.
 
     Example: [bold]elite gen "<mycat> on the beach" -n 4 --seed 7[/bold]
+
+    Example: [bold]elite gen --prompts prompts.txt -n 8 --seed 1 --gpus all --resume[/bold]
     """
+    from elite_cli.workers import join_workers, launch_command, launched_world_size, without_gpus_option
+
     sources = [value for value in (prompt, prompts_file, again) if value is not None]
     if len(sources) != 1:
         raise InputError("give exactly one of PROMPT, --prompts FILE or --again ID.")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, not {batch_size}.")
+    if resume and seed is None and again is None:
+        raise InputError("--resume needs the seed of the run to resume; pass the same --seed (or use --again RUN).")
+    if gpus is not None and launched_world_size() <= 1:
+        processes = gpu_count(gpus)
+        if processes > 1:
+            import subprocess
+            import sys
+
+            # accelerate starts one copy of this command per GPU; each finds its share by rank.
+            raise typer.Exit(subprocess.call(launch_command(processes, without_gpus_option(sys.argv[1:]))))
     store = open_store()
     if again is not None:
         jobs = jobs_from_png(Path(again)) if again.lower().endswith(".png") else jobs_from_history(store, again)
@@ -220,11 +247,14 @@ def gen(
     for job in jobs:  # checked here too so that a typo does not wait for the models
         if job.scheduler not in SCHEDULERS:
             raise InputError(f"--scheduler '{job.scheduler}' is not supported; use one of {', '.join(SCHEDULERS)}.")
-    models, _ = load_models_with_status()
+    spec = model_spec()
+    workers = join_workers(spec.device)
+    if workers.device is not None:
+        spec = dataclasses.replace(spec, device=workers.device)
+    models, _ = load_models_with_status(spec)
     if not allow_stale:
         refuse_stale(concepts, models)
     generator = Generator(models)
-    run_id = store.new_run_id()
     model_parameters = {
         "base_model": models.spec.base_model,
         "image_encoder": models.spec.image_encoder,
@@ -232,80 +262,156 @@ def gen(
         "local_mapper": models.local_fingerprint,
         "elite_version": __version__,
     }
+    started = time.perf_counter()
+    plan = None
+    if workers.is_main:
+        from elite_cli.gen_plan import plan_generation
+
+        plan = plan_generation(jobs, directory, store.new_run_id(), batch_size or default_batch_size(models, jobs),
+                               model_parameters, resume=resume)
+    plan = workers.share(plan)
+
+    from elite_cli.gen_plan import planned_path
     from elite_cli.prompts import concept_names
 
-    written: list[dict[str, Any]] = []
-    for job in jobs:
-        wanted = {name: concepts[name] for name in concept_names(job.prompt)}
-        concept_ids = {name: record.id for name, (record, _) in wanted.items()}
-        started = time.perf_counter()
-        images = run_with_progress(generator, job, {name: concept for name, (_, concept) in wanted.items()})
-        seconds_per_image = (time.perf_counter() - started) / len(images)
-        when = datetime.now()
-        for index, image in enumerate(images):
-            record = GenerationRecord(
-                prompt=job.prompt,
-                negative_prompt=job.negative_prompt,
-                seed=job.seed + index,
-                index=index,
-                concepts=concept_ids,
-                run_id=run_id,
-                **job.settings(),
-                **model_parameters,
-            )
-            path = save_png(image, directory, record, when)
-            # One history row per saved image, right after its file: an interruption leaves
-            # complete files with complete rows.
-            store.record_generation(
-                run_id=run_id,
-                prompt=job.prompt,
-                negative_prompt=job.negative_prompt,
-                seed=job.seed + index,
-                image_index=index,
-                parameters={**job.settings(), **model_parameters},
-                concept_ids=concept_ids,
-                output_path=path.resolve(),
-                duration_s=round(seconds_per_image, 3),
-            )
-            written.append({"path": str(path), "prompt": job.prompt, "seed": job.seed + index, "run_id": run_id})
-            if not as_json:
-                typer.echo(str(path))
+    with GenerationProgress(plan, jobs, directory, show=workers.is_main and not as_json) as progress:
+        for batch in plan.share(workers.rank, workers.world):
+            batch_jobs = [jobs[image.job] for image in batch]
+            wanted = {name: concepts[name] for job in batch_jobs for name in concept_names(job.prompt)}
+            batch_started = time.perf_counter()
+            images = generate_batch(generator, batch, batch_jobs, {name: concept for name, (_, concept) in wanted.items()}, progress)
+            seconds_per_image = (time.perf_counter() - batch_started) / len(images)
+            for image, planned, job in zip(images, batch, batch_jobs):
+                concept_ids = {name: concepts[name][0].id for name in concept_names(job.prompt)}
+                record = GenerationRecord(
+                    prompt=job.prompt,
+                    negative_prompt=job.negative_prompt,
+                    seed=planned.seed,
+                    index=planned.index,
+                    concepts=concept_ids,
+                    run_id=plan.run_id,
+                    **job.settings(),
+                    **model_parameters,
+                )
+                path = save_png(image, directory, record, plan.when, first_suffix=planned.suffix)
+                # One history row per saved image, right after its file: an interruption leaves
+                # complete files with complete rows. SQLite's WAL lets every process write.
+                store.record_generation(
+                    run_id=plan.run_id,
+                    prompt=job.prompt,
+                    negative_prompt=job.negative_prompt,
+                    seed=planned.seed,
+                    image_index=planned.index,
+                    parameters={**job.settings(), **model_parameters},
+                    concept_ids=concept_ids,
+                    output_path=path.resolve(),
+                    duration_s=round(seconds_per_image, 3),
+                )
+                if workers.world == 1 and not as_json:
+                    typer.echo(str(path))
+            progress.images_done()
+        workers.wait()
+    if not workers.is_main:
+        return
+    seconds = time.perf_counter() - started
+    written = [
+        {"path": str(planned_path(plan, jobs, directory, image)), "prompt": jobs[image.job].prompt,
+         "seed": image.seed, "run_id": plan.run_id}
+        for image in plan.images
+    ]
     if as_json:
         echo_json(written)
-    else:
-        seeds = sorted({job.seed for job in jobs})
-        note = " (image i uses seed + i)" if any(job.num_images > 1 for job in jobs) else ""
-        typer.echo(f"Seed: {', '.join(map(str, seeds))}{note}; run {run_id[:8]} (repeat: elite gen --again {run_id[:8]})", err=True)
+        return
+    if workers.world > 1:
+        for item in written:
+            typer.echo(item["path"])
+    seeds = sorted({job.seed for job in jobs})
+    note = " (image i uses seed + i)" if any(job.num_images > 1 for job in jobs) else ""
+    typer.echo(f"Seed: {', '.join(map(str, seeds))}{note}; run {plan.run_id[:8]} (repeat: elite gen --again {plan.run_id[:8]})", err=True)
+    rate = len(plan.images) / seconds / workers.world if seconds > 0 else 0.0
+    skipped = f", {plan.skipped} already there (--resume)" if plan.skipped else ""
+    typer.echo(f"{len(plan.images)} images in {seconds:.1f} s on {workers.world} process(es): "
+               f"{rate:.2f} images/s per process{skipped}.", err=True)
 
 
-def run_with_progress(generator: Any, job: GenerationJob, concepts: dict[str, Any]) -> list[Any]:
-    """One prompt's images, with a rich progress bar over the denoising steps on stderr."""
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def gpu_count(value: str) -> int:
+    """--gpus all|N as a number of processes; needs CUDA GPUs."""
+    import torch
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    label = job.prompt if len(job.prompt) <= 40 else job.prompt[:39] + "…"
-    with Progress(*columns, console=stderr_console(), transient=True) as progress:
-        # All images of a prompt are denoised together, so the bar counts steps, not images.
-        task = progress.add_task(escape(label), total=job.steps)
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available == 0:
+        raise InputError("--gpus needs CUDA GPUs and none are visible; leave --gpus out to run on this device.")
+    if value == "all":
+        return available
+    if not value.isdigit() or not 1 <= int(value) <= available:
+        raise InputError(f"--gpus must be 'all' or a number from 1 to {available}, not {value!r}.")
+    return int(value)
 
-        def advance(step: int, total: int) -> None:
-            progress.update(task, completed=step, total=total)
 
-        return generator.generate(
-            job.prompt,
-            concepts=concepts,
-            negative_prompt=job.negative_prompt,
-            seed=job.seed,
-            steps=job.steps,
-            guidance_scale=job.guidance_scale,
-            llambda=job.llambda,
-            width=job.width,
-            height=job.height,
-            num_images=job.num_images,
-            scheduler=job.scheduler,
-            progress=advance,
-        )
+def default_batch_size(models: Any, jobs: list[GenerationJob]) -> int:
+    """How many images to denoise together: what fits the GPU's free memory, 1 elsewhere."""
+    import torch
+
+    if models.device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(models.device)
+    # About 1.2 GB per 512x512 image in flight (two guidance branches, fp16, attention and
+    # VAE decoding included) besides the weights that are already loaded.
+    pixels = max(job.width * job.height for job in jobs)
+    per_image = 1.2e9 * pixels / (512 * 512) * (2 if models.dtype == torch.float32 else 1)
+    return max(1, min(8, int(free * 0.8 // per_image)))
+
+
+def generate_batch(generator: Any, batch: list[Any], jobs: list[GenerationJob], concepts: dict[str, Any], progress: Any) -> list[Any]:
+    from elite_cli.generator import Job
+
+    first = jobs[0]
+    return generator.generate_batch(
+        [Job(job.prompt, image.seed, job.negative_prompt) for image, job in zip(batch, jobs)],
+        concepts,
+        steps=first.steps,
+        guidance_scale=first.guidance_scale,
+        llambda=first.llambda,
+        width=first.width,
+        height=first.height,
+        scheduler=first.scheduler,
+        progress=progress.step,
+    )
+
+
+class GenerationProgress:
+    """Rich bars on stderr (main process only): images done across all processes, and steps of
+    the current batch. Other processes' progress is read from the files they have written."""
+
+    def __init__(self, plan: Any, jobs: list[GenerationJob], directory: Path, show: bool):
+        self.plan, self.jobs, self.directory, self.show = plan, jobs, directory, show
+        self.progress = None
+
+    def __enter__(self) -> "GenerationProgress":
+        if self.show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self.progress = Progress(*columns, console=stderr_console(), transient=True)
+            self.progress.__enter__()
+            self.images = self.progress.add_task("images", total=len(self.plan.images))
+            self.steps = self.progress.add_task("steps", total=None)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def step(self, step: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.steps, completed=step, total=total)
+
+    def images_done(self) -> None:
+        if self.progress is not None:
+            from elite_cli.gen_plan import planned_path
+
+            done = sum(planned_path(self.plan, self.jobs, self.directory, image).exists() for image in self.plan.images)
+            self.progress.update(self.images, completed=done)
 
 
 @app.command()

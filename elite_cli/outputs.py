@@ -113,8 +113,10 @@ def image_file_name(prompt: str, seed: int, when: datetime, suffix: int = 0) -> 
     return f"{stem}.png" if suffix == 0 else f"{stem}-{suffix}.png"
 
 
-def save_png(image: "Image.Image", directory: Path, record: GenerationRecord, when: datetime) -> Path:
+def save_png(image: "Image.Image", directory: Path, record: GenerationRecord, when: datetime, first_suffix: int = 0) -> Path:
     """Save `image` with its parameters under a fresh name in `directory`; returns the path.
+
+    first_suffix: the suffix a generation plan reserved for this image (0: the plain name).
 
     The PNG is written to a hidden temporary file first and then linked to its final name, so
     an interrupted save leaves no partial PNG, and an existing file is never overwritten (the
@@ -133,7 +135,7 @@ def save_png(image: "Image.Image", directory: Path, record: GenerationRecord, wh
             image.save(stream, format="PNG", pnginfo=info)
             stream.flush()
             os.fsync(stream.fileno())
-        suffix = 0
+        suffix = first_suffix
         while True:
             final = directory / image_file_name(record.prompt, record.seed, when, suffix)
             try:

@@ -1,0 +1,150 @@
+"""`elite gen` spread over processes: same images whichever process draws them, one history row
+per image, and --resume after a killed run (issue 8). Multi-process runs use torchrun's CPU/gloo
+mode with the tiny models."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from elite_cli.gen_plan import cut_batches, plan_generation
+from elite_cli.outputs import read_png_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--width", "64", "--height", "64", "--steps", "2"]
+
+
+@dataclass
+class FakeJob:  # the plan reads only these attributes of the CLI's GenerationJob
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    num_images: int = 1
+    steps: int = 2
+
+    def settings(self):
+        return {"steps": self.steps, "guidance_scale": 5.0, "llambda": 0.8, "width": 64, "height": 64, "scheduler": "lms"}
+
+
+def test_batches_do_not_depend_on_the_number_of_processes(tmp_path):
+    jobs = [FakeJob("<a> one", seed=1, num_images=5), FakeJob("<a> two", seed=9, num_images=3), FakeJob("x", steps=3, num_images=2)]
+    plan = plan_generation(jobs, tmp_path, "run", batch_size=4, models={})
+    assert [len(batch) for batch in plan.batches] == [4, 4, 2]  # the steps change starts a new batch
+    for world in (1, 2, 3, 5):
+        shares = [plan.share(rank, world) for rank in range(world)]
+        dealt = sorted((image.job, image.index) for share in shares for batch in share for image in batch)
+        assert dealt == sorted((image.job, image.index) for image in plan.images)  # each image exactly once
+        assert sorted(map(repr, (b for share in shares for b in share))) == sorted(map(repr, plan.batches))
+
+
+def test_planned_names_never_collide_with_files_or_each_other(tmp_path):
+    from elite_cli.gen_plan import planned_path
+
+    jobs = [FakeJob("same words", seed=3, num_images=2), FakeJob("same words!", seed=3, num_images=1)]
+    first = plan_generation(jobs, tmp_path, "run", batch_size=2, models={})
+    paths = [planned_path(first, jobs, tmp_path, image) for image in first.images]
+    assert len(set(paths)) == 3
+    paths[0].write_bytes(b"taken")
+    again = plan_generation(jobs, tmp_path, "run2", batch_size=2, models={}, when=first.when)
+    new_paths = {planned_path(again, jobs, tmp_path, image) for image in again.images}
+    assert paths[0] not in new_paths and len(new_paths) == 3
+
+
+def elite_environment(tiny_models, home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        ELITE_HOME=str(home),
+        ELITE_BASE_MODEL=str(tiny_models.base_model),
+        ELITE_IMAGE_ENCODER=str(tiny_models.image_encoder),
+        ELITE_GLOBAL_MAPPER=str(tiny_models.global_mapper),
+        ELITE_LOCAL_MAPPER=str(tiny_models.local_mapper),
+        ELITE_DEVICE="cpu",
+        OMP_NUM_THREADS="1",
+    )
+    return env
+
+
+def images_by_seed(directory: Path) -> dict[tuple[str, int], np.ndarray]:
+    found = {}
+    for path in sorted(directory.glob("*.png")):
+        parameters = read_png_parameters(path)
+        key = (parameters["prompt"], parameters["seed"])
+        assert key not in found, f"two files for {key}"
+        found[key] = np.asarray(Image.open(path))
+    return found
+
+
+def test_two_processes_make_exactly_the_single_process_images(run_cli, use_tiny_models, cat_picture, tmp_path, elite_home):
+    assert run_cli("add", cat_picture, "--name", "mycat").exit_code == 0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("<mycat> on the beach\na red <mycat>\n")
+    common = ["--prompts", prompts, "-n", "3", "--seed", "5", "--batch-size", "2", *SMALL]
+    env = elite_environment(use_tiny_models, elite_home)  # one CPU thread each: float sums in one order
+    gen = ["-m", "elite_cli", "gen", *map(str, common)]
+    single = subprocess.run([sys.executable, *gen, "-o", str(tmp_path / "single")], env=env, capture_output=True, text=True, timeout=240)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               *gen, "-o", str(tmp_path / "multi")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 2 process(es)" in result.stderr
+
+    single_images, multi_images = images_by_seed(tmp_path / "single"), images_by_seed(tmp_path / "multi")
+    assert len(multi_images) == 6 and set(multi_images) == set(single_images)
+    for key, image in single_images.items():
+        assert np.array_equal(image, multi_images[key]), f"{key} differs between 1 and 2 processes"
+
+    from elite_cli.store import ConceptStore
+
+    rows = ConceptStore(elite_home).list_history(limit=None)
+    multi_rows = [row for row in rows if str(tmp_path / "multi") in str(row.output_path)]
+    assert len(multi_rows) == 6 and len({row.run_id for row in multi_rows}) == 1
+    assert sorted((row.prompt, row.seed) for row in multi_rows) == sorted(multi_images)
+
+
+def test_resume_after_a_killed_run_writes_only_what_is_missing(run_cli, use_tiny_models, cat_picture, tmp_path, elite_home):
+    assert run_cli("add", cat_picture, "--name", "mycat").exit_code == 0
+    output = tmp_path / "out"
+    arguments = ["-m", "elite_cli", "gen", "<mycat> on the beach", "-n", "6", "--seed", "11", "--batch-size", "1",
+                 "--width", "64", "--height", "64", "--steps", "40", "-o", str(output)]
+    env = elite_environment(use_tiny_models, elite_home)
+    process = subprocess.Popen([sys.executable, *arguments], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(list(output.glob("*.png"))) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = {path.name: path.stat().st_ino for path in output.glob("*.png")}
+    assert 2 <= len(before) < 6, "the run was not killed part-way"
+
+    resumed = run_cli("gen", "<mycat> on the beach", "-n", "6", "--seed", "11", "--batch-size", "1",
+                      "--width", "64", "--height", "64", "--steps", "40", "-o", output, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert f"{len(before)} already there" in resumed.stderr
+    after = {path.name: path.stat().st_ino for path in output.glob("*.png")}
+    assert all(after[name] == inode for name, inode in before.items())  # untouched
+    assert len(after) == 6
+    assert sorted(seed for _, seed in images_by_seed(output)) == list(range(11, 17))
+    assert not list(output.glob(".elite-partial-*"))  # the kill left no partial file behind
+
+
+def test_resume_needs_a_seed_and_gpus_needs_cuda(run_cli, use_tiny_models):
+    result = run_cli("gen", "a cat", "--resume")
+    assert result.exit_code == 1 and "--resume needs the seed" in result.stderr
+    pytest.importorskip("torch")
+    import torch
+
+    if not torch.cuda.is_available():
+        result = run_cli("gen", "a cat", "--gpus", "all", "--seed", "1")
+        assert result.exit_code == 1 and "--gpus needs CUDA GPUs" in result.stderr
