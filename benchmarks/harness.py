@@ -99,7 +99,7 @@ def build_real_size_models(directory: Path, seed: int = 0) -> ModelPaths:
     ))
     unet = UNet2DConditionModel(**configs["unet"])
     vae = AutoencoderKL(**configs["vae"])
-    scheduler = PNDMScheduler(**configs["scheduler"])
+    scheduler = PNDMScheduler.from_config(configs["scheduler"])
     pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
