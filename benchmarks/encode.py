@@ -27,7 +27,7 @@ TARGET_SECONDS = 0.015
 def main(argv: list[str] | None = None) -> dict:
     parser = harness.parser(NAME, "Time Encoder.encode(image, mask) after the models are loaded.")
     parser.add_argument("--low-vram", action="store_true", help="load with low_vram (image encoder moved in per call)")
-    args = harness.resolve_arguments(parser.parse_args(argv), DEFAULTS)
+    args = harness.parse_arguments(parser, argv, DEFAULTS)
     harness.quiet_libraries()
 
     import torch

@@ -47,7 +47,7 @@ def parse(argv):
     parser.add_argument("--llambda", type=float, default=0.8, help="elite's lambda (default 0.8)")
     parser.add_argument("--variants", default="a,b,c", help="which of a,b,c to run (default all; --low-vram adds d)")
     parser.add_argument("--low-vram", action="store_true", help="also run (d): elite with low_vram model offload")
-    args = harness.resolve_arguments(parser.parse_args(argv), DEFAULTS)
+    args = harness.parse_arguments(parser, argv, DEFAULTS)
     args.batch_sizes = [int(value) for value in args.batch_sizes.split(",") if value.strip()]
     args.variants = [value.strip() for value in args.variants.split(",") if value.strip()]
     if args.low_vram and "d" not in args.variants:

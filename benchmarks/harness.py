@@ -176,8 +176,11 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_arguments(args, defaults: dict[str, SizeDefaults]):
-    """Fill in the size-dependent defaults."""
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, defaults: dict[str, SizeDefaults]):
+    """Parse, fill in the size-dependent defaults, and remember the exact command for the JSON."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.command = shlex.join(["python", parser.prog, *argv])
     if args.size is None:
         args.size = "real" if cuda_available() and not args.device.startswith(("cpu", "mps")) else "tiny"
     chosen = defaults[args.size]
@@ -305,7 +308,7 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def environment(device=None) -> dict:
+def environment(device=None, command: str | None = None) -> dict:
     """Device, date, versions and the exact command: everything a figure needs to be reproduced."""
     import torch
 
@@ -318,8 +321,7 @@ def environment(device=None) -> dict:
         device_name = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python " + shlex.join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else "?", *sys.argv[1:]])
-        if sys.argv and sys.argv[0].endswith(".py") else None,
+        "command": command,
         "device": device_name,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -389,7 +391,7 @@ def write_json(name: str, args, payload: dict, device=None) -> Path:
     path = args.json_path or RESULTS_DIR / f"{name}-{args.size}-{device_label}.json"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"benchmark": name, "size": args.size, "environment": environment(device), **payload}
+    document = {"benchmark": name, "size": args.size, "environment": environment(device, args.command), **payload}
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     print(f"\nJSON written to {path}")
     return path
