@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
                 }
             measurement = harness.measure(run, runs=args.runs, warmup=args.warmup, device=device)
-            image = run()[0]
+            image = measurement.last_output[0]
             if spec.compile:
                 import torch._dynamo
 

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
             with only_on_device(device, resident, [m for m in everything if all(m is not r for r in resident)]):
                 run = runner(variant, batch)
                 measurement = harness.measure(run, runs=args.runs, warmup=args.warmup, device=device)
-                images[variant] = run()[0]
+                images[variant] = measurement.last_output[0]
             entry = measurement.as_dict()
             entry["weights_on_device_bytes"] = harness.module_bytes(*resident) if device.type != "cpu" else None
             entry["first_image_std"] = float(np.asarray(images[variant]).std())

@@ -242,6 +242,7 @@ class Measurement:
     times: list[float]
     peak_bytes: int | None = None
     resident_bytes: int | None = None  # allocated before the first run: weights and caches
+    last_output: object = None  # what the last timed run returned, for checking the work was real
 
     @property
     def median(self) -> float:
@@ -271,14 +272,14 @@ def measure(run: Callable[[], object], *, runs: int, warmup: int, device) -> Mea
     for _ in range(warmup):
         run()
     synchronize(device)
-    times = []
+    times, output = [], None
     for _ in range(runs):
         synchronize(device)
         start = time.perf_counter()
-        run()
+        output = run()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return Measurement(times, peak_memory(device), resident)
+    return Measurement(times, peak_memory(device), resident, output)
 
 
 def module_bytes(*modules) -> int:

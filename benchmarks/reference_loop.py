@@ -117,7 +117,9 @@ class ReferenceLoop:
         unconditional = self.prompt_encoder.encode_plain([""] * batch)
         conditional = conditional.to(device=models.device, dtype=models.dtype)
         unconditional = unconditional.to(device=models.device, dtype=models.dtype)
-        injection = ReferenceInjection(concept.local[None].expand(batch, -1, -1), index, float(llambda))
+        # On the device once, not once per layer and step: the baseline should not pay for copies.
+        local = concept.local[None].expand(batch, -1, -1).to(device=models.device, dtype=models.dtype)
+        injection = ReferenceInjection(local, index, float(llambda))
 
         scheduler = make_scheduler("lms", models.scheduler_config)
         scheduler.set_timesteps(steps)
