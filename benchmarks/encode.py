@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> dict:
         image_path, mask_path = harness.sample_pictures(Path(folder))
         timing = dict(runs=args.runs, warmup=args.warmup, device=device)
         end_to_end = harness.measure(lambda: encoder.encode(image_path, mask_path), **timing)
+        from PIL import Image
+
+        decoded = Image.open(image_path).convert("RGB"), Image.open(mask_path).convert("L")
+        from_memory = harness.measure(lambda: encoder.encode(*decoded), **timing)
         preparation = harness.measure(
             lambda: clip_inputs(prepare_image(image_path, mask_path), models.image_size, models.grid), **timing)
 
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     parts = [
         ("encode (end to end)", end_to_end),
+        ("encode from decoded PIL images", from_memory),
         ("image preparation (CPU: decode, crop, resize, normalise)", preparation),
         ("CLIP vision pass, batch of 2", clip),
         ("global + local mappers", mapping),
