@@ -58,8 +58,24 @@ def parse(argv):
     return args
 
 
-def elite_modules(models):
-    return [models.text_encoder, models.unet, models.vae, models.image_encoder, models.global_mapper, models.local_mapper]
+def image_encoder_is_lazy(models) -> bool:
+    """Whether load_models defers the CLIP vision tower to the first encode (a property on Models)."""
+    return isinstance(getattr(type(models), "image_encoder", None), property)
+
+
+def generation_modules(models) -> list:
+    """What a generation-only process (`elite gen` with concepts from the library) holds on the device."""
+    modules = [models.text_encoder, models.unet, models.vae, models.global_mapper, models.local_mapper]
+    if not image_encoder_is_lazy(models):
+        modules.append(models.image_encoder)  # load_models puts it on the device whether used or not
+    return modules
+
+
+def elite_modules(models) -> list:
+    """Every module of a loaded set, without loading a lazy image encoder that was never used."""
+    modules = [models.text_encoder, models.unet, models.vae, models.global_mapper, models.local_mapper]
+    image_encoder = models.__dict__.get("_image_encoder") if image_encoder_is_lazy(models) else models.image_encoder
+    return modules + ([image_encoder] if image_encoder is not None else [])
 
 
 @contextmanager
@@ -133,10 +149,12 @@ def main(argv: list[str] | None = None) -> dict:
                 "attention": models.backend, "scheduler": "lms", "prompt": PROMPT, "plain_prompt": PLAIN_PROMPT,
                 "llambda": args.llambda, **common, "batch_sizes": args.batch_sizes, "variants": args.variants}
 
-    elite_weights = elite_modules(models)
+    # The concept was encoded in this process, but (b) and (c) are measured as `elite gen` runs:
+    # with only what generation needs on the GPU (plus whatever load_models keeps there anyway).
+    elite_weights = generation_modules(models)
     pipe_weights = [pipe.unet, pipe.vae, pipe.text_encoder] if pipe is not None else []
     offload_weights = [offloaded.global_mapper, offloaded.local_mapper] if offloaded is not None else []
-    everything = elite_weights + pipe_weights + offload_weights
+    everything = elite_modules(models) + pipe_weights + offload_weights
 
     def runner(variant: str, batch: int):
         seeds = list(range(batch))
@@ -175,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "b" in images and "d" in images:
             checks[f"batch {batch}: elite vs low-vram image"] = image_difference(images["b"], images["d"])
     # Back to where load_models left everything.
-    with only_on_device(device, elite_weights + offload_weights, pipe_weights):
+    with only_on_device(device, elite_modules(models) + offload_weights, pipe_weights):
         pass
 
     ratios = {}

@@ -342,7 +342,7 @@ def target(name: str, value: float | None, limit: float, *, at_most: bool = True
     if applies and value is not None:
         met = value <= limit if at_most else value >= limit
     return {"name": name, "value": value, "limit": limit, "kind": "at most" if at_most else "at least",
-            "met": met, "note": note if applies else (note or "smoke run: tiny models, does not count")}
+            "met": met, "note": note if applies else (note or "does not count: only real sizes on CUDA do")}
 
 
 def counts(args, device) -> bool:
