@@ -427,3 +427,24 @@ def sample_pictures(directory: Path, size: int = 512) -> tuple[Path, Path]:
     Image.fromarray(pixels).save(image_path)
     Image.fromarray(mask).save(mask_path)
     return image_path, mask_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python benchmarks/harness.py --real` builds the real-size model set ahead of the benchmarks."""
+    parser = argparse.ArgumentParser(prog="benchmarks/harness.py", description="Build a benchmark model set and print its paths.")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--real", dest="size", action="store_const", const="real")
+    size.add_argument("--tiny", dest="size", action="store_const", const="tiny")
+    parser.add_argument("--models-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    paths = model_paths(args.size or "real", args.models_dir)
+    for name, path in vars(paths).items():
+        print(f"{name}: {path}")
+    print(f"ready in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    if __package__ in (None, ""):
+        sys.path.insert(0, str(REPO))
+    main()
