@@ -22,7 +22,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import harness
-from benchmarks.generate import elite_modules, image_difference, only_on_device
+from benchmarks.generate import elite_modules, image_difference
 
 NAME = "backends"
 DEFAULTS = {
@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
     harness.quiet_libraries()
 
     import numpy as np
+    import torch
+    import torch._dynamo
 
-    from elite_cli.attention import xformers_available
+    from elite_cli.attention import resolve_backend, xformers_available
     from elite_cli.encoder import Encoder
     from elite_cli.generator import Generator
     from elite_cli.models import load_models
@@ -70,9 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
         variants.append(("eager, xformers", dataclasses.replace(base_spec, attention="xformers")))
     else:
         skipped["eager, xformers"] = "xformers is not installed" if device.type == "cuda" else "xformers needs CUDA"
-    compile_attention = eager.backend if args.attention == "auto" else args.attention
-    if device.type == "cuda" and args.attention == "auto" and xformers_available():
-        compile_attention = "xformers"
+    # Compiled with the kernel a user's --compile run would get (the --attention choice).
+    compile_attention = resolve_backend(args.attention, device)
     compile_label = f"compiled, {compile_attention}"
     if args.skip_compile:
         skipped[compile_label] = "--skip-compile"
@@ -87,9 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
     loaded = []
     reference_images: dict[tuple[str, int], object] = {}
     for label, spec in variants:
-        for other in loaded:  # earlier sets wait in CPU memory
-            with only_on_device(device, [], elite_modules(other)):
-                pass
+        if device.type == "cuda":  # earlier sets wait in CPU memory, so each peak is its own
+            for other in loaded:
+                for module in elite_modules(other):
+                    module.to("cpu")
+            torch.cuda.empty_cache()
         models = load_models(spec)
         loaded.append(models)
         generator = Generator(models)
@@ -99,8 +102,6 @@ def main(argv: list[str] | None = None) -> dict:
                 return generator.generate(PROMPT, concepts, seed=0, num_images=batch, **common)
 
             if spec.compile and batch == args.batch_sizes[0]:
-                import torch._dynamo
-
                 torch._dynamo.reset()
                 torch._dynamo.utils.counters.clear()
                 harness.synchronize(device)
@@ -117,8 +118,6 @@ def main(argv: list[str] | None = None) -> dict:
             measurement = harness.measure(run, runs=args.runs, warmup=args.warmup, device=device)
             image = measurement.last_output[0]
             if spec.compile:
-                import torch._dynamo
-
                 # More graphs after the timed runs than after the first call means recompiles,
                 # which would make the compiled median meaningless.
                 compile_info[f"unique_graphs_after_batch_{batch}"] = int(
