@@ -1,0 +1,121 @@
+"""Smoke tests of benchmarks/: every script runs on the CPU with the tiny models and writes valid JSON.
+
+The figures themselves are meaningless here (tiny models, shared CI cores); what is checked is
+that each benchmark measures what it says: real sizes are the published ones, the reference
+loop computes elite's images, the low-vram path gives the same image, the JSON is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import backends, encode, generate, startup
+from benchmarks.harness import REAL_SIZES, target
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def smoke_arguments(tiny_models, json_path, *extra):
+    return ["--tiny", "--device", "cpu", "--models-dir", str(tiny_models.base_model.parent), "--json", str(json_path), *extra]
+
+
+def read(path):
+    document = json.loads(Path(path).read_text())
+    environment = document["environment"]
+    assert environment["torch"] and environment["diffusers"] and environment["date_utc"].endswith("Z")
+    assert environment["command"].startswith(f"python benchmarks/{document['benchmark']}.py --tiny")
+    assert document["size"] == "tiny"
+    return document
+
+
+def test_real_sizes_are_the_published_model_sizes():
+    """Random weights only stand in for the real models if the shapes are theirs (parameter counts of SD 1.4 / ViT-L/14)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+    configs = json.loads(REAL_SIZES.read_text())
+    with torch.device("meta"):
+        models = {
+            "unet": UNet2DConditionModel(**configs["unet"]),
+            "vae": AutoencoderKL(**configs["vae"]),
+            "text": CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
+            "vision": CLIPVisionModel(CLIPVisionConfig(**configs["image_encoder"])),
+        }
+    counts = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
+    assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text": 123_060_480, "vision": 303_179_776}
+    assert configs["mapper_hidden_width"] == 1024
+
+
+def test_encode_smoke(tiny_models, tmp_path):
+    payload = encode.main(smoke_arguments(tiny_models, tmp_path / "encode.json", "--runs", "2", "--warmup", "0"))
+    document = read(tmp_path / "encode.json")
+    assert document["results"] == json.loads(json.dumps(payload["results"]))
+    for measurement in document["results"].values():
+        assert measurement["runs"] == 2 and 0 < measurement["min_s"] <= measurement["median_s"]
+        assert measurement["peak_bytes"] is None  # no CUDA: no memory figure rather than a wrong one
+    parts = document["results"]
+    assert set(parts) >= {"encode (end to end)", "CLIP vision pass, batch of 2", "global + local mappers"}
+    # The target is reported but does not count on a CPU smoke run.
+    assert [entry["met"] for entry in document["targets"]] == [None]
+
+
+def test_generate_smoke_compares_three_loops_that_make_the_same_image(tiny_models, tmp_path):
+    arguments = smoke_arguments(tiny_models, tmp_path / "generate.json", "--runs", "1", "--warmup", "0",
+                                "--steps", "2", "--batch-sizes", "1,2", "--low-vram")
+    generate.main(arguments)
+    document = read(tmp_path / "generate.json")
+    assert set(document["results"]) == {"1", "2"}
+    for by_variant in document["results"].values():
+        assert set(by_variant) == {"a", "b", "c", "d"}
+        for entry in by_variant.values():
+            assert entry["median_s"] > 0 and entry["first_image_std"] > 1  # real images, not blanks
+    for ratios in document["ratios"].values():
+        assert ratios["time b/a"] > 0 and ratios["speed-up c/b"] > 0 and ratios["time d/b"] > 0
+    checks = document["image_checks"]
+    # The reference re-statement computes elite's images (so (c)/(b) compares speed, not different work) ...
+    assert checks["batch 1: elite vs reference image"]["max_abs"] <= 1
+    assert checks["batch 2: elite vs reference image"]["max_abs"] <= 1
+    # ... and low-vram offload changes where weights live, not the image.
+    assert checks["batch 1: elite vs low-vram image"]["max_abs"] == 0
+    assert all(entry["met"] is None for entry in document["targets"])
+
+
+def test_backends_smoke_without_compile(tiny_models, tmp_path):
+    backends.main(smoke_arguments(tiny_models, tmp_path / "backends.json", "--runs", "1", "--warmup", "0",
+                                  "--steps", "2", "--skip-compile"))
+    document = read(tmp_path / "backends.json")
+    assert document["results"]["eager, sdpa"]["1"]["median_s"] > 0
+    assert document["skipped"]["eager, xformers"] == "xformers needs CUDA"
+    assert document["skipped"]["compiled, sdpa"] == "--skip-compile"
+
+
+def test_startup_smoke(tiny_models, tmp_path):
+    startup.main(smoke_arguments(tiny_models, tmp_path / "startup.json", "--runs", "1", "--warmup", "0",
+                                 "--help-runs", "1"))
+    document = read(tmp_path / "startup.json")
+    commands = document["commands"]
+    assert commands["python -c pass (interpreter)"]["returncode"] == 0
+    assert commands["python -c 'import elite_cli'"]["returncode"] == 0
+    assert set(document["loading"]) == {
+        "diffusers StableDiffusionPipeline.from_pretrained",
+        "from_pretrained of everything elite loads (pipeline + CLIP vision + mapper files)",
+        "elite load_models",
+    }
+    assert all(entry["median_s"] > 0 for entry in document["loading"].values())
+    if (REPO / "elite_cli" / "cli.py").exists():
+        # Once the CLI exists, its --help must run and must not import torch & co.
+        assert commands["python -m elite_cli --help"]["returncode"] == 0
+        assert document["help_heavy_imports"] == []
+
+
+@pytest.mark.parametrize(
+    "value, limit, at_most, applies, met",
+    [(1.0, 1.1, True, True, True), (1.2, 1.1, True, True, False), (2.5, 2.0, False, True, True),
+     (1.5, 2.0, False, True, False), (1.0, 1.1, True, False, None), (None, 1.1, True, True, None)],
+)
+def test_targets_only_count_when_they_apply(value, limit, at_most, applies, met):
+    assert target("t", value, limit, at_most=at_most, applies=applies)["met"] is met
