@@ -132,10 +132,7 @@ def time_loading(args) -> tuple[dict, dict]:
 
     def forget():
         # load_models caches per spec for the CLI's sake; a benchmark needs every load fresh.
-        if hasattr(elite_models, "forget_models"):
-            elite_models.forget_models(spec)
-        else:  # cores without forget_models: the cache is a plain dict
-            elite_models._CACHE.pop(spec, None)
+        elite_models.forget_models(spec)
 
     def elite():
         forget()

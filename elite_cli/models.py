@@ -80,12 +80,26 @@ class Models:
     text_encoder: torch.nn.Module
     unet: torch.nn.Module
     vae: torch.nn.Module
-    image_encoder: torch.nn.Module
+    # The CLIP vision tower's config, read at load time; its weights load on first use.
+    image_encoder_config: object
     global_mapper: torch.nn.Module
     local_mapper: torch.nn.Module
     global_fingerprint: str
     local_fingerprint: str
     scheduler_config: dict = field(default_factory=dict)
+    _image_encoder: torch.nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def image_encoder(self) -> torch.nn.Module:
+        """The CLIP vision tower, loaded on first use.
+
+        Only encoding needs it: a process that only generates never loads it, which keeps
+        0.6 GB (fp16) of ViT-L/14 weights out of GPU memory during generation.
+        """
+        if self._image_encoder is None:
+            resting = torch.device("cpu") if self.spec.low_vram else self.device
+            self._image_encoder = load_image_encoder(self.spec.image_encoder, resting, self.dtype)
+        return self._image_encoder
 
     @property
     def text_width(self) -> int:
@@ -93,11 +107,11 @@ class Models:
 
     @property
     def image_size(self) -> int:
-        return int(self.image_encoder.config.image_size)
+        return int(self.image_encoder_config.image_size)
 
     @property
     def grid(self) -> int:
-        config = self.image_encoder.config
+        config = self.image_encoder_config
         return int(config.image_size) // int(config.patch_size)
 
     @property
@@ -163,12 +177,27 @@ def _quiet_from_pretrained(load, source: str, what: str, **kwargs):
         ) from None
 
 
+def load_image_encoder(source: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import CLIPVisionModel
+
+    image_encoder = _quiet_from_pretrained(CLIPVisionModel.from_pretrained, source, "image encoder")
+    return image_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def forget_models(spec: ModelSpec | None = None) -> None:
+    """Drop loaded models from the per-process cache (every spec when None), so the next load_models reloads."""
+    if spec is None:
+        _CACHE.clear()
+    else:
+        _CACHE.pop(spec, None)
+
+
 def load_models(spec: ModelSpec) -> Models:
     """Load (or return the already loaded) models for a spec. Raises ModelError / InputError."""
     if spec in _CACHE:
         return _CACHE[spec]
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
 
     from elite_cli.attention import cross_attention_modules, install_elite_processors, resolve_backend
     from elite_cli.mappers import GlobalMapper, LocalMapper, check_against_unet, fingerprint, load_mapper_state, module_key
@@ -190,25 +219,26 @@ def load_models(spec: ModelSpec) -> Models:
     text_encoder = _quiet_from_pretrained(CLIPTextModel.from_pretrained, base, "base model text encoder", subfolder="text_encoder")
     unet = _quiet_from_pretrained(UNet2DConditionModel.from_pretrained, base, "base model UNet", subfolder="unet")
     vae = _quiet_from_pretrained(AutoencoderKL.from_pretrained, base, "base model VAE", subfolder="vae")
-    image_encoder = _quiet_from_pretrained(CLIPVisionModel.from_pretrained, spec.image_encoder, "image encoder")
+    # Only the config now (the checks below need it); the weights load on first encode.
+    image_encoder_config = _quiet_from_pretrained(CLIPVisionConfig.from_pretrained, spec.image_encoder, "image encoder")
 
     unet_kv = {module_key(name): tuple(module.to_k.weight.shape) for name, module in cross_attention_modules(unet).items()}
     check_against_unet(global_mapper, unet_kv, f"global mapper '{spec.global_mapper}'")
     check_against_unet(local_mapper, unet_kv, f"local mapper '{spec.local_mapper}'")
     text_width = int(text_encoder.config.hidden_size)
-    vision_width = int(image_encoder.config.hidden_size)
+    vision_width = int(image_encoder_config.hidden_size)
     for mapper, label in ((global_mapper, "global"), (local_mapper, "local")):
         if mapper.text_width != text_width:
             raise ModelError(f"the {label} mapper makes {mapper.text_width}-wide words but the base model's text encoder is {text_width}-wide; use mappers trained for this base model.")
         if mapper.image_width != vision_width:
             raise ModelError(f"the {label} mapper reads {mapper.image_width}-wide image features but the image encoder gives {vision_width}; use the image encoder the mappers were trained with.")
-    if int(image_encoder.config.num_hidden_layers) < 16:
+    if int(image_encoder_config.num_hidden_layers) < 16:
         raise ModelError("the image encoder has fewer than 16 layers; ELITE reads hidden states 4, 8, 12 and 16 (use CLIP ViT-L/14).")
 
     # With low_vram the large models wait in CPU memory; the mappers (~200 MB in fp16) always
     # stay on the device because the UNet's processors use their key/value layers.
     resting = torch.device("cpu") if spec.low_vram else device
-    for module in (text_encoder, unet, vae, image_encoder):
+    for module in (text_encoder, unet, vae):
         module.to(device=resting, dtype=dtype).eval().requires_grad_(False)
     for module in (global_mapper, local_mapper):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -226,7 +256,7 @@ def load_models(spec: ModelSpec) -> Models:
 
     models = Models(
         spec=spec, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer, text_encoder=text_encoder,
-        unet=unet, vae=vae, image_encoder=image_encoder, global_mapper=global_mapper, local_mapper=local_mapper,
+        unet=unet, vae=vae, image_encoder_config=image_encoder_config, global_mapper=global_mapper, local_mapper=local_mapper,
         global_fingerprint=fingerprint(global_state), local_fingerprint=fingerprint(local_state),
         scheduler_config=scheduler_config,
     )

@@ -65,3 +65,30 @@ def test_device_and_dtype_choices():
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
     with pytest.raises(InputError, match="use auto, float32, float16 or bfloat16"):
         resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_generation_alone_never_loads_the_image_encoder(tiny_spec):
+    """The vision tower is 0.6 GB of GPU memory in fp16 at real size; only encoding needs it."""
+    import numpy as np
+    from PIL import Image
+
+    from elite_cli.encoder import Encoder
+    from elite_cli.generator import Generator
+    from elite_cli.models import forget_models
+
+    spec = dataclasses.replace(tiny_spec, dtype="float32")  # a spec of its own: a fresh load
+    forget_models(spec)
+    models = load_models(spec)
+    assert models.grid == 16 and models.image_size == 224  # from the config alone
+    Generator(models).generate("a red dog", seed=0, steps=2, width=64, height=64)
+    assert models._image_encoder is None
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    concept = Encoder(models).encode(picture)
+    assert models._image_encoder is not None and concept.local.shape == (256, models.text_width)
+    forget_models(spec)
+    assert load_models(spec) is not models
+
+
+def test_missing_image_encoder_folder_fails_at_load_time(tmp_path, tiny_spec):
+    with pytest.raises(ModelError, match="image encoder folder .* does not exist"):
+        load_models(dataclasses.replace(tiny_spec, image_encoder=str(tmp_path / "nowhere")))
