@@ -7,7 +7,7 @@ process group and, unless --mixed-precision says otherwise, the precision.
 One optimizer step = `gradient_accumulation` micro-batches per process; gradients are
 synchronised across processes only on the last one. Everything random in a step (which
 samples, their augmentation, latents, noise, timesteps) is drawn from generators seeded by
-(seed, micro-step, process), so a run resumed from a checkpoint continues exactly as the
+(seed, micro-step, row of the global batch), so a run resumed from a checkpoint continues exactly as the
 uninterrupted run would have (accelerate's own RNG snapshot is saved too, for anything else).
 
 Files in the output folder:
@@ -98,9 +98,13 @@ def find_checkpoint(output: Path, resume: str) -> Path | None:
     return found[-1][1] if found else None
 
 
-def step_generator(seed: int, micro_step: int, process: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, micro_step, process]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+def row_generators(seed: int, micro_step: int, first_row: int, rows: int) -> list[torch.Generator]:
+    """CPU generators for rows first_row.. of the global micro-batch `micro_step`."""
+    generators = []
+    for row in range(first_row, first_row + rows):
+        state = np.random.SeedSequence([seed, micro_step, row]).generate_state(2, dtype=np.uint32)
+        generators.append(torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1))
+    return generators
 
 
 def mapper_metadata(config: TrainConfig, state: dict, step: int, num_processes: int) -> dict[str, str]:
@@ -272,7 +276,9 @@ class Trainer:
                 last = micro == config.gradient_accumulation - 1
                 with nullcontext() if last else accelerator.no_sync(self.mapper):
                     with accelerator.autocast():
-                        terms = self.objective(batch, step_generator(config.seed, micro_step, accelerator.process_index))
+                        rows = row_generators(config.seed, micro_step, accelerator.process_index * config.batch_size,
+                                              len(batch["position"]))
+                        terms = self.objective(batch, rows)
                     accelerator.backward(terms.loss / config.gradient_accumulation)
                 totals += torch.stack([terms.loss.detach().float(), terms.mse.float(), terms.regularization.float(),
                                        torch.tensor(float(len(batch["skipped"])), device=self.device)])

@@ -33,16 +33,14 @@ class LossTerms:
     regularization: torch.Tensor
 
 
-@dataclass
-class Noise:
-    """The random draws of one micro-batch, from one generator (so a resumed run repeats them)."""
+def per_row_normal(generators: list[torch.Generator], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """One standard-normal draw of `shape` per batch row, each from that row's CPU generator.
 
-    latents_generator: torch.Generator
-
-    def draw(self, latents: torch.Tensor, num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = torch.randn(latents.shape, generator=self.latents_generator).to(latents.device, latents.dtype)
-        timesteps = torch.randint(0, num_train_timesteps, (latents.shape[0],), generator=self.latents_generator)
-        return noise, timesteps.to(latents.device)
+    Per row, so that a sample gets the same draws whatever the number of processes or the
+    per-process batch (two processes of batch 1 train exactly like one process of batch 2),
+    and on any device.
+    """
+    return torch.stack([torch.randn(shape, generator=generator) for generator in generators]).to(like.device, like.dtype)
 
 
 class Objective:
@@ -56,15 +54,15 @@ class Objective:
         self.prompts = PromptEncoder(frozen.tokenizer, frozen.text_encoder)
 
     @torch.no_grad()
-    def noisy_latents(self, pixels: torch.Tensor, generator: torch.Generator):
+    def noisy_latents(self, pixels: torch.Tensor, generators: list[torch.Generator]):
         vae = self.frozen.vae
         posterior = vae.encode(pixels.to(self.device, self.weight_dtype)).latent_dist
-        # Sampled on the CPU generator, like the noise, so that every device draws the same.
-        sample = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(
-            posterior.mean.device, posterior.mean.dtype)
-        latents = sample * vae.config.scaling_factor
+        mean = posterior.mean
+        latents = (mean + posterior.std * per_row_normal(generators, mean.shape[1:], mean)) * vae.config.scaling_factor
         scheduler = self.frozen.noise_scheduler
-        noise, timesteps = Noise(generator).draw(latents, int(scheduler.config.num_train_timesteps))
+        noise = per_row_normal(generators, latents.shape[1:], latents)
+        steps = int(scheduler.config.num_train_timesteps)
+        timesteps = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators]).to(self.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         if scheduler.config.prediction_type == "v_prediction":
             target = scheduler.get_velocity(latents, noise, timesteps)
@@ -84,8 +82,8 @@ class Objective:
 
 
 class GlobalObjective(Objective):
-    def __call__(self, batch: dict, generator: torch.Generator) -> LossTerms:
-        noisy, timesteps, target = self.noisy_latents(batch["pixels"], generator)
+    def __call__(self, batch: dict, generators: list[torch.Generator]) -> LossTerms:
+        noisy, timesteps, target = self.noisy_latents(batch["pixels"], generators)
         words = self.mapper(self.features(batch["clip_pixels"]))  # [B, 5, Dt]
         positions = batch["position"].tolist()
         replacements = [(row, position + i, words[row, i]) for row, position in enumerate(positions) for i in range(NUM_WORDS)]
@@ -102,8 +100,8 @@ class LocalObjective(Objective):
         super().__init__(frozen, mapper, regularization, weight_dtype, device)
         self.global_mapper = global_mapper
 
-    def __call__(self, batch: dict, generator: torch.Generator) -> LossTerms:
-        noisy, timesteps, target = self.noisy_latents(batch["pixels"], generator)
+    def __call__(self, batch: dict, generators: list[torch.Generator]) -> LossTerms:
+        noisy, timesteps, target = self.noisy_latents(batch["pixels"], generators)
         positions = batch["position"].to(self.device)
         with torch.no_grad():
             words = self.global_mapper(self.features(batch["clip_pixels"]))[:, 0]
