@@ -169,13 +169,13 @@ def test_accelerate_launch_two_cpu_processes(global_run, tiny_models, data, tmp_
     pytest.importorskip("accelerate")
     output = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
         "-m", "elite_cli.training", "global", "--data", str(data), "-o", str(output),
         "--base-model", str(tiny_models.base_model), "--image-encoder", str(tiny_models.image_encoder),
         "--resolution", "64", "--batch-size", "1", "--gradient-accumulation", "2", "--learning-rate", "1e-4",
         "--no-scale-lr", "--max-steps", "2", "--checkpoint-every", "0", "--workers", "0", "--seed", "5",
-        "--cpu",
+        "--hidden-width", "64", "--cpu",
     ]
     environment = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment, cwd=REPO)

@@ -73,6 +73,7 @@ Tensorboard = Annotated[bool, typer.Option("--tensorboard", help="Also log to Te
 Resume = Annotated[Optional[str], typer.Option(help="Continue from a checkpoint folder, or 'latest' in --output.")]
 Cpu = Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present (tiny models, tests).")]
 Attention = Annotated[str, typer.Option(help="auto, sdpa or xformers.")]
+HiddenWidth = Annotated[int, typer.Option(help="Width of the mapping MLPs (the reference's 1024).")]
 
 
 def run_training(**values: Any) -> None:
@@ -87,7 +88,8 @@ def run_training(**values: Any) -> None:
     config = TrainConfig(**values).resolved()
     with TrainingDisplay() as display:
         result = train(config, display.update)
-    typer.echo(f"Trained {config.stage} mapper: {result.mapper} ({result.steps} steps, last loss {result.last_loss:.4f})")
+    if result.is_main_process:
+        typer.echo(f"Trained {config.stage} mapper: {result.mapper} ({result.steps} steps, last loss {result.last_loss:.4f})")
 
 
 class TrainingDisplay:
@@ -139,7 +141,7 @@ def train_global(
     validation_prompt: ValidationPrompt = "a photo of a <concept>", validation_steps: ValidationSteps = 25,
     seed: Seed = 0, mixed_precision: MixedPrecision = None, gradient_checkpointing: Checkpointing = False,
     num_workers: Workers = 2, tensorboard: Tensorboard = False, resume: Resume = None, cpu: Cpu = False,
-    attention: Attention = "auto",
+    attention: Attention = "auto", hidden_width: HiddenWidth = 1024,
 ) -> None:
     """Stage 1: train the global mapper (five words + key/value copies) on object crops."""
     run_training(stage="global", **locals())
@@ -158,7 +160,7 @@ def train_local(
     validation_prompt: ValidationPrompt = "a photo of a <concept>", validation_steps: ValidationSteps = 25,
     seed: Seed = 0, mixed_precision: MixedPrecision = None, gradient_checkpointing: Checkpointing = False,
     num_workers: Workers = 2, tensorboard: Tensorboard = False, resume: Resume = None, cpu: Cpu = False,
-    attention: Attention = "auto",
+    attention: Attention = "auto", hidden_width: HiddenWidth = 1024,
 ) -> None:
     """Stage 2: train the local mapper (patch tokens + key/value copies) with the global mapper frozen."""
     run_training(stage="local", **locals())

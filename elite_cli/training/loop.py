@@ -77,6 +77,7 @@ class TrainResult:
     steps: int
     last_loss: float
     losses: list[float] = field(default_factory=list)
+    is_main_process: bool = True  # under accelerate launch, only one process should report
 
 
 Progress = Callable[[object], None]
@@ -310,7 +311,7 @@ class Trainer:
             self.save_mapper(final, step)
         accelerator.wait_for_everyone()
         accelerator.end_training()
-        return TrainResult(final, step, losses[-1] if losses else float("nan"), losses)
+        return TrainResult(final, step, losses[-1] if losses else float("nan"), losses, self.is_main)
 
     # ---- side effects ------------------------------------------------------------------------
     def emit(self, event) -> None:
