@@ -77,15 +77,15 @@ HiddenWidth = Annotated[int, typer.Option(help="Width of the mapping MLPs (the r
 
 
 def run_training(**values: Any) -> None:
-    from elite_cli.training.loop import train
-
     values["device"] = "cpu" if values.pop("cpu") else "auto"
     for key in ("data", "output", "init", "global_mapper"):
         if values.get(key) is not None:
             values[key] = str(values[key])
     values = {key: ("" if value is None and key in ("init", "resume", "global_mapper") else value)
               for key, value in values.items()}
-    config = TrainConfig(**values).resolved()
+    config = TrainConfig(**values).resolved()  # bad flags fail before torch is imported
+    from elite_cli.training.loop import train
+
     with TrainingDisplay() as display:
         result = train(config, display.update)
     if result.is_main_process:

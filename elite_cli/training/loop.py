@@ -144,6 +144,8 @@ class Trainer:
         from elite_cli.training.objectives import GlobalObjective, LocalObjective
 
         config = self.config
+        found = load_samples(config.data, need_masks=config.stage == "local")  # the cheapest thing to get wrong
+        self.samples, self.skipped_at_scan = found.samples, found.skipped
         tensorboard = False
         if config.tensorboard:
             try:
@@ -160,8 +162,6 @@ class Trainer:
         self.device = accelerator.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
-        found = load_samples(config.data, need_masks=config.stage == "local")
-        self.samples, self.skipped_at_scan = found.samples, found.skipped
         frozen = self.frozen = load_frozen_models(config.base_model, config.image_encoder)
 
         torch.manual_seed(config.seed)  # the same fresh mapper on every process
