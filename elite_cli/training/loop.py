@@ -127,9 +127,12 @@ def mapper_metadata(config: TrainConfig, state: dict, step: int, num_processes: 
 class Trainer:
     """One run. `Trainer(config, progress).run()`; progress events reach only the main process."""
 
-    def __init__(self, config: TrainConfig, progress: Progress | None = None):
+    def __init__(self, config: TrainConfig, progress: Progress | None = None, frozen=None):
+        """`frozen`: already built FrozenModels to use instead of loading config.base_model /
+        config.image_encoder (the benchmark builds real-size models from configs in memory)."""
         self.config = config.resolved()
         self.progress = progress
+        self.given_frozen = frozen
         self.output = Path(self.config.output)
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -162,7 +165,8 @@ class Trainer:
         self.device = accelerator.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
-        frozen = self.frozen = load_frozen_models(config.base_model, config.image_encoder)
+        frozen = self.frozen = (self.given_frozen if self.given_frozen is not None
+                                else load_frozen_models(config.base_model, config.image_encoder))
 
         torch.manual_seed(config.seed)  # the same fresh mapper on every process
         if config.init:
