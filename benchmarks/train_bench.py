@@ -76,6 +76,16 @@ VARIANTS = {
 TINY_VARIANTS = {"global-2-no": ("global", 2, "no", False), "local-2-no": ("local", 2, "no", False)}
 
 
+def parse_variant(name: str):
+    """'global-2-no-ckpt' -> ("global", 2, "no", True); None if it does not parse."""
+    parts = name.split("-")
+    if len(parts) not in (3, 4) or parts[0] not in ("global", "local") or not parts[1].isdigit():
+        return None
+    if parts[2] not in ("no", "fp16", "bf16") or (len(parts) == 4 and parts[3] != "ckpt"):
+        return None
+    return parts[0], int(parts[1]), parts[2], len(parts) == 4
+
+
 def real_frozen_models(tokenizer_dir: Path):
     """SD 1.4 + CLIP ViT-L/14 from configs, random weights, on the CPU in float32."""
     import torch
@@ -205,7 +215,8 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--real", action="store_true", help="SD 1.4 / ViT-L/14 sizes (default with CUDA)")
     mode.add_argument("--tiny", action="store_true", help="elite's tiny models on the CPU (default without CUDA)")
-    parser.add_argument("--variants", help=f"comma-separated, from: {', '.join(VARIANTS)} (tiny: {', '.join(TINY_VARIANTS)})")
+    parser.add_argument("--variants", help=f"comma-separated, from: {', '.join(VARIANTS)} (tiny: {', '.join(TINY_VARIANTS)}), "
+                        "or any STAGE-BATCH-PRECISION[-ckpt] such as global-1-no")
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--resolution", type=int, help="training size (default 512 real, 64 tiny)")
@@ -218,9 +229,12 @@ def main() -> None:
     real = args.real or (not args.tiny and torch.cuda.is_available())
     table = VARIANTS if real else TINY_VARIANTS
     names = args.variants.split(",") if args.variants else list(table)
-    unknown = [name for name in names if name not in table]
-    if unknown:
-        parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(table)}")
+    for name in names:
+        if name not in table:
+            parsed = parse_variant(name)
+            if parsed is None:
+                parser.error(f"variant {name!r} is neither one of {', '.join(table)} nor STAGE-BATCH-PRECISION[-ckpt]")
+            table = {**table, name: parsed}
     args.resolution = args.resolution or (512 if real else 64)
     args.hidden_width = args.hidden_width or (1024 if real else 64)
     if not real:

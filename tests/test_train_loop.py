@@ -39,6 +39,9 @@ def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("train-data")
     for i in range(5):
         write_pair(folder, f"object{i}", i)
+    # Found by the folder scan, fails to decode during training: skipped and counted.
+    write_pair(folder, "object5", 5)
+    (folder / "object5.png").write_bytes(b"\x89PNG truncated")
     return folder
 
 
@@ -69,8 +72,8 @@ def global_run(tiny_models, data, tmp_path_factory):
 
 # ---- learning ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("stage, ratio", [("global", 0.7), ("local", 0.3)])
-def test_a_fixed_batch_is_overfitted(tiny_models, data, tmp_path, stage, ratio, global_run):
+@pytest.mark.parametrize("stage, steps, ratio", [("global", 25, 0.7), ("local", 12, 0.35)])
+def test_a_fixed_batch_is_overfitted(tiny_models, data, tmp_path, stage, steps, ratio, global_run):
     """The overfitting check: same batch, same noise and timesteps, loss falls clearly.
 
     (The global stage can only move the words and the cross-attention keys/values of a random
@@ -81,7 +84,7 @@ def test_a_fixed_batch_is_overfitted(tiny_models, data, tmp_path, stage, ratio, 
     trainer.setup()
     batch = next(iter(trainer.loader(0)))
     losses = []
-    for _ in range(25):
+    for _ in range(steps):
         terms = trainer.objective(batch, row_generators(0, 0, 0, 2))
         terms.loss.backward()
         trainer.optimizer.step()
@@ -101,6 +104,10 @@ def test_run_writes_loadable_checkpoints_logs_and_metadata(global_run, tiny_mode
     assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-000002", "checkpoint-000004"]
     log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3, 4] and all(entry["lr"] == 1e-4 for entry in log)
+    # 16 draws over 6 samples hit the broken one; each time the next sample stood in.
+    skipped = (output / "skipped-process0.txt").read_text().splitlines()
+    assert skipped and all("object5.png" in line for line in skipped)
+    assert log[-1]["skipped"] == len(skipped) and events[-1].skipped == len(skipped)
     assert [e.step for e in events if isinstance(e, StepDone)] == [1, 2, 3, 4]
     with safe_open(str(result.mapper), "pt") as handle:
         metadata = handle.metadata()
@@ -130,10 +137,15 @@ def test_resuming_reaches_the_uninterrupted_weights(global_run, tiny_models, dat
     assert log == [3, 4]
 
 
-def test_resume_latest_without_checkpoints_starts_fresh_and_wrong_stage_is_refused(global_run, tiny_models, data, tmp_path):
+def test_resume_latest_finds_the_newest_checkpoint_and_a_wrong_stage_is_refused(global_run, tiny_models, data, tmp_path):
     from elite_cli.errors import InputError
+    from elite_cli.training.loop import find_checkpoint
 
     output, result, _ = global_run
+    assert find_checkpoint(output, "latest") == output / "checkpoint-000004"
+    assert find_checkpoint(tmp_path, "latest") is None  # nothing yet: a fresh start
+    with pytest.raises(InputError, match="not a checkpoint folder"):
+        find_checkpoint(output, str(tmp_path))
     with pytest.raises(InputError, match="stage"):
         train(config(tiny_models, data, tmp_path, stage="local", global_mapper=str(result.mapper),
                      resume=str(output / "checkpoint-000002")))
@@ -164,7 +176,7 @@ def test_trained_mappers_encode_and_generate_end_to_end(global_run, tiny_models,
 # ---- several processes -------------------------------------------------------------------------
 
 @pytest.mark.skipif(os.environ.get("ELITE_SKIP_MULTIPROCESS") == "1", reason="ELITE_SKIP_MULTIPROCESS=1")
-def test_accelerate_launch_two_cpu_processes(global_run, tiny_models, data, tmp_path):
+def test_accelerate_launch_two_cpu_processes(tiny_models, data, tmp_path):
     """Two processes of batch 1 train the same weights as one process of batch 2 (DDP averages)."""
     pytest.importorskip("accelerate")
     output = tmp_path / "ddp"
@@ -186,4 +198,6 @@ def test_accelerate_launch_two_cpu_processes(global_run, tiny_models, data, tmp_
                           checkpoint_every=0))
     expected, got = mapper_tensors(single.mapper), mapper_tensors(output / "global_mapper.safetensors")
     worst = max(float((expected[name] - got[name]).abs().max()) for name in expected)
-    assert worst < 1e-5
+    # Gradients are summed in another order (all-reduce vs batch mean); a quarter of one Adam
+    # step (lr 1e-4) bounds that, while a different batch split would differ by whole steps.
+    assert worst < 2.5e-5
