@@ -1,0 +1,63 @@
+"""Generation history: one row per generated image, so users can find and repeat past work."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from elite_cli.errors import InputError, LibraryError
+from elite_cli.library import conceptfile as cf
+from elite_cli.library.records import HistoryEntry
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+
+class GenerationHistory:
+    """The `generations` table of library.db; mixed into ConceptStore (which provides db, _write)."""
+
+    db: "Database"
+
+    @staticmethod
+    def new_run_id() -> str:
+        return uuid.uuid4().hex
+
+    def record_generation(self, *, run_id: str, prompt: str, negative_prompt: str, seed: int, image_index: int,
+                          parameters: dict, concept_ids: dict[str, str], output_path: Path | str | None,
+                          duration_s: float | None) -> int:
+        """Record one generated image; returns the history row id.
+
+        parameters: every other setting (steps, guidance_scale, llambda, width, height,
+        scheduler, models...) as JSON-serialisable values. concept_ids: {prompt name: id}.
+        """
+        try:
+            parameters_json = json.dumps(parameters, sort_keys=True)
+        except TypeError as error:
+            raise InputError(f"generation parameters must be JSON values ({error}).") from None
+        with self._write():
+            cursor = self.db.execute(
+                "INSERT INTO generations (run_id, created, prompt, negative_prompt, seed, image_index, parameters,"
+                " concept_ids, output_path, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, cf.utc_now(), prompt, negative_prompt, int(seed), int(image_index), parameters_json,
+                 json.dumps(concept_ids, sort_keys=True), None if output_path is None else str(output_path),
+                 duration_s])
+            return cursor.lastrowid
+
+    def list_history(self, limit: int | None = 20, offset: int = 0, contains: str | None = None) -> list[HistoryEntry]:
+        """Past generated images, newest first; `contains` filters prompts by a substring."""
+        where, params = ("prompt LIKE ?", [f"%{contains}%"]) if contains else ("1", [])
+        rows = self.db.query(f"SELECT * FROM generations WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                             [*params, -1 if limit is None else limit, offset])
+        return [HistoryEntry.from_row(row) for row in rows]
+
+    def get_run(self, run_id: str) -> list[HistoryEntry]:
+        """Every image of one run (by run id or a unique prefix of it), in index order."""
+        rows = list(self.db.query("SELECT * FROM generations WHERE run_id >= ? AND run_id < ? "
+                                  "ORDER BY run_id, image_index", [run_id, run_id + "\uffff"]))
+        if len({row["run_id"] for row in rows}) > 1:
+            raise LibraryError(f"run id prefix '{run_id}' matches several runs; give more characters.")
+        if not rows:
+            raise LibraryError(f"no generation run '{run_id}' in the history; list runs with `elite history`.")
+        return [HistoryEntry.from_row(row) for row in rows]

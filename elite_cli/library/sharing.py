@@ -1,0 +1,90 @@
+"""Sharing concepts: the elite bundle (exact round trip) and textual-inversion exports.
+
+Bundle = the library's concept file plus a `thumbnail` tensor; its metadata is unchanged, so
+importing and exporting again reproduces the bundle byte for byte. TI exports carry only the
+primary word w0: ELITE's local patch tokens have no counterpart in those formats.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from elite_cli.errors import EliteError, FormatError, InputError
+from elite_cli.library import conceptfile as cf
+from elite_cli.library.names import validate_name, validate_tag
+from elite_cli.library.records import ExportResult, StoredConcept
+from elite_cli.library.thumbnails import placeholder_thumbnail, png_to_tensor, tensor_to_png
+
+if TYPE_CHECKING:
+    from elite_cli.library.store import ConceptStore
+
+EXPORT_FORMATS = ("elite", "diffusers", "a1111")
+LOCAL_DETAIL_NOTE = ("only the primary word w0 is exported; local detail does not travel (ELITE's masked patch "
+                     "tokens have no place in textual-inversion formats), so other tools reproduce the concept "
+                     "less faithfully than elite")
+# A bundle is a concept file (~0.4 MB for SD 1.x) plus a thumbnail; 128 MB is far above any real one.
+MAX_BUNDLE_BYTES = 128 * 1024 * 1024
+
+
+def export_concept(store: "ConceptStore", name_or_id: str, path: Path, format: str = "elite",
+                   token: str | None = None, overwrite: bool = False) -> ExportResult:
+    """Write concept `name_or_id` to `path` (a folder gets `<name>.safetensors`).
+
+    format: "elite" (bundle for `import_concept`), "diffusers" (`{token: [1, Dt]}` for
+    `pipe.load_textual_inversion`, token defaults to `<name>`), "a1111" (`{"emb_params": [1, Dt]}`
+    for the WebUI's embeddings folder, where the file name is the trigger word).
+    """
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"export format '{format}' is not known; use one of {', '.join(EXPORT_FORMATS)}.")
+    record = store.get(name_or_id)
+    if path.is_dir():
+        path = path / f"{record.name}.safetensors"
+    if path.suffix != ".safetensors":
+        raise InputError(f"export path '{path}' must end in .safetensors (all export formats are safetensors).")
+    if path.exists() and not overwrite:
+        raise InputError(f"'{path}' already exists; choose another path or allow overwriting.")
+    stored = cf.load_path(record.file_path)
+    if format == "elite":
+        thumbnail = record.thumbnail_path.read_bytes() if record.thumbnail_path.exists() else placeholder_thumbnail()
+        tensors = {**stored.tensors, cf.THUMBNAIL_TENSOR: png_to_tensor(thumbnail)}
+        cf.atomic_write(path, cf.serialize(tensors, stored.metadata))
+        return ExportResult(path=path, format=format, note="")
+    primary = stored.tensors["words"][:1].float().contiguous()  # [1, Dt]
+    common = {"elite_concept_id": record.id, "elite_note": LOCAL_DETAIL_NOTE, "base_model": record.base_model}
+    if format == "diffusers":
+        token = token or f"<{record.name}>"
+        cf.atomic_write(path, cf.serialize({token: primary}, {"format": "pt", "token": token, **common}))
+    else:
+        # The WebUI reads the single tensor and names the embedding after the file; the keys below
+        # are the ones its own embeddings carry (name, step, sd_checkpoint_name), for its UI cards.
+        metadata = {"name": token or record.name, "step": "0", "sd_checkpoint_name": record.base_model, **common}
+        cf.atomic_write(path, cf.serialize({"emb_params": primary}, metadata))
+    return ExportResult(path=path, format=format, note=LOCAL_DETAIL_NOTE)
+
+
+def import_bundle(store: "ConceptStore", path: Path, name: str | None = None, replace: bool = False) -> StoredConcept:
+    """Validate an elite bundle completely, then store it (name from the bundle unless given).
+
+    Returns the existing record with duplicate=True when the library already has it.
+    """
+    if not path.is_file():
+        raise InputError(f"'{path}' does not exist; pass an elite concept bundle (.safetensors).")
+    if path.stat().st_size > MAX_BUNDLE_BYTES:
+        raise FormatError(f"'{path}' is larger than {MAX_BUNDLE_BYTES} bytes, far above any concept bundle.")
+    bundle = cf.load_bytes(path.read_bytes(), str(path), allow_thumbnail=True)
+    metadata = dict(bundle.metadata)
+    try:
+        metadata["name"] = validate_name(name if name is not None else metadata["name"])
+        for tag in bundle.tags:
+            validate_tag(tag)
+    except EliteError as error:
+        if name is not None:
+            raise
+        raise FormatError(f"'{path}' carries an invalid name or tag ({error}); import it with an explicit name.") from None
+    tensors = {key: bundle.tensors[key] for key in cf.CONCEPT_TENSORS}
+    if cf.THUMBNAIL_TENSOR in bundle.tensors:
+        thumbnail = tensor_to_png(bundle.tensors[cf.THUMBNAIL_TENSOR])
+    else:
+        thumbnail = placeholder_thumbnail()
+    return store._store(cf.serialize(tensors, metadata), metadata, thumbnail, sources=[], replace=replace)
