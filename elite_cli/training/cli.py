@@ -49,10 +49,10 @@ BaseModel = Annotated[str, typer.Option(help="Stable Diffusion hub id or diffuse
 ImageEncoder = Annotated[str, typer.Option(help="CLIP vision hub id or folder.", envvar="ELITE_IMAGE_ENCODER")]
 Init = Annotated[Optional[Path], typer.Option(help="Start from these mapper weights instead of fresh ones.")]
 Resolution = Annotated[int, typer.Option(help="Training image size in pixels (multiple of 8).")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Batch per process [default: 4 global, 2 local].", show_default=False)]
+BatchSize = Annotated[Optional[int], typer.Option(help="Batch per process (default: 4 global, 2 local, as the reference).", show_default=False)]
 Accumulation = Annotated[int, typer.Option("--gradient-accumulation", help="Micro-batches per optimizer step.")]
 LearningRate = Annotated[Optional[float], typer.Option(
-    help="Base learning rate, multiplied by the total batch unless --no-scale-lr [default: 1e-6 global, 1e-5 local].",
+    help="Base learning rate, multiplied by the total batch unless --no-scale-lr (default: 1e-6 global, 1e-5 local).",
     show_default=False)]
 ScaleLr = Annotated[bool, typer.Option("--scale-lr/--no-scale-lr", help="Scale the learning rate by batch x accumulation x processes.")]
 LrScheduler = Annotated[str, typer.Option(help="constant, constant_with_warmup, linear or cosine.")]
@@ -66,7 +66,7 @@ ValidationPrompt = Annotated[str, typer.Option(help="Validation prompt; <concept
 ValidationSteps = Annotated[int, typer.Option(help="Denoising steps of validation images.")]
 Seed = Annotated[int, typer.Option(help="Seed of the mapper's initialisation, data order, augmentation and noise.")]
 MixedPrecision = Annotated[Optional[str], typer.Option(
-    help="no, fp16 or bf16 [default: what `accelerate config` / `accelerate launch` chose].", show_default=False)]
+    help="no, fp16 or bf16 (default: what `accelerate config` / `accelerate launch` chose).", show_default=False)]
 Checkpointing = Annotated[bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory in the UNet.")]
 Workers = Annotated[int, typer.Option("--workers", help="Data-loading processes per training process.")]
 Tensorboard = Annotated[bool, typer.Option("--tensorboard", help="Also log to TensorBoard (needs `pip install tensorboard`).")]
