@@ -204,3 +204,31 @@ def test_accelerate_launch_two_cpu_processes(tiny_models, data, tmp_path):
     other = mapper_tensors(train(config(tiny_models, data, tmp_path / "other", batch_size=2, gradient_accumulation=2,
                                         max_steps=2, checkpoint_every=0, seed=6)).mapper)
     assert max(float((expected[name] - other[name]).abs().max()) for name in expected) > 1e-4
+
+
+def test_trained_checkpoints_work_with_elite_add_and_gen(global_run, tiny_models, data, tmp_path):
+    """`elite add` / `elite gen` (the CLI, where it is present) with the mappers `elite train` wrote."""
+    cli = pytest.importorskip("elite_cli.cli", reason="the elite CLI is not in this checkout yet")
+    from typer.testing import CliRunner
+
+    local = train(config(tiny_models, data, tmp_path / "local", stage="local", global_mapper=str(global_run[1].mapper),
+                         max_steps=1, checkpoint_every=1))
+    checkpoint = tmp_path / "local" / "checkpoint-000001" / "local_mapper.safetensors"
+    assert checkpoint.is_file()
+    environment = {
+        "ELITE_HOME": str(tmp_path / "home"), "ELITE_BASE_MODEL": str(tiny_models.base_model),
+        "ELITE_IMAGE_ENCODER": str(tiny_models.image_encoder), "ELITE_DEVICE": "cpu",
+        "ELITE_GLOBAL_MAPPER": str(global_run[0] / "checkpoint-000002" / "global_mapper.safetensors"),
+        "ELITE_LOCAL_MAPPER": str(checkpoint),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for variable, value in environment.items():
+            patch.setenv(variable, value)
+        runner = CliRunner()
+        added = runner.invoke(cli.app, ["add", str(data / "object1.png"), "--mask", str(data / "object1_mask.png"),
+                                        "--name", "thing"])
+        assert added.exit_code == 0, added.output
+        made = runner.invoke(cli.app, ["gen", "a photo of a <thing>", "--seed", "1", "--steps", "2", "--width", "64",
+                                       "--height", "64", "-o", str(tmp_path / "images")])
+        assert made.exit_code == 0, made.output
+    assert local.mapper.is_file() and len(list((tmp_path / "images").glob("*.png"))) == 1

@@ -20,7 +20,8 @@ from elite_cli.errors import EliteError
 from elite_cli.training.recipe import DEFAULT_BASE_MODEL, DEFAULT_IMAGE_ENCODER, TrainConfig
 
 train_app = typer.Typer(
-    help="Train ELITE's global and local mapping networks (reference recipe, Hugging Face accelerate).",
+    help="Train ELITE's global and local mapping networks (reference recipe, Hugging Face accelerate).\n\n"
+    "Example: elite train global --data crops/ -o runs/global",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     add_completion=False,
@@ -143,7 +144,10 @@ def train_global(
     num_workers: Workers = 2, tensorboard: Tensorboard = False, resume: Resume = None, cpu: Cpu = False,
     attention: Attention = "auto", hidden_width: HiddenWidth = 1024,
 ) -> None:
-    """Stage 1: train the global mapper (five words + key/value copies) on object crops."""
+    """Stage 1: train the global mapper (five words + key/value copies) on object crops.
+
+    Example: accelerate launch -m elite_cli train global --data oi.jsonl -o runs/global --mixed-precision fp16
+    """
     run_training(stage="global", **locals())
 
 
@@ -162,7 +166,10 @@ def train_local(
     num_workers: Workers = 2, tensorboard: Tensorboard = False, resume: Resume = None, cpu: Cpu = False,
     attention: Attention = "auto", hidden_width: HiddenWidth = 1024,
 ) -> None:
-    """Stage 2: train the local mapper (patch tokens + key/value copies) with the global mapper frozen."""
+    """Stage 2: train the local mapper (patch tokens + key/value copies) with the global mapper frozen.
+
+    Example: elite train local --data oi.jsonl --global-mapper runs/global/global_mapper.safetensors -o runs/local
+    """
     run_training(stage="local", **locals())
 
 
@@ -179,7 +186,10 @@ def convert_openimages(
     min_side: Annotated[int, typer.Option(help="Smallest object height and width in pixels.")] = 100,
     min_aspect: Annotated[float, typer.Option(help="Smallest shorter/longer side ratio of the object.")] = 0.5,
 ) -> None:
-    """Turn the Open Images V6 segmentation release into a training manifest (reference filters)."""
+    """Turn the Open Images V6 segmentation release into a training manifest (reference filters).
+
+    Example: elite train convert-openimages --annotations test-annotations-object-segmentation.csv --masks segs/test --images images/test -o oi.jsonl
+    """
     from elite_cli.training.openimages import BoxFilters, convert_open_images
 
     report = convert_open_images(annotations, masks, images, output, classes,
