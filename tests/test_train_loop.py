@@ -151,6 +151,15 @@ def test_resume_latest_finds_the_newest_checkpoint_and_a_wrong_stage_is_refused(
                      resume=str(output / "checkpoint-000002")))
 
 
+def test_init_starts_from_given_weights(global_run, tiny_models, data, tmp_path):
+    trainer = Trainer(config(tiny_models, data, tmp_path, init=str(global_run[1].mapper)))
+    trainer.setup()
+    saved = mapper_tensors(global_run[1].mapper)
+    state = trainer.raw_mapper.state_dict()
+    assert all(torch.equal(state[name], saved[name]) for name in saved)
+    assert all(p.requires_grad for p in trainer.raw_mapper.parameters())
+
+
 # ---- the trained mappers in use ----------------------------------------------------------------
 
 def test_trained_mappers_encode_and_generate_end_to_end(global_run, tiny_models, data, tmp_path):
