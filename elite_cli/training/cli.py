@@ -39,6 +39,16 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except EliteError as error:
             typer.echo(f"Error: {error}", err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("Interrupted; continue with --resume latest (from the last checkpoint).", err=True)
+            raise typer.Exit(130) from None
+        except RuntimeError as error:
+            # torch.cuda.OutOfMemoryError, matched by name so this module never imports torch.
+            if type(error).__name__ != "OutOfMemoryError":
+                raise
+            typer.echo("Error: the GPU ran out of memory; lower --batch-size (raise --gradient-accumulation to keep "
+                       "the total batch), add --gradient-checkpointing, or use --mixed-precision fp16.", err=True)
+            raise typer.Exit(1) from None
 
     return run
 

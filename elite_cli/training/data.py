@@ -13,6 +13,9 @@ one) are skipped and counted, never replaced by zeros: at scan time they are lef
 set; when decoding fails during training the next sample takes its place and the failure
 travels with the batch so the loop can count and log it.
 
+A crop (the object box plus padding) is resized to the square training resolution without
+keeping its aspect ratio, as the reference does.
+
 Randomness: an example is a pure function of (seed, epoch, index), so a resumed run draws
 exactly the examples an uninterrupted one would, whatever the number of loader workers.
 """
