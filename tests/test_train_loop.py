@@ -94,6 +94,23 @@ def test_a_fixed_batch_is_overfitted(tiny_models, data, tmp_path, stage, steps, 
     assert all(np.isfinite(losses))
 
 
+@pytest.mark.parametrize("stage", ["global", "local"])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_models, data, tmp_path, stage, global_run):
+    extra = {"global_mapper": str(global_run[1].mapper)} if stage == "local" else {}
+    gradients = []
+    for checkpointing in (False, True):
+        trainer = Trainer(config(tiny_models, data, tmp_path / str(checkpointing), stage=stage,
+                                 gradient_checkpointing=checkpointing, **extra))
+        trainer.setup()
+        batch = next(iter(trainer.loader(0)))
+        trainer.objective(batch, row_generators(0, 0, 0, 2)).loss.backward()
+        gradients.append({name: p.grad.clone() for name, p in trainer.raw_mapper.named_parameters()})
+        trainer.frozen.unet.disable_gradient_checkpointing()
+    plain, checkpointed = gradients
+    assert all(torch.allclose(plain[name], checkpointed[name], atol=1e-6) for name in plain)
+    assert any(float(g.abs().max()) > 0 for g in plain.values())
+
+
 # ---- checkpoints and resumption ----------------------------------------------------------------
 
 def test_run_writes_loadable_checkpoints_logs_and_metadata(global_run, tiny_models):
