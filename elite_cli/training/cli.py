@@ -1,0 +1,209 @@
+"""`elite train`: the Typer sub-app for mapper training (mounted by elite_cli/cli.py).
+
+Parses flags into a TrainConfig, calls the training core, prints progress with rich on the
+main process. torch, accelerate and diffusers are imported inside the commands only.
+
+Multi-GPU / multi-node: the same command under accelerate, e.g.
+    accelerate launch --multi_gpu --num_processes 4 -m elite_cli.training global --data ... -o ...
+(`-m elite_cli train global ...` once the sub-app is mounted as `elite train`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from elite_cli.errors import EliteError
+from elite_cli.training.recipe import DEFAULT_BASE_MODEL, DEFAULT_IMAGE_ENCODER, TrainConfig
+
+train_app = typer.Typer(
+    help="Train ELITE's global and local mapping networks (reference recipe, Hugging Face accelerate).\n\n"
+    "Example: elite train global --data crops/ -o runs/global",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Our typed errors become `Error: ...` (exit 1), whichever app this sub-app is mounted in."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EliteError as error:
+            typer.echo(f"Error: {error}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("Interrupted; continue with --resume latest (from the last checkpoint).", err=True)
+            raise typer.Exit(130) from None
+        except RuntimeError as error:
+            # torch.cuda.OutOfMemoryError, matched by name so this module never imports torch.
+            if type(error).__name__ != "OutOfMemoryError":
+                raise
+            typer.echo("Error: the GPU ran out of memory; lower --batch-size (raise --gradient-accumulation to keep "
+                       "the total batch), add --gradient-checkpointing, or use --mixed-precision fp16.", err=True)
+            raise typer.Exit(1) from None
+
+    return run
+
+
+# ---- shared options ------------------------------------------------------------------------------
+Data = Annotated[Path, typer.Option("--data", "-d", help="Folder of name.jpg + name_mask.png pairs, or a .jsonl manifest.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, logs and the trained mapper.")]
+BaseModel = Annotated[str, typer.Option(help="Stable Diffusion hub id or diffusers folder.", envvar="ELITE_BASE_MODEL")]
+ImageEncoder = Annotated[str, typer.Option(help="CLIP vision hub id or folder.", envvar="ELITE_IMAGE_ENCODER")]
+Init = Annotated[Optional[Path], typer.Option(help="Start from these mapper weights instead of fresh ones.")]
+Resolution = Annotated[int, typer.Option(help="Training image size in pixels (multiple of 8).")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Batch per process (default: 4 global, 2 local, as the reference).", show_default=False)]
+Accumulation = Annotated[int, typer.Option("--gradient-accumulation", help="Micro-batches per optimizer step.")]
+LearningRate = Annotated[Optional[float], typer.Option(
+    help="Base learning rate, multiplied by the total batch unless --no-scale-lr (default: 1e-6 global, 1e-5 local).",
+    show_default=False)]
+ScaleLr = Annotated[bool, typer.Option("--scale-lr/--no-scale-lr", help="Scale the learning rate by batch x accumulation x processes.")]
+LrScheduler = Annotated[str, typer.Option(help="constant, constant_with_warmup, linear or cosine.")]
+Warmup = Annotated[int, typer.Option(help="Warm-up steps of the learning-rate schedule.")]
+MaxSteps = Annotated[int, typer.Option(help="Optimizer steps to train for.")]
+CheckpointEvery = Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps (0: only at the end).")]
+KeepCheckpoints = Annotated[int, typer.Option(help="Keep only the newest N checkpoints (0: keep all).")]
+ValidateEvery = Annotated[int, typer.Option(help="Write validation images every N steps (0: never).")]
+ValidationCount = Annotated[int, typer.Option(help="How many training pictures to validate on.")]
+ValidationPrompt = Annotated[str, typer.Option(help="Validation prompt; <concept> stands for the picture.")]
+ValidationSteps = Annotated[int, typer.Option(help="Denoising steps of validation images.")]
+Seed = Annotated[int, typer.Option(help="Seed of the mapper's initialisation, data order, augmentation and noise.")]
+MixedPrecision = Annotated[Optional[str], typer.Option(
+    help="no, fp16 or bf16 (default: what `accelerate config` / `accelerate launch` chose).", show_default=False)]
+Checkpointing = Annotated[bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory in the UNet.")]
+Workers = Annotated[int, typer.Option("--workers", help="Data-loading processes per training process.")]
+Tensorboard = Annotated[bool, typer.Option("--tensorboard", help="Also log to TensorBoard (needs `pip install tensorboard`).")]
+Resume = Annotated[Optional[str], typer.Option(help="Continue from a checkpoint folder, or 'latest' in --output.")]
+Cpu = Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present (tiny models, tests).")]
+Attention = Annotated[str, typer.Option(help="auto, sdpa or xformers.")]
+HiddenWidth = Annotated[int, typer.Option(help="Width of the mapping MLPs (the reference's 1024).")]
+
+
+def run_training(**values: Any) -> None:
+    values["device"] = "cpu" if values.pop("cpu") else "auto"
+    for key in ("data", "output", "init", "global_mapper"):
+        if values.get(key) is not None:
+            values[key] = str(values[key])
+    values = {key: ("" if value is None and key in ("init", "resume", "global_mapper") else value)
+              for key, value in values.items()}
+    config = TrainConfig(**values).resolved()  # bad flags fail before torch is imported
+    from elite_cli.training.loop import train
+
+    with TrainingDisplay() as display:
+        result = train(config, display.update)
+    if result.is_main_process:
+        typer.echo(f"Trained {config.stage} mapper: {result.mapper} ({result.steps} steps, last loss {result.last_loss:.4f})")
+
+
+class TrainingDisplay:
+    """Rich progress for the main process (the core sends it events; other processes get none)."""
+
+    def __enter__(self) -> "TrainingDisplay":
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.description}"), console=self.console, transient=False)
+        self.task = None
+        return self
+
+    def update(self, event: object) -> None:
+        from elite_cli.training.loop import RunStarted, StepDone
+
+        if isinstance(event, RunStarted):
+            self.console.print(
+                f"{event.samples} samples ({event.skipped_at_scan} skipped), {event.num_processes} process(es) on "
+                f"{event.device}, precision {event.mixed_precision}, total batch {event.total_batch}, "
+                f"lr {event.learning_rate:.3g}" + (f", resuming at step {event.start_step}" if event.start_step else "")
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("", total=event.max_steps, completed=event.start_step)
+        elif isinstance(event, StepDone) and self.task is not None:
+            self.bar.update(self.task, completed=event.step, description=(
+                f"loss {event.loss:.4f} (mse {event.mse:.4f}) lr {event.lr:.2e} {event.images_per_second:.1f} img/s"
+                + (f" skipped {event.skipped}" if event.skipped else "")))
+            if event.checkpoint:
+                self.bar.console.print(f"checkpoint: {event.checkpoint}")
+            if event.validation:
+                self.bar.console.print(f"validation images: {event.validation}")
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+
+@train_app.command("global")
+@one_line_errors
+def train_global(
+    data: Data, output: Output,
+    base_model: BaseModel = DEFAULT_BASE_MODEL, image_encoder: ImageEncoder = DEFAULT_IMAGE_ENCODER,
+    init: Init = None, resolution: Resolution = 512, batch_size: BatchSize = None, gradient_accumulation: Accumulation = 4,
+    learning_rate: LearningRate = None, scale_lr: ScaleLr = True, lr_scheduler: LrScheduler = "constant",
+    lr_warmup_steps: Warmup = 0, max_steps: MaxSteps = 200_000, checkpoint_every: CheckpointEvery = 1000,
+    keep_checkpoints: KeepCheckpoints = 0, validate_every: ValidateEvery = 0, validation_count: ValidationCount = 2,
+    validation_prompt: ValidationPrompt = "a photo of a <concept>", validation_steps: ValidationSteps = 25,
+    seed: Seed = 0, mixed_precision: MixedPrecision = None, gradient_checkpointing: Checkpointing = False,
+    num_workers: Workers = 2, tensorboard: Tensorboard = False, resume: Resume = None, cpu: Cpu = False,
+    attention: Attention = "auto", hidden_width: HiddenWidth = 1024,
+) -> None:
+    """Stage 1: train the global mapper (five words + key/value copies) on object crops.
+
+    Example: accelerate launch -m elite_cli train global --data oi.jsonl -o runs/global --mixed-precision fp16
+    """
+    run_training(stage="global", **locals())
+
+
+@train_app.command("local")
+@one_line_errors
+def train_local(
+    data: Data, output: Output,
+    global_mapper: Annotated[Path, typer.Option(help="The trained global mapper (.safetensors or reference .pt).")],
+    base_model: BaseModel = DEFAULT_BASE_MODEL, image_encoder: ImageEncoder = DEFAULT_IMAGE_ENCODER,
+    init: Init = None, resolution: Resolution = 512, batch_size: BatchSize = None, gradient_accumulation: Accumulation = 4,
+    learning_rate: LearningRate = None, scale_lr: ScaleLr = True, lr_scheduler: LrScheduler = "constant",
+    lr_warmup_steps: Warmup = 0, max_steps: MaxSteps = 200_000, checkpoint_every: CheckpointEvery = 1000,
+    keep_checkpoints: KeepCheckpoints = 0, validate_every: ValidateEvery = 0, validation_count: ValidationCount = 2,
+    validation_prompt: ValidationPrompt = "a photo of a <concept>", validation_steps: ValidationSteps = 25,
+    seed: Seed = 0, mixed_precision: MixedPrecision = None, gradient_checkpointing: Checkpointing = False,
+    num_workers: Workers = 2, tensorboard: Tensorboard = False, resume: Resume = None, cpu: Cpu = False,
+    attention: Attention = "auto", hidden_width: HiddenWidth = 1024,
+) -> None:
+    """Stage 2: train the local mapper (patch tokens + key/value copies) with the global mapper frozen.
+
+    Example: elite train local --data oi.jsonl --global-mapper runs/global/global_mapper.safetensors -o runs/local
+    """
+    run_training(stage="local", **locals())
+
+
+@train_app.command("convert-openimages")
+@one_line_errors
+def convert_openimages(
+    annotations: Annotated[Path, typer.Option(help="Open Images segmentation CSV, e.g. test-annotations-object-segmentation.csv.")],
+    masks: Annotated[Path, typer.Option(help="Folder with the unpacked mask PNGs.")],
+    images: Annotated[Path, typer.Option(help="Folder with the {ImageID}.jpg images.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (.jsonl).")],
+    classes: Annotated[Optional[Path], typer.Option(help="oidv6-class-descriptions.csv, for category names.")] = None,
+    min_area: Annotated[float, typer.Option(help="Smallest box area as a share of the image.")] = 0.02,
+    max_area: Annotated[float, typer.Option(help="Largest box area as a share of the image.")] = 0.8,
+    min_side: Annotated[int, typer.Option(help="Smallest object height and width in pixels.")] = 100,
+    min_aspect: Annotated[float, typer.Option(help="Smallest shorter/longer side ratio of the object.")] = 0.5,
+) -> None:
+    """Turn the Open Images V6 segmentation release into a training manifest (reference filters).
+
+    Example: elite train convert-openimages --annotations test-annotations-object-segmentation.csv --masks segs/test --images images/test -o oi.jsonl
+    """
+    from elite_cli.training.openimages import BoxFilters, convert_open_images
+
+    report = convert_open_images(annotations, masks, images, output, classes,
+                                 BoxFilters(min_area, max_area, min_side, min_aspect))
+    typer.echo(f"{report.kept} of {report.total} instances written to {output}")
+    for reason, count in report.skipped.most_common():
+        typer.echo(f"  skipped {count}: {reason}")
