@@ -314,3 +314,6 @@ from elite_cli import cli_setup as _setup  # noqa: E402,F401
 from elite_cli.evaluation.cli import eval_command  # noqa: E402
 
 app.command("eval")(eval_command)
+from elite_cli.training.cli import train_app  # noqa: E402  (typer + pure-Python recipe only)
+
+app.add_typer(train_app, name="train")

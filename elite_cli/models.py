@@ -156,7 +156,7 @@ def _disable_progress_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def _quiet_from_pretrained(load, source: str, what: str, **kwargs):
+def load_pretrained(load, source: str, what: str, **kwargs):
     """Call a from_pretrained and turn every failure into one ModelError sentence."""
     local = Path(source).expanduser()
     if local.exists():
@@ -180,7 +180,7 @@ def _quiet_from_pretrained(load, source: str, what: str, **kwargs):
 def load_image_encoder(source: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import CLIPVisionModel
 
-    image_encoder = _quiet_from_pretrained(CLIPVisionModel.from_pretrained, source, "image encoder")
+    image_encoder = load_pretrained(CLIPVisionModel.from_pretrained, source, "image encoder")
     return image_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
@@ -215,12 +215,12 @@ def load_models(spec: ModelSpec) -> Models:
     local_mapper = LocalMapper.from_state_dict(local_state, f"local mapper '{spec.local_mapper}'")
 
     base = spec.base_model
-    tokenizer = _quiet_from_pretrained(CLIPTokenizer.from_pretrained, base, "base model tokenizer", subfolder="tokenizer")
-    text_encoder = _quiet_from_pretrained(CLIPTextModel.from_pretrained, base, "base model text encoder", subfolder="text_encoder")
-    unet = _quiet_from_pretrained(UNet2DConditionModel.from_pretrained, base, "base model UNet", subfolder="unet")
-    vae = _quiet_from_pretrained(AutoencoderKL.from_pretrained, base, "base model VAE", subfolder="vae")
+    tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, base, "base model tokenizer", subfolder="tokenizer")
+    text_encoder = load_pretrained(CLIPTextModel.from_pretrained, base, "base model text encoder", subfolder="text_encoder")
+    unet = load_pretrained(UNet2DConditionModel.from_pretrained, base, "base model UNet", subfolder="unet")
+    vae = load_pretrained(AutoencoderKL.from_pretrained, base, "base model VAE", subfolder="vae")
     # Only the config now (the checks below need it); the weights load on first encode.
-    image_encoder_config = _quiet_from_pretrained(CLIPVisionConfig.from_pretrained, spec.image_encoder, "image encoder")
+    image_encoder_config = load_pretrained(CLIPVisionConfig.from_pretrained, spec.image_encoder, "image encoder")
 
     unet_kv = {module_key(name): tuple(module.to_k.weight.shape) for name, module in cross_attention_modules(unet).items()}
     check_against_unet(global_mapper, unet_kv, f"global mapper '{spec.global_mapper}'")

@@ -126,10 +126,10 @@ def to_pixels(images: Sequence[Image.Image], resize_to: int, crop_to: int, mean,
 
 def _load(load, source: str, what: str, flag: str, **kwargs):
     """from_pretrained with every failure as one ModelError sentence naming the flag."""
-    from elite_cli.models import _quiet_from_pretrained
+    from elite_cli.models import load_pretrained
 
     try:
-        return _quiet_from_pretrained(load, source, what, **kwargs)
+        return load_pretrained(load, source, what, **kwargs)
     except ModelError as error:
         raise ModelError(f"{str(error).rstrip('.')}; the {what} is chosen with {flag}.") from None
 

@@ -51,13 +51,13 @@ def load_frozen_models(base_model: str, image_encoder: str) -> FrozenModels:
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
     from elite_cli.generator import REFERENCE_SCHEDULER
-    from elite_cli.models import _quiet_from_pretrained
+    from elite_cli.models import load_pretrained
 
-    tokenizer = _quiet_from_pretrained(CLIPTokenizer.from_pretrained, base_model, "base model tokenizer", subfolder="tokenizer")
-    text_encoder = _quiet_from_pretrained(CLIPTextModel.from_pretrained, base_model, "base model text encoder", subfolder="text_encoder")
-    unet = _quiet_from_pretrained(UNet2DConditionModel.from_pretrained, base_model, "base model UNet", subfolder="unet")
-    vae = _quiet_from_pretrained(AutoencoderKL.from_pretrained, base_model, "base model VAE", subfolder="vae")
-    vision = _quiet_from_pretrained(CLIPVisionModel.from_pretrained, image_encoder, "image encoder")
+    tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, base_model, "base model tokenizer", subfolder="tokenizer")
+    text_encoder = load_pretrained(CLIPTextModel.from_pretrained, base_model, "base model text encoder", subfolder="text_encoder")
+    unet = load_pretrained(UNet2DConditionModel.from_pretrained, base_model, "base model UNet", subfolder="unet")
+    vae = load_pretrained(AutoencoderKL.from_pretrained, base_model, "base model VAE", subfolder="vae")
+    vision = load_pretrained(CLIPVisionModel.from_pretrained, image_encoder, "image encoder")
     if int(vision.config.num_hidden_layers) < 16:
         raise ModelError("the image encoder has fewer than 16 layers; ELITE reads hidden states 4, 8, 12 and 16 (use CLIP ViT-L/14).")
     try:

@@ -47,9 +47,10 @@ def validation_grid(trainer, step: int) -> Image.Image:
     models = Models(
         spec=ModelSpec(base_model=config.base_model, image_encoder=config.image_encoder, device=str(trainer.device)),
         device=trainer.device, dtype=trainer.weight_dtype, backend=trainer.backend, tokenizer=frozen.tokenizer,
-        text_encoder=frozen.text_encoder, unet=frozen.unet, vae=frozen.vae, image_encoder=frozen.image_encoder,
-        global_mapper=global_mapper, local_mapper=trainer.raw_mapper, global_fingerprint="", local_fingerprint="",
-        scheduler_config=frozen.scheduler_config,
+        text_encoder=frozen.text_encoder, unet=frozen.unet, vae=frozen.vae,
+        image_encoder_config=frozen.image_encoder.config, global_mapper=global_mapper, local_mapper=trainer.raw_mapper,
+        global_fingerprint="", local_fingerprint="", scheduler_config=frozen.scheduler_config,
+        _image_encoder=frozen.image_encoder,
     )
     generator = Generator(models)
     size = config.resolution
