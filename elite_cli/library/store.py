@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol
@@ -74,10 +75,34 @@ class ConceptStore(GenerationHistory):
     # --- opening ---------------------------------------------------------------------------------
 
     def _open_database(self) -> "Database":
+        # Switching a new file to WAL and the first migration take locks for which SQLite may
+        # answer "database is locked" at once instead of waiting out the busy timeout (seen with
+        # 8 processes opening a new library together), so opening retries for that long.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        pause = 0.01
+        while True:
+            try:
+                return self._try_open_database()
+            except sqlite3.OperationalError as error:
+                locked = "locked" in str(error) or "busy" in str(error)
+                if locked and time.monotonic() < deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.25)
+                    continue
+                if locked:
+                    raise LibraryError(f"the library index '{self.db_path}' stayed locked for {BUSY_TIMEOUT_S:.0f} s; "
+                                       "close other elite processes and try again.") from None
+                raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); rebuild it from the "
+                                   "concept files (ConceptStore.rebuild_index, `elite check --repair`).") from None
+            except sqlite3.DatabaseError as error:
+                raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); rebuild it from the "
+                                   "concept files (ConceptStore.rebuild_index, `elite check --repair`).") from None
+
+    def _try_open_database(self) -> "Database":
         from sqlite_utils import Database
 
+        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S)
         try:
-            conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S)
             db = Database(conn)
             db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
@@ -88,9 +113,9 @@ class ConceptStore(GenerationHistory):
                 # One writer migrates at a time; the others wait, then find nothing pending.
                 with _immediate(db):
                     library_migrations.apply(db)
-        except sqlite3.DatabaseError as error:
-            raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); rebuild it from the "
-                               "concept files (ConceptStore.rebuild_index, `elite check --repair`).") from None
+        except BaseException:
+            conn.close()
+            raise
         return db
 
     @classmethod
