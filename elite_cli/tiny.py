@@ -70,8 +70,12 @@ def build_tiny_models(directory: str | Path, seed: int = 0) -> TinyModels:
     import torch
     import transformers.utils.logging as transformers_logging
 
-    # Importing the SD pipeline class makes transformers warn about optional image processors.
+    from elite_cli.models import _disable_progress_bars
+
+    # Importing the SD pipeline class makes transformers warn about optional image processors,
+    # and saving draws progress bars: neither is for users.
     transformers_logging.set_verbosity_error()
+    _disable_progress_bars()
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 
