@@ -43,7 +43,7 @@ def add(
 
     Several images are added with one model load. A PNG with transparency needs no mask.
 
-    Example: [bold]elite add mycat.jpg --mask mycat-mask.png --tag pets[/bold]
+    Example: elite add mycat.jpg --mask mycat-mask.png --tag pets
     """
     if len(images) > 1 and (name or mask):
         raise InputError("--name and --mask apply to one image; add images with their own name or mask one at a time.")
@@ -100,7 +100,7 @@ def list_concepts(
 ) -> None:
     """List the concepts in the library.
 
-    Example: [bold]elite list --tag pets[/bold]
+    Example: elite list --tag pets
     """
     concepts = open_store().list(tag=tag, pattern=pattern)
     if as_json:
@@ -122,7 +122,7 @@ def show(
 ) -> None:
     """Show one concept: id, tags, source files, thumbnail and the models that encoded it.
 
-    Example: [bold]elite show mycat[/bold]
+    Example: elite show mycat
     """
     details = as_dict(open_store().get(name))
     if as_json:
@@ -143,7 +143,7 @@ def remove(
 ) -> None:
     """Remove concepts from the library.
 
-    Example: [bold]elite rm mycat oldcat[/bold]
+    Example: elite rm mycat oldcat
     """
     store = open_store()
     records = [store.get(name) for name in names]  # every name must exist before anything is removed
@@ -159,7 +159,7 @@ def rename(
 ) -> None:
     """Rename a concept; prompts then use the new <name>.
 
-    Example: [bold]elite rename mycat tom[/bold]
+    Example: elite rename mycat tom
     """
     renamed = open_store().rename(old, new)
     typer.echo(f"Renamed <{old}> to <{renamed.name}>")
@@ -173,7 +173,7 @@ def tag_concept(
 ) -> None:
     """Add tags to a concept (or remove them).
 
-    Example: [bold]elite tag mycat pets black[/bold]
+    Example: elite tag mycat pets black
     """
     store = open_store()
     record = store.untag(name, *tags) if remove_tags else store.tag(name, *tags)
@@ -194,7 +194,7 @@ def export_concept(
 ) -> None:
     """Write a concept to a file to share or to use elsewhere.
 
-    Example: [bold]elite export mycat -o mycat.elite.safetensors[/bold]
+    Example: elite export mycat -o mycat.elite.safetensors
     """
     if format not in EXPORT_FORMATS:
         raise InputError(f"--format '{format}' is not one of {', '.join(EXPORT_FORMATS)}.")
@@ -213,7 +213,7 @@ def import_concept(
 ) -> None:
     """Add a concept exported from another library.
 
-    Example: [bold]elite import mycat.elite.safetensors --name tom[/bold]
+    Example: elite import mycat.elite.safetensors --name tom
     """
     check_file_exists(file, "concept file")
     stored = open_store().import_concept(file, name=name, replace=replace)
@@ -232,7 +232,7 @@ def check(
 ) -> None:
     """Check the library: database, tensor files, thumbnails. Exits 1 when problems remain.
 
-    Example: [bold]elite check --repair[/bold]
+    Example: elite check --repair
     """
     store = open_store()
     actions = store.repair().actions if repair else []
@@ -270,7 +270,7 @@ def reencode(
 
     Needed after changing the mapper checkpoints: concepts encoded with other mappers are stale.
 
-    Example: [bold]elite reencode mycat[/bold]
+    Example: elite reencode mycat
     """
     store = open_store()
     # Resolve every name first: a typo fails before the models load.

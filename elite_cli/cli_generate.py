@@ -193,9 +193,9 @@ def gen(
 
     Files are named <time>-<prompt>-<seed>.png and never overwritten; each PNG holds its full parameters (A1111 `parameters` text and an `elite` JSON chunk). Image i uses seed + i. Under `accelerate launch`/`torchrun`, or with --gpus, the images are shared out between processes; each image is the same whichever process makes it.
 
-    Example: [bold]elite gen "<mycat> on the beach" -n 4 --seed 7[/bold]
+    Example: elite gen "<mycat> on the beach" -n 4 --seed 7
 
-    Example: [bold]elite gen --prompts prompts.txt -n 8 --seed 1 --gpus all --resume[/bold]
+    Example: elite gen --prompts prompts.txt -n 8 --seed 1 --gpus all --resume
     """
     from elite_cli.workers import join_workers, launch_command, launched_world_size, without_gpus_option
 
@@ -421,7 +421,7 @@ def history(
 ) -> None:
     """List earlier `elite gen` runs; repeat one with `elite gen --again RUN`.
 
-    Example: [bold]elite history --limit 5[/bold]
+    Example: elite history --limit 5
     """
     entries = open_store().list_history(limit=None if limit == 0 else limit)
     # One item per run (newest first), gathered from the per-image rows.

@@ -40,7 +40,7 @@ def print_findings(findings: list) -> None:
 def models_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Show the configured models, where each setting came from, and whether each is present.
 
-    Example: [bold]elite models[/bold]
+    Example: elite models
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -65,7 +65,7 @@ def models_import(
 ) -> None:
     """Convert the reference ELITE mapper checkpoints to safetensors in the library's models folder.
 
-    Example: [bold]elite models import global_mapper.pt local_mapper.pt[/bold]
+    Example: elite models import global_mapper.pt local_mapper.pt
     """
     from elite_cli.cli import check_file_exists
 
@@ -105,7 +105,7 @@ def models_tiny(
 
     The images it makes are noise: it is for smoke tests, not pictures.
 
-    Example: [bold]elite models tiny ./tiny --use[/bold]
+    Example: elite models tiny ./tiny --use
     """
     from elite_cli.tiny import build_tiny_models
 
@@ -129,7 +129,7 @@ def models_tiny(
 def config_show(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Show every setting's effective value and where it came from (flag, env, config file, default).
 
-    Example: [bold]elite config[/bold]
+    Example: elite config
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -163,7 +163,7 @@ def config_set(
 ) -> None:
     """Store a setting in the library's config.toml (flags and environment still win).
 
-    Example: [bold]elite config set device cuda[/bold]
+    Example: elite config set device cuda
     """
     path = settings_module.set_config_value(library_dir(), key, value)
     typer.echo(f"{key} = {value}  ({path})")
@@ -175,7 +175,7 @@ def config_unset(
 ) -> None:
     """Remove a setting from config.toml so its default applies again.
 
-    Example: [bold]elite config unset device[/bold]
+    Example: elite config unset device
     """
     path = settings_module.set_config_value(library_dir(), key, None)
     typer.echo(f"Removed {key} from {path}")
@@ -187,7 +187,7 @@ def doctor(as_json: JsonFlag = False) -> None:
 
     Exits 1 when something would stop `elite add` or `elite gen`.
 
-    Example: [bold]elite doctor[/bold]
+    Example: elite doctor
     """
     from elite_cli.doctor import FAIL, environment_findings, library_findings, model_findings
 

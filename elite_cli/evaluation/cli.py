@@ -78,9 +78,9 @@ def eval_command(
     image, and writes the images, a contact sheet per concept and results.json to -o. CLIP-T
     scores the prompt with the concept replaced by its class word (or removed if unknown).
 
-    Example: [bold]elite eval mycat --dreambench --class-word mycat=cat -n 4[/bold]
+    Example: elite eval mycat --dreambench --class-word mycat=cat -n 4
 
-    Example: [bold]elite eval --compare old/results.json new/results.json[/bold]
+    Example: elite eval --compare old/results.json new/results.json
     """
     if compare is not None:
         if names:
