@@ -274,12 +274,14 @@ def gen(
     from elite_cli.gen_plan import planned_path
     from elite_cli.prompts import concept_names
 
+    reported_warnings: set[str] = set()
     with GenerationProgress(plan, jobs, directory, show=workers.is_main and not as_json) as progress:
         for batch in plan.share(workers.rank, workers.world):
             batch_jobs = [jobs[image.job] for image in batch]
             wanted = {name: concepts[name] for job in batch_jobs for name in concept_names(job.prompt)}
             batch_started = time.perf_counter()
-            images = generate_batch(generator, batch, batch_jobs, {name: concept for name, (_, concept) in wanted.items()}, progress)
+            images = generate_batch(generator, batch, batch_jobs, {name: concept for name, (_, concept) in wanted.items()},
+                                    progress, reported_warnings)
             seconds_per_image = (time.perf_counter() - batch_started) / len(images)
             for image, planned, job in zip(images, batch, batch_jobs):
                 concept_ids = {name: concepts[name][0].id for name in concept_names(job.prompt)}
@@ -362,21 +364,35 @@ def default_batch_size(models: Any, jobs: list[GenerationJob]) -> int:
     return max(1, min(8, int(free * 0.8 // per_image)))
 
 
-def generate_batch(generator: Any, batch: list[Any], jobs: list[GenerationJob], concepts: dict[str, Any], progress: Any) -> list[Any]:
+def generate_batch(generator: Any, batch: list[Any], jobs: list[GenerationJob], concepts: dict[str, Any], progress: Any,
+                   reported: set[str]) -> list[Any]:
+    """One batch of images; each prompt-truncation warning is printed once per command (`reported`)."""
     from elite_cli.generator import Job
 
+    import warnings
+
+    from elite_cli.text import PromptTruncatedWarning
+
     first = jobs[0]
-    return generator.generate_batch(
-        [Job(job.prompt, image.seed, job.negative_prompt) for image, job in zip(batch, jobs)],
-        concepts,
-        steps=first.steps,
-        guidance_scale=first.guidance_scale,
-        llambda=first.llambda,
-        width=first.width,
-        height=first.height,
-        scheduler=first.scheduler,
-        progress=progress.step,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PromptTruncatedWarning)
+        images = generator.generate_batch(
+            [Job(job.prompt, image.seed, job.negative_prompt) for image, job in zip(batch, jobs)],
+            concepts,
+            steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            llambda=first.llambda,
+            width=first.width,
+            height=first.height,
+            scheduler=first.scheduler,
+            progress=progress.step,
+        )
+    for warning in caught:
+        message = str(warning.message)
+        if issubclass(warning.category, PromptTruncatedWarning) and message not in reported:
+            reported.add(message)
+            typer.echo(f"Warning: {message}", err=True)
+    return images
 
 
 class GenerationProgress:

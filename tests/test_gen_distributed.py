@@ -148,3 +148,14 @@ def test_resume_needs_a_seed_and_gpus_needs_cuda(run_cli, use_tiny_models):
     if not torch.cuda.is_available():
         result = run_cli("gen", "a cat", "--gpus", "all", "--seed", "1")
         assert result.exit_code == 1 and "--gpus needs CUDA GPUs" in result.stderr
+
+
+def test_a_prompt_longer_than_the_window_warns_with_the_dropped_words(run_cli, use_tiny_models, cat_picture, tmp_path):
+    assert run_cli("add", cat_picture, "--name", "mycat").exit_code == 0
+    prompt = "<mycat> " + " ".join(["red"] * 80) + " blue"
+    result = run_cli("gen", prompt, "-n", "2", "--seed", "1", *SMALL, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 1, warnings
+    assert "dropped" in warnings[0] and "blue" in warnings[0]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
