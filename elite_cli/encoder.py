@@ -28,6 +28,7 @@ class Encoder:
     def encode(self, image: ImageSource, mask: ImageSource | None = None) -> Concept:
         models = self.models
         prepared = prepare_image(image, mask)
+        models.prepare_encoding()
         pixels, grid_mask = clip_inputs(prepared, models.image_size, models.grid)
         pixels = pixels.to(device=models.device, dtype=models.dtype)
         # One forward over [full image, object image].

@@ -60,6 +60,10 @@ class MappingNetwork(nn.Module):
     def key_value(self, key: str) -> tuple[nn.Linear, nn.Linear]:
         return getattr(self, f"{key}_to_k"), getattr(self, f"{key}_to_v")
 
+    def mapping_modules(self) -> list[nn.Module]:
+        """The ten MLPs (what encoding uses; generation only needs the key/value layers)."""
+        return [module for name, module in self.named_children() if name.startswith("mapping_")]
+
     def mapping(self, i: int) -> nn.Module:
         return getattr(self, f"mapping_{i}")
 

@@ -88,6 +88,19 @@ class Models:
     local_fingerprint: str
     scheduler_config: dict = field(default_factory=dict)
     _image_encoder: torch.nn.Module | None = field(default=None, repr=False)
+    _mappings_on_device: bool = field(default=False, repr=False)
+
+    def prepare_encoding(self) -> None:
+        """Move both mappers' ten MLPs to the compute device, once, on the first encode.
+
+        They wait in CPU memory until then (0.12 GB in fp16 at real size), so a process that only
+        generates holds just the mappers' key/value layers on the GPU.
+        """
+        if not self._mappings_on_device:
+            for mapper in (self.global_mapper, self.local_mapper):
+                for module in mapper.mapping_modules():
+                    module.to(self.device)
+            self._mappings_on_device = True
 
     @property
     def image_encoder(self) -> torch.nn.Module:
@@ -242,6 +255,8 @@ def load_models(spec: ModelSpec) -> Models:
         module.to(device=resting, dtype=dtype).eval().requires_grad_(False)
     for module in (global_mapper, local_mapper):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        for mlp in module.mapping_modules():  # see Models.prepare_encoding
+            mlp.to("cpu")
     install_elite_processors(unet, global_mapper, local_mapper, backend)
     if spec.compile:
         unet.compile()

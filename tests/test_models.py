@@ -68,7 +68,7 @@ def test_device_and_dtype_choices():
 
 
 def test_generation_alone_never_loads_the_image_encoder(tiny_spec):
-    """The vision tower is 0.6 GB of GPU memory in fp16 at real size; only encoding needs it."""
+    """The vision tower (0.6 GB in fp16 at real size) and the mapping MLPs: only encoding needs them."""
     import numpy as np
     from PIL import Image
 
@@ -81,10 +81,11 @@ def test_generation_alone_never_loads_the_image_encoder(tiny_spec):
     models = load_models(spec)
     assert models.grid == 16 and models.image_size == 224  # from the config alone
     Generator(models).generate("a red dog", seed=0, steps=2, width=64, height=64)
-    assert models._image_encoder is None
+    assert models._image_encoder is None and not models._mappings_on_device
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     concept = Encoder(models).encode(picture)
-    assert models._image_encoder is not None and concept.local.shape == (256, models.text_width)
+    assert models._image_encoder is not None and models._mappings_on_device
+    assert concept.local.shape == (256, models.text_width)
     forget_models(spec)
     assert load_models(spec) is not models
 
