@@ -58,6 +58,10 @@ def resolve_backend(requested: str, device: torch.device) -> Backend:
         return "xformers" if device.type == "cuda" and xformers_available() else "sdpa"
     if requested not in ("sdpa", "xformers"):
         raise ValueError(f"`attention` must be 'auto', 'sdpa' or 'xformers' but is {requested!r}.")
+    if requested == "xformers" and (device.type != "cuda" or not xformers_available()):
+        from elite_cli.errors import InputError
+
+        raise InputError("xformers attention needs a CUDA device and an importable xformers; use 'sdpa' or 'auto'.")
     return requested  # type: ignore[return-value]
 
 
@@ -66,7 +70,13 @@ def attend(query, key, value, scale: float, backend: Backend, mask=None) -> torc
     if backend == "xformers":
         import xformers.ops as xops
 
-        bias = None if mask is None else mask.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+        bias = None
+        if mask is not None:
+            # xformers wants every bias stride but the last to be a multiple of 8: pad, then slice.
+            length = key.shape[2]
+            padded = torch.zeros(*query.shape[:3], (length + 7) // 8 * 8, dtype=query.dtype, device=query.device)
+            padded[..., :length] = mask.expand(*query.shape[:3], length)
+            bias = padded[..., :length]
         out = xops.memory_efficient_attention(
             query.transpose(1, 2).contiguous(),
             key.transpose(1, 2).contiguous(),

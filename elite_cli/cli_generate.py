@@ -105,23 +105,31 @@ def jobs_from_png(path: Path) -> list[GenerationJob]:
 
 
 def jobs_from_history(store: Any, run_id: str) -> list[GenerationJob]:
-    """The jobs of an earlier run, from its history rows (one row per image)."""
-    jobs: dict[tuple, GenerationJob] = {}
+    """The jobs of an earlier run, from its history rows (one row per image), in their order.
+
+    Rows record their job's number and image count, so a run that was interrupted before some
+    images were made is rebuilt whole (and `--again RUN --resume` makes what is missing).
+    """
+    jobs: dict[tuple, tuple[int, GenerationJob]] = {}
     for entry in store.get_run(run_id):
         first_seed = entry.seed - entry.image_index
         settings = {key: entry.parameters[key] for key in GenerationJob("").settings() if key in entry.parameters}
-        key = (entry.prompt, entry.negative_prompt, first_seed, tuple(sorted(settings.items())))
+        number = int(entry.parameters.get("job", len(jobs)))
+        key = (number, entry.prompt, entry.negative_prompt, first_seed, tuple(sorted(settings.items())))
+        # Rows written before the image count was recorded: the highest finished index tells.
+        count = int(entry.parameters.get("num_images", entry.image_index + 1))
         if key in jobs:
-            jobs[key].num_images = max(jobs[key].num_images, entry.image_index + 1)
+            jobs[key][1].num_images = max(jobs[key][1].num_images, count)
         else:
-            jobs[key] = GenerationJob(
+            job = GenerationJob(
                 prompt=entry.prompt,
                 negative_prompt=entry.negative_prompt,
                 seed=first_seed,
-                num_images=entry.image_index + 1,
+                num_images=count,
                 **settings,
             )
-    return list(jobs.values())
+            jobs[key] = (number, job)
+    return [job for _, job in sorted(jobs.values(), key=lambda item: item[0])]
 
 
 def load_concepts(store: Any, prompts: list[str]) -> dict[str, tuple[Any, Any]]:
@@ -263,12 +271,13 @@ def gen(
         "elite_version": __version__,
     }
     started = time.perf_counter()
+    # Every process must cut the same batches: take the size that fits the fullest GPU.
+    agreed_batch_size = workers.smallest(batch_size or default_batch_size(models, jobs))
     plan = None
     if workers.is_main:
         from elite_cli.gen_plan import plan_generation
 
-        plan = plan_generation(jobs, directory, store.new_run_id(), batch_size or default_batch_size(models, jobs),
-                               model_parameters, resume=resume)
+        plan = plan_generation(jobs, directory, store.new_run_id(), agreed_batch_size, model_parameters, resume=resume)
     plan = workers.share(plan)
 
     from elite_cli.gen_plan import planned_path
@@ -304,7 +313,7 @@ def gen(
                     negative_prompt=job.negative_prompt,
                     seed=planned.seed,
                     image_index=planned.index,
-                    parameters={**job.settings(), **model_parameters},
+                    parameters={**job.settings(), **model_parameters, "job": planned.job, "num_images": job.num_images},
                     concept_ids=concept_ids,
                     output_path=path.resolve(),
                     duration_s=round(seconds_per_image, 3),

@@ -59,8 +59,11 @@ def finished_images(directory: Path) -> set[str]:
     if not directory.is_dir():
         return found
     for path in directory.glob("*.png"):
+        if path.name.startswith("."):
+            continue  # a save's temporary file (`.elite-partial-*`): maybe cut short by a kill
         try:
             with Image.open(path) as image:
+                image.load()  # a truncated file fails here, and its image is made again
                 record = json.loads(image.info.get(ELITE_CHUNK, "null"))
         except (OSError, ValueError, SyntaxError):
             continue

@@ -32,6 +32,14 @@ class Workers:
         broadcast_object_list(box, from_process=0)
         return box[0]
 
+    def smallest(self, value: int) -> int:
+        """The smallest of every process's `value` (e.g. what fits each GPU), on every process."""
+        if self.world == 1:
+            return value
+        from accelerate.utils import gather_object
+
+        return min(gather_object([value]))
+
     def wait(self) -> None:
         if self.world > 1:
             self._state.wait_for_everyone()

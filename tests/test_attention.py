@@ -115,3 +115,13 @@ def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="'auto', 'sdpa' or 'xformers'"):
         resolve_backend("flash", torch.device("cpu"))
     assert resolve_backend("auto", torch.device("cpu")) == "sdpa"
+
+
+def test_xformers_is_refused_where_it_cannot_run():
+    from elite_cli.attention import resolve_backend, xformers_available
+    from elite_cli.errors import InputError
+
+    if torch.cuda.is_available() and xformers_available():
+        pytest.skip("xformers can run here")
+    with pytest.raises(InputError, match="xformers attention needs a CUDA device"):
+        resolve_backend("xformers", torch.device("cuda" if torch.cuda.is_available() else "cpu"))

@@ -159,3 +159,36 @@ def test_a_prompt_longer_than_the_window_warns_with_the_dropped_words(run_cli, u
     assert len(warnings) == 1, warnings
     assert "dropped" in warnings[0] and "blue" in warnings[0]
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
+
+
+def test_again_rebuilds_an_interrupted_run_whole_in_order(elite_home):
+    """History rows carry their job's number and image count: images never made are not lost."""
+    from elite_cli.cli_generate import jobs_from_history
+    from elite_cli.store import ConceptStore
+
+    store = ConceptStore(elite_home)
+    settings = FakeJob("x").settings()
+    # Rank 1 finished first; the second prompt's images 1 and 2 and all of a third prompt never came.
+    for number, prompt, index in ((1, "second", 0), (0, "first", 1), (0, "first", 0)):
+        store.record_generation(run_id="run-a", prompt=prompt, negative_prompt="", seed=5 + index, image_index=index,
+                                parameters={**settings, "job": number, "num_images": 3}, concept_ids={},
+                                output_path=None, duration_s=None)
+    jobs = jobs_from_history(store, "run-a")
+    assert [(job.prompt, job.seed, job.num_images) for job in jobs] == [("first", 5, 3), ("second", 5, 3)]
+
+
+def test_resume_ignores_temporary_and_truncated_files(tmp_path):
+    from elite_cli.gen_plan import finished_images
+    from elite_cli.outputs import GenerationRecord, save_png
+
+    record = GenerationRecord(prompt="p", negative_prompt="", seed=1, steps=2, guidance_scale=5.0, llambda=0.8,
+                              width=64, height=64, scheduler="lms", base_model="b", image_encoder="e")
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    from datetime import datetime
+
+    saved = save_png(noise, tmp_path, record, datetime.now())
+    assert len(finished_images(tmp_path)) == 1
+    data = saved.read_bytes()
+    (tmp_path / ".elite-partial-abc.png").write_bytes(data)  # a save killed before its rename
+    saved.write_bytes(data[: len(data) // 2])  # a file cut short inside its image data
+    assert finished_images(tmp_path) == set()
