@@ -145,16 +145,6 @@ def load_concepts(store: Any, prompts: list[str]) -> dict[str, tuple[Any, Any]]:
     return concepts
 
 
-def refuse_stale(concepts: dict[str, tuple[Any, Any]], models: Any) -> None:
-    """Concepts encoded with other mappers than the loaded ones would give wrong images."""
-    for name, (record, _) in concepts.items():
-        if not record.mapper_matches(models.global_fingerprint, models.local_fingerprint):
-            raise InputError(
-                f"<{name}> was encoded with other mapper checkpoints than the configured ones; "
-                f"run `elite reencode {record.name}` or pass --allow-stale."
-            )
-
-
 @app.command()
 def gen(
     prompt: Annotated[
@@ -261,7 +251,10 @@ def gen(
         spec = dataclasses.replace(spec, device=workers.device)
     models, _ = load_models_with_status(spec)
     if not allow_stale:
-        refuse_stale(concepts, models)
+        from elite_cli.concept import refuse_stale
+
+        refuse_stale(((name, record.name, concept) for name, (record, concept) in concepts.items()),
+                     models.global_fingerprint, models.local_fingerprint)
     generator = Generator(models)
     model_parameters = {
         "base_model": models.spec.base_model,

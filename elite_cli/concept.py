@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
+
+from elite_cli.errors import InputError
 
 if TYPE_CHECKING:  # torch is imported lazily by the modules that compute with it
     import torch
@@ -42,3 +44,19 @@ class Concept:
     @property
     def grid(self) -> int:
         return int(self.mask.shape[-1])
+
+
+def refuse_stale(concepts: Iterable[tuple[str, str, Concept]], global_fingerprint: str, local_fingerprint: str) -> None:
+    """Fail when a concept was encoded by other mapper weights than the loaded ones.
+
+    concepts: (name as the user wrote it, library name to re-encode, concept). Mixing a concept
+    with mappers it was not made by gives wrong images (and wrong scores) without any error.
+    """
+    current = (global_fingerprint, local_fingerprint)
+    for name, library_name, concept in concepts:
+        provenance = concept.provenance or {}
+        if (provenance.get("global_mapper"), provenance.get("local_mapper")) != current:
+            raise InputError(
+                f"<{name}> was encoded with other mapper checkpoints than the configured ones; "
+                f"run `elite reencode {library_name}` or pass --allow-stale."
+            )

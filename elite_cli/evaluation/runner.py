@@ -195,14 +195,9 @@ class EvalReport:
 
 def check_fresh(subjects: Sequence[Subject], models: "Models") -> None:
     """Concepts encoded with other mapper checkpoints than the loaded ones would measure the wrong model."""
-    current = (models.global_fingerprint, models.local_fingerprint)
-    for subject in subjects:
-        provenance = subject.concept.provenance or {}
-        if (provenance.get("global_mapper"), provenance.get("local_mapper")) != current:
-            raise InputError(
-                f"<{subject.name}> was encoded with other mapper checkpoints than the configured ones; "
-                f"run `elite reencode {subject.name}` or pass --allow-stale."
-            )
+    from elite_cli.concept import refuse_stale
+
+    refuse_stale(((s.name, s.name, s.concept) for s in subjects), models.global_fingerprint, models.local_fingerprint)
 
 
 def open_source_image(subject: Subject) -> Image.Image:
