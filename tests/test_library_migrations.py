@@ -21,6 +21,14 @@ def _schema(db):
     return tables, indexes
 
 
+def test_the_fast_open_path_knows_every_migration():
+    # ConceptStore skips importing sqlite-utils when SCHEMA_MIGRATIONS are all applied; a
+    # migration missing from that list would never be applied to existing libraries.
+    from elite_cli.library.store import MIGRATION_SET, SCHEMA_MIGRATIONS
+
+    assert list(SCHEMA_MIGRATIONS) == MIGRATION_NAMES and MIGRATION_SET == library_migrations.name
+
+
 def test_blank_library_gets_every_migration(tmp_path):
     store = ConceptStore(tmp_path)
     tables, indexes = _schema(store.db)

@@ -12,13 +12,13 @@ from elite_cli.library import conceptfile as cf
 from elite_cli.library.records import HistoryEntry
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
+    import sqlite3
 
 
 class GenerationHistory:
-    """The `generations` table of library.db; mixed into ConceptStore (which provides db, _write)."""
+    """The `generations` table of library.db; mixed into ConceptStore (which provides conn, _write)."""
 
-    db: "Database"
+    conn: "sqlite3.Connection"
 
     @staticmethod
     def new_run_id() -> str:
@@ -37,7 +37,7 @@ class GenerationHistory:
         except TypeError as error:
             raise InputError(f"generation parameters must be JSON values ({error}).") from None
         with self._write():
-            cursor = self.db.execute(
+            cursor = self.conn.execute(
                 "INSERT INTO generations (run_id, created, prompt, negative_prompt, seed, image_index, parameters,"
                 " concept_ids, output_path, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [run_id, cf.utc_now(), prompt, negative_prompt, int(seed), int(image_index), parameters_json,
@@ -48,16 +48,21 @@ class GenerationHistory:
     def list_history(self, limit: int | None = 20, offset: int = 0, contains: str | None = None) -> list[HistoryEntry]:
         """Past generated images, newest first; `contains` filters prompts by a substring."""
         where, params = ("prompt LIKE ?", [f"%{contains}%"]) if contains else ("1", [])
-        rows = self.db.query(f"SELECT * FROM generations WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+        rows = self._dict_rows(f"SELECT * FROM generations WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
                              [*params, -1 if limit is None else limit, offset])
         return [HistoryEntry.from_row(row) for row in rows]
 
     def get_run(self, run_id: str) -> list[HistoryEntry]:
         """Every image of one run (by run id or a unique prefix of it), in index order."""
-        rows = list(self.db.query("SELECT * FROM generations WHERE run_id >= ? AND run_id < ? "
-                                  "ORDER BY run_id, image_index", [run_id, run_id + "\uffff"]))
+        rows = self._dict_rows("SELECT * FROM generations WHERE run_id >= ? AND run_id < ? "
+                                "ORDER BY run_id, image_index", [run_id, run_id + "\uffff"])
         if len({row["run_id"] for row in rows}) > 1:
             raise LibraryError(f"run id prefix '{run_id}' matches several runs; give more characters.")
         if not rows:
             raise LibraryError(f"no generation run '{run_id}' in the history; list runs with `elite history`.")
         return [HistoryEntry.from_row(row) for row in rows]
+
+    def _dict_rows(self, sql: str, params: list) -> list[dict]:
+        cursor = self.conn.execute(sql, params)
+        columns = [column[0] for column in cursor.description]
+        return [dict(zip(columns, row)) for row in cursor]

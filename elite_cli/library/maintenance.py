@@ -49,10 +49,10 @@ def _scan(directory: Path) -> tuple[dict[str, dict[str, str]], list[str], list[s
 def check(store: "ConceptStore", verify_hashes: bool = True) -> CheckReport:
     report = CheckReport()
     problems = report.problems
-    integrity = store.db.execute("PRAGMA quick_check").fetchone()[0]
+    integrity = store.conn.execute("PRAGMA quick_check").fetchone()[0]
     if integrity != "ok":
         problems.append(Problem("index-corrupt", store.db_path.name, f"SQLite quick_check says: {integrity}"))
-    rows = store.db.execute("SELECT id, name, file_sha256, image_suffix, mask_suffix FROM concepts").fetchall()
+    rows = store.conn.execute("SELECT id, name, file_sha256, image_suffix, mask_suffix FROM concepts").fetchall()
     report.concepts = len(rows)
     by_hex, temps, strays = _scan(store.concepts_dir)
     report.files = sum(len(roles) for roles in by_hex.values()) + len(temps) + len(strays)
@@ -126,8 +126,8 @@ def _index_file(store: "ConceptStore", file_name: str, roles: dict[str, str], ac
         return
     suffixes = {role: "." + roles[role].split(".", 2)[2] if role in roles else None for role in ("image", "mask")}
     with store._write():
-        store.db.execute("DELETE FROM concept_tags WHERE concept_id = ?", [stored.concept_id])
-        store.db.execute("DELETE FROM concepts WHERE id = ?", [stored.concept_id])
+        store.conn.execute("DELETE FROM concept_tags WHERE concept_id = ?", [stored.concept_id])
+        store.conn.execute("DELETE FROM concepts WHERE id = ?", [stored.concept_id])
         name = _free_name(store, metadata["name"])
         try:
             tags = [validate_name(tag, "tag") for tag in json.loads(metadata["tags"])]
@@ -151,7 +151,7 @@ def repair(store: "ConceptStore") -> RepairReport:
         if found.ok:
             break
         by_hex, _, _ = _scan(store.concepts_dir)
-        rows = {cf.hex_of(row[0]): row for row in store.db.execute("SELECT id, name FROM concepts")}
+        rows = {cf.hex_of(row[0]): row for row in store.conn.execute("SELECT id, name FROM concepts")}
         by_name = {row[1]: row for row in rows.values()}
         for problem in found.problems:
             kind, subject = problem.kind, problem.subject
@@ -175,8 +175,8 @@ def repair(store: "ConceptStore") -> RepairReport:
             elif kind == "missing-file":
                 concept_id = by_name[subject][0]
                 with store._write():
-                    store.db.execute("DELETE FROM concept_tags WHERE concept_id = ?", [concept_id])
-                    store.db.execute("DELETE FROM concepts WHERE id = ?", [concept_id])
+                    store.conn.execute("DELETE FROM concept_tags WHERE concept_id = ?", [concept_id])
+                    store.conn.execute("DELETE FROM concepts WHERE id = ?", [concept_id])
                 actions.append(f"dropped '{subject}' from the index (its concept file is gone)")
             elif kind == "hash-mismatch":
                 hex_id = cf.hex_of(by_name[subject][0])
@@ -187,7 +187,7 @@ def repair(store: "ConceptStore") -> RepairReport:
             elif kind == "missing-source":
                 role = "image" if ".image" in problem.detail else "mask"
                 with store._write():
-                    store.db.execute(f"UPDATE concepts SET {role}_suffix = NULL WHERE name = ?", [subject])
+                    store.conn.execute(f"UPDATE concepts SET {role}_suffix = NULL WHERE name = ?", [subject])
                 actions.append(f"noted that '{subject}' has no stored {role} any more")
             elif kind == "missing-thumbnail":
                 _rebuild_thumbnail(store, subject)

@@ -1,6 +1,8 @@
 """Schema of library.db, only ever changed by appending a migration here (never edit a released one).
 
-`ConceptStore` applies pending migrations every time it opens the library. Raw SQL is used where
+`ConceptStore` applies pending migrations every time it opens the library. Append a new
+migration's name to `store.SCHEMA_MIGRATIONS` as well: an up-to-date library is opened without
+importing this module (a test checks the two lists agree). Raw SQL is used where
 sqlite-utils' table API cannot say it (COLLATE NOCASE, WITHOUT ROWID, partial indexes).
 """
 

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Iterator, Protocol
 
 from elite_cli.errors import ConceptNotFound, InputError, LibraryError, NameClash
 from elite_cli.library import conceptfile as cf
-from elite_cli.library.migrations import library_migrations
 from elite_cli.library.history import GenerationHistory
 from elite_cli.library.names import closest_names, name_from_stem, validate_name, validate_tag
 from elite_cli.library.thumbnails import thumbnail_png
@@ -41,6 +40,12 @@ DB_NAME = "library.db"
 CONCEPTS_DIR = "concepts"
 KEPT_SOURCES_DIR = "kept-sources"
 BUSY_TIMEOUT_S = 60.0
+# The names of elite_cli.library.migrations, repeated here so that opening a library whose
+# schema is current (every `elite list`) needs only the standard library's sqlite3: importing
+# sqlite-utils, which imports numpy, was a third of `elite list`'s wall time. A test keeps the
+# two lists equal; a new migration is appended to both.
+SCHEMA_MIGRATIONS = ("m001_concepts", "m002_generation_history", "m003_dedup_and_recent_indexes")
+MIGRATION_SET = "elite-library"
 
 _CONCEPT_COLUMNS = """c.id, c.name, c.created, c.updated, c.file_sha256, c.text_width, c.grid, c.image_sha256,
     c.mask_sha256, c.image_suffix, c.mask_suffix, m.global_mapper, m.local_mapper, m.base_model, m.image_encoder"""
@@ -68,13 +73,23 @@ class ConceptStore(GenerationHistory):
             raise LibraryError(f"cannot create the library folder '{self.home}' ({error.strerror}); "
                                "set ELITE_HOME to a writable folder.") from None
         self.db_path = self.home / DB_NAME
-        self.db = self._open_database()
+        self.conn = self._open_database()
+        self._database: "Database | None" = None
         # (path, bytes) to write back if the open edit transaction fails after a file rewrite.
         self._undo_bytes: tuple[Path, bytes] | None = None
 
     # --- opening ---------------------------------------------------------------------------------
 
-    def _open_database(self) -> "Database":
+    @property
+    def db(self) -> "Database":
+        """The index as a sqlite-utils Database (same connection), for migrations and tools."""
+        if self._database is None:
+            from sqlite_utils import Database
+
+            self._database = Database(self.conn)
+        return self._database
+
+    def _open_database(self) -> sqlite3.Connection:
         # Switching a new file to WAL and the first migration take locks for which SQLite may
         # answer "database is locked" at once instead of waiting out the busy timeout (seen with
         # 8 processes opening a new library together), so opening retries for that long.
@@ -98,25 +113,28 @@ class ConceptStore(GenerationHistory):
                 raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); rebuild it from the "
                                    "concept files (ConceptStore.rebuild_index, `elite check --repair`).") from None
 
-    def _try_open_database(self) -> "Database":
-        from sqlite_utils import Database
-
+    def _try_open_database(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S)
         try:
-            db = Database(conn)
-            db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 # WAL lets readers (list, get) run while another process writes.
-                db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA foreign_keys = ON")
-            if library_migrations.pending(db):
-                # One writer migrates at a time; the others wait, then find nothing pending.
-                with _immediate(db):
-                    library_migrations.apply(db)
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if not _schema_is_current(conn):
+                from sqlite_utils import Database
+
+                from elite_cli.library.migrations import library_migrations
+
+                db = Database(conn)
+                if library_migrations.pending(db):
+                    # One writer migrates at a time; the others wait, then find nothing pending.
+                    with _immediate(conn):
+                        library_migrations.apply(db)
         except BaseException:
             conn.close()
             raise
-        return db
+        return conn
 
     @classmethod
     def rebuild_index(cls, home: Path | str | None = None) -> tuple["ConceptStore", RepairReport]:
@@ -134,7 +152,7 @@ class ConceptStore(GenerationHistory):
         return store, store.repair()
 
     def close(self) -> None:
-        self.db.close()
+        self.conn.close()
 
     def __enter__(self) -> "ConceptStore":
         return self
@@ -170,7 +188,7 @@ class ConceptStore(GenerationHistory):
         tags: dict[str, list[str]] = {concept_id: [] for concept_id in ids}
         if ids:
             marks = ",".join("?" * len(ids))
-            rows = self.db.execute(f"SELECT concept_id, tag FROM concept_tags WHERE concept_id IN ({marks})", ids)
+            rows = self.conn.execute(f"SELECT concept_id, tag FROM concept_tags WHERE concept_id IN ({marks})", ids)
             for concept_id, tag in rows:
                 tags[concept_id].append(tag)
         return {concept_id: tuple(sorted(values, key=str.lower)) for concept_id, values in tags.items()}
@@ -180,7 +198,7 @@ class ConceptStore(GenerationHistory):
         return [self._record(row, tags[row[0]]) for row in rows]
 
     def _find(self, where: str, params: list) -> list:
-        return self.db.execute(f"SELECT {_CONCEPT_COLUMNS} FROM {_CONCEPT_FROM} WHERE {where}", params).fetchall()
+        return self.conn.execute(f"SELECT {_CONCEPT_COLUMNS} FROM {_CONCEPT_FROM} WHERE {where}", params).fetchall()
 
     def get(self, name_or_id: str) -> StoredConcept:
         """The concept with this name (any case), else the one whose id starts with this prefix.
@@ -204,7 +222,7 @@ class ConceptStore(GenerationHistory):
         return self._records(rows)[0]
 
     def exists(self, name: str) -> bool:
-        return bool(self.db.execute("SELECT 1 FROM concepts WHERE name = ?", [name]).fetchone())
+        return bool(self.conn.execute("SELECT 1 FROM concepts WHERE name = ?", [name]).fetchone())
 
     def load(self, name_or_id: str) -> "Concept":
         """The stored concept as tensors (float32), validated on the way in; `name` is set."""
@@ -226,12 +244,12 @@ class ConceptStore(GenerationHistory):
         if limit is not None and limit < 0 or offset < 0:
             raise InputError("limit and offset must be 0 or more.")
         sql = f"SELECT {_CONCEPT_COLUMNS} FROM {_CONCEPT_FROM} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
-        rows = self.db.execute(sql, [*params, -1 if limit is None else limit, offset]).fetchall()
+        rows = self.conn.execute(sql, [*params, -1 if limit is None else limit, offset]).fetchall()
         return self._records(rows)
 
     def count(self, tag: str | None = None, pattern: str | None = None) -> int:
         where, params = self._filters(tag, pattern)
-        return self.db.execute(f"SELECT count(*) FROM concepts c WHERE {where}", params).fetchone()[0]
+        return self.conn.execute(f"SELECT count(*) FROM concepts c WHERE {where}", params).fetchone()[0]
 
     def _tag_is_common(self, tag: str | None) -> bool:
         """Whether a tag is on so many concepts that scanning in list order finds a page sooner.
@@ -242,8 +260,8 @@ class ConceptStore(GenerationHistory):
         """
         if tag is None:
             return False
-        tagged = self.db.execute("SELECT count(*) FROM concept_tags WHERE tag = ?", [tag]).fetchone()[0]
-        total = self.db.execute("SELECT max(rowid) FROM concepts").fetchone()[0] or 0  # cheap stand-in for count
+        tagged = self.conn.execute("SELECT count(*) FROM concept_tags WHERE tag = ?", [tag]).fetchone()[0]
+        total = self.conn.execute("SELECT max(rowid) FROM concepts").fetchone()[0] or 0  # cheap stand-in for count
         return tagged * tagged > 20 * total
 
     @staticmethod
@@ -264,7 +282,7 @@ class ConceptStore(GenerationHistory):
         return " AND ".join(clauses), params
 
     def names(self) -> list[str]:
-        return [row[0] for row in self.db.execute("SELECT name FROM concepts ORDER BY name")]
+        return [row[0] for row in self.conn.execute("SELECT name FROM concepts ORDER BY name")]
 
     def suggestions(self, name: str, limit: int = 3) -> list[str]:
         """Stored names closest to `name` (difflib), for "unknown concept" messages."""
@@ -273,7 +291,7 @@ class ConceptStore(GenerationHistory):
         # difflib is O(n) per candidate; in huge libraries compare against names sharing the
         # first letter only, which is where a typo almost always still is.
         if self.count() > 5000:
-            candidates = [row[0] for row in self.db.execute(
+            candidates = [row[0] for row in self.conn.execute(
                 "SELECT name FROM concepts WHERE name LIKE ? ESCAPE '\\' LIMIT 20000",
                 [_like_escape(name[0]) + "%"])]
         else:
@@ -294,34 +312,34 @@ class ConceptStore(GenerationHistory):
 
     @contextmanager
     def _write(self) -> Iterator[None]:
-        with _immediate(self.db):
+        with _immediate(self.conn):
             yield
 
     def _model_set_id(self, provenance: dict[str, str]) -> int:
         values = [provenance.get(key, "") for key in ("global_mapper", "local_mapper", "base_model", "image_encoder")]
-        self.db.execute("INSERT OR IGNORE INTO model_sets (global_mapper, local_mapper, base_model, image_encoder) "
+        self.conn.execute("INSERT OR IGNORE INTO model_sets (global_mapper, local_mapper, base_model, image_encoder) "
                         "VALUES (?, ?, ?, ?)", values)
-        return self.db.execute("SELECT id FROM model_sets WHERE global_mapper = ? AND local_mapper = ? AND "
+        return self.conn.execute("SELECT id FROM model_sets WHERE global_mapper = ? AND local_mapper = ? AND "
                                "base_model = ? AND image_encoder = ?", values).fetchone()[0]
 
     def _insert_row(self, metadata: dict[str, str], file_sha256: str, image_suffix: str | None,
                     mask_suffix: str | None, updated: str) -> None:
         """Insert the index row (and tags) of a concept file whose files are already in place."""
         concept_id = metadata["concept_id"]
-        self.db.execute(
+        self.conn.execute(
             "INSERT INTO concepts (id, name, created, updated, file_sha256, text_width, grid, model_set, image_sha256,"
             " mask_sha256, image_suffix, mask_suffix) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [concept_id, metadata["name"], metadata["created"], updated, file_sha256, int(metadata["text_width"]),
              int(metadata["grid"]), self._model_set_id(metadata), metadata["image_sha256"], metadata["mask_sha256"],
              image_suffix, mask_suffix])
         tags = json.loads(metadata.get("tags", "[]"))
-        self.db.conn.executemany("INSERT OR IGNORE INTO concept_tags (tag, concept_id) VALUES (?, ?)",
+        self.conn.executemany("INSERT OR IGNORE INTO concept_tags (tag, concept_id) VALUES (?, ?)",
                                  [(tag, concept_id) for tag in tags])
 
     def _retire(self, record: StoredConcept) -> Path:
         """Inside a write transaction: delete the row and rename the file to `.removed`."""
-        self.db.execute("DELETE FROM concept_tags WHERE concept_id = ?", [record.id])
-        self.db.execute("DELETE FROM concepts WHERE id = ?", [record.id])
+        self.conn.execute("DELETE FROM concept_tags WHERE concept_id = ?", [record.id])
+        self.conn.execute("DELETE FROM concepts WHERE id = ?", [record.id])
         retired = record.file_path.with_name(record.file_path.name + cf.REMOVED_SUFFIX)
         os.replace(record.file_path, retired)
         return retired
@@ -453,10 +471,10 @@ class ConceptStore(GenerationHistory):
         metadata = {**stored.metadata, **metadata_changes}
         data = cf.serialize({name: stored.tensors[name] for name in cf.CONCEPT_TENSORS}, metadata)
         now = cf.utc_now()
-        self.db.execute("UPDATE concepts SET name = ?, updated = ?, file_sha256 = ? WHERE id = ?",
+        self.conn.execute("UPDATE concepts SET name = ?, updated = ?, file_sha256 = ? WHERE id = ?",
                         [metadata["name"], now, cf.sha256_bytes(data), record.id])
-        self.db.execute("DELETE FROM concept_tags WHERE concept_id = ?", [record.id])
-        self.db.conn.executemany("INSERT INTO concept_tags (tag, concept_id) VALUES (?, ?)",
+        self.conn.execute("DELETE FROM concept_tags WHERE concept_id = ?", [record.id])
+        self.conn.executemany("INSERT INTO concept_tags (tag, concept_id) VALUES (?, ?)",
                                  [(tag, record.id) for tag in json.loads(metadata["tags"])])
         self._undo_bytes = (record.file_path, old_bytes)
         cf.atomic_write(record.file_path, data)
@@ -622,14 +640,26 @@ def mapper_mismatch(record: StoredConcept, global_fingerprint: str, local_finger
 
 
 @contextmanager
-def _immediate(db: "Database") -> Iterator[None]:
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
     """A write transaction that takes the write lock up front (waits on busy_timeout)."""
-    db.execute("BEGIN IMMEDIATE")
+    conn.execute("BEGIN IMMEDIATE")
     try:
         yield
     except BaseException:
-        if db.conn.in_transaction:
-            db.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     else:
-        db.execute("COMMIT")
+        conn.execute("COMMIT")
+
+
+def _schema_is_current(conn: sqlite3.Connection) -> bool:
+    """Whether every migration of SCHEMA_MIGRATIONS is recorded (sqlite-utils' own table)."""
+    try:
+        applied = {row[0] for row in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = ?",
+                                                  [MIGRATION_SET])}
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):  # a new library
+            return False
+        raise
+    return applied.issuperset(SCHEMA_MIGRATIONS)
