@@ -273,10 +273,12 @@ def gen(
         plan = plan_generation(jobs, directory, store.new_run_id(), agreed_batch_size, model_parameters, resume=resume)
     plan = workers.share(plan)
 
-    from elite_cli.gen_plan import planned_path
     from elite_cli.prompts import concept_names
 
     reported_warnings: set[str] = set()
+    # The paths really written: a name reserved in the plan can still be taken by another
+    # program before we save, and save_png then picks the next free suffix.
+    saved: list[tuple[int, int, str]] = []
     with GenerationProgress(plan, jobs, directory, show=workers.is_main and not as_json) as progress:
         for batch in plan.share(workers.rank, workers.world):
             batch_jobs = [jobs[image.job] for image in batch]
@@ -298,6 +300,7 @@ def gen(
                     **model_parameters,
                 )
                 path = save_png(image, directory, record, plan.when, first_suffix=planned.suffix)
+                saved.append((planned.job, planned.index, str(path)))
                 # One history row per saved image, right after its file: an interruption leaves
                 # complete files with complete rows. SQLite's WAL lets every process write.
                 store.record_generation(
@@ -314,13 +317,14 @@ def gen(
                 if workers.world == 1 and not as_json:
                     typer.echo(str(path))
             progress.images_done()
-        workers.wait()
+        saved = workers.collect(saved)
     if not workers.is_main:
         return
     seconds = time.perf_counter() - started
+    paths = {(job, index): path for job, index, path in saved}
     written = [
-        {"path": str(planned_path(plan, jobs, directory, image)), "prompt": jobs[image.job].prompt,
-         "seed": image.seed, "run_id": plan.run_id}
+        {"path": paths[(image.job, image.index)], "prompt": jobs[image.job].prompt, "seed": image.seed,
+         "run_id": plan.run_id}
         for image in plan.images
     ]
     if as_json:

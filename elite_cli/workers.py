@@ -40,6 +40,14 @@ class Workers:
 
         return min(gather_object([value]))
 
+    def collect(self, values: list) -> list:
+        """Every process's `values` list, concatenated in rank order, on every process."""
+        if self.world == 1:
+            return list(values)
+        from accelerate.utils import gather_object
+
+        return gather_object(values)
+
     def wait(self) -> None:
         if self.world > 1:
             self._state.wait_for_everyone()

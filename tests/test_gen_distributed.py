@@ -4,6 +4,7 @@ mode with the tiny models."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -95,10 +96,11 @@ def test_two_processes_make_exactly_the_single_process_images(run_cli, use_tiny_
     assert single.returncode == 0, single.stderr[-3000:]
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               *gen, "-o", str(tmp_path / "multi")]
+               *gen, "-o", str(tmp_path / "multi"), "--json"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "on 2 process(es)" in result.stderr
+    reported = json.loads(result.stdout)  # only the main process prints, once every process is done
+    assert sorted(item["path"] for item in reported) == sorted(str(path) for path in (tmp_path / "multi").glob("*.png"))
 
     single_images, multi_images = images_by_seed(tmp_path / "single"), images_by_seed(tmp_path / "multi")
     assert len(multi_images) == 6 and set(multi_images) == set(single_images)
@@ -111,6 +113,31 @@ def test_two_processes_make_exactly_the_single_process_images(run_cli, use_tiny_
     multi_rows = [row for row in rows if str(tmp_path / "multi") in str(row.output_path)]
     assert len(multi_rows) == 6 and len({row.run_id for row in multi_rows}) == 1
     assert sorted((row.prompt, row.seed) for row in multi_rows) == sorted(multi_images)
+
+
+def test_json_reports_the_path_written_when_a_planned_name_was_taken(run_cli, use_tiny_models, cat_picture, tmp_path,
+                                                                    monkeypatch):
+    """Another program may create a file under a planned name before elite saves there; the
+    image then goes to the next free name, and --json must say which."""
+    import elite_cli.gen_plan as gen_plan
+
+    assert run_cli("add", cat_picture, "--name", "mycat").exit_code == 0
+    out = tmp_path / "out"
+    plan_generation_for_real = gen_plan.plan_generation
+
+    def plan_then_take_the_first_name(jobs, directory, *args, **kwargs):
+        plan = plan_generation_for_real(jobs, directory, *args, **kwargs)
+        directory.mkdir(parents=True, exist_ok=True)
+        gen_plan.planned_path(plan, jobs, directory, plan.images[0]).write_bytes(b"someone else's file")
+        return plan
+
+    monkeypatch.setattr(gen_plan, "plan_generation", plan_then_take_the_first_name)
+    result = run_cli("gen", "<mycat> on the beach", "-n", "2", "--seed", "3", "-o", out, "--json", *SMALL)
+    assert result.exit_code == 0, result.output
+    paths = [Path(item["path"]) for item in json.loads(result.stdout)]
+    squatted = [path for path in out.glob("*.png") if path.read_bytes() == b"someone else's file"]
+    assert len(paths) == 2 and len(squatted) == 1 and squatted[0] not in paths
+    assert all(read_png_parameters(path)["seed"] in (3, 4) for path in paths)
 
 
 def test_resume_after_a_killed_run_writes_only_what_is_missing(run_cli, use_tiny_models, cat_picture, tmp_path, elite_home):
