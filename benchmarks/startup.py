@@ -1,7 +1,8 @@
 """Benchmark 4: start-up. `elite --help` wall time, and model loading against plain from_pretrained.
 
 1. Commands in fresh subprocesses (median of --help-runs): the bare interpreter, `import elite_cli`,
-   `python -m elite_cli --help` and, when installed, the `elite --help` console script. A run
+   `python -m elite_cli --help`, when installed the `elite --help` console script, and
+   `python -m elite_cli list` on an empty library. A run
    with `-X importtime` lists which heavy libraries `--help` imports (the answer should be none).
 2. Loading, in this process, interleaved run by run (medians; the first import of the libraries
    is timed once and reported apart):
@@ -22,6 +23,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -48,18 +50,18 @@ def parse(argv):
     return harness.parse_arguments(parser, argv, DEFAULTS)
 
 
-def subprocess_environment() -> dict:
+def subprocess_environment(**extra: str) -> dict:
     """This checkout's elite_cli first on the path, whatever is pip-installed."""
-    env = dict(os.environ)
+    env = {**os.environ, **extra}
     env["PYTHONPATH"] = os.pathsep.join([str(harness.REPO), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
-def time_command(command: list[str], runs: int) -> dict:
+def time_command(command: list[str], runs: int, **env: str) -> dict:
     times, result = [], None
     for _ in range(runs):
         start = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, cwd=harness.REPO, env=subprocess_environment(),
+        result = subprocess.run(command, capture_output=True, text=True, cwd=harness.REPO, env=subprocess_environment(**env),
                                 timeout=300)
         times.append(time.perf_counter() - start)
     entry = {"command": " ".join(command).replace(sys.executable, "python"), "median_s": statistics.median(times),
@@ -95,6 +97,11 @@ def time_commands(args) -> tuple[dict, list[str] | None]:
     if console_script:
         commands["elite --help (console script)"] = [console_script, "--help"]
     results = {label: time_command(command, args.help_runs) for label, command in commands.items()}
+    with tempfile.TemporaryDirectory(prefix="elite-startup-") as home:
+        # The first run creates and migrates the index; the timed runs open it as users do.
+        time_command([python, "-m", "elite_cli", "list"], 1, ELITE_HOME=home)
+        results["python -m elite_cli list (empty library)"] = time_command([python, "-m", "elite_cli", "list"],
+                                                                            args.help_runs, ELITE_HOME=home)
     return results, heavy_imports(["-m", "elite_cli", "--help"])
 
 
