@@ -133,6 +133,7 @@ def test_run_writes_loadable_checkpoints_logs_and_metadata(global_run, tiny_mode
     assert metadata["image_encoder"] == str(tiny_models.image_encoder)
     recipe = json.loads(metadata["recipe"])
     assert recipe["regularization"] == 0.01 and recipe["total_batch"] == 4 and recipe["stage"] == "global"
+    assert recipe["mixed_precision"] == "no"  # what accelerate used, not the unset option
     from elite_cli.mappers import fingerprint
 
     assert metadata["fingerprint"] == fingerprint(mapper_tensors(result.mapper))
@@ -166,6 +167,33 @@ def test_resume_latest_finds_the_newest_checkpoint_and_a_wrong_stage_is_refused(
     with pytest.raises(InputError, match="stage"):
         train(config(tiny_models, data, tmp_path, stage="local", global_mapper=str(result.mapper),
                      resume=str(output / "checkpoint-000002")))
+
+
+@pytest.mark.parametrize("change", [{"batch_size": 1}, {"gradient_accumulation": 1}, {"seed": 6}, {"learning_rate": 2e-4}])
+def test_resume_refuses_settings_that_change_what_the_steps_draw(global_run, tiny_models, data, tmp_path, change):
+    from elite_cli.errors import InputError
+
+    output, _, _ = global_run
+    name = next(iter(change)).replace("_", "-")
+    with pytest.raises(InputError, match=f"made with --{name} .* but this run has .* --init "):
+        train(config(tiny_models, data, tmp_path, resume=str(output / "checkpoint-000002"),
+                     **{"gradient_accumulation": 2, **change}))
+    assert not list(tmp_path.glob("*.safetensors"))  # refused before any step
+
+
+def test_resume_refuses_another_number_of_processes(global_run, tiny_models, data, tmp_path):
+    import shutil
+
+    from elite_cli.errors import InputError
+    from elite_cli.training.loop import STATE_FILE
+
+    output, _, _ = global_run
+    copy = tmp_path / "runs" / "checkpoint-000002"
+    shutil.copytree(output / "checkpoint-000002", copy)
+    state = json.loads((copy / STATE_FILE).read_text())
+    (copy / STATE_FILE).write_text(json.dumps({**state, "num_processes": 2}))  # as if made by two processes
+    with pytest.raises(InputError, match="made by 2 process"):
+        train(config(tiny_models, data, tmp_path / "runs", gradient_accumulation=2, resume="latest"))
 
 
 def test_init_starts_from_given_weights(global_run, tiny_models, data, tmp_path):

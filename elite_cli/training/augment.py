@@ -92,8 +92,9 @@ def augment_global_clip(image: np.ndarray, size: int, rng: np.random.Generator) 
     if rng.random() < 0.3:
         out = _box_blur(out, int(rng.choice([3, 5, 7])))
     if rng.random() < 0.3:
-        # Albumentations' anchors: the centre square's corners, a third of the short side wide.
-        centre, half = size / 2, size // 3 / 2
+        # Albumentations 1.3's anchors (ElasticTransform's affine part): centre ± a third of the
+        # short side, so the ±50 px jitter deforms as much as in the reference.
+        centre, half = size / 2, size // 3
         anchors = np.array([[centre + half, centre + half], [centre + half, centre - half], [centre - half, centre - half]])
         moved = anchors + rng.uniform(-ELASTIC_AFFINE_PX * scale, ELASTIC_AFFINE_PX * scale, anchors.shape)
         out = _warp(out, _affine_from_points(anchors, moved), "bilinear", "reflection")

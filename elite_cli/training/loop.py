@@ -17,7 +17,8 @@ Files in the output folder:
   checkpoint-NNNNNN/trainer_state.json  step and the run's config (what --resume reads)
   validation/step-NNNNNN.png            rows of [picture | generated] every --validate-every steps
   log.jsonl                             one line per step: loss, mse, regularization, lr, ...
-  skipped.txt                           samples left out, with the reason
+  skipped.txt                           samples left out when the data was scanned, with the reason
+  skipped-process{i}.txt                samples that failed to load during training (process i)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import re
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -81,6 +82,24 @@ class TrainResult:
 
 
 Progress = Callable[[object], None]
+
+
+RESUME_MUST_MATCH = ("stage", "base_model", "image_encoder", "global_mapper", "hidden_width", "resolution",
+                     "batch_size", "gradient_accumulation", "seed", "learning_rate", "scale_lr", "lr_scheduler",
+                     "lr_warmup_steps", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon",
+                     "max_grad_norm", "regularization")
+
+
+def same_setting(before, now) -> bool:
+    """Equal values; model and mapper paths also when they name the same file from another folder."""
+    if before == now:
+        return True
+    if isinstance(before, str) and isinstance(now, str) and before and now:
+        try:
+            return Path(before).exists() and Path(before).resolve() == Path(now).resolve()
+        except OSError:
+            return False
+    return False
 
 
 def checkpoint_dir(output: Path, step: int) -> Path:
@@ -162,6 +181,9 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output), logging_dir=str(self.output / "logs")),
         )
         self.is_main = accelerator.is_main_process
+        # The precision really used (None meant "what accelerate config says"), so that the
+        # mapper's recorded recipe says it.
+        self.config = config = replace(config, mixed_precision=accelerator.mixed_precision)
         self.device = accelerator.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
@@ -227,12 +249,23 @@ class Trainer:
             return 0
         saved = json.loads((checkpoint / STATE_FILE).read_text())
         before = TrainConfig.from_json(json.dumps(saved["config"]))
-        for name in ("stage", "base_model", "image_encoder", "hidden_width"):
-            if getattr(before, name) != getattr(config, name):
+        # A resumed run continues exactly where it stopped only with the same models, data
+        # layout (which samples and noise each step draws) and optimizer recipe; --max-steps,
+        # logging, checkpointing and precision may change.
+        for name in RESUME_MUST_MATCH:
+            if not same_setting(getattr(before, name), getattr(config, name)):
                 raise InputError(
-                    f"--resume '{checkpoint}' was made with {name.replace('_', '-')} {getattr(before, name)!r} "
-                    f"but this run has {getattr(config, name)!r}; resume with the same settings."
+                    f"--resume '{checkpoint}' was made with --{name.replace('_', '-')} {getattr(before, name)!r} "
+                    f"but this run has {getattr(config, name)!r}; resume with the same settings, or start a new "
+                    f"run from its weights with --init {checkpoint / (config.stage + '_mapper.safetensors')}."
                 )
+        saved_processes = saved.get("num_processes", self.accelerator.num_processes)
+        if saved_processes != self.accelerator.num_processes:
+            raise InputError(
+                f"--resume '{checkpoint}' was made by {saved_processes} process(es) but this run has "
+                f"{self.accelerator.num_processes}; each step's samples depend on it, so resume with "
+                f"{saved_processes}, or start a new run from its weights with --init."
+            )
         self.accelerator.load_state(str(checkpoint / "state"))
         return int(saved["step"])
 
