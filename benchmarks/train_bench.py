@@ -37,31 +37,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks import harness  # noqa: E402  (after the path set-up, so it runs from a checkout)
+
 GIB = 1024 ** 3
 CARD_24GB = 24e9 - GIB  # usable memory of a 24 GB card after the CUDA context
 
-# Published configs (diffusers / transformers config.json of the released models).
-SD14_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
-    center_input_sample=False, downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, mid_block_scale_factor=1,
-)
-SD14_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
-    act_fn="silu", sample_size=512, scaling_factor=0.18215,
-)
-SD14_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-)
-VIT_L14 = dict(
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
-    patch_size=14, hidden_act="quick_gelu", projection_dim=768,
-)
-# Parameter counts of the released models: a check that the configs above are the real ones.
+# Parameter counts of the released models: a check that real_sizes.json holds the real configs.
 PUBLISHED_PARAMETERS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480, "image_encoder": 303_179_776}
 
 # name: (stage, per-GPU batch, mixed precision, gradient checkpointing)
@@ -96,15 +77,16 @@ def real_frozen_models(tokenizer_dir: Path):
     from elite_cli.tiny import write_tiny_vocab
     from elite_cli.training.components import FrozenModels
 
+    sizes = harness.real_sizes()  # the published configs, shared with the other benchmarks
     torch.manual_seed(0)
     # Token ids only pick rows of the embedding table; a small local vocabulary computes the same.
     vocab, merges = write_tiny_vocab(tokenizer_dir)
     tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
-    text = CLIPTextModel(CLIPTextConfig(**SD14_TEXT, bos_token_id=tokenizer.bos_token_id,
+    text = CLIPTextModel(CLIPTextConfig(**sizes["text_encoder"], bos_token_id=tokenizer.bos_token_id,
                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    unet = UNet2DConditionModel(**SD14_UNET)
-    vae = AutoencoderKL(**SD14_VAE)
-    vision = CLIPVisionModel(CLIPVisionConfig(**VIT_L14))
+    unet = UNet2DConditionModel(**sizes["unet"])
+    vae = AutoencoderKL(**sizes["vae"])
+    vision = CLIPVisionModel(CLIPVisionConfig(**sizes["image_encoder"]))
     counts = {name: sum(p.numel() for p in module.parameters())
               for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text), ("image_encoder", vision))}
     for module in (text, unet, vae, vision):
