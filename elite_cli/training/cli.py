@@ -156,7 +156,7 @@ def train_global(
 ) -> None:
     """Stage 1: train the global mapper (five words + key/value copies) on object crops.
 
-    Example: accelerate launch -m elite_cli train global --data oi.jsonl -o runs/global --mixed-precision fp16
+    Example: accelerate launch -m elite_cli train global --data oi-global.jsonl -o runs/global --mixed-precision fp16
     """
     run_training(stage="global", **locals())
 
@@ -178,7 +178,7 @@ def train_local(
 ) -> None:
     """Stage 2: train the local mapper (patch tokens + key/value copies) with the global mapper frozen.
 
-    Example: elite train local --data oi.jsonl --global-mapper runs/global/global_mapper.safetensors -o runs/local
+    Example: elite train local --data oi-local.jsonl --global-mapper runs/global/global_mapper.safetensors -o runs/local
     """
     run_training(stage="local", **locals())
 
@@ -186,24 +186,35 @@ def train_local(
 @train_app.command("convert-openimages")
 @one_line_errors
 def convert_openimages(
-    annotations: Annotated[Path, typer.Option(help="Open Images segmentation CSV, e.g. test-annotations-object-segmentation.csv.")],
-    masks: Annotated[Path, typer.Option(help="Folder with the unpacked mask PNGs.")],
+    stage: Annotated[str, typer.Option(
+        help="global: boxes from the box CSV (test-annotations-bbox.csv, recommended) or the segmentation CSV, "
+        "no masks; local: boxes from the masks, needs the segmentation CSV and --masks.", show_default=False)],
+    annotations: Annotated[Path, typer.Option(
+        help="Open Images CSV: test-annotations-bbox.csv (global) or test-annotations-object-segmentation.csv (either stage).")],
     images: Annotated[Path, typer.Option(help="Folder with the {ImageID}.jpg images.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Manifest to write (.jsonl).")],
+    masks: Annotated[Optional[Path], typer.Option(help="Folder with the unpacked mask PNGs (local stage only).")] = None,
     classes: Annotated[Optional[Path], typer.Option(help="oidv6-class-descriptions.csv, for category names.")] = None,
-    min_area: Annotated[float, typer.Option(help="Smallest box area as a share of the image.")] = 0.02,
-    max_area: Annotated[float, typer.Option(help="Largest box area as a share of the image.")] = 0.8,
-    min_side: Annotated[int, typer.Option(help="Smallest object height and width in pixels.")] = 100,
-    min_aspect: Annotated[float, typer.Option(help="Smallest shorter/longer side ratio of the object.")] = 0.5,
+    min_area: Annotated[Optional[float], typer.Option(
+        help="Smallest box area as a share of the image (default: 0.02 global, off local).", show_default=False)] = None,
+    max_area: Annotated[Optional[float], typer.Option(
+        help="Largest box area as a share of the image (default: 0.8 global, off local).", show_default=False)] = None,
+    min_side: Annotated[Optional[int], typer.Option(
+        help="Smallest object height and width in pixels (default: off global, 100 local).", show_default=False)] = None,
+    min_aspect: Annotated[Optional[float], typer.Option(
+        help="Smallest shorter/longer side ratio of the object (default: off global, 0.5 local).", show_default=False)] = None,
 ) -> None:
-    """Turn the Open Images V6 segmentation release into a training manifest (reference filters).
+    """Turn Open Images V6 annotations into a training manifest for one stage (the reference's data and filters).
 
-    Example: elite train convert-openimages --annotations test-annotations-object-segmentation.csv --masks segs/test --images images/test -o oi.jsonl
+    Example: elite train convert-openimages --stage global --annotations test-annotations-bbox.csv --images images/test -o oi-global.jsonl
     """
-    from elite_cli.training.openimages import BoxFilters, convert_open_images
+    from elite_cli.training.openimages import convert_open_images, stage_filters
 
-    report = convert_open_images(annotations, masks, images, output, classes,
-                                 BoxFilters(min_area, max_area, min_side, min_aspect))
+    filters = stage_filters(stage, min_area_share=min_area, max_area_share=max_area, min_side=min_side,
+                            min_aspect=min_aspect)
+    if stage == "global" and masks is not None:
+        typer.echo("Note: the global stage trains on whole box crops; --masks is not used.", err=True)
+    report = convert_open_images(stage, annotations, images, output, masks_dir=masks, classes=classes, filters=filters)
     typer.echo(f"{report.kept} of {report.total} instances written to {output}")
     for reason, count in report.skipped.most_common():
         typer.echo(f"  skipped {count}: {reason}")
