@@ -208,10 +208,13 @@ def save_mapper_state(state: Mapping[str, torch.Tensor], path: str | Path, metad
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from elite_cli.paths import usual_file_mode
+
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         save_file({k: v.contiguous() for k, v in state.items()}, temp, metadata=metadata or {})
+        os.chmod(temp, usual_file_mode())  # after save_file, which writes a new file
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):

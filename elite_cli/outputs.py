@@ -128,9 +128,13 @@ def save_png(image: "Image.Image", directory: Path, record: GenerationRecord, wh
     info = PngInfo()
     info.add_text(PARAMETERS_CHUNK, a1111_parameters(record))
     info.add_text(ELITE_CHUNK, record.to_json())
+    from elite_cli.paths import usual_file_mode
+
     handle, temporary_name = tempfile.mkstemp(prefix=".elite-partial-", suffix=".png", dir=directory)
     temporary = Path(temporary_name)
     try:
+        if hasattr(os, "fchmod"):  # POSIX; Windows files have no such modes
+            os.fchmod(handle, usual_file_mode())
         with os.fdopen(handle, "wb") as stream:
             image.save(stream, format="PNG", pnginfo=info)
             stream.flush()

@@ -18,3 +18,16 @@ def default_home() -> Path:
     import platformdirs  # only needed when no override is given
 
     return Path(platformdirs.user_data_dir("elite", appauthor=False))
+
+
+
+def usual_file_mode() -> int:
+    """The permissions a new file gets from the user's umask (0644 under the common 022).
+
+    Files written through tempfile.mkstemp start as 0600; without this, generated images and
+    model files would stay private to the user (a web server, the group and other accounts
+    could not read them), unlike every file made with ordinary tools.
+    """
+    umask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(umask)
+    return 0o666 & ~umask
