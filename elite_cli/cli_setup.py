@@ -73,11 +73,11 @@ def models_import(
     check_file_exists(local_checkpoint, "local mapper checkpoint")
     models_dir = library_dir() / settings_module.MODELS_DIR_NAME
     targets = [
-        (global_checkpoint, models_dir / settings_module.GLOBAL_MAPPER_FILE),
-        (local_checkpoint, models_dir / settings_module.LOCAL_MAPPER_FILE),
+        ("global", global_checkpoint, models_dir / settings_module.GLOBAL_MAPPER_FILE),
+        ("local", local_checkpoint, models_dir / settings_module.LOCAL_MAPPER_FILE),
     ]
     if not replace:
-        for _, target in targets:
+        for _, _, target in targets:
             if target.exists():
                 raise InputError(
                     f"'{target}' already exists; pass --replace to overwrite it (concepts encoded with it become stale)."
@@ -85,15 +85,18 @@ def models_import(
     from elite_cli.mappers import convert_reference_checkpoint
 
     models_dir.mkdir(parents=True, exist_ok=True)
-    for source, target in targets:
-        # Convert next to the target, then rename: an interrupted import leaves the old file intact.
-        partial = target.with_name(f".{target.name}.partial")
-        try:
-            fingerprint = convert_reference_checkpoint(source, partial)
+    # Convert both next to their targets before renaming either: a refused or interrupted
+    # import leaves the old pair intact rather than a new global mapper beside an old local one.
+    partials = [target.with_name(f".{target.name}.partial") for _, _, target in targets]
+    try:
+        fingerprints = [convert_reference_checkpoint(source, partial, role)
+                        for (role, source, _), partial in zip(targets, partials)]
+        for partial, (_, _, target), fingerprint in zip(partials, targets, fingerprints):
             partial.replace(target)
-        finally:
+            typer.echo(f"{target}  {fingerprint}")
+    finally:
+        for partial in partials:
             partial.unlink(missing_ok=True)
-        typer.echo(f"{target}  {fingerprint}")
 
 
 @models_app.command("tiny")

@@ -170,8 +170,13 @@ def _check_tensors(state: object, what: str) -> dict[str, torch.Tensor]:
     return checked
 
 
-def load_mapper_state(path: str | Path, what: str = "mapper checkpoint") -> dict[str, torch.Tensor]:
-    """Read a mapper checkpoint safely: safetensors, or a reference .pt through weights_only loading."""
+def load_mapper_state(path: str | Path, what: str = "mapper checkpoint", role: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a mapper checkpoint safely: safetensors, or a reference .pt through weights_only loading.
+
+    role: "global" or "local" where the caller knows which mapper it wants. The two have the
+    same layout, so only the `mapper` metadata of our safetensors files can tell a swapped
+    pair apart; a reference .pt carries no such record.
+    """
     path = Path(path)
     label = f"{what} '{path}'"
     if not path.is_file():
@@ -182,10 +187,17 @@ def load_mapper_state(path: str | Path, what: str = "mapper checkpoint") -> dict
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from safetensors import safe_open
+
         try:
             state = load_file(str(path))
+            with safe_open(str(path), "pt") as handle:
+                recorded_role = (handle.metadata() or {}).get("mapper")
         except (SafetensorError, OSError, ValueError) as error:
             raise ModelError(f"{label} is not a valid safetensors file ({error}).") from None
+        if role and recorded_role in ("global", "local") and recorded_role != role:
+            raise ModelError(f"{label} is a {recorded_role} mapper (its metadata says so), not a {role} one; "
+                             f"pass it as the {recorded_role} mapper.")
     else:
         import pickle
 
@@ -221,15 +233,18 @@ def save_mapper_state(state: Mapping[str, torch.Tensor], path: str | Path, metad
             os.unlink(temp)
 
 
-def convert_reference_checkpoint(source: str | Path, destination: str | Path) -> str:
+def convert_reference_checkpoint(source: str | Path, destination: str | Path, role: str | None = None) -> str:
     """Convert a reference `global_mapper.pt`/`local_mapper.pt` to safetensors; return its fingerprint.
 
-    The tensors are copied bit-exactly (same names, dtypes and values).
+    The tensors are copied bit-exactly (same names, dtypes and values). role ("global"/"local"),
+    when given, is checked against the source's metadata and recorded in the destination's.
     """
-    state = load_mapper_state(source, "reference checkpoint")
-    infer_shapes(state, f"reference checkpoint '{source}'")
+    what = f"{role} mapper checkpoint" if role else "reference checkpoint"
+    state = load_mapper_state(source, what, role)
+    infer_shapes(state, f"{what} '{source}'")
     print_id = fingerprint(state)
-    save_mapper_state(state, destination, {"format": "elite-mapper", "fingerprint": print_id})
+    metadata = {"format": "elite-mapper", "fingerprint": print_id, **({"mapper": role} if role else {})}
+    save_mapper_state(state, destination, metadata)
     return print_id
 
 

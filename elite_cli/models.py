@@ -222,8 +222,8 @@ def load_models(spec: ModelSpec) -> Models:
         raise ModelError("no mapper checkpoints are configured; run `elite models import global_mapper.pt local_mapper.pt` or set ELITE_GLOBAL_MAPPER/ELITE_LOCAL_MAPPER.")
 
     # Mappers first: they are small and the most likely to be wrong.
-    global_state = load_mapper_state(spec.global_mapper, "global mapper")
-    local_state = load_mapper_state(spec.local_mapper, "local mapper")
+    global_state = load_mapper_state(spec.global_mapper, "global mapper", role="global")
+    local_state = load_mapper_state(spec.local_mapper, "local mapper", role="local")
     global_mapper = GlobalMapper.from_state_dict(global_state, f"global mapper '{spec.global_mapper}'")
     local_mapper = LocalMapper.from_state_dict(local_state, f"local mapper '{spec.local_mapper}'")
 

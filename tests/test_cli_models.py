@@ -64,6 +64,26 @@ def test_models_import_of_a_non_checkpoint_leaves_nothing(run_cli, tiny_models, 
     assert not models_dir.exists() or list(models_dir.iterdir()) == []
 
 
+def test_a_swapped_pair_of_our_mapper_files_is_refused(run_cli, tiny_models, elite_home: Path, tmp_path: Path):
+    """Both mappers have the same layout; only the role our safetensors files record tells them apart."""
+    from elite_cli.errors import ModelError
+    from elite_cli.mappers import convert_reference_checkpoint, load_mapper_state
+
+    global_file, local_file = tmp_path / "g.safetensors", tmp_path / "l.safetensors"
+    convert_reference_checkpoint(tiny_models.global_mapper, global_file, "global")
+    convert_reference_checkpoint(tiny_models.local_mapper, local_file, "local")
+    assert run_cli("models", "import", global_file, local_file).exit_code == 0  # the right way round
+
+    swapped = run_cli("models", "import", local_file, global_file, "--replace")
+    assert swapped.exit_code == 1
+    assert swapped.stderr.startswith("Error: ") and "is a local mapper (its metadata says so), not a global one" in swapped.stderr
+    # Nothing replaced: the earlier, correct import is still in place.
+    imported = elite_home / "models" / "global_mapper.safetensors"
+    assert load_mapper_state(imported, role="global").keys() == load_mapper_state(global_file).keys()
+    with pytest.raises(ModelError, match="is a global mapper"):
+        load_mapper_state(global_file, "local mapper", role="local")
+
+
 def test_doctor_reports_and_passes_with_tiny_models(run_cli, use_tiny_models):
     result = run_cli("doctor", "--json")
     assert result.exit_code == 0, result.output

@@ -94,7 +94,7 @@ def load_mapper(kind: str, path: str, frozen: FrozenModels, what: str):
 
     cls = {"global": GlobalMapper, "local": LocalMapper}[kind]
     label = f"{what} '{path}'"
-    mapper = cls.from_state_dict(load_mapper_state(path, what), label)
+    mapper = cls.from_state_dict(load_mapper_state(path, what, role=kind), label)
     check_against_unet(mapper, frozen.kv_shapes, label)
     text_width = int(frozen.text_encoder.config.hidden_size)
     image_width = int(frozen.image_encoder.config.hidden_size)
