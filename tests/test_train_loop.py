@@ -286,3 +286,15 @@ def test_trained_checkpoints_work_with_elite_add_and_gen(global_run, tiny_models
                                        "--height", "64", "-o", str(tmp_path / "images")])
         assert made.exit_code == 0, made.output
     assert local.mapper.is_file() and len(list((tmp_path / "images").glob("*.png"))) == 1
+
+
+def test_resume_latest_without_a_checkpoint_says_it_starts_fresh(tiny_models, data, tmp_path):
+    from elite_cli.training.loop import RunStarted
+
+    events = []
+    train(config(tiny_models, data, tmp_path, max_steps=1, checkpoint_every=0, resume="latest"), events.append)
+    started = [event for event in events if isinstance(event, RunStarted)]
+    assert started[0].start_step == 0 and started[0].resume_found_nothing
+    events.clear()
+    train(config(tiny_models, data, tmp_path / "plain", max_steps=1, checkpoint_every=0), events.append)
+    assert not [event for event in events if isinstance(event, RunStarted)][0].resume_found_nothing

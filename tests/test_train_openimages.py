@@ -317,3 +317,17 @@ def test_cli_help_lists_the_commands():
     assert result.exit_code == 0
     for command in ("global", "local", "convert-openimages"):
         assert command in result.output
+
+
+@pytest.mark.parametrize("flag, value, message", [("--min-area", "2", "--min-area must be between 0 and 1 but is 2.0"),
+                                                  ("--min-aspect", "-0.5", "--min-aspect must be between 0 and 1"),
+                                                  ("--min-side", "-1", "--min-side must be 0 or more")])
+def test_cli_refuses_filter_values_outside_their_range(tmp_path, flag, value, message):
+    annotations = tmp_path / "boxes.csv"
+    annotations.write_text("ImageID,LabelName,XMin,XMax,YMin,YMax\n")
+    (tmp_path / "images").mkdir()
+    result = CliRunner().invoke(train_app, ["convert-openimages", "--stage", "global", "--annotations", str(annotations),
+                                            "--images", str(tmp_path / "images"), "-o", str(tmp_path / "m.jsonl"),
+                                            flag, value])
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [f"Error: {result.output.strip()[7:]}"]
+    assert message in result.output and not (tmp_path / "m.jsonl").exists()

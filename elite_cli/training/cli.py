@@ -125,6 +125,8 @@ class TrainingDisplay:
                 f"{event.device}, precision {event.mixed_precision}, total batch {event.total_batch}, "
                 f"lr {event.learning_rate:.3g}" + (f", resuming at step {event.start_step}" if event.start_step else "")
             )
+            if event.resume_found_nothing:
+                self.console.print("No checkpoint in the output folder yet: starting from step 0.")
             self.bar.start()
             self.task = self.bar.add_task("", total=event.max_steps, completed=event.start_step)
         elif isinstance(event, StepDone) and self.task is not None:

@@ -56,6 +56,7 @@ class RunStarted:
     max_steps: int
     device: str
     mixed_precision: str
+    resume_found_nothing: bool = False  # --resume latest in an output folder without checkpoints
 
 
 @dataclass
@@ -297,6 +298,7 @@ class Trainer:
             total_batch=config.total_batch(accelerator.num_processes), learning_rate=self.learning_rate,
             start_step=start_step, max_steps=config.max_steps, device=str(self.device),
             mixed_precision=accelerator.mixed_precision,
+            resume_found_nothing=bool(config.resume) and start_step == 0,
         ))
         batches = iter(self.loader(start_step))
         losses: list[float] = []

@@ -122,6 +122,14 @@ def mask_box(mask_path: Path, image_size: tuple[int, int]) -> tuple[int, int, in
 def stage_filters(stage: str, **overrides: float | int | None) -> BoxFilters:
     """The stage's reference filters with the given ones replaced (None keeps the stage's)."""
     check_stage(stage)
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name == "min_side":
+            if value < 0:
+                raise InputError(f"--min-side must be 0 or more pixels but is {value}.")
+        elif not 0.0 <= value <= 1.0:  # area shares and the side ratio are fractions
+            raise InputError(f"--{name.replace('_share', '').replace('_', '-')} must be between 0 and 1 but is {value}.")
     return replace(STAGE_FILTERS[stage], **{name: value for name, value in overrides.items() if value is not None})
 
 
