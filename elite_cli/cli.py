@@ -257,7 +257,7 @@ def main_callback(
         Optional[Path],
         typer.Option("--library", help="Concept library folder (env ELITE_HOME).", show_default=False),
     ] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps (env ELITE_DEVICE).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps (env ELITE_DEVICE).")] = None,
     dtype: Annotated[
         Optional[str], typer.Option(help="auto, float32, float16 or bfloat16 (env ELITE_DTYPE).")
     ] = None,
@@ -295,6 +295,13 @@ def main_callback(
         "global_mapper": global_mapper,
         "local_mapper": local_mapper,
     }
+    for key in ("device", "dtype"):
+        # Checked here so that every command refuses them, not only those that load models.
+        value = options.flags[key]
+        if value and not settings_module.is_valid_choice(settings_module.SETTINGS_BY_KEY[key], value):
+            typer.echo(f"Error: --{key} '{value}' is not one of "
+                       f"{settings_module.accepted_values(settings_module.SETTINGS_BY_KEY[key])}.", err=True)
+            raise typer.Exit(1)
     options.verbose = verbose
     options.low_vram = low_vram
     options.compile_unet = compile_unet

@@ -192,11 +192,18 @@ def doctor(as_json: JsonFlag = False) -> None:
 
     Example: elite doctor
     """
-    from elite_cli.doctor import FAIL, environment_findings, library_findings, model_findings
+    from elite_cli.doctor import FAIL, Finding, environment_findings, library_findings, model_findings
 
-    resolved = effective_settings()
-    findings = environment_findings(resolved["device"].value)
-    findings += model_findings(resolved)
+    try:
+        resolved = effective_settings()
+    except InputError as error:
+        # A bad setting is exactly what doctor is for: report it and check everything else.
+        findings = [Finding("settings", FAIL, str(error).rstrip("."),
+                            "change it with `elite config set KEY VALUE`, or fix the flag or environment variable named")]
+        findings += environment_findings("auto")
+    else:
+        findings = environment_findings(resolved["device"].value)
+        findings += model_findings(resolved)
     findings += library_findings(library_dir(), open_store)
     if as_json:
         echo_json([asdict(finding) for finding in findings])
