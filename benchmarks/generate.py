@@ -47,6 +47,9 @@ def parse(argv):
     parser.add_argument("--llambda", type=float, default=0.8, help="elite's lambda (default 0.8)")
     parser.add_argument("--variants", default="a,b,c", help="which of a,b,c to run (default all; --low-vram adds d)")
     parser.add_argument("--low-vram", action="store_true", help="also run (d): elite with low_vram model offload")
+    parser.add_argument("--track-memory", action="store_true",
+                        help="on a CPU, peak tensor bytes (the variant's weights + the storages its run creates), "
+                             "in one extra untimed run per variant (CUDA measures it anyway)")
     args = harness.parse_arguments(parser, argv, DEFAULTS)
     args.batch_sizes = [int(value) for value in args.batch_sizes.split(",") if value.strip()]
     args.variants = [value.strip() for value in args.variants.split(",") if value.strip()]
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     offloaded = load_models(dataclasses.replace(spec, low_vram=True)) if "d" in args.variants else None
     common = dict(steps=args.steps, guidance_scale=args.guidance, width=args.size_px, height=args.size_px)
     settings = {"runs": args.runs, "warmup": args.warmup, "dtype": str(models.dtype).replace("torch.", ""),
+                "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else
+                          "tracked peak tensor bytes (CPU)" if args.track_memory else None,
                 "attention": models.backend, "scheduler": "lms", "prompt": PROMPT, "plain_prompt": PLAIN_PROMPT,
                 "llambda": args.llambda, **common, "batch_sizes": args.batch_sizes, "variants": args.variants}
 
@@ -182,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
             resident = residents[variant]
             with only_on_device(device, resident, [m for m in everything if all(m is not r for r in resident)]):
                 run = runner(variant, batch)
-                measurement = harness.measure(run, runs=args.runs, warmup=args.warmup, device=device)
+                measurement = harness.measure(run, runs=args.runs, warmup=args.warmup, device=device,
+                                              track_memory=resident if args.track_memory else None)
                 images[variant] = measurement.last_output[0]
             entry = measurement.as_dict()
             entry["weights_on_device_bytes"] = harness.module_bytes(*resident) if device.type != "cpu" else None

@@ -261,12 +261,62 @@ class Measurement:
         }
 
 
-def measure(run: Callable[[], object], *, runs: int, warmup: int, device) -> Measurement:
+def tracked_peak_bytes(run: Callable[[], object], weights: list) -> int:
+    """Peak bytes of one `run()` on a CPU: the weights of `weights` (modules) plus the largest sum
+    of tensor storages the run itself creates that are alive at once (activations, latents,
+    temporaries). A dispatch mode sees every storage an operator returns and a weak reference
+    says when it is freed. The CPU's stand-in for CUDA's max_memory_allocated with only that
+    workload's weights resident; it runs slower, so it is never timed."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    weight_storages = {tensor.untyped_storage().data_ptr() for module in weights
+                       for tensor in [*module.parameters(), *module.buffers()]}
+
+    class StorageCounter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live: dict[int, int] = {}  # data_ptr -> bytes of storages made during the run
+            self.total = self.peak = 0
+            self.references: list = []
+
+        def freed(self, key: int) -> None:
+            self.total -= self.live.pop(key, 0)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in tree_leaves(out):
+                if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
+                    continue
+                storage = tensor.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+                if size == 0 or key in weight_storages or key in self.live:
+                    continue  # views of weights or of storages already counted
+                self.live[key] = size
+                self.total += size
+                self.peak = max(self.peak, self.total)
+                self.references.append(weakref.ref(storage, lambda _, key=key: self.freed(key)))
+            return out
+
+    counter = StorageCounter()
+    with counter:
+        run()
+    return module_bytes(*weights) + counter.peak
+
+
+def measure(run: Callable[[], object], *, runs: int, warmup: int, device, track_memory: list | None = None) -> Measurement:
     """Median-ready wall times of `run()`, synchronised, after `warmup` untimed runs.
 
     The peak memory covers the warm-up and timed runs (reset just before them), so it is the
-    peak of this workload with whatever is resident at the start.
+    peak of this workload with whatever is resident at the start. A CPU has no such counter;
+    track_memory (the workload's weight modules) adds one untimed run under tracked_peak_bytes.
     """
+    tracked = None
+    if track_memory is not None and getattr(device, "type", str(device)) == "cpu":
+        tracked = tracked_peak_bytes(run, track_memory)
     reset_peak_memory(device)
     resident = allocated_memory(device)
     for _ in range(warmup):
@@ -279,7 +329,7 @@ def measure(run: Callable[[], object], *, runs: int, warmup: int, device) -> Mea
         output = run()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return Measurement(times, peak_memory(device), resident, output)
+    return Measurement(times, peak_memory(device) if tracked is None else tracked, resident, output)
 
 
 def module_bytes(*modules) -> int:

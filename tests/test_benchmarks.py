@@ -119,3 +119,27 @@ def test_startup_smoke(tiny_models, tmp_path):
 )
 def test_targets_only_count_when_they_apply(value, limit, at_most, applies, met):
     assert target("t", value, limit, at_most=at_most, applies=applies)["met"] is met
+
+
+def test_tracked_peak_bytes_counts_weights_and_the_largest_live_set_of_new_tensors():
+    import torch
+
+    from benchmarks.harness import tracked_peak_bytes
+
+    model = torch.nn.Sequential(torch.nn.Linear(100, 400), torch.nn.GELU(), torch.nn.Linear(400, 100))
+    inputs = torch.randn(32, 100)
+    weights = sum(p.numel() * 4 for p in model.parameters())
+
+    def forward():
+        with torch.no_grad():
+            return model(inputs)
+
+    # The first layer's output and the GELU's are alive together; the last output is smaller.
+    assert tracked_peak_bytes(forward, [model]) == weights + 2 * 32 * 400 * 4
+
+    def one_temporary_at_a_time():
+        for _ in range(3):
+            temporary = inputs * 2.0  # freed before the next one is made
+            del temporary
+
+    assert tracked_peak_bytes(one_temporary_at_a_time, []) == 32 * 100 * 4
