@@ -180,8 +180,11 @@ def config_unset(
 
     Example: elite config unset device
     """
-    path = settings_module.set_config_value(library_dir(), key, None)
-    typer.echo(f"Removed {key} from {path}")
+    path, removed = settings_module.unset_config_value(library_dir(), key)
+    if removed:
+        typer.echo(f"Removed {key} from {path}")
+    else:
+        typer.echo(f"{key} is not set in {path}; nothing to remove")
 
 
 @app.command()

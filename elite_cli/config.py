@@ -139,21 +139,36 @@ def accepted_values(setting: Setting) -> str:
     return accepted + " or cuda:N" if setting.key == "device" else accepted
 
 
-def set_config_value(library: Path, key: str, value: str | None) -> Path:
-    """Write (or with value None, remove) one key of `<library>/config.toml`; returns its path.
+def set_config_value(library: Path, key: str, value: str) -> Path:
+    """Write one key of `<library>/config.toml`; returns its path.
 
     The file is rewritten from the parsed values, so comments in it are not kept.
     """
-    if key not in SETTINGS_BY_KEY:
-        raise InputError(f"unknown setting '{key}'; known settings are {', '.join(SETTINGS_BY_KEY)}.")
-    setting = SETTINGS_BY_KEY[key]
-    if value is not None and not is_valid_choice(setting, value):
+    setting = _known_setting(key)
+    if not is_valid_choice(setting, value):
         raise InputError(f"{key} '{value}' is not one of {accepted_values(setting)}.")
     values = read_config_file(library)
-    if value is None:
-        values.pop(key, None)
-    else:
-        values[key] = value
+    values[key] = value
+    return _write_config_file(library, values)
+
+
+def unset_config_value(library: Path, key: str) -> tuple[Path, bool]:
+    """Remove one key from `<library>/config.toml`: (its path, whether the key was there)."""
+    _known_setting(key)
+    values = read_config_file(library)
+    if key not in values:
+        return config_path(library), False
+    del values[key]
+    return _write_config_file(library, values), True
+
+
+def _known_setting(key: str):
+    if key not in SETTINGS_BY_KEY:
+        raise InputError(f"unknown setting '{key}'; known settings are {', '.join(SETTINGS_BY_KEY)}.")
+    return SETTINGS_BY_KEY[key]
+
+
+def _write_config_file(library: Path, values: dict[str, str]) -> Path:
     path = config_path(library)
     path.parent.mkdir(parents=True, exist_ok=True)
     # TOML basic strings accept JSON's escapes for everything a path or hub id holds.

@@ -154,6 +154,11 @@ def prepare_image(image: ImageSource, mask: ImageSource | None = None) -> Prepar
         object_mask = _mask_array(mask_image)
     elif alpha is not None:
         object_mask = alpha
+        if not object_mask.any():
+            raise InputError(
+                "the picture is fully transparent, and without --mask its transparency marks the object; "
+                "pass a mask (white = object) or save the picture without transparency."
+            )
     else:
         object_mask = np.ones((rgb.size[1], rgb.size[0]), dtype=bool)
     if not object_mask.any():

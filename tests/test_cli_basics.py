@@ -74,8 +74,17 @@ def test_config_set_round_trips_through_toml(tmp_path: Path):
     settings.set_config_value(tmp_path, "base_model", 'C:\\models\\sd "1.5" ü')
     settings.set_config_value(tmp_path, "device", "cpu")
     assert settings.read_config_file(tmp_path) == {"base_model": 'C:\\models\\sd "1.5" ü', "device": "cpu"}
-    settings.set_config_value(tmp_path, "device", None)
+    assert settings.unset_config_value(tmp_path, "device")[1] is True
     assert settings.read_config_file(tmp_path) == {"base_model": 'C:\\models\\sd "1.5" ü'}
+
+
+def test_config_unset_of_a_key_that_is_not_set_says_so(run_cli, elite_home: Path):
+    result = run_cli("config", "unset", "device")
+    assert result.exit_code == 0, result.output
+    assert "device is not set" in result.stdout and "Removed" not in result.stdout
+    assert not (elite_home / "config.toml").exists()
+    run_cli("config", "set", "device", "cpu")
+    assert "Removed device" in run_cli("config", "unset", "device").stdout
 
 
 def test_elite_config_shows_value_and_source(run_cli, elite_home: Path, monkeypatch):

@@ -87,6 +87,7 @@ def test_without_mask_the_centre_square_is_used(tmp_path):
         (lambda d: ((d / "text.png").write_text("hello") and d / "text.png", None), "is not an image"),
         (lambda d: (save(d, "a.png", Image.fromarray(gradient(20, 20))), save(d, "m.png", Image.new("L", (10, 20), 255))), "mask is 10x20 but the image is 20x20"),
         (lambda d: (save(d, "a.png", Image.fromarray(gradient(20, 20))), save(d, "m.png", Image.new("L", (20, 20), 100))), "mask is empty"),
+        (lambda d: (save(d, "cut.png", Image.new("RGBA", (20, 20), (9, 9, 9, 0))), None), "picture is fully transparent"),
     ],
 )
 def test_bad_input_is_one_clear_sentence(tmp_path, setup, message):
