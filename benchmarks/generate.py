@@ -66,9 +66,19 @@ def image_encoder_is_lazy(models) -> bool:
     return isinstance(getattr(type(models), "image_encoder", None), property)
 
 
+def key_value_layers(mapper) -> list:
+    """A mapper's key/value projections: the only part of it the UNet's processors use."""
+    return [layer for key in mapper.kv_modules for layer in mapper.key_value(key)]
+
+
 def generation_modules(models) -> list:
-    """What a generation-only process (`elite gen` with concepts from the library) holds on the device."""
-    modules = [models.text_encoder, models.unet, models.vae, models.global_mapper, models.local_mapper]
+    """What a generation-only process (`elite gen` with concepts from the library) holds on the device.
+
+    The mappers' ten MLPs are left out: load_models keeps them in CPU memory until the first
+    encode, which a process generating from library concepts never does.
+    """
+    modules = [models.text_encoder, models.unet, models.vae,
+               *key_value_layers(models.global_mapper), *key_value_layers(models.local_mapper)]
     if not image_encoder_is_lazy(models):
         modules.append(models.image_encoder)  # load_models puts it on the device whether used or not
     return modules
@@ -158,8 +168,12 @@ def main(argv: list[str] | None = None) -> dict:
     # with only what generation needs on the GPU (plus whatever load_models keeps there anyway).
     elite_weights = generation_modules(models)
     pipe_weights = [pipe.unet, pipe.vae, pipe.text_encoder] if pipe is not None else []
-    offload_weights = [offloaded.global_mapper, offloaded.local_mapper] if offloaded is not None else []
-    everything = elite_modules(models) + pipe_weights + offload_weights
+    offload_weights = ([*key_value_layers(offloaded.global_mapper), *key_value_layers(offloaded.local_mapper)]
+                       if offloaded is not None else [])
+    # Parking moves whole mappers (MLPs included) to CPU memory; the resident key/value layers
+    # then go back to the device.
+    offload_mappers = [offloaded.global_mapper, offloaded.local_mapper] if offloaded is not None else []
+    everything = elite_modules(models) + pipe_weights + offload_mappers
 
     def runner(variant: str, batch: int):
         seeds = list(range(batch))

@@ -143,3 +143,15 @@ def test_tracked_peak_bytes_counts_weights_and_the_largest_live_set_of_new_tenso
             del temporary
 
     assert tracked_peak_bytes(one_temporary_at_a_time, []) == 32 * 100 * 4
+
+
+def test_generation_weights_are_what_a_generation_only_process_keeps_on_the_device(loaded_models):
+    """(b) and (c) are measured as `elite gen` runs: the mappers' MLPs stay in CPU memory (load_models
+    keeps them there until the first encode), only their key/value layers count."""
+    resident = {id(tensor) for module in generate.generation_modules(loaded_models) for tensor in module.parameters()}
+    for mapper in (loaded_models.global_mapper, loaded_models.local_mapper):
+        for mlp in mapper.mapping_modules():
+            assert all(id(tensor) not in resident for tensor in mlp.parameters())
+        for layer in generate.key_value_layers(mapper):
+            assert id(layer.weight) in resident
+    assert all(id(tensor) in resident for tensor in loaded_models.unet.parameters())
