@@ -28,9 +28,9 @@ from elite_cli.cli import (
     stderr_console,
 )
 from elite_cli.errors import InputError
+from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SEED_LIMIT
 from elite_cli.outputs import GenerationRecord, read_png_parameters, save_png
 
-SEED_LIMIT = 2**32  # seeds stay in the range every torch generator and A1111 accept
 
 
 @dataclass
@@ -50,19 +50,14 @@ class GenerationJob:
 
     def check(self) -> None:
         """Fail before any model loads if a parameter cannot work."""
-        for flag, value in (("--width", self.width), ("--height", self.height)):
-            if value < 8 or value % 8:
-                raise InputError(f"{flag} must be a positive multiple of 8 (e.g. 512), not {value}.")
-        if self.steps < 1:
-            raise InputError(f"--steps must be at least 1, not {self.steps}.")
-        if self.num_images < 1:
-            raise InputError(f"-n must be at least 1, not {self.num_images}.")
-        if not 0 <= self.seed or self.seed + self.num_images > SEED_LIMIT:
-            raise InputError(f"--seed must be between 0 and {SEED_LIMIT - self.num_images}, not {self.seed}.")
-        if self.guidance_scale < 0:
-            raise InputError(f"--guidance must be 0 or more, not {self.guidance_scale:g}.")
+        from elite_cli.generation_limits import check_image_settings
+        from elite_cli.prompts import check_placeholders
+
+        check_image_settings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.guidance_scale,
+                             llambda=self.llambda, seed=self.seed, num_images=self.num_images)
         if not self.prompt.strip():
             raise InputError('the prompt is empty; pass text such as "<mycat> on the beach".')
+        check_placeholders(self.prompt)
 
     def settings(self) -> dict[str, Any]:
         """What the history keeps besides prompt, negative prompt and seed."""
@@ -157,11 +152,11 @@ def gen(
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
     llambda: Annotated[
-        float, typer.Option("--lambda", help="Local detail strength: higher = more faithful, less editable.")
+        float, typer.Option("--lambda", help=f"Local detail strength, {LAMBDA_RANGE[0]:g} to {LAMBDA_RANGE[1]:g}: higher = more faithful, less editable.")
     ] = 0.8,
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
-    width: Annotated[int, typer.Option(help="Image width, a multiple of 8.")] = 512,
-    height: Annotated[int, typer.Option(help="Image height, a multiple of 8.")] = 512,
+    width: Annotated[int, typer.Option(help=f"Image width, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
+    height: Annotated[int, typer.Option(help=f"Image height, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
     scheduler: Annotated[str, typer.Option(help="Sampler: lms (as in the ELITE paper), ddim, pndm, euler or dpm++.")] = "lms",
     output_dir: Annotated[
         Optional[Path],

@@ -175,6 +175,34 @@ def test_errors(app, pictures, tmp_path, arguments, message):
     assert message in str(result.exception)
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (["--width", "65"], "--width must be a positive multiple of 8"),
+    (["--height", "4096"], "--height must be at most 2048"),
+    (["--lambda", "nan"], "--lambda must be a number from 0 to 2"),
+    (["--lambda", "7"], "--lambda must be a number from 0 to 2"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--seed", "-1"], "--seed must be between 0 and"),
+    (["--scheduler", "nope"], "--scheduler 'nope' is not supported"),
+])
+def test_bad_settings_are_refused_before_models_load_and_leave_no_folder(app, pictures, tmp_path, arguments, message):
+    (cat, _), prompts = pictures
+    fast = ["-n", "1", "--steps", "2", "--width", "64", "--height", "64"]
+    result = run(app, cat, "--prompts", prompts, *fast, *arguments, "-o", tmp_path / "out")
+    assert isinstance(result.exception, InputError), result.output
+    assert message in str(result.exception)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_template_with_a_bracket_typo_is_refused(app, pictures, tmp_path):
+    (cat, _), _ = pictures
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a {} on the <beach\n")
+    result = run(app, cat, "--prompts", templates, *FAST, "-o", tmp_path / "out")
+    assert isinstance(result.exception, InputError), result.output
+    assert "has a '<' without a closing '>'" in str(result.exception)
+    assert not (tmp_path / "out").exists()
+
+
 def test_library_concepts(app, pictures, tmp_path, loaded_models):
     """A library concept: tensors from ConceptStore.load, source picture and class word from its record."""
     store_module = pytest.importorskip("elite_cli.store")
