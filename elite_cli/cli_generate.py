@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -47,6 +47,9 @@ class GenerationJob:
     height: int = 512
     scheduler: str = "lms"
     num_images: int = 1
+    # {name in the prompt: library id} when repeating a run: the concept it really used, even
+    # if that name was renamed or given to another concept since.
+    concept_ids: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
         """Fail before any model loads if a parameter cannot work."""
@@ -94,6 +97,7 @@ def jobs_from_png(path: Path) -> list[GenerationJob]:
             negative_prompt=parameters["negative_prompt"],
             seed=int(parameters["seed"]),
             num_images=1,
+            concept_ids=dict(parameters.get("concepts") or {}),
             **{key: parameters[key] for key in GenerationJob("").settings()},
         )
     ]
@@ -121,27 +125,61 @@ def jobs_from_history(store: Any, run_id: str) -> list[GenerationJob]:
                 negative_prompt=entry.negative_prompt,
                 seed=first_seed,
                 num_images=count,
+                concept_ids=dict(entry.concept_ids),
                 **settings,
             )
             jobs[key] = (number, job)
     return [job for _, job in sorted(jobs.values(), key=lambda item: item[0])]
 
 
-def load_concepts(store: Any, prompts: list[str]) -> dict[str, tuple[Any, Any]]:
+def load_concepts(store: Any, jobs: list[GenerationJob], again: str | None = None) -> dict[str, tuple[Any, Any]]:
     """{name: (record, concept)} for every concept the prompts mention, loaded before the models
-    so that a typo fails fast."""
+    so that a typo fails fast. A repeated run's concepts are found by the ids it recorded."""
+    from elite_cli.errors import ConceptNotFound
     from elite_cli.prompts import concept_names
 
     concepts: dict[str, tuple[Any, Any]] = {}
-    for prompt in prompts:
-        for name in concept_names(prompt):
-            if name not in concepts:
+    for job in jobs:
+        for name in concept_names(job.prompt):
+            if name in concepts:
+                continue
+            concept_id = job.concept_ids.get(name)
+            if concept_id is None:
                 concepts[name] = (store.get(name), store.load(name))
+                continue
+            try:
+                record = store.get(concept_id)
+            except ConceptNotFound:
+                raise ConceptNotFound(
+                    f"concept <{name}> that {again or 'this run'} used (id {concept_id[:19]}) is no longer in the library "
+                    "(removed or re-encoded); add it again and generate with a new prompt instead of --again."
+                ) from None
+            concepts[name] = (record, store.load(record.id))
     return concepts
+
+
+# gen's options that decide what the images look like: --again takes all of them from the run
+# it repeats, so giving one too would be silently ignored. (-o, --resume, --batch-size, --gpus
+# and --allow-stale only say where and how to make the same images.)
+IMAGE_OPTIONS = {
+    "number": "-n", "seed": "--seed", "steps": "--steps", "guidance": "--guidance", "llambda": "--lambda",
+    "negative": "--negative", "width": "--width", "height": "--height", "scheduler": "--scheduler",
+}
+
+
+def options_given(context: typer.Context, names: dict[str, str]) -> list[str]:
+    """The flags among `names` ({parameter: flag}) that the user typed (or set by environment)."""
+    given = []
+    for parameter, flag in names.items():
+        source = context.get_parameter_source(parameter)
+        if source is not None and source.name != "DEFAULT":
+            given.append(flag)
+    return given
 
 
 @app.command()
 def gen(
+    context: typer.Context,
     prompt: Annotated[
         Optional[str], typer.Argument(help="Text with <concept> placeholders.", show_default=False)
     ] = None,
@@ -195,6 +233,12 @@ def gen(
     sources = [value for value in (prompt, prompts_file, again) if value is not None]
     if len(sources) != 1:
         raise InputError("give exactly one of PROMPT, --prompts FILE or --again ID.")
+    if again is not None:
+        clashing = options_given(context, IMAGE_OPTIONS)
+        if clashing:
+            raise InputError(f"--again repeats the run with its own settings, so it cannot be combined with "
+                             f"{', '.join(clashing)}; drop {'it' if len(clashing) == 1 else 'them'}, or start a new run "
+                             "from the prompt instead.")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {batch_size}.")
     if resume and seed is None and again is None:
@@ -233,7 +277,7 @@ def gen(
     directory = output_dir if output_dir is not None else Path(setting("output_dir"))
     if directory.exists() and not directory.is_dir():
         raise InputError(f"output folder '{directory}' is a file; pass a folder with -o.")
-    concepts = load_concepts(store, [job.prompt for job in jobs])
+    concepts = load_concepts(store, jobs, again)
 
     from elite_cli.generator import SCHEDULERS, Generator
 

@@ -137,6 +137,32 @@ def test_gen_writes_reproducible_pngs_and_history(run_cli, library_with_cat, tmp
     assert max(abs(a - b) for a, b in zip(alone, batched)) <= 3
 
 
+def test_again_uses_the_concepts_the_run_used_after_a_rename(run_cli, library_with_cat, tmp_path: Path):
+    out = tmp_path / "out"
+    first = run_cli("gen", "<mycat> on the beach", "--seed", "3", "-o", out, "--json", *FAST)
+    assert first.exit_code == 0, first.output
+    (original,) = json.loads(first.stdout)
+    cat_id = read_png_parameters(Path(original["path"]))["concepts"]["mycat"]
+    # The name moves to another concept: --again must still use the cat it was made with.
+    assert run_cli("rename", "mycat", "tom").exit_code == 0
+    dog = draw_object_picture(tmp_path / "dog.png", color=(40, 40, 200))
+    assert run_cli("add", dog, "--name", "mycat").exit_code == 0
+    for again in (original["run_id"][:8], original["path"]):
+        repeated = run_cli("gen", "--again", again, "-o", out, "--json")
+        assert repeated.exit_code == 0, repeated.output
+        (image,) = json.loads(repeated.stdout)
+        assert read_png_parameters(Path(image["path"]))["concepts"] == {"mycat": cat_id}
+        assert pixels(Path(image["path"])) == pixels(Path(original["path"]))
+
+    assert run_cli("rm", "tom").exit_code == 0
+    files = sorted(out.iterdir())
+    gone = run_cli("gen", "--again", original["run_id"][:8], "-o", out)
+    assert gone.exit_code == 1
+    assert gone.stderr.startswith(f"Error: concept <mycat> that {original['run_id'][:8]} used (id {cat_id[:19]}) is no longer in the library")
+    assert gone.stderr.count("\n") == 1
+    assert sorted(out.iterdir()) == files
+
+
 def test_gen_prompts_file_and_random_seed(run_cli, library_with_cat, tmp_path: Path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# a comment\n<mycat> in the snow\n\na painting of <mycat>\n")
@@ -254,6 +280,10 @@ ERROR_CASES = [
     ("rm unknown", lambda d: ["rm", "mycat", "nobody"], "Error: "),
     ("import non-concept", lambda d: ["import", (d / "x.safetensors").write_bytes(b"junk") and d / "x.safetensors"], "Error: "),
     ("again unknown run", lambda d: ["gen", "--again", "9999", "-o", d / "out"], "Error: "),
+    ("again with image settings", lambda d: ["gen", "--again", "9999", "-n", "3", "--seed", "1", "--steps", "2", "-o", d / "out"],
+     "Error: --again repeats the run with its own settings, so it cannot be combined with -n, --seed, --steps; drop them"),
+    ("again png with lambda", lambda d: ["gen", "--again", d / "x.png", "--lambda", "0.5", "-o", d / "out"],
+     "Error: --again repeats the run with its own settings, so it cannot be combined with --lambda; drop it"),
 ]
 
 
