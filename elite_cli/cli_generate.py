@@ -366,6 +366,14 @@ def gen(
          "run_id": plan.run_id}
         for image in plan.images
     ]
+    if not plan.images:
+        # Nothing was generated, so no history rows carry this run id: printing it would point
+        # `--again` at a run that does not exist.
+        if as_json:
+            echo_json(written)
+        what = "the image of this command is" if plan.skipped == 1 else f"all {plan.skipped} images of this command are"
+        typer.echo(f"Nothing left to make: {what} already in '{directory}' (--resume).", err=True)
+        return
     if as_json:
         echo_json(written)
         return
@@ -377,8 +385,13 @@ def gen(
     typer.echo(f"Seed: {', '.join(map(str, seeds))}{note}; run {plan.run_id[:8]} (repeat: elite gen --again {plan.run_id[:8]})", err=True)
     rate = len(plan.images) / seconds / workers.world if seconds > 0 else 0.0
     skipped = f", {plan.skipped} already there (--resume)" if plan.skipped else ""
-    typer.echo(f"{len(plan.images)} images in {seconds:.1f} s on {workers.world} process(es): "
+    typer.echo(f"{counted(len(plan.images), 'image')} in {seconds:.1f} s on {counted(workers.world, 'process', 'processes')}: "
                f"{rate:.2f} images/s per process{skipped}.", err=True)
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """`1 image`, `2 images`: messages read as sentences."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
 
 
 def gpu_count(value: str) -> int:
