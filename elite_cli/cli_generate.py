@@ -158,6 +158,19 @@ def load_concepts(store: Any, jobs: list[GenerationJob], again: str | None = Non
     return concepts
 
 
+def check_gpus_value(value: str | None) -> str | None:
+    """--gpus takes 'all' or a positive number; refused as a usage error before anything else runs."""
+    if value is not None and value != "all" and not (value.isdigit() and int(value) >= 1):
+        raise typer.BadParameter(f"{value!r} is not 'all' or a positive number of GPUs (e.g. --gpus 2).")
+    return value
+
+
+def positive_limit(value: int) -> int:
+    if value < 0:
+        raise typer.BadParameter(f"{value} is not a number of runs; pass a positive number, or 0 for every run.")
+    return value
+
+
 # gen's options that decide what the images look like: --again takes all of them from the run
 # it repeats, so giving one too would be silently ignored. (-o, --resume, --batch-size, --gpus
 # and --allow-stale only say where and how to make the same images.)
@@ -213,7 +226,9 @@ def gen(
         Optional[int], typer.Option("--batch-size", "-b", help="Images denoised together (default: sized for the device).", show_default=False)
     ] = None,
     gpus: Annotated[
-        Optional[str], typer.Option("--gpus", help="Spread the images over this many local GPUs ('all' or N), via accelerate.", show_default=False)
+        Optional[str],
+        typer.Option("--gpus", callback=check_gpus_value,
+                     help="Spread the images over this many local GPUs ('all' or N), via accelerate.", show_default=False)
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip images this command already wrote in the output folder.")
@@ -490,7 +505,9 @@ class GenerationProgress:
 
 @app.command()
 def history(
-    limit: Annotated[int, typer.Option("--limit", "-l", help="How many images to look back over, newest first (0: all).")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", "-l", callback=positive_limit, help="How many images to look back over, newest first (0: all).")
+    ] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """List earlier `elite gen` runs; repeat one with `elite gen --again RUN`.
