@@ -506,7 +506,7 @@ class GenerationProgress:
 @app.command()
 def history(
     limit: Annotated[
-        int, typer.Option("--limit", "-l", callback=positive_limit, help="How many images to look back over, newest first (0: all).")
+        int, typer.Option("--limit", "-l", callback=positive_limit, help="How many runs to show, newest first (0: all).")
     ] = 50,
     as_json: JsonFlag = False,
 ) -> None:
@@ -514,17 +514,11 @@ def history(
 
     Example: elite history --limit 5
     """
-    entries = open_store().list_history(limit=None if limit == 0 else limit)
-    # One item per run (newest first), gathered from the per-image rows.
-    runs: dict[str, list[Any]] = {}
-    for entry in entries:
-        runs.setdefault(entry.run_id, []).append(entry)
     summaries = []
-    for run_id, images in runs.items():
-        images.sort(key=lambda image: image.id)
+    for images in open_store().list_runs(limit=None if limit == 0 else limit):
         summaries.append(
             {
-                "run_id": run_id,
+                "run_id": images[0].run_id,
                 "created": images[0].created,
                 "prompts": list(dict.fromkeys(image.prompt for image in images)),
                 "seed": min(image.seed - image.image_index for image in images),
@@ -537,8 +531,18 @@ def history(
     if not summaries:
         typer.echo('No runs yet; generate with `elite gen "<name> ..."`.')
         return
+    # One line per run: the first prompt stands for the others (all of them are in --json).
     rows = [
-        [run["run_id"][:8], short_time(run["created"]), " | ".join(run["prompts"]), run["seed"], len(run["images"])]
+        [run["run_id"][:8], short_time(run["created"]), run["seed"], len(run["images"]),
+         first_prompt_and_count(run["prompts"])]
         for run in summaries
     ]
-    print_rows(["run", "when", "prompt", "seed", "images"], rows)
+    # The prompt comes last: on a narrow terminal it is the one cell that gets cut.
+    print_rows(["run", "when", "seed", "images", "prompt"], rows, cut_column="prompt")
+
+
+def first_prompt_and_count(prompts: list[str]) -> str:
+    """`<mycat> on the beach (+2 more prompts)`; newlines would break the one-line row."""
+    first = " ".join(prompts[0].split())
+    others = len(prompts) - 1
+    return first if others == 0 else f"{first} (+{others} more prompt{'s' if others > 1 else ''})"

@@ -304,3 +304,31 @@ def test_user_error_is_one_line_and_writes_nothing(run_cli, library_with_cat, tm
     assert not (work / "out").exists()
     assert run_cli("list", "--json").stdout == before_list
     assert run_cli("history", "--json").stdout == before_history
+
+
+def test_history_shows_one_line_per_whole_run(run_cli, elite_home):
+    from elite_cli.store import ConceptStore
+
+    store = ConceptStore(elite_home)
+    long_prompt = "<mycat> " + "on a very long and winding beach road " * 4
+    for run_id, prompts, count in (("run-aaaa", [long_prompt, "b", "c"], 2), ("run-bbbb", ["<mycat> alone"], 1)):
+        for number, prompt in enumerate(prompts):
+            for index in range(count):
+                store.record_generation(run_id=run_id, prompt=prompt, negative_prompt="", seed=7 + index, image_index=index,
+                                        parameters={"job": number, "num_images": count}, concept_ids={},
+                                        output_path=None, duration_s=None)
+    table = run_cli("history", env={"COLUMNS": "80"})
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert len(lines) == 4, table.stdout  # header, rule, one line per run
+    cells = [[cell.strip() for cell in line.split("│")] for line in lines[2:]]
+    assert [(row[0], row[2], row[3]) for row in cells] == [("run-bbbb", "7", "1"), ("run-aaaa", "7", "6")]
+    assert cells[0][4] == "<mycat> alone" and cells[1][4].startswith("<mycat> on a very") and cells[1][4].endswith("…")
+
+    # --limit counts runs, and a run is listed whole (its image count too).
+    newest_two = run_cli("history", "--limit", "1", env={"COLUMNS": "200"})
+    assert len(newest_two.stdout.splitlines()) == 3 and "<mycat> alone" in newest_two.stdout
+    both = json.loads(run_cli("history", "--limit", "2", "--json").stdout)
+    assert [(run["run_id"], len(run["images"]), len(run["prompts"])) for run in both] == [("run-bbbb", 1, 1), ("run-aaaa", 6, 3)]
+    wide = run_cli("history", env={"COLUMNS": "300"})
+    assert f"{' '.join(long_prompt.split())} (+2 more prompts)" in wide.stdout
