@@ -143,6 +143,19 @@ def test_compare_two_runs(app, pictures, tmp_path, baseline):
     assert {"setting": "llambda", "first": 0.8, "second": 0.0} in as_json["differences"]
 
 
+def test_compare_prints_user_words_for_missing_values(app, baseline, tmp_path):
+    first = baseline[1] / "results.json"
+    edited = json.loads(first.read_text())
+    edited["concepts"]["cat"]["class_word"] = None  # a run without --class-word cat=cat
+    del edited["settings"]["scheduler"]  # a field an older results.json may lack
+    second = tmp_path / "results.json"
+    second.write_text(json.dumps(edited))
+    result = CliRunner().invoke(app, ["eval", "--compare", str(first), str(second)])
+    assert result.exit_code == 0, result.output
+    assert "None" not in result.output and "null" not in result.output
+    assert "Warning: <cat> has class word 'cat' in A and no class word in B" in result.stderr
+
+
 def test_dreambench_uses_the_class_words_templates(app, pictures, tmp_path):
     (cat, _), _ = pictures
     # All 25 prompts in one batch: the tiny UNet's cost is per call, not per image.

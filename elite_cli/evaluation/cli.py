@@ -306,5 +306,7 @@ def print_comparison(comparison: "Comparison") -> None:
         for column in ("setting", "A", "B"):
             differences.add_column(column, overflow="fold")
         for key, first, second in comparison.differences:
-            differences.add_row(Text(key), Text(json.dumps(first)), Text(json.dumps(second)))
+            # A setting one run lacks is null in its results.json: shown as "-", like missing scores.
+            differences.add_row(Text(key), Text("-" if first is None else json.dumps(first)),
+                                Text("-" if second is None else json.dumps(second)))
         console.print(differences)
