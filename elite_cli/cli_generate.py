@@ -28,9 +28,8 @@ from elite_cli.cli import (
     stderr_console,
 )
 from elite_cli.errors import InputError
-from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SEED_LIMIT
+from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SEED_LIMIT, check_image_settings
 from elite_cli.outputs import GenerationRecord, read_png_parameters, save_png
-
 
 
 @dataclass
@@ -53,7 +52,6 @@ class GenerationJob:
 
     def check(self) -> None:
         """Fail before any model loads if a parameter cannot work."""
-        from elite_cli.generation_limits import check_image_settings
         from elite_cli.prompts import check_placeholders
 
         check_image_settings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.guidance_scale,
@@ -166,6 +164,7 @@ def check_gpus_value(value: str | None) -> str | None:
 
 
 def positive_limit(value: int) -> int:
+    """--limit of `elite history`: a number of runs, 0 meaning all of them."""
     if value < 0:
         raise typer.BadParameter(f"{value} is not a number of runs; pass a positive number, or 0 for every run.")
     return value
