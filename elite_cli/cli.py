@@ -144,17 +144,35 @@ def stderr_console():
     return Console(stderr=True, highlight=False)
 
 
-def print_rows(columns: list[str], rows: list[list[Any]]) -> None:
-    """A plain table on stdout. Cells are text, never rich markup: prompts and paths may hold '['."""
+def print_rows(columns: list[str], rows: list[list[Any]], cut_column: str | None = None) -> None:
+    """A plain table on stdout. Cells are text, never rich markup: prompts and paths may hold '['.
+
+    With `cut_column`, every row is one line: that column's cells are cut with '…' to what the
+    terminal leaves them, and the other columns (ids, times, counts) are shown whole.
+    """
     from rich.table import Table
     from rich.text import Text
 
+    console = stdout_console()
+    cells = [[cell if isinstance(cell, Text) else Text(format_cell(cell)) for cell in row] for row in rows]
+    widths = [max([len(column), *(row[number].cell_len for row in cells)]) for number, column in enumerate(columns)]
     table = Table(show_edge=False, header_style="bold")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(cell if isinstance(cell, Text) else Text(format_cell(cell)) for cell in row))
-    stdout_console().print(table)
+    for number, column in enumerate(columns):
+        if cut_column is None:
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, no_wrap=True, min_width=widths[number] if column != cut_column else None)
+    if cut_column is not None:
+        cut = columns.index(cut_column)
+        # Each column has one space of padding either side and one rule between columns.
+        room = console.width - sum(width + 2 for number, width in enumerate(widths) if number != cut) - len(columns) - 1
+        room = max(room, len(cut_column), 12)
+        for row in cells:
+            if row[cut].cell_len > room:
+                row[cut] = row[cut][: room - 1] + Text("…")
+    for row in cells:
+        table.add_row(*row)
+    console.print(table)
 
 
 def format_cell(value: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -28,9 +28,8 @@ from elite_cli.cli import (
     stderr_console,
 )
 from elite_cli.errors import InputError
+from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SEED_LIMIT, check_image_settings
 from elite_cli.outputs import GenerationRecord, read_png_parameters, save_png
-
-SEED_LIMIT = 2**32  # seeds stay in the range every torch generator and A1111 accept
 
 
 @dataclass
@@ -47,22 +46,19 @@ class GenerationJob:
     height: int = 512
     scheduler: str = "lms"
     num_images: int = 1
+    # {name in the prompt: library id} when repeating a run: the concept it really used, even
+    # if that name was renamed or given to another concept since.
+    concept_ids: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
         """Fail before any model loads if a parameter cannot work."""
-        for flag, value in (("--width", self.width), ("--height", self.height)):
-            if value < 8 or value % 8:
-                raise InputError(f"{flag} must be a positive multiple of 8 (e.g. 512), not {value}.")
-        if self.steps < 1:
-            raise InputError(f"--steps must be at least 1, not {self.steps}.")
-        if self.num_images < 1:
-            raise InputError(f"-n must be at least 1, not {self.num_images}.")
-        if not 0 <= self.seed or self.seed + self.num_images > SEED_LIMIT:
-            raise InputError(f"--seed must be between 0 and {SEED_LIMIT - self.num_images}, not {self.seed}.")
-        if self.guidance_scale < 0:
-            raise InputError(f"--guidance must be 0 or more, not {self.guidance_scale:g}.")
+        from elite_cli.prompts import check_placeholders
+
+        check_image_settings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.guidance_scale,
+                             llambda=self.llambda, seed=self.seed, num_images=self.num_images)
         if not self.prompt.strip():
             raise InputError('the prompt is empty; pass text such as "<mycat> on the beach".')
+        check_placeholders(self.prompt)
 
     def settings(self) -> dict[str, Any]:
         """What the history keeps besides prompt, negative prompt and seed."""
@@ -99,6 +95,7 @@ def jobs_from_png(path: Path) -> list[GenerationJob]:
             negative_prompt=parameters["negative_prompt"],
             seed=int(parameters["seed"]),
             num_images=1,
+            concept_ids=dict(parameters.get("concepts") or {}),
             **{key: parameters[key] for key in GenerationJob("").settings()},
         )
     ]
@@ -126,27 +123,75 @@ def jobs_from_history(store: Any, run_id: str) -> list[GenerationJob]:
                 negative_prompt=entry.negative_prompt,
                 seed=first_seed,
                 num_images=count,
+                concept_ids=dict(entry.concept_ids),
                 **settings,
             )
             jobs[key] = (number, job)
     return [job for _, job in sorted(jobs.values(), key=lambda item: item[0])]
 
 
-def load_concepts(store: Any, prompts: list[str]) -> dict[str, tuple[Any, Any]]:
+def load_concepts(store: Any, jobs: list[GenerationJob], again: str | None = None) -> dict[str, tuple[Any, Any]]:
     """{name: (record, concept)} for every concept the prompts mention, loaded before the models
-    so that a typo fails fast."""
+    so that a typo fails fast. A repeated run's concepts are found by the ids it recorded."""
+    from elite_cli.errors import ConceptNotFound
     from elite_cli.prompts import concept_names
 
     concepts: dict[str, tuple[Any, Any]] = {}
-    for prompt in prompts:
-        for name in concept_names(prompt):
-            if name not in concepts:
+    for job in jobs:
+        for name in concept_names(job.prompt):
+            if name in concepts:
+                continue
+            concept_id = job.concept_ids.get(name)
+            if concept_id is None:
                 concepts[name] = (store.get(name), store.load(name))
+                continue
+            try:
+                record = store.get(concept_id)
+            except ConceptNotFound:
+                raise ConceptNotFound(
+                    f"concept <{name}> that {again or 'this run'} used (id {concept_id[:19]}) is no longer in the library "
+                    "(removed or re-encoded); add it again and generate with a new prompt instead of --again."
+                ) from None
+            concepts[name] = (record, store.load(record.id))
     return concepts
+
+
+def check_gpus_value(value: str | None) -> str | None:
+    """--gpus takes 'all' or a positive number; refused as a usage error before anything else runs."""
+    if value is not None and value != "all" and not (value.isdigit() and int(value) >= 1):
+        raise typer.BadParameter(f"{value!r} is not 'all' or a positive number of GPUs (e.g. --gpus 2).")
+    return value
+
+
+def positive_limit(value: int) -> int:
+    """--limit of `elite history`: a number of runs, 0 meaning all of them."""
+    if value < 0:
+        raise typer.BadParameter(f"{value} is not a number of runs; pass a positive number, or 0 for every run.")
+    return value
+
+
+# gen's options that decide what the images look like: --again takes all of them from the run
+# it repeats, so giving one too would be silently ignored. (-o, --resume, --batch-size, --gpus
+# and --allow-stale only say where and how to make the same images.)
+IMAGE_OPTIONS = {
+    "number": "-n", "seed": "--seed", "steps": "--steps", "guidance": "--guidance", "llambda": "--lambda",
+    "negative": "--negative", "width": "--width", "height": "--height", "scheduler": "--scheduler",
+}
+
+
+def options_given(context: typer.Context, names: dict[str, str]) -> list[str]:
+    """The flags among `names` ({parameter: flag}) that the user typed (or set by environment)."""
+    given = []
+    for parameter, flag in names.items():
+        source = context.get_parameter_source(parameter)
+        if source is not None and source.name != "DEFAULT":
+            given.append(flag)
+    return given
 
 
 @app.command()
 def gen(
+    context: typer.Context,
     prompt: Annotated[
         Optional[str], typer.Argument(help="Text with <concept> placeholders.", show_default=False)
     ] = None,
@@ -157,11 +202,11 @@ def gen(
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
     llambda: Annotated[
-        float, typer.Option("--lambda", help="Local detail strength: higher = more faithful, less editable.")
+        float, typer.Option("--lambda", help=f"Local detail strength, {LAMBDA_RANGE[0]:g} to {LAMBDA_RANGE[1]:g}: higher = more faithful, less editable.")
     ] = 0.8,
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
-    width: Annotated[int, typer.Option(help="Image width, a multiple of 8.")] = 512,
-    height: Annotated[int, typer.Option(help="Image height, a multiple of 8.")] = 512,
+    width: Annotated[int, typer.Option(help=f"Image width, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
+    height: Annotated[int, typer.Option(help=f"Image height, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
     scheduler: Annotated[str, typer.Option(help="Sampler: lms (as in the ELITE paper), ddim, pndm, euler or dpm++.")] = "lms",
     output_dir: Annotated[
         Optional[Path],
@@ -180,7 +225,9 @@ def gen(
         Optional[int], typer.Option("--batch-size", "-b", help="Images denoised together (default: sized for the device).", show_default=False)
     ] = None,
     gpus: Annotated[
-        Optional[str], typer.Option("--gpus", help="Spread the images over this many local GPUs ('all' or N), via accelerate.", show_default=False)
+        Optional[str],
+        typer.Option("--gpus", callback=check_gpus_value,
+                     help="Spread the images over this many local GPUs ('all' or N), via accelerate.", show_default=False)
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip images this command already wrote in the output folder.")
@@ -200,6 +247,12 @@ def gen(
     sources = [value for value in (prompt, prompts_file, again) if value is not None]
     if len(sources) != 1:
         raise InputError("give exactly one of PROMPT, --prompts FILE or --again ID.")
+    if again is not None:
+        clashing = options_given(context, IMAGE_OPTIONS)
+        if clashing:
+            raise InputError(f"--again repeats the run with its own settings, so it cannot be combined with "
+                             f"{', '.join(clashing)}; drop {'it' if len(clashing) == 1 else 'them'}, or start a new run "
+                             "from the prompt instead.")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, not {batch_size}.")
     if resume and seed is None and again is None:
@@ -238,7 +291,7 @@ def gen(
     directory = output_dir if output_dir is not None else Path(setting("output_dir"))
     if directory.exists() and not directory.is_dir():
         raise InputError(f"output folder '{directory}' is a file; pass a folder with -o.")
-    concepts = load_concepts(store, [job.prompt for job in jobs])
+    concepts = load_concepts(store, jobs, again)
 
     from elite_cli.generator import SCHEDULERS, Generator
 
@@ -327,6 +380,14 @@ def gen(
          "run_id": plan.run_id}
         for image in plan.images
     ]
+    if not plan.images:
+        # Nothing was generated, so no history rows carry this run id: printing it would point
+        # `--again` at a run that does not exist.
+        if as_json:
+            echo_json(written)
+        what = "the image of this command is" if plan.skipped == 1 else f"all {plan.skipped} images of this command are"
+        typer.echo(f"Nothing left to make: {what} already in '{directory}' (--resume).", err=True)
+        return
     if as_json:
         echo_json(written)
         return
@@ -338,8 +399,13 @@ def gen(
     typer.echo(f"Seed: {', '.join(map(str, seeds))}{note}; run {plan.run_id[:8]} (repeat: elite gen --again {plan.run_id[:8]})", err=True)
     rate = len(plan.images) / seconds / workers.world if seconds > 0 else 0.0
     skipped = f", {plan.skipped} already there (--resume)" if plan.skipped else ""
-    typer.echo(f"{len(plan.images)} images in {seconds:.1f} s on {workers.world} process(es): "
+    typer.echo(f"{counted(len(plan.images), 'image')} in {seconds:.1f} s on {counted(workers.world, 'process', 'processes')}: "
                f"{rate:.2f} images/s per process{skipped}.", err=True)
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """`1 image`, `2 images`: messages read as sentences."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
 
 
 def gpu_count(value: str) -> int:
@@ -438,24 +504,20 @@ class GenerationProgress:
 
 @app.command()
 def history(
-    limit: Annotated[int, typer.Option("--limit", "-l", help="How many images to look back over, newest first (0: all).")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", "-l", callback=positive_limit, help="How many runs to show, newest first (0: all).")
+    ] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """List earlier `elite gen` runs; repeat one with `elite gen --again RUN`.
 
     Example: elite history --limit 5
     """
-    entries = open_store().list_history(limit=None if limit == 0 else limit)
-    # One item per run (newest first), gathered from the per-image rows.
-    runs: dict[str, list[Any]] = {}
-    for entry in entries:
-        runs.setdefault(entry.run_id, []).append(entry)
     summaries = []
-    for run_id, images in runs.items():
-        images.sort(key=lambda image: image.id)
+    for images in open_store().list_runs(limit=None if limit == 0 else limit):
         summaries.append(
             {
-                "run_id": run_id,
+                "run_id": images[0].run_id,
                 "created": images[0].created,
                 "prompts": list(dict.fromkeys(image.prompt for image in images)),
                 "seed": min(image.seed - image.image_index for image in images),
@@ -468,8 +530,18 @@ def history(
     if not summaries:
         typer.echo('No runs yet; generate with `elite gen "<name> ..."`.')
         return
+    # One line per run: the first prompt stands for the others (all of them are in --json).
     rows = [
-        [run["run_id"][:8], short_time(run["created"]), " | ".join(run["prompts"]), run["seed"], len(run["images"])]
+        [run["run_id"][:8], short_time(run["created"]), run["seed"], len(run["images"]),
+         first_prompt_and_count(run["prompts"])]
         for run in summaries
     ]
-    print_rows(["run", "when", "prompt", "seed", "images"], rows)
+    # The prompt comes last: on a narrow terminal it is the one cell that gets cut.
+    print_rows(["run", "when", "seed", "images", "prompt"], rows, cut_column="prompt")
+
+
+def first_prompt_and_count(prompts: list[str]) -> str:
+    """`<mycat> on the beach (+2 more prompts)`; newlines would break the one-line row."""
+    first = " ".join(prompts[0].split())
+    others = len(prompts) - 1
+    return first if others == 0 else f"{first} (+{others} more prompt{'s' if others > 1 else ''})"

@@ -17,6 +17,7 @@ from PIL import Image
 from elite_cli.attention import LocalInjection
 from elite_cli.concept import Concept
 from elite_cli.errors import InputError
+from elite_cli.generation_limits import LAMBDA_RANGE
 from elite_cli.models import Models
 from elite_cli.text import PromptEncoder, TokenizedPrompt
 
@@ -84,8 +85,9 @@ class Generator:
             raise InputError(f"`steps` must be at least 1 but is {steps}.")
         if guidance_scale < 0:
             raise InputError(f"`guidance_scale` must be 0 or more but is {guidance_scale}.")
-        if not np.isfinite(llambda):
-            raise InputError(f"`lambda` must be a finite number but is {llambda}.")
+        low, high = LAMBDA_RANGE
+        if not np.isfinite(llambda) or not low <= llambda <= high:
+            raise InputError(f"`lambda` must be a number from {low:g} to {high:g} but is {llambda}.")
         if not jobs:
             raise InputError("nothing to generate: no prompts were given.")
         patches = self.models.grid ** 2

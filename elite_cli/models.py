@@ -170,17 +170,27 @@ def _disable_progress_bars() -> None:
 
 
 def load_pretrained(load, source: str, what: str, **kwargs):
-    """Call a from_pretrained and turn every failure into one ModelError sentence."""
+    """Call a from_pretrained and turn every failure into one ModelError sentence.
+
+    Folders and models already in the Hugging Face cache load without a network request; the
+    hub is asked only for a model that is not cached, and not at all when it cannot be reached,
+    where the hub client would print its retry warnings for about 20 seconds before failing.
+    """
     local = Path(source).expanduser()
     if local.exists():
         source = str(local)
     elif source.startswith((".", "/", "~")) or os.sep in source and source.count("/") > 1:
         raise ModelError(f"{what} folder '{source}' does not exist; pass a diffusers/transformers folder or a hub id.")
-    # Library chatter (progress bars, "some weights were not used") is not for our users.
-    for name in ("transformers", "diffusers"):
+    # Library chatter (progress bars, "some weights were not used", hub retries) is not for our users.
+    for name in ("transformers", "diffusers", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     _disable_progress_bars()
     try:
+        try:
+            return load(source, local_files_only=True, **kwargs)
+        except (OSError, ValueError, EnvironmentError):
+            if local.exists() or hub_unreachable():
+                raise
         return load(source, **kwargs)
     except (OSError, ValueError, EnvironmentError) as error:
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
@@ -188,6 +198,27 @@ def load_pretrained(load, source: str, what: str, **kwargs):
             f"could not load the {what} from '{source}' ({reason}); pass a local folder, or download the hub "
             "model once with network access so it is in the Hugging Face cache."
         ) from None
+
+
+def hub_unreachable() -> bool:
+    """True when HF_HUB_OFFLINE is set or the hub's host name does not resolve (no network).
+
+    Behind a proxy the local resolver may know nothing, so there the download is simply tried.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname or "huggingface.co", 443)
+    except OSError:
+        return True
+    return False
 
 
 def load_image_encoder(source: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

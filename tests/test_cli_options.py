@@ -27,3 +27,16 @@ def test_doctor_reports_a_bad_setting_as_a_failed_check_and_checks_the_rest(run_
     findings = {finding["check"]: finding for finding in json.loads(result.stdout)}
     assert findings["settings"]["status"] == "fail" and "device 'tpu' (from env ELITE_DEVICE)" in findings["settings"]["detail"]
     assert findings["python"]["status"] == "ok" and "library" in findings
+
+
+@pytest.mark.parametrize("args, message", [
+    (["history", "--limit", "-1"], "Invalid value for '--limit' / '-l': -1 is not a number of runs; pass a positive number, or 0 for every run."),
+    (["gen", "<mycat>", "--gpus", "foo"], "Invalid value for '--gpus': 'foo' is not 'all' or a positive number of GPUs"),
+    (["gen", "<mycat>", "--gpus", "0"], "Invalid value for '--gpus': '0' is not 'all' or a positive number of GPUs"),
+])
+def test_bad_limit_and_gpus_are_usage_errors_that_say_what_is_accepted(run_cli, elite_home, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "elite-out").exists()

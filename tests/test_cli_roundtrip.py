@@ -137,6 +137,32 @@ def test_gen_writes_reproducible_pngs_and_history(run_cli, library_with_cat, tmp
     assert max(abs(a - b) for a, b in zip(alone, batched)) <= 3
 
 
+def test_again_uses_the_concepts_the_run_used_after_a_rename(run_cli, library_with_cat, tmp_path: Path):
+    out = tmp_path / "out"
+    first = run_cli("gen", "<mycat> on the beach", "--seed", "3", "-o", out, "--json", *FAST)
+    assert first.exit_code == 0, first.output
+    (original,) = json.loads(first.stdout)
+    cat_id = read_png_parameters(Path(original["path"]))["concepts"]["mycat"]
+    # The name moves to another concept: --again must still use the cat it was made with.
+    assert run_cli("rename", "mycat", "tom").exit_code == 0
+    dog = draw_object_picture(tmp_path / "dog.png", color=(40, 40, 200))
+    assert run_cli("add", dog, "--name", "mycat").exit_code == 0
+    for again in (original["run_id"][:8], original["path"]):
+        repeated = run_cli("gen", "--again", again, "-o", out, "--json")
+        assert repeated.exit_code == 0, repeated.output
+        (image,) = json.loads(repeated.stdout)
+        assert read_png_parameters(Path(image["path"]))["concepts"] == {"mycat": cat_id}
+        assert pixels(Path(image["path"])) == pixels(Path(original["path"]))
+
+    assert run_cli("rm", "tom").exit_code == 0
+    files = sorted(out.iterdir())
+    gone = run_cli("gen", "--again", original["run_id"][:8], "-o", out)
+    assert gone.exit_code == 1
+    assert gone.stderr.startswith(f"Error: concept <mycat> that {original['run_id'][:8]} used (id {cat_id[:19]}) is no longer in the library")
+    assert gone.stderr.count("\n") == 1
+    assert sorted(out.iterdir()) == files
+
+
 def test_gen_prompts_file_and_random_seed(run_cli, library_with_cat, tmp_path: Path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# a comment\n<mycat> in the snow\n\na painting of <mycat>\n")
@@ -254,6 +280,10 @@ ERROR_CASES = [
     ("rm unknown", lambda d: ["rm", "mycat", "nobody"], "Error: "),
     ("import non-concept", lambda d: ["import", (d / "x.safetensors").write_bytes(b"junk") and d / "x.safetensors"], "Error: "),
     ("again unknown run", lambda d: ["gen", "--again", "9999", "-o", d / "out"], "Error: "),
+    ("again with image settings", lambda d: ["gen", "--again", "9999", "-n", "3", "--seed", "1", "--steps", "2", "-o", d / "out"],
+     "Error: --again repeats the run with its own settings, so it cannot be combined with -n, --seed, --steps; drop them"),
+    ("again png with lambda", lambda d: ["gen", "--again", d / "x.png", "--lambda", "0.5", "-o", d / "out"],
+     "Error: --again repeats the run with its own settings, so it cannot be combined with --lambda; drop it"),
 ]
 
 
@@ -274,3 +304,31 @@ def test_user_error_is_one_line_and_writes_nothing(run_cli, library_with_cat, tm
     assert not (work / "out").exists()
     assert run_cli("list", "--json").stdout == before_list
     assert run_cli("history", "--json").stdout == before_history
+
+
+def test_history_shows_one_line_per_whole_run(run_cli, elite_home):
+    from elite_cli.store import ConceptStore
+
+    store = ConceptStore(elite_home)
+    long_prompt = "<mycat> " + "on a very long and winding beach road " * 4
+    for run_id, prompts, count in (("run-aaaa", [long_prompt, "b", "c"], 2), ("run-bbbb", ["<mycat> alone"], 1)):
+        for number, prompt in enumerate(prompts):
+            for index in range(count):
+                store.record_generation(run_id=run_id, prompt=prompt, negative_prompt="", seed=7 + index, image_index=index,
+                                        parameters={"job": number, "num_images": count}, concept_ids={},
+                                        output_path=None, duration_s=None)
+    table = run_cli("history", env={"COLUMNS": "80"})
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert len(lines) == 4, table.stdout  # header, rule, one line per run
+    cells = [[cell.strip() for cell in line.split("│")] for line in lines[2:]]
+    assert [(row[0], row[2], row[3]) for row in cells] == [("run-bbbb", "7", "1"), ("run-aaaa", "7", "6")]
+    assert cells[0][4] == "<mycat> alone" and cells[1][4].startswith("<mycat> on a very") and cells[1][4].endswith("…")
+
+    # --limit counts runs, and a run is listed whole (its image count too).
+    newest_two = run_cli("history", "--limit", "1", env={"COLUMNS": "200"})
+    assert len(newest_two.stdout.splitlines()) == 3 and "<mycat> alone" in newest_two.stdout
+    both = json.loads(run_cli("history", "--limit", "2", "--json").stdout)
+    assert [(run["run_id"], len(run["images"]), len(run["prompts"])) for run in both] == [("run-bbbb", 1, 1), ("run-aaaa", 6, 3)]
+    wide = run_cli("history", env={"COLUMNS": "300"})
+    assert f"{' '.join(long_prompt.split())} (+2 more prompts)" in wide.stdout

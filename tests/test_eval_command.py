@@ -143,6 +143,19 @@ def test_compare_two_runs(app, pictures, tmp_path, baseline):
     assert {"setting": "llambda", "first": 0.8, "second": 0.0} in as_json["differences"]
 
 
+def test_compare_prints_user_words_for_missing_values(app, baseline, tmp_path):
+    first = baseline[1] / "results.json"
+    edited = json.loads(first.read_text())
+    edited["concepts"]["cat"]["class_word"] = None  # a run without --class-word cat=cat
+    del edited["settings"]["scheduler"]  # a field an older results.json may lack
+    second = tmp_path / "results.json"
+    second.write_text(json.dumps(edited))
+    result = CliRunner().invoke(app, ["eval", "--compare", str(first), str(second)])
+    assert result.exit_code == 0, result.output
+    assert "None" not in result.output and "null" not in result.output
+    assert "Warning: <cat> has class word 'cat' in A and no class word in B" in result.stderr
+
+
 def test_dreambench_uses_the_class_words_templates(app, pictures, tmp_path):
     (cat, _), _ = pictures
     # All 25 prompts in one batch: the tiny UNet's cost is per call, not per image.
@@ -173,6 +186,34 @@ def test_errors(app, pictures, tmp_path, arguments, message):
     result = run(app, *arguments, "-o", tmp_path / "out")
     assert isinstance(result.exception, InputError), result.output
     assert message in str(result.exception)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--width", "65"], "--width must be a positive multiple of 8"),
+    (["--height", "4096"], "--height must be at most 2048"),
+    (["--lambda", "nan"], "--lambda must be a number from 0 to 2"),
+    (["--lambda", "7"], "--lambda must be a number from 0 to 2"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--seed", "-1"], "--seed must be between 0 and"),
+    (["--scheduler", "nope"], "--scheduler 'nope' is not supported"),
+])
+def test_bad_settings_are_refused_before_models_load_and_leave_no_folder(app, pictures, tmp_path, arguments, message):
+    (cat, _), prompts = pictures
+    fast = ["-n", "1", "--steps", "2", "--width", "64", "--height", "64"]
+    result = run(app, cat, "--prompts", prompts, *fast, *arguments, "-o", tmp_path / "out")
+    assert isinstance(result.exception, InputError), result.output
+    assert message in str(result.exception)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_template_with_a_bracket_typo_is_refused(app, pictures, tmp_path):
+    (cat, _), _ = pictures
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a {} on the <beach\n")
+    result = run(app, cat, "--prompts", templates, *FAST, "-o", tmp_path / "out")
+    assert isinstance(result.exception, InputError), result.output
+    assert "has a '<' without a closing '>'" in str(result.exception)
+    assert not (tmp_path / "out").exists()
 
 
 def test_library_concepts(app, pictures, tmp_path, loaded_models):

@@ -166,6 +166,24 @@ def test_resume_after_a_killed_run_writes_only_what_is_missing(run_cli, use_tiny
     assert not list(output.glob(".elite-partial-*"))  # the kill left no partial file behind
 
 
+def test_resume_with_nothing_left_says_so_and_records_no_run(run_cli, use_tiny_models, cat_picture, tmp_path):
+    assert run_cli("add", cat_picture, "--name", "mycat").exit_code == 0
+    arguments = ["gen", "<mycat> on the beach", "--seed", "4", *SMALL, "-o", tmp_path / "out"]
+    first = run_cli(*arguments)
+    assert first.exit_code == 0, first.stderr
+    assert "\n1 image in " in first.stderr and " on 1 process: " in first.stderr  # singular words
+    runs = run_cli("history", "--json").stdout
+
+    again = run_cli(*arguments, "--resume")
+    assert again.exit_code == 0, again.stderr
+    assert again.stderr.strip() == f"Nothing left to make: the image of this command is already in '{tmp_path / 'out'}' (--resume)."
+    assert "--again" not in again.stderr
+    assert run_cli("history", "--json").stdout == runs
+    assert run_cli(*arguments, "-n", "2", "--resume", "--json").exit_code == 0  # makes image 2
+    all_there = run_cli(*arguments, "-n", "2", "--resume")
+    assert "Nothing left to make: all 2 images of this command are already in" in all_there.stderr
+
+
 def test_resume_needs_a_seed_and_gpus_needs_cuda(run_cli, use_tiny_models):
     result = run_cli("gen", "a cat", "--resume")
     assert result.exit_code == 1 and "--resume needs the seed" in result.stderr

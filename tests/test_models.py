@@ -93,3 +93,72 @@ def test_generation_alone_never_loads_the_image_encoder(tiny_spec):
 def test_missing_image_encoder_folder_fails_at_load_time(tmp_path, tiny_spec):
     with pytest.raises(ModelError, match="image encoder folder .* does not exist"):
         load_models(dataclasses.replace(tiny_spec, image_encoder=str(tmp_path / "nowhere")))
+
+
+class RecordingLoader:
+    """Stands in for a from_pretrained: records its calls; fails where nothing is cached or reachable."""
+
+    def __init__(self, cached: bool, online: bool = True):
+        self.cached, self.online, self.calls = cached, online, []
+
+    def __call__(self, source, **kwargs):
+        self.calls.append(kwargs.get("local_files_only", False))
+        if kwargs.get("local_files_only") and not self.cached:
+            raise OSError("couldn't find them in the cached files.")
+        if not kwargs.get("local_files_only") and not self.online:
+            raise OSError("We couldn't connect to 'https://huggingface.co'.")
+        return "model"
+
+
+def test_folders_and_cached_hub_models_load_without_asking_the_hub(tiny_models, monkeypatch):
+    import elite_cli.models as models_module
+    from elite_cli.models import load_pretrained
+
+    monkeypatch.setattr(models_module, "hub_unreachable", lambda: pytest.fail("the hub was consulted"))
+    for source in (str(tiny_models.image_encoder), "someone/cached-model"):
+        loader = RecordingLoader(cached=True)
+        assert load_pretrained(loader, source, "image encoder") == "model"
+        assert loader.calls == [True]  # local_files_only: no network request at all
+
+
+def test_a_hub_model_is_downloaded_only_when_not_cached_and_the_hub_is_reachable(monkeypatch):
+    import logging
+
+    import elite_cli.models as models_module
+    from elite_cli.errors import ModelError
+    from elite_cli.models import load_pretrained
+
+    monkeypatch.setattr(models_module, "hub_unreachable", lambda: False)
+    loader = RecordingLoader(cached=False)
+    assert load_pretrained(loader, "someone/new-model", "image encoder") == "model"
+    assert loader.calls == [True, False]
+
+    # Offline: no download attempt (whose retries the hub client would print), one sentence.
+    monkeypatch.setattr(models_module, "hub_unreachable", lambda: True)
+    loader = RecordingLoader(cached=False, online=False)
+    with pytest.raises(ModelError, match=r"^could not load the image encoder from 'someone/new-model' \(couldn't find"):
+        load_pretrained(loader, "someone/new-model", "image encoder")
+    assert loader.calls == [True]
+    assert logging.getLogger("huggingface_hub").getEffectiveLevel() >= logging.ERROR
+
+
+def test_hub_unreachable_when_offline_or_the_host_does_not_resolve(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    from elite_cli.models import hub_unreachable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub_unreachable()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    assert hub_unreachable()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: [("resolved",)])
+    assert not hub_unreachable()

@@ -18,6 +18,7 @@ import typer
 
 from elite_cli.errors import InputError
 from elite_cli.evaluation import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
+from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE
 
 if TYPE_CHECKING:
     from elite_cli.evaluation.compare import Comparison
@@ -41,10 +42,12 @@ def eval_command(
     seed: Annotated[int, typer.Option("--seed", "-s", help="Seed of the first image of every prompt (image i uses seed + i).")] = 0,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
-    llambda: Annotated[float, typer.Option("--lambda", help="Local detail strength.")] = 0.8,
+    llambda: Annotated[
+        float, typer.Option("--lambda", help=f"Local detail strength, {LAMBDA_RANGE[0]:g} to {LAMBDA_RANGE[1]:g}.")
+    ] = 0.8,
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
-    width: Annotated[int, typer.Option(help="Image width, a multiple of 8.")] = 512,
-    height: Annotated[int, typer.Option(help="Image height, a multiple of 8.")] = 512,
+    width: Annotated[int, typer.Option(help=f"Image width, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
+    height: Annotated[int, typer.Option(help=f"Image height, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
     scheduler: Annotated[str, typer.Option(help="Sampler: lms, ddim, pndm, euler or dpm++.")] = "lms",
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Images denoised together; lower it if the GPU runs out of memory.")
@@ -111,6 +114,10 @@ def eval_command(
         width=width, height=height, scheduler=scheduler, negative_prompt=negative, batch_size=batch_size,
     )
     settings.check()
+    from elite_cli.generator import SCHEDULERS
+
+    if scheduler not in SCHEDULERS:  # checked here so that a typo does not wait for the models
+        raise InputError(f"--scheduler '{scheduler}' is not supported; use one of {', '.join(SCHEDULERS)}.")
     class_words = parse_class_words(class_word or [])
     directory = output_dir if output_dir is not None else Path(f"elite-eval-{datetime.now():%Y%m%d-%H%M%S}")
     if directory.exists() and not directory.is_dir():
@@ -299,5 +306,7 @@ def print_comparison(comparison: "Comparison") -> None:
         for column in ("setting", "A", "B"):
             differences.add_column(column, overflow="fold")
         for key, first, second in comparison.differences:
-            differences.add_row(Text(key), Text(json.dumps(first)), Text(json.dumps(second)))
+            # A setting one run lacks is null in its results.json: shown as "-", like missing scores.
+            differences.add_row(Text(key), Text("-" if first is None else json.dumps(first)),
+                                Text("-" if second is None else json.dumps(second)))
         console.print(differences)

@@ -103,8 +103,14 @@ def compare_reports(first: dict, second: dict, first_label: str = "A", second_la
             word_a, word_b = first["concepts"][name].get("class_word"), second["concepts"][name].get("class_word")
             if word_a != word_b:
                 differences.append((f"<{name}> class_word", word_a, word_b))
-                warnings.append(f"<{name}> has class word {word_a!r} in A and {word_b!r} in B, so its CLIP-T texts differ.")
+                warnings.append(f"<{name}> has {describe_class_word(word_a)} in A and {describe_class_word(word_b)} in B, "
+                                "so its CLIP-T texts differ.")
     only = [name for name in names if (name in first["concepts"]) != (name in second["concepts"])]
     if only:
         warnings.append(f"only one run has {', '.join(f'<{name}>' for name in only)}; the overall rows pool different concepts.")
     return Comparison(first_label, second_label, rows, overall, differences, warnings)
+
+
+def describe_class_word(word: str | None) -> str:
+    """A class word in user words: a run without one stores null, which must not print as `None`."""
+    return f"class word '{word}'" if word else "no class word"

@@ -71,9 +71,11 @@ class EvalSettings:
     batch_size: int = 4
 
     def check(self) -> None:
-        """Fail before any model loads if a setting cannot work."""
-        if self.num_images < 1:
-            raise InputError(f"-n must be at least 1, not {self.num_images}.")
+        """Fail before any model loads (and before the output folder is made) if a setting cannot work."""
+        from elite_cli.generation_limits import check_image_settings
+
+        check_image_settings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.guidance_scale,
+                             llambda=self.llambda, seed=self.seed, num_images=self.num_images)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, not {self.batch_size}.")
         if self.prompts is not None:
@@ -86,8 +88,11 @@ class EvalSettings:
 # ---- prompts ---------------------------------------------------------------------------------
 
 def check_template(template: str) -> None:
+    from elite_cli.prompts import check_placeholders
+
     if template.count(SUBJECT) != 1:
         raise InputError(f"prompt template {template!r} must hold exactly one {{}} where the concept goes, e.g. 'a {{}} on the beach'.")
+    check_placeholders(template)
 
 
 def read_prompt_templates(path: Path) -> tuple[str, ...]:

@@ -20,7 +20,8 @@ Importing this package does not import torch; only loading, adding and exporting
     store.suggestions(name) -> [names]
     store.new_run_id(); store.record_generation(run_id=, prompt=, negative_prompt=, seed=, image_index=,
         parameters=, concept_ids=, output_path=, duration_s=) -> row id
-    store.list_history(limit=20, offset=0, contains=None) -> [HistoryEntry]; store.get_run(run_id) -> [HistoryEntry]
+    store.list_history(limit=20, offset=0, contains=None) -> [HistoryEntry]; store.get_run(run_id) -> [HistoryEntry];
+    store.list_runs(limit=20) -> [[HistoryEntry]] (whole runs, newest first)
 """
 
 from elite_cli.library.names import NAME_RULE, name_from_stem, validate_name

@@ -52,6 +52,24 @@ class GenerationHistory:
                              [*params, -1 if limit is None else limit, offset])
         return [HistoryEntry.from_row(row) for row in rows]
 
+    def list_runs(self, limit: int | None = 20) -> list[list[HistoryEntry]]:
+        """Whole runs, newest first (by their latest image), each with every image row in row order.
+
+        `limit` counts runs, not images, so a run is never cut in half by it.
+        """
+        run_ids = [row["run_id"] for row in self._dict_rows(
+            "SELECT run_id, MAX(id) AS last FROM generations GROUP BY run_id ORDER BY last DESC LIMIT ?",
+            [-1 if limit is None else limit])]
+        runs: dict[str, list[HistoryEntry]] = {run_id: [] for run_id in run_ids}
+        # In chunks: SQLite caps the number of ? parameters in one statement.
+        for start in range(0, len(run_ids), 500):
+            chunk = run_ids[start:start + 500]
+            rows = self._dict_rows(f"SELECT * FROM generations WHERE run_id IN ({', '.join('?' * len(chunk))}) ORDER BY id",
+                                   chunk)
+            for row in rows:
+                runs[row["run_id"]].append(HistoryEntry.from_row(row))
+        return list(runs.values())
+
     def get_run(self, run_id: str) -> list[HistoryEntry]:
         """Every image of one run (by run id or a unique prefix of it), in index order."""
         rows = self._dict_rows("SELECT * FROM generations WHERE run_id >= ? AND run_id < ? "
