@@ -54,7 +54,7 @@ def eval_command(
     ] = 4,
     class_word: Annotated[
         Optional[list[str]],
-        typer.Option("--class-word", help="NAME=WORD, e.g. mycat=cat (repeatable); else a class-WORD tag on the concept.", show_default=False),
+        typer.Option("--class-word", metavar="<name=word>", help="NAME=WORD, e.g. mycat=cat (repeatable); else a class-WORD tag on the concept.", show_default=False),
     ] = None,
     clip_model: Annotated[
         str, typer.Option("--clip-model", envvar="ELITE_EVAL_CLIP_MODEL", help="CLIP for CLIP-T/CLIP-I: hub id or folder.")
@@ -71,7 +71,7 @@ def eval_command(
     ] = False,
     compare: Annotated[
         Optional[tuple[Path, Path]],
-        typer.Option("--compare", help="Compare two results.json files (B minus A) instead of generating.", show_default=False),
+        typer.Option("--compare", metavar="<a.json> <b.json>", help="Compare two results.json files (B minus A) instead of generating.", show_default=False),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
