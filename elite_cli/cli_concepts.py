@@ -51,19 +51,29 @@ def add(
         check_file_exists(image, "image")
     if mask is not None:
         check_file_exists(mask, "mask")
+    from elite_cli.images import prepare_image
     from elite_cli.library import name_from_stem, validate_name
     from elite_cli.library.names import validate_tag
 
     for value in tag or ():
         validate_tag(value)
     names = [validate_name(name)] if name else [name_from_stem(image.stem) for image in images]
+    # Every picture (and the mask) is decoded and checked before the models load and before
+    # anything is stored, so that a bad file among several adds none of them.
+    prepared = [prepare_image(image, mask) for image in images]
     store = open_store()
     # Name problems surface before the models load and before anything is stored, so a call
     # with several images adds all of them or (for these errors) none.
     if not replace:
-        for wanted in names:
-            if store.exists(wanted):
-                raise NameClash(f"a concept named '{wanted}' already exists; pass --replace or choose --name.")
+        for wanted, picture in zip(names, prepared):
+            if not store.exists(wanted):
+                continue
+            existing = store.get(wanted)
+            # The same picture again under its default name is the concept already stored:
+            # `store.add` recognises it (or names the fix when the mappers changed since).
+            same_picture = (existing.image_sha256, existing.mask_sha256) == (picture.image_sha256, picture.mask_sha256)
+            if not same_picture:
+                raise NameClash(f"a concept named '{existing.name}' already exists; pass --replace or choose --name.")
     repeated = sorted({wanted for wanted in names if names.count(wanted) > 1})
     if repeated:
         raise InputError(f"several images would be named '{repeated[0]}'; add them one at a time with --name.")

@@ -215,6 +215,36 @@ def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, t
     assert run_cli("gen", "<mycat> on the beach", "-o", out, *FAST).exit_code == 0
 
 
+BAD_IMAGES = {
+    "missing": lambda d: d / "missing.jpg",
+    "not an image": lambda d: (d / "notes.jpg").write_text("hello") and d / "notes.jpg",
+    "corrupt": lambda d: truncated_png(d / "broken.png"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_IMAGES))
+def test_add_checks_every_image_before_storing_any(run_cli, library_with_cat, tmp_path: Path, monkeypatch, bad):
+    import elite_cli.cli_concepts
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("the models must not load before every input is checked")
+
+    monkeypatch.setattr(elite_cli.cli_concepts, "load_models_with_status", no_models)
+    good = [draw_object_picture(tmp_path / f"good{i}.png", color=(30 * i, 90, 200)) for i in range(2)]
+    result = run_cli("add", *good, BAD_IMAGES[bad](tmp_path))
+    assert result.exit_code == 1 and result.stderr.startswith("Error: image '"), result.output
+    assert result.stderr.count("\n") == 1
+    assert listed_names(run_cli) == ["mycat"]
+
+
+def test_adding_the_same_picture_again_under_its_default_name_finds_it(run_cli, library_with_cat, tmp_path: Path):
+    again = shutil.copy(library_with_cat, tmp_path / "mycat.png")
+    result = run_cli("add", again)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Already in the library as <mycat>")
+    assert listed_names(run_cli) == ["mycat"]
+
+
 # --- every user error: one line, exit 1, nothing written --------------------------------------
 
 
@@ -244,7 +274,7 @@ ERROR_CASES = [
     ("decompression bomb", lambda d: ["add", write_png_header_only(d / "bomb.png", 30000, 30000)], "Error: image '{d}/bomb.png' is too large"),
     ("mask wrong size", lambda d: ["add", draw_object_picture(d / "cat.png", 64), "--mask", draw_object_picture(d / "mask.png", 32)], "Error: "),
     ("bad name", lambda d: ["add", draw_object_picture(d / "cat.png"), "--name", "no spaces!"], "Error: "),
-    ("name clash", lambda d: ["add", draw_object_picture(d / "mycat.png")], "Error: "),
+    ("name clash", lambda d: ["add", draw_object_picture(d / "mycat.png", color=(10, 200, 10))], "Error: a concept named 'mycat' already exists"),
     ("unknown concept", lambda d: ["gen", "<mycta> on the beach", "-o", d / "out", *FAST], "Error: "),
     ("size not multiple of 8", lambda d: ["gen", "<mycat>", "--width", "60", "-o", d / "out"], "Error: --width must be a positive multiple of 8"),
     ("bad scheduler", lambda d: ["gen", "<mycat>", "--scheduler", "nope", "-o", d / "out"], "Error: --scheduler 'nope' is not supported"),

@@ -127,6 +127,14 @@ def test_same_image_mask_and_mappers_returns_existing(store, tmp_path):
     assert store.find_duplicate(first.image_sha256, "", GLOBAL_FP, LOCAL_FP).id == first.id
 
 
+def test_same_picture_by_other_mappers_under_its_name_points_to_reencode(store, tmp_path):
+    picture = make_picture(tmp_path / "cat.png", 1)
+    store.add(random_concept(1), image_path=picture)
+    with pytest.raises(NameClash, match=r"made from this picture by other mapper weights; run `elite reencode cat`"):
+        store.add(random_concept(2, global_fp="sha256:" + "c" * 64), image_path=picture)
+    assert store.count() == 1
+
+
 def test_add_refuses_nonfinite_and_mismatched_sources(store, tmp_path):
     concept = random_concept(1)
     concept.words[0, 0] = float("nan")

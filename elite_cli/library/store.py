@@ -426,6 +426,11 @@ class ConceptStore(GenerationHistory):
                     row = same_sources[0]
                     return self._record(row, self._tags_of([row[0]])[row[0]], duplicate=True)
                 clash = self._find("c.name = ?", [name])
+                if clash and not replace and (clash[0][7], clash[0][8]) == (metadata["image_sha256"],
+                                                                           metadata["mask_sha256"]):
+                    # The same picture, encoded before by other mappers (else it was a duplicate).
+                    raise NameClash(f"concept '{clash[0][1]}' was made from this picture by other mapper weights; "
+                                    f"run `elite reencode {clash[0][1]}` to encode it with the current ones.")
                 if clash and not replace:
                     raise NameClash(f"a concept named '{clash[0][1]}' already exists; choose another name or replace it.")
                 # Sources and thumbnail first, the concept file last: a concept file on disk
