@@ -245,7 +245,9 @@ def check(
     Example: elite check --repair
     """
     store = open_store()
-    actions = store.repair().actions if repair else []
+    repaired = store.repair() if repair else None
+    actions = repaired.actions if repaired else []
+    quarantine = repaired.quarantine if repaired else None
     report = store.check()
     if as_json:
         echo_json(
@@ -253,12 +255,16 @@ def check(
                 "concepts": report.concepts,
                 "files": report.files,
                 "repaired": actions,
+                "quarantine": str(quarantine) if quarantine else None,
                 "problems": [as_dict(problem) for problem in report.problems],
             }
         )
     else:
         for action in actions:
             typer.echo(f"Repaired: {action}")
+        if quarantine:
+            typer.echo(f"Files that could not stay in the library were moved to {quarantine}; "
+                       "add the pictures again with `elite add`.")
         for problem in report.problems:
             typer.echo(f"Problem: {problem}")
         if report.ok:

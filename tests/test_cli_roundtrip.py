@@ -195,6 +195,17 @@ def test_check_and_reencode(run_cli, library_with_cat):
     assert [item["name"] for item in json.loads(again.stdout)] == ["mycat"]
 
 
+def test_repair_of_a_damaged_concept_keeps_its_picture_and_says_where(run_cli, library_with_cat, elite_home):
+    concept_file = next((elite_home / "concepts").glob("*.safetensors"))
+    concept_file.write_bytes(b"garbage")
+    result = run_cli("check", "--repair")
+    assert result.exit_code == 0, result.output
+    kept = [path for path in (elite_home / "quarantine").glob("*/*") if ".image." in path.name]
+    assert len(kept) == 1 and kept[0].read_bytes() == library_with_cat.read_bytes()
+    assert f"moved to {kept[0].parent}" in result.stdout and "elite add" in result.stdout
+    assert listed_names(run_cli) == []
+
+
 def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, tiny_models, tmp_path, monkeypatch):
     # Other mapper weights: the tiny set built with another seed.
     from elite_cli.tiny import build_tiny_models
