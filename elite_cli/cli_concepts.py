@@ -16,6 +16,7 @@ from elite_cli.cli import (
     check_file_exists,
     echo_json,
     format_cell,
+    library_dir,
     load_models_with_status,
     open_store,
     print_rows,
@@ -244,8 +245,25 @@ def check(
 
     Example: elite check --repair
     """
-    store = open_store()
-    repaired = store.repair() if repair else None
+    from elite_cli.errors import IndexUnreadable
+
+    repaired = None
+    try:
+        store = open_store()
+        if repair and _index_is_corrupt(store):
+            store.close()
+            store = None
+    except IndexUnreadable:
+        if not repair:
+            raise
+        store = None
+    if store is None:
+        from elite_cli.store import ConceptStore
+
+        # The concept files describe themselves, so a new index can be built from them alone.
+        store, repaired = ConceptStore.rebuild_index(library_dir())
+    elif repair:
+        repaired = store.repair()
     actions = repaired.actions if repaired else []
     quarantine = repaired.quarantine if repaired else None
     report = store.check()
@@ -273,6 +291,16 @@ def check(
             typer.echo("Run `elite check --repair` to fix what can be fixed." if not repair else "Some problems remain.", err=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _index_is_corrupt(store) -> bool:
+    """Whether library.db is damaged beyond an in-place repair (SQLite's quick_check fails)."""
+    import sqlite3
+
+    try:
+        return any(problem.kind == "index-corrupt" for problem in store.check(verify_hashes=False).problems)
+    except sqlite3.DatabaseError:
+        return True
 
 
 @app.command()

@@ -206,6 +206,31 @@ def test_repair_of_a_damaged_concept_keeps_its_picture_and_says_where(run_cli, l
     assert listed_names(run_cli) == []
 
 
+@pytest.mark.parametrize("damage", ["garbage", "bad page"])
+def test_damaged_index_points_to_repair_which_rebuilds_it(run_cli, library_with_cat, elite_home, damage):
+    database = elite_home / "library.db"
+    for suffix in ("-wal", "-shm"):
+        (elite_home / f"library.db{suffix}").unlink(missing_ok=True)
+    if damage == "garbage":
+        database.write_bytes(b"not a database at all " * 200)
+    else:  # a valid SQLite header, damaged pages after it: the file opens, queries fail
+        data = bytearray(database.read_bytes())
+        data[100:] = bytes(len(data) - 100)
+        database.write_bytes(bytes(data))
+    damaged = database.read_bytes()
+    failed = run_cli("list")
+    assert failed.exit_code == 1
+    assert failed.stderr.startswith("Error: ") and failed.stderr.count("\n") == 1
+    assert "run `elite check --repair`" in failed.stderr and "Traceback" not in failed.stderr
+    assert "rebuild_index" not in failed.stderr
+    repaired = run_cli("check", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert "library.db.broken-" in repaired.stdout
+    assert listed_names(run_cli) == ["mycat"]
+    # The damaged index is kept aside, not deleted (it held the generation history).
+    assert [path.read_bytes() for path in elite_home.glob("library.db.broken-*")] == [damaged]
+
+
 def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, tiny_models, tmp_path, monkeypatch):
     # Other mapper weights: the tiny set built with another seed.
     from elite_cli.tiny import build_tiny_models

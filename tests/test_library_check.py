@@ -161,8 +161,9 @@ def test_unreadable_index_is_rebuilt_from_the_files(store):
     for suffix in ("-wal", "-shm"):
         (store.home / f"library.db{suffix}").unlink(missing_ok=True)
     (store.home / "library.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(LibraryError, match="cannot be opened.*rebuild"):
+    with pytest.raises(LibraryError, match=r"is damaged.*run `elite check --repair` to rebuild it"):
         ConceptStore(store.home)
     rebuilt, report = ConceptStore.rebuild_index(store.home)
     assert report.after.ok and {r.id: (r.name, r.tags) for r in rebuilt.list()} == before
     assert len(list(store.home.glob("library.db.broken-*"))) == 1
+    assert "library.db.broken-" in report.actions[0]

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol
 
-from elite_cli.errors import ConceptNotFound, InputError, LibraryError, NameClash
+from elite_cli.errors import ConceptNotFound, IndexUnreadable, InputError, LibraryError, NameClash
 from elite_cli.library import conceptfile as cf
 from elite_cli.library.history import GenerationHistory
 from elite_cli.library.names import closest_names, name_from_stem, validate_name, validate_tag
@@ -107,11 +107,13 @@ class ConceptStore(GenerationHistory):
                 if locked:
                     raise LibraryError(f"the library index '{self.db_path}' stayed locked for {BUSY_TIMEOUT_S:.0f} s; "
                                        "close other elite processes and try again.") from None
-                raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); rebuild it from the "
-                                   "concept files (ConceptStore.rebuild_index, `elite check --repair`).") from None
+                raise self._unreadable(error) from None
             except sqlite3.DatabaseError as error:
-                raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); rebuild it from the "
-                                   "concept files (ConceptStore.rebuild_index, `elite check --repair`).") from None
+                raise self._unreadable(error) from None
+
+    def _unreadable(self, error: sqlite3.DatabaseError) -> IndexUnreadable:
+        return IndexUnreadable(f"the library index '{self.db_path}' is damaged ({error}); run `elite check --repair` "
+                               "to rebuild it from the concept files.")
 
     def _try_open_database(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S)
@@ -144,12 +146,18 @@ class ConceptStore(GenerationHistory):
         """
         home = Path(home).expanduser() if home is not None else default_home()
         stamp = cf.utc_now().replace(":", "").replace(".", "")
+        moved = []
         for suffix in ("", "-wal", "-shm"):
             old = home / f"{DB_NAME}{suffix}"
             if old.exists():
                 os.replace(old, home / f"{DB_NAME}.broken-{stamp}{suffix}")
+                moved.append(f"{DB_NAME}.broken-{stamp}{suffix}")
         store = cls(home)
-        return store, store.repair()
+        report = store.repair()
+        if moved:
+            report.actions.insert(0, f"kept the damaged index as {', '.join(moved)} and built a new one from the "
+                                     "concept files")
+        return store, report
 
     def close(self) -> None:
         self.conn.close()
