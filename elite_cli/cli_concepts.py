@@ -231,7 +231,10 @@ def import_concept(
     if as_json:
         echo_json(as_dict(stored))
     elif stored.duplicate:
-        typer.echo(f"Already in the library as <{stored.name}> (id {stored.short_id}); nothing imported")
+        # The library holds a concept once; its name is not changed behind the user's back.
+        keeps_name = (f"; it keeps that name, run `elite rename {stored.name} {name}` to use <{name}>"
+                      if name and name.lower() != stored.name.lower() else "")
+        typer.echo(f"Already in the library as <{stored.name}> (id {stored.short_id}); nothing imported{keeps_name}")
     else:
         typer.echo(f"Imported <{stored.name}> (id {stored.short_id})")
 

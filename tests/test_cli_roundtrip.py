@@ -231,6 +231,19 @@ def test_damaged_index_points_to_repair_which_rebuilds_it(run_cli, library_with_
     assert [path.read_bytes() for path in elite_home.glob("library.db.broken-*")] == [damaged]
 
 
+def test_import_under_another_name_of_a_stored_concept_says_how_to_rename(run_cli, library_with_cat, tmp_path):
+    bundle = tmp_path / "mycat.safetensors"
+    assert run_cli("export", "mycat", "-o", bundle).exit_code == 0
+    result = run_cli("import", bundle, "--name", "tom")
+    assert result.exit_code == 0, result.output
+    assert "Already in the library as <mycat>" in result.stdout and "`elite rename mycat tom`" in result.stdout
+    assert listed_names(run_cli) == ["mycat"]
+    assert run_cli("rm", "mycat").exit_code == 0
+    imported = run_cli("import", bundle, "--name", "tom")
+    assert imported.exit_code == 0 and imported.stdout.startswith("Imported <tom>")
+    assert listed_names(run_cli) == ["tom"]
+
+
 def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, tiny_models, tmp_path, monkeypatch):
     # Other mapper weights: the tiny set built with another seed.
     from elite_cli.tiny import build_tiny_models
@@ -302,6 +315,23 @@ def truncated_png(path: Path) -> Path:
     return path
 
 
+def textual_inversion_file(path: Path) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.zeros(1, 32)}, str(path))
+    return path
+
+
+def truncated_bundle(path: Path) -> Path:
+    """The first half of the library's own concept file (a bundle without thumbnail)."""
+    import os
+
+    data = next((Path(os.environ["ELITE_HOME"]) / "concepts").glob("*.safetensors")).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
 ERROR_CASES = [
     # (id, args builder, expected start of the message)
     ("missing file", lambda d: ["add", d / "nope.jpg"], "Error: image '{d}/nope.jpg' does not exist"),
@@ -319,6 +349,13 @@ ERROR_CASES = [
     ("show unknown", lambda d: ["show", "nobody"], "Error: "),
     ("rm unknown", lambda d: ["rm", "mycat", "nobody"], "Error: "),
     ("import non-concept", lambda d: ["import", (d / "x.safetensors").write_bytes(b"junk") and d / "x.safetensors"], "Error: "),
+    ("import picture", lambda d: ["import", draw_object_picture(d / "cat.png")], "Error: '{d}/cat.png' is not a safetensors file; elite import accepts only concept bundles written by `elite export`"),
+    ("import embedding", lambda d: ["import", textual_inversion_file(d / "ti.safetensors")], "Error: '{d}/ti.safetensors' is a textual-inversion embedding"),
+    ("import truncated", lambda d: ["import", truncated_bundle(d / "cut.safetensors")], "Error: '{d}/cut.safetensors' is truncated"),
+    ("import bad name", lambda d: ["import", truncated_bundle(d / "cut.safetensors"), "--name", "a b"], "Error: concept name 'a b' is not valid"),
+    ("export no folder", lambda d: ["export", "mycat", "-o", d / "out" / "x.safetensors"], "Error: folder '{d}/out' does not exist"),
+    ("export no folder, TI", lambda d: ["export", "mycat", "-f", "a1111", "-o", d / "out" / "x.safetensors"], "Error: folder '{d}/out' does not exist"),
+    ("export exists, TI", lambda d: ["export", "mycat", "-f", "diffusers", "-o", (d / "x.safetensors").write_bytes(b"mine") and d / "x.safetensors"], "Error: '{d}/x.safetensors' already exists; pass --overwrite"),
     ("again unknown run", lambda d: ["gen", "--again", "9999", "-o", d / "out"], "Error: "),
 ]
 
