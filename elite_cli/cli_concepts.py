@@ -187,7 +187,16 @@ def tag_concept(
     Example: elite tag mycat pets black
     """
     store = open_store()
+    had = {value.lower() for value in store.get(name).tags}
     record = store.untag(name, *tags) if remove_tags else store.tag(name, *tags)
+    # Like `rm -f`/`chmod`, asking for the state a concept is already in succeeds, but is said.
+    unchanged = sorted({value for value in tags if (value.lower() in had) != remove_tags}, key=str.lower)
+    if unchanged:
+        listed = ", ".join(f"'{value}'" for value in unchanged)
+        plural = "s" if len(unchanged) > 1 else ""
+        state = f"does not have the tag{plural} {listed}" if remove_tags else f"already has the tag{plural} {listed}"
+        typer.echo(f"Note: <{record.name}> {state}; nothing to {'remove' if remove_tags else 'add'} for "
+                   f"{'them' if plural else 'it'}.", err=True)
     typer.echo(f"<{record.name}> tags: {', '.join(record.tags) or '(none)'}")
 
 

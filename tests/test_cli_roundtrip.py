@@ -185,6 +185,20 @@ def test_rename_and_tag(run_cli, library_with_cat):
     assert [row["name"] for row in json.loads(run_cli("list", "--tag", "pets", "--json").stdout)] == ["tom"]
 
 
+def test_tag_says_when_nothing_changes(run_cli, library_with_cat):
+    missing = run_cli("tag", "mycat", "nope", "--remove")
+    assert missing.exit_code == 0
+    assert missing.stderr == "Note: <mycat> does not have the tag 'nope'; nothing to remove for it.\n"
+    assert missing.stdout == "<mycat> tags: pets\n"
+    present = run_cli("tag", "mycat", "PETS", "new")
+    assert present.exit_code == 0
+    assert present.stderr == "Note: <mycat> already has the tag 'PETS'; nothing to add for it.\n"
+    assert present.stdout == "<mycat> tags: new, pets\n"
+    both = run_cli("tag", "mycat", "x", "y", "new", "--remove")
+    assert both.stderr == "Note: <mycat> does not have the tags 'x', 'y'; nothing to remove for them.\n"
+    assert run_cli("tag", "mycat", "pets", "--remove").stderr == ""
+
+
 def test_check_and_reencode(run_cli, library_with_cat):
     result = run_cli("check", "--json")
     assert result.exit_code == 0, result.output
