@@ -20,6 +20,7 @@ from elite_cli.cli import (
     load_models_with_status,
     open_store,
     print_rows,
+    setting,
     short_time,
 )
 from elite_cli.errors import InputError, NameClash
@@ -113,17 +114,42 @@ def list_concepts(
 
     Example: elite list --tag pets
     """
-    concepts = open_store().list(tag=tag, pattern=pattern)
+    store = open_store()
+    concepts = store.list(tag=tag, pattern=pattern)
+    stale = _stale_flags(concepts)
     if as_json:
-        echo_json([as_dict(stored) for stored in concepts])
+        echo_json([{**as_dict(stored), "stale": flag} for stored, flag in zip(concepts, stale)])
         return
     if not concepts:
         typer.echo("No concepts yet; add one with `elite add IMAGE`." if not (tag or pattern) else "No matching concepts.")
         return
     print_rows(
-        ["name", "id", "tags", "created"],
-        [[stored.name, stored.short_id, stored.tags, short_time(stored.created)] for stored in concepts],
+        ["name", "id", "tags", "created", "stale"],
+        [[stored.name, stored.short_id, stored.tags, short_time(stored.created),
+          {True: "yes", False: "", None: "?"}[flag]] for stored, flag in zip(concepts, stale)],
     )
+    if any(stale):
+        count = sum(1 for flag in stale if flag)
+        typer.echo(f"{count} concept{'s were' if count > 1 else ' was'} encoded with other mappers than the configured "
+                   "ones (stale); `elite gen` refuses them until you run `elite reencode`.", err=True)
+
+
+def _stale_flags(concepts: list) -> list[bool | None]:
+    """Per concept: encoded by other mappers than the configured ones (the test `elite gen`
+    applies), or None for all when the configured mapper files cannot be read."""
+    if not concepts:
+        return []
+    from elite_cli.fingerprints import configured_fingerprints
+
+    from elite_cli.errors import EliteError
+
+    try:
+        current = configured_fingerprints(library_dir(), setting("global_mapper"), setting("local_mapper"))
+    except EliteError:  # a bad config file: listing still works, staleness is unknown
+        current = None
+    if current is None:
+        return [None] * len(concepts)
+    return [not stored.mapper_matches(*current) for stored in concepts]
 
 
 @app.command()
