@@ -62,19 +62,22 @@ def add(
     names = [validate_name(name)] if name else [name_from_stem(image.stem) for image in images]
     # Every picture (and the mask) is decoded and checked before the models load and before
     # anything is stored, so that a bad file among several adds none of them.
-    prepared = [prepare_image(image, mask) for image in images]
+    # Only the hashes are kept: holding every decoded picture of a large batch would cost memory.
+    source_hashes = []
+    for image in images:
+        prepared = prepare_image(image, mask)
+        source_hashes.append((prepared.image_sha256, prepared.mask_sha256))
     store = open_store()
     # Name problems surface before the models load and before anything is stored, so a call
     # with several images adds all of them or (for these errors) none.
     if not replace:
-        for wanted, picture in zip(names, prepared):
+        for wanted, hashes in zip(names, source_hashes):
             if not store.exists(wanted):
                 continue
             existing = store.get(wanted)
             # The same picture again under its default name is the concept already stored:
             # `store.add` recognises it (or names the fix when the mappers changed since).
-            same_picture = (existing.image_sha256, existing.mask_sha256) == (picture.image_sha256, picture.mask_sha256)
-            if not same_picture:
+            if (existing.image_sha256, existing.mask_sha256) != hashes:
                 raise NameClash(f"a concept named '{existing.name}' already exists; pass --replace or choose --name.")
     repeated = sorted({wanted for wanted in names if names.count(wanted) > 1})
     if repeated:

@@ -324,6 +324,19 @@ def test_add_checks_every_image_before_storing_any(run_cli, library_with_cat, tm
     assert listed_names(run_cli) == ["mycat"]
 
 
+def test_add_checks_the_mask_before_loading_models(run_cli, library_with_cat, tmp_path: Path, monkeypatch):
+    import elite_cli.cli_concepts
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("the models must not load before the mask is checked")
+
+    monkeypatch.setattr(elite_cli.cli_concepts, "load_models_with_status", no_models)
+    picture = draw_object_picture(tmp_path / "cat.png", 64, color=(1, 2, 3))
+    result = run_cli("add", picture, "--mask", draw_object_picture(tmp_path / "mask.png", 32))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: mask is 32x32 but the image is 64x64"), result.stderr
+
+
 def test_adding_the_same_picture_again_under_its_default_name_finds_it(run_cli, library_with_cat, tmp_path: Path):
     again = shutil.copy(library_with_cat, tmp_path / "mycat.png")
     result = run_cli("add", again)
