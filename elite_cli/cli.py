@@ -237,7 +237,13 @@ def load_models_with_status(spec: "ModelSpec" | None = None):
 
         started = time.perf_counter()
         models = load_models(spec)
-    return models, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    from elite_cli.fingerprints import remember
+
+    # So that `elite list` can tell stale concepts without loading (or importing) anything.
+    remember(library_dir(), spec.global_mapper, models.global_fingerprint)
+    remember(library_dir(), spec.local_mapper, models.local_fingerprint)
+    return models, seconds
 
 
 def as_dict(record: Any) -> dict[str, Any]:

@@ -16,9 +16,11 @@ from elite_cli.cli import (
     check_file_exists,
     echo_json,
     format_cell,
+    library_dir,
     load_models_with_status,
     open_store,
     print_rows,
+    setting,
     short_time,
 )
 from elite_cli.errors import InputError, NameClash
@@ -51,19 +53,32 @@ def add(
         check_file_exists(image, "image")
     if mask is not None:
         check_file_exists(mask, "mask")
+    from elite_cli.images import prepare_image
     from elite_cli.library import name_from_stem, validate_name
     from elite_cli.library.names import validate_tag
 
     for value in tag or ():
         validate_tag(value)
     names = [validate_name(name)] if name else [name_from_stem(image.stem) for image in images]
+    # Every picture (and the mask) is decoded and checked before the models load and before
+    # anything is stored, so that a bad file among several adds none of them.
+    # Only the hashes are kept: holding every decoded picture of a large batch would cost memory.
+    source_hashes = []
+    for image in images:
+        prepared = prepare_image(image, mask)
+        source_hashes.append((prepared.image_sha256, prepared.mask_sha256))
     store = open_store()
     # Name problems surface before the models load and before anything is stored, so a call
     # with several images adds all of them or (for these errors) none.
     if not replace:
-        for wanted in names:
-            if store.exists(wanted):
-                raise NameClash(f"a concept named '{wanted}' already exists; pass --replace or choose --name.")
+        for wanted, hashes in zip(names, source_hashes):
+            if not store.exists(wanted):
+                continue
+            existing = store.get(wanted)
+            # The same picture again under its default name is the concept already stored:
+            # `store.add` recognises it (or names the fix when the mappers changed since).
+            if (existing.image_sha256, existing.mask_sha256) != hashes:
+                raise NameClash(f"a concept named '{existing.name}' already exists; pass --replace or choose --name.")
     repeated = sorted({wanted for wanted in names if names.count(wanted) > 1})
     if repeated:
         raise InputError(f"several images would be named '{repeated[0]}'; add them one at a time with --name.")
@@ -102,17 +117,42 @@ def list_concepts(
 
     Example: elite list --tag pets
     """
-    concepts = open_store().list(tag=tag, pattern=pattern)
+    store = open_store()
+    concepts = store.list(tag=tag, pattern=pattern)
+    stale = _stale_flags(concepts)
     if as_json:
-        echo_json([as_dict(stored) for stored in concepts])
+        echo_json([{**as_dict(stored), "stale": flag} for stored, flag in zip(concepts, stale)])
         return
     if not concepts:
         typer.echo("No concepts yet; add one with `elite add IMAGE`." if not (tag or pattern) else "No matching concepts.")
         return
     print_rows(
-        ["name", "id", "tags", "created"],
-        [[stored.name, stored.short_id, stored.tags, short_time(stored.created)] for stored in concepts],
+        ["name", "id", "tags", "created", "stale"],
+        [[stored.name, stored.short_id, stored.tags, short_time(stored.created),
+          {True: "yes", False: "", None: "?"}[flag]] for stored, flag in zip(concepts, stale)],
     )
+    if any(stale):
+        count = sum(1 for flag in stale if flag)
+        typer.echo(f"{count} concept{'s were' if count > 1 else ' was'} encoded with other mappers than the configured "
+                   "ones (stale); `elite gen` refuses them until you run `elite reencode`.", err=True)
+
+
+def _stale_flags(concepts: list) -> list[bool | None]:
+    """Per concept: encoded by other mappers than the configured ones (the test `elite gen`
+    applies), or None for all when the configured mapper files cannot be read."""
+    if not concepts:
+        return []
+    from elite_cli.fingerprints import configured_fingerprints
+
+    from elite_cli.errors import EliteError
+
+    try:
+        current = configured_fingerprints(library_dir(), setting("global_mapper"), setting("local_mapper"))
+    except EliteError:  # a bad config file: listing still works, staleness is unknown
+        current = None
+    if current is None:
+        return [None] * len(concepts)
+    return [not stored.mapper_matches(*current) for stored in concepts]
 
 
 @app.command()
@@ -176,7 +216,16 @@ def tag_concept(
     Example: elite tag mycat pets black
     """
     store = open_store()
+    had = {value.lower() for value in store.get(name).tags}
     record = store.untag(name, *tags) if remove_tags else store.tag(name, *tags)
+    # Like `rm -f`/`chmod`, asking for the state a concept is already in succeeds, but is said.
+    unchanged = sorted({value for value in tags if (value.lower() in had) != remove_tags}, key=str.lower)
+    if unchanged:
+        listed = ", ".join(f"'{value}'" for value in unchanged)
+        plural = "s" if len(unchanged) > 1 else ""
+        state = f"does not have the tag{plural} {listed}" if remove_tags else f"already has the tag{plural} {listed}"
+        typer.echo(f"Note: <{record.name}> {state}; nothing to {'remove' if remove_tags else 'add'} for "
+                   f"{'them' if plural else 'it'}.", err=True)
     typer.echo(f"<{record.name}> tags: {', '.join(record.tags) or '(none)'}")
 
 
@@ -220,7 +269,10 @@ def import_concept(
     if as_json:
         echo_json(as_dict(stored))
     elif stored.duplicate:
-        typer.echo(f"Already in the library as <{stored.name}> (id {stored.short_id}); nothing imported")
+        # The library holds a concept once; its name is not changed behind the user's back.
+        keeps_name = (f"; it keeps that name, run `elite rename {stored.name} {name}` to use <{name}>"
+                      if name and name.lower() != stored.name.lower() else "")
+        typer.echo(f"Already in the library as <{stored.name}> (id {stored.short_id}); nothing imported{keeps_name}")
     else:
         typer.echo(f"Imported <{stored.name}> (id {stored.short_id})")
 
@@ -234,8 +286,27 @@ def check(
 
     Example: elite check --repair
     """
-    store = open_store()
-    actions = store.repair().actions if repair else []
+    from elite_cli.errors import IndexUnreadable
+
+    repaired = None
+    try:
+        store = open_store()
+        if repair and _index_is_corrupt(store):
+            store.close()
+            store = None
+    except IndexUnreadable:
+        if not repair:
+            raise
+        store = None
+    if store is None:
+        from elite_cli.store import ConceptStore
+
+        # The concept files describe themselves, so a new index can be built from them alone.
+        store, repaired = ConceptStore.rebuild_index(library_dir())
+    elif repair:
+        repaired = store.repair()
+    actions = repaired.actions if repaired else []
+    quarantine = repaired.quarantine if repaired else None
     report = store.check()
     if as_json:
         echo_json(
@@ -243,12 +314,16 @@ def check(
                 "concepts": report.concepts,
                 "files": report.files,
                 "repaired": actions,
+                "quarantine": str(quarantine) if quarantine else None,
                 "problems": [as_dict(problem) for problem in report.problems],
             }
         )
     else:
         for action in actions:
             typer.echo(f"Repaired: {action}")
+        if quarantine:
+            typer.echo(f"Files that could not stay in the library were moved to {quarantine}; "
+                       "add the pictures again with `elite add`.")
         for problem in report.problems:
             typer.echo(f"Problem: {problem}")
         if report.ok:
@@ -257,6 +332,16 @@ def check(
             typer.echo("Run `elite check --repair` to fix what can be fixed." if not repair else "Some problems remain.", err=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _index_is_corrupt(store) -> bool:
+    """Whether library.db is damaged beyond an in-place repair (SQLite's quick_check fails)."""
+    import sqlite3
+
+    try:
+        return any(problem.kind == "index-corrupt" for problem in store.check(verify_hashes=False).problems)
+    except sqlite3.DatabaseError:
+        return True
 
 
 @app.command()

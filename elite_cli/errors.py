@@ -20,6 +20,10 @@ class LibraryError(EliteError):
     """A problem with the concept library."""
 
 
+class IndexUnreadable(LibraryError):
+    """library.db cannot be opened or read; `ConceptStore.rebuild_index` rebuilds it from the files."""
+
+
 class ConceptNotFound(LibraryError):
     """No concept with that name or id."""
 

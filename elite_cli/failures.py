@@ -30,6 +30,9 @@ def user_message(error: BaseException) -> str | None:
         return OUT_OF_MEMORY
     if class_name == "DecompressionBombError":
         return f"the image is too large to open safely ({error}); downscale it below 89 megapixels."
+    if class_name == "DatabaseError" and type(error).__module__ == "sqlite3":
+        # Only the library index is SQLite; a page can be damaged even when the file opens.
+        return f"the library index is damaged ({error}); run `elite check --repair` to rebuild it from the concept files."
     if isinstance(error, IsADirectoryError):
         return f"'{error.filename}' is a folder; pass a file."
     if isinstance(error, NotADirectoryError):

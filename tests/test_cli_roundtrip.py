@@ -211,6 +211,20 @@ def test_rename_and_tag(run_cli, library_with_cat):
     assert [row["name"] for row in json.loads(run_cli("list", "--tag", "pets", "--json").stdout)] == ["tom"]
 
 
+def test_tag_says_when_nothing_changes(run_cli, library_with_cat):
+    missing = run_cli("tag", "mycat", "nope", "--remove")
+    assert missing.exit_code == 0
+    assert missing.stderr == "Note: <mycat> does not have the tag 'nope'; nothing to remove for it.\n"
+    assert missing.stdout == "<mycat> tags: pets\n"
+    present = run_cli("tag", "mycat", "PETS", "new")
+    assert present.exit_code == 0
+    assert present.stderr == "Note: <mycat> already has the tag 'PETS'; nothing to add for it.\n"
+    assert present.stdout == "<mycat> tags: new, pets\n"
+    both = run_cli("tag", "mycat", "x", "y", "new", "--remove")
+    assert both.stderr == "Note: <mycat> does not have the tags 'x', 'y'; nothing to remove for them.\n"
+    assert run_cli("tag", "mycat", "pets", "--remove").stderr == ""
+
+
 def test_check_and_reencode(run_cli, library_with_cat):
     result = run_cli("check", "--json")
     assert result.exit_code == 0, result.output
@@ -221,6 +235,55 @@ def test_check_and_reencode(run_cli, library_with_cat):
     assert [item["name"] for item in json.loads(again.stdout)] == ["mycat"]
 
 
+def test_repair_of_a_damaged_concept_keeps_its_picture_and_says_where(run_cli, library_with_cat, elite_home):
+    concept_file = next((elite_home / "concepts").glob("*.safetensors"))
+    concept_file.write_bytes(b"garbage")
+    result = run_cli("check", "--repair")
+    assert result.exit_code == 0, result.output
+    kept = [path for path in (elite_home / "quarantine").glob("*/*") if ".image." in path.name]
+    assert len(kept) == 1 and kept[0].read_bytes() == library_with_cat.read_bytes()
+    assert f"moved to {kept[0].parent}" in result.stdout and "elite add" in result.stdout
+    assert listed_names(run_cli) == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "bad page"])
+def test_damaged_index_points_to_repair_which_rebuilds_it(run_cli, library_with_cat, elite_home, damage):
+    database = elite_home / "library.db"
+    for suffix in ("-wal", "-shm"):
+        (elite_home / f"library.db{suffix}").unlink(missing_ok=True)
+    if damage == "garbage":
+        database.write_bytes(b"not a database at all " * 200)
+    else:  # a valid SQLite header, damaged pages after it: the file opens, queries fail
+        data = bytearray(database.read_bytes())
+        data[100:] = bytes(len(data) - 100)
+        database.write_bytes(bytes(data))
+    damaged = database.read_bytes()
+    failed = run_cli("list")
+    assert failed.exit_code == 1
+    assert failed.stderr.startswith("Error: ") and failed.stderr.count("\n") == 1
+    assert "run `elite check --repair`" in failed.stderr and "Traceback" not in failed.stderr
+    assert "rebuild_index" not in failed.stderr
+    repaired = run_cli("check", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert "library.db.broken-" in repaired.stdout
+    assert listed_names(run_cli) == ["mycat"]
+    # The damaged index is kept aside, not deleted (it held the generation history).
+    assert [path.read_bytes() for path in elite_home.glob("library.db.broken-*")] == [damaged]
+
+
+def test_import_under_another_name_of_a_stored_concept_says_how_to_rename(run_cli, library_with_cat, tmp_path):
+    bundle = tmp_path / "mycat.safetensors"
+    assert run_cli("export", "mycat", "-o", bundle).exit_code == 0
+    result = run_cli("import", bundle, "--name", "tom")
+    assert result.exit_code == 0, result.output
+    assert "Already in the library as <mycat>" in result.stdout and "`elite rename mycat tom`" in result.stdout
+    assert listed_names(run_cli) == ["mycat"]
+    assert run_cli("rm", "mycat").exit_code == 0
+    imported = run_cli("import", bundle, "--name", "tom")
+    assert imported.exit_code == 0 and imported.stdout.startswith("Imported <tom>")
+    assert listed_names(run_cli) == ["tom"]
+
+
 def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, tiny_models, tmp_path, monkeypatch):
     # Other mapper weights: the tiny set built with another seed.
     from elite_cli.tiny import build_tiny_models
@@ -228,6 +291,11 @@ def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, t
     other = build_tiny_models(tmp_path / "other-tiny", seed=1)
     monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(other.global_mapper))
     monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(other.local_mapper))
+    # list marks it stale too (the same test gen applies), in the table and in --json.
+    listed = run_cli("list")
+    assert listed.exit_code == 0 and re.search(r"mycat .*│ yes", listed.stdout), listed.stdout
+    assert "elite reencode" in listed.stderr
+    assert [row["stale"] for row in json.loads(run_cli("list", "--json").stdout)] == [True]
     out = tmp_path / "out"
     refused = run_cli("gen", "<mycat> on the beach", "-o", out, *FAST)
     assert refused.exit_code == 1
@@ -239,6 +307,68 @@ def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, t
     assert run_cli("gen", "<mycat> on the beach", "-o", out, "--allow-stale", *FAST).exit_code == 0
     assert run_cli("reencode", "mycat").exit_code == 0
     assert run_cli("gen", "<mycat> on the beach", "-o", out, *FAST).exit_code == 0
+    assert [row["stale"] for row in json.loads(run_cli("list", "--json").stdout)] == [False]
+    assert "yes" not in run_cli("list").stdout
+
+
+def test_list_stale_flag_is_unknown_without_readable_mappers(run_cli, library_with_cat, tmp_path, monkeypatch):
+    monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(tmp_path / "missing.safetensors"))
+    assert [row["stale"] for row in json.loads(run_cli("list", "--json").stdout)] == [None]
+
+
+def test_list_fingerprints_mappers_as_loading_does(tiny_models, loaded_models, tmp_path):
+    from elite_cli.fingerprints import mapper_fingerprint, safetensors_fingerprint
+    from elite_cli.mappers import convert_reference_checkpoint
+
+    converted = tmp_path / "global.safetensors"
+    convert_reference_checkpoint(tiny_models.global_mapper, converted, role="global")
+    assert safetensors_fingerprint(converted) == loaded_models.global_fingerprint
+    # The .pt needs torch once, then comes from the cache in the library folder.
+    assert mapper_fingerprint(tmp_path, tiny_models.local_mapper) == loaded_models.local_fingerprint
+    assert loaded_models.local_fingerprint in json.loads((tmp_path / "mapper-fingerprints.json").read_text()).values()
+
+
+BAD_IMAGES = {
+    "missing": lambda d: d / "missing.jpg",
+    "not an image": lambda d: (d / "notes.jpg").write_text("hello") and d / "notes.jpg",
+    "corrupt": lambda d: truncated_png(d / "broken.png"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_IMAGES))
+def test_add_checks_every_image_before_storing_any(run_cli, library_with_cat, tmp_path: Path, monkeypatch, bad):
+    import elite_cli.cli_concepts
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("the models must not load before every input is checked")
+
+    monkeypatch.setattr(elite_cli.cli_concepts, "load_models_with_status", no_models)
+    good = [draw_object_picture(tmp_path / f"good{i}.png", color=(30 * i, 90, 200)) for i in range(2)]
+    result = run_cli("add", *good, BAD_IMAGES[bad](tmp_path))
+    assert result.exit_code == 1 and result.stderr.startswith("Error: image '"), result.output
+    assert result.stderr.count("\n") == 1
+    assert listed_names(run_cli) == ["mycat"]
+
+
+def test_add_checks_the_mask_before_loading_models(run_cli, library_with_cat, tmp_path: Path, monkeypatch):
+    import elite_cli.cli_concepts
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("the models must not load before the mask is checked")
+
+    monkeypatch.setattr(elite_cli.cli_concepts, "load_models_with_status", no_models)
+    picture = draw_object_picture(tmp_path / "cat.png", 64, color=(1, 2, 3))
+    result = run_cli("add", picture, "--mask", draw_object_picture(tmp_path / "mask.png", 32))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: mask is 32x32 but the image is 64x64"), result.stderr
+
+
+def test_adding_the_same_picture_again_under_its_default_name_finds_it(run_cli, library_with_cat, tmp_path: Path):
+    again = shutil.copy(library_with_cat, tmp_path / "mycat.png")
+    result = run_cli("add", again)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Already in the library as <mycat>")
+    assert listed_names(run_cli) == ["mycat"]
 
 
 # --- every user error: one line, exit 1, nothing written --------------------------------------
@@ -262,6 +392,23 @@ def truncated_png(path: Path) -> Path:
     return path
 
 
+def textual_inversion_file(path: Path) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.zeros(1, 32)}, str(path))
+    return path
+
+
+def truncated_bundle(path: Path) -> Path:
+    """The first half of the library's own concept file (a bundle without thumbnail)."""
+    import os
+
+    data = next((Path(os.environ["ELITE_HOME"]) / "concepts").glob("*.safetensors")).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
 ERROR_CASES = [
     # (id, args builder, expected start of the message)
     ("missing file", lambda d: ["add", d / "nope.jpg"], "Error: image '{d}/nope.jpg' does not exist"),
@@ -270,7 +417,7 @@ ERROR_CASES = [
     ("decompression bomb", lambda d: ["add", write_png_header_only(d / "bomb.png", 30000, 30000)], "Error: image '{d}/bomb.png' is too large"),
     ("mask wrong size", lambda d: ["add", draw_object_picture(d / "cat.png", 64), "--mask", draw_object_picture(d / "mask.png", 32)], "Error: "),
     ("bad name", lambda d: ["add", draw_object_picture(d / "cat.png"), "--name", "no spaces!"], "Error: "),
-    ("name clash", lambda d: ["add", draw_object_picture(d / "mycat.png")], "Error: "),
+    ("name clash", lambda d: ["add", draw_object_picture(d / "mycat.png", color=(10, 200, 10))], "Error: a concept named 'mycat' already exists"),
     ("unknown concept", lambda d: ["gen", "<mycta> on the beach", "-o", d / "out", *FAST], "Error: "),
     ("size not multiple of 8", lambda d: ["gen", "<mycat>", "--width", "60", "-o", d / "out"], "Error: --width must be a positive multiple of 8"),
     ("bad scheduler", lambda d: ["gen", "<mycat>", "--scheduler", "nope", "-o", d / "out"], "Error: --scheduler 'nope' is not supported"),
@@ -279,6 +426,13 @@ ERROR_CASES = [
     ("show unknown", lambda d: ["show", "nobody"], "Error: "),
     ("rm unknown", lambda d: ["rm", "mycat", "nobody"], "Error: "),
     ("import non-concept", lambda d: ["import", (d / "x.safetensors").write_bytes(b"junk") and d / "x.safetensors"], "Error: "),
+    ("import picture", lambda d: ["import", draw_object_picture(d / "cat.png")], "Error: '{d}/cat.png' is not a safetensors file; elite import accepts only concept bundles written by `elite export`"),
+    ("import embedding", lambda d: ["import", textual_inversion_file(d / "ti.safetensors")], "Error: '{d}/ti.safetensors' is a textual-inversion embedding"),
+    ("import truncated", lambda d: ["import", truncated_bundle(d / "cut.safetensors")], "Error: '{d}/cut.safetensors' is truncated"),
+    ("import bad name", lambda d: ["import", truncated_bundle(d / "cut.safetensors"), "--name", "a b"], "Error: concept name 'a b' is not valid"),
+    ("export no folder", lambda d: ["export", "mycat", "-o", d / "out" / "x.safetensors"], "Error: folder '{d}/out' does not exist"),
+    ("export no folder, TI", lambda d: ["export", "mycat", "-f", "a1111", "-o", d / "out" / "x.safetensors"], "Error: folder '{d}/out' does not exist"),
+    ("export exists, TI", lambda d: ["export", "mycat", "-f", "diffusers", "-o", (d / "x.safetensors").write_bytes(b"mine") and d / "x.safetensors"], "Error: '{d}/x.safetensors' already exists; pass --overwrite"),
     ("again unknown run", lambda d: ["gen", "--again", "9999", "-o", d / "out"], "Error: "),
     ("again with image settings", lambda d: ["gen", "--again", "9999", "-n", "3", "--seed", "1", "--steps", "2", "-o", d / "out"],
      "Error: --again repeats the run with its own settings, so it cannot be combined with -n, --seed, --steps; drop them"),

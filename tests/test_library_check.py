@@ -32,12 +32,23 @@ def assert_repaired(store):
     return report
 
 
+def quarantined(store):
+    """{file name: bytes} of everything repairs moved to quarantine/<time>/ folders."""
+    return {path.name: path.read_bytes() for path in (store.home / "quarantine").glob("*/*")}
+
+
 def test_missing_file_is_found_and_the_row_dropped(store):
-    os.remove(store.get("cat").file_path)
+    cat = store.get("cat")
+    picture = cat.image_path.read_bytes()
+    os.remove(cat.file_path)
     assert kinds(store.check()) == ["missing-file"]
-    assert_repaired(store)
+    report = assert_repaired(store)
     assert [r.name for r in store.list()] == ["dog", "owl"]
     assert len(os.listdir(store.concepts_dir)) == 6  # no companions of the lost concept remain
+    # The user's picture is kept where the report says, not deleted.
+    assert quarantined(store) == {cat.image_path.name: picture}
+    assert report.quarantine.parent == store.home / "quarantine"
+    assert (report.quarantine / cat.image_path.name).exists()
 
 
 def test_hash_mismatch_is_reindexed_from_the_file(store):
@@ -60,8 +71,17 @@ def test_corrupted_file_is_quarantined(store):
     assert kinds(store.check()) == ["hash-mismatch"]
     report = assert_repaired(store)
     assert any("quarantine" in action for action in report.actions)
-    assert (store.home / "quarantine" / record.file_path.name).exists()
+    # The damaged file and the concept's source picture stay together, for the user to add again.
+    assert sorted(quarantined(store)) == sorted([record.file_path.name, record.image_path.name])
+    assert (report.quarantine / record.image_path.name).read_bytes() == (store.home.parent / "owl.png").read_bytes()
     assert [r.name for r in store.list()] == ["cat", "dog"]
+
+
+def test_a_second_repair_does_not_overwrite_what_the_first_kept(store):
+    for name in ("cat", "dog"):
+        os.remove(store.get(name).file_path)
+        assert_repaired(store)
+    assert len(quarantined(store)) == 2 and len(list((store.home / "quarantine").iterdir())) == 2
 
 
 def test_orphans_temps_and_strays(store, tmp_path):
@@ -70,7 +90,7 @@ def test_orphans_temps_and_strays(store, tmp_path):
     (store.concepts_dir / "notes.txt").write_text("mine")
     assert kinds(store.check()) == ["orphan-companion", "stray-file", "temp-file"]
     assert_repaired(store)
-    assert sorted(os.listdir(store.home / "quarantine")) == ["notes.txt"]
+    assert sorted(quarantined(store)) == ["notes.txt"]
     assert store.count() == 3
 
 
@@ -141,8 +161,9 @@ def test_unreadable_index_is_rebuilt_from_the_files(store):
     for suffix in ("-wal", "-shm"):
         (store.home / f"library.db{suffix}").unlink(missing_ok=True)
     (store.home / "library.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(LibraryError, match="cannot be opened.*rebuild"):
+    with pytest.raises(LibraryError, match=r"is damaged.*run `elite check --repair` to rebuild it"):
         ConceptStore(store.home)
     rebuilt, report = ConceptStore.rebuild_index(store.home)
     assert report.after.ok and {r.id: (r.name, r.tags) for r in rebuilt.list()} == before
     assert len(list(store.home.glob("library.db.broken-*"))) == 1
+    assert "library.db.broken-" in report.actions[0]

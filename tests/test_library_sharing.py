@@ -50,8 +50,13 @@ def test_import_twice_is_a_duplicate_and_name_override_works(store, bundle, tmp_
 
 
 def test_export_refuses_overwrite_and_unknown_format(store, bundle, tmp_path):
-    with pytest.raises(InputError, match="already exists"):
+    with pytest.raises(InputError, match="already exists; pass --overwrite to replace it"):
         store.export("cat", bundle)
+    for format in ("elite", "diffusers"):
+        with pytest.raises(InputError, match=r"^folder '.*missing' does not exist; create it first") as refused:
+            store.export("cat", tmp_path / "missing" / "cat.safetensors", format=format)
+        assert ".tmp-" not in str(refused.value)
+    assert not (tmp_path / "missing").exists()
     with pytest.raises(InputError, match="elite, diffusers, a1111"):
         store.export("cat", tmp_path / "x.safetensors", format="ckpt")
     (tmp_path / "shared").mkdir()
@@ -115,7 +120,9 @@ def test_import_refuses_huge_metadata_and_garbage(store, bundle, tmp_path):
     _refuses(store, tmp_path / "junk.safetensors", "not a safetensors file")
     data = bundle.read_bytes()
     (tmp_path / "short.safetensors").write_bytes(data[: len(data) // 2])
-    _refuses(store, tmp_path / "short.safetensors", "corrupt tensor data")
+    _refuses(store, tmp_path / "short.safetensors", rf"is truncated: it has {len(data) // 2} of its {len(data)} bytes")
+    (tmp_path / "header-cut.safetensors").write_bytes(data[:40])
+    _refuses(store, tmp_path / "header-cut.safetensors", "is truncated .it ends inside its safetensors header")
 
 
 def test_diffusers_export_loads_with_load_textual_inversion(store, tmp_path, tiny_models):
@@ -154,3 +161,22 @@ def test_a_header_length_starting_with_0x80_is_not_mistaken_for_a_pickle(store, 
     path = tmp_path / "odd.safetensors"
     path.write_bytes((128).to_bytes(8, "little") + header)
     _refuses(store, path, "not an elite concept")
+
+
+def test_import_says_what_a_file_is_when_it_is_not_a_bundle(store, tmp_path):
+    store.export("cat", tmp_path / "ti.safetensors", format="diffusers")
+    store.export("cat", tmp_path / "webui.safetensors", format="a1111")
+    for embedding in ("ti.safetensors", "webui.safetensors"):
+        _refuses(store, tmp_path / embedding, r"is a textual-inversion embedding .diffusers or A1111 format., not an "
+                 r"elite concept bundle.*accepts only concept bundles written by `elite export`")
+    make_picture(tmp_path / "photo.png", 3).rename(tmp_path / "photo.safetensors")  # a PNG under a misleading name
+    _refuses(store, tmp_path / "photo.safetensors", r"is not a safetensors file; elite import accepts only concept "
+             r"bundles written by `elite export`")
+    save_file({"weight": torch.zeros(4, 4), "bias": torch.zeros(4)}, str(tmp_path / "model.safetensors"))
+    _refuses(store, tmp_path / "model.safetensors", "is a safetensors file but not an elite concept bundle")
+
+
+def test_import_refuses_a_bad_name_before_reading_the_file(store, tmp_path):
+    not_a_bundle = make_picture(tmp_path / "x.png", 1)
+    with pytest.raises(InputError, match="concept name 'bad name' is not valid"):
+        store.import_concept(not_a_bundle, name="bad name")

@@ -127,6 +127,14 @@ def test_same_image_mask_and_mappers_returns_existing(store, tmp_path):
     assert store.find_duplicate(first.image_sha256, "", GLOBAL_FP, LOCAL_FP).id == first.id
 
 
+def test_same_picture_by_other_mappers_under_its_name_points_to_reencode(store, tmp_path):
+    picture = make_picture(tmp_path / "cat.png", 1)
+    store.add(random_concept(1), image_path=picture)
+    with pytest.raises(NameClash, match=r"made from this picture by other mapper weights; run `elite reencode cat`"):
+        store.add(random_concept(2, global_fp="sha256:" + "c" * 64), image_path=picture)
+    assert store.count() == 1
+
+
 def test_add_refuses_nonfinite_and_mismatched_sources(store, tmp_path):
     concept = random_concept(1)
     concept.words[0, 0] = float("nan")
@@ -160,11 +168,28 @@ def test_ambiguous_id_prefix_is_an_error(store):
                         "tags": "[]", "global_mapper": GLOBAL_FP, "local_mapper": LOCAL_FP, "base_model": "b",
                         "image_encoder": "e"}
             store._insert_row(metadata, "sha256:f", None, None, updated=cf.utc_now())
-    with pytest.raises(LibraryError, match="id prefix 'abcd' matches several concepts"):
+    with pytest.raises(LibraryError, match=r"^id prefix 'abcd' is ambiguous: it matches abcd11111111 <first>, "
+                       r"abcd22222222 <second>; give more hex digits, or the concept's name\.$"):
         store.get("abcd")
     assert store.get("ABCD2").name == "second" and store.get("sha256:abcd1").name == "first"
-    with pytest.raises(ConceptNotFound):
+    with pytest.raises(ConceptNotFound, match=r"no concept named 'abc' \(an id prefix needs at least 4 hex digits\)"):
         store.get("abc")  # under 4 hex digits is never taken as an id prefix
+    with pytest.raises(ConceptNotFound, match=r"^no concept named 'abce' or with an id starting with it in the library; "
+                       r"give a name or an id prefix of at least 4 hex digits"):
+        store.get("abce")
+
+
+def test_ambiguous_id_prefix_lists_a_few_matches(store):
+    with store._write():
+        for digit in "123456789":
+            metadata = {"concept_id": "sha256:beef" + digit * 60, "name": f"c{digit}", "created": cf.utc_now(),
+                        "text_width": "32", "grid": "4", "image_sha256": "sha256:" + digit * 64, "mask_sha256": "",
+                        "tags": "[]", "global_mapper": GLOBAL_FP, "local_mapper": LOCAL_FP, "base_model": "b",
+                        "image_encoder": "e"}
+            store._insert_row(metadata, "sha256:f", None, None, updated=cf.utc_now())
+    with pytest.raises(LibraryError, match=r"matches beef11111111 <c1>, .*beef55555555 <c5>, \.\.\.; give more") as error:
+        store.get("beef")
+    assert "<c6>" not in str(error.value)
 
 
 def test_list_filters_sorts_and_pages(store, tmp_path):

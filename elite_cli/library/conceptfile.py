@@ -38,7 +38,8 @@ PROVENANCE_KEYS = ("global_mapper", "local_mapper", "base_model", "image_encoder
 REQUIRED_METADATA = ("format", "format_version", "concept_id", "name", "created", "text_width", "grid", "num_words",
                      *PROVENANCE_KEYS)
 
-_PICKLE_HINT = "only elite concept .safetensors files are accepted, because pickles can run code when loaded"
+_PICKLE_HINT = "only elite concept .safetensors files are accepted"
+TRUNCATED_HINT = "copy it again, or write it again with `elite export`"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -159,8 +160,11 @@ def serialize(tensors: dict[str, "torch.Tensor"], metadata: dict[str, str]) -> b
 
 # --- reading -------------------------------------------------------------------------------------
 
-def read_header(data: bytes, label: str) -> dict:
-    """Parse and sanity-check a safetensors header from the first bytes of a file."""
+def read_header(data: bytes, label: str, accepted: str = _PICKLE_HINT) -> dict:
+    """Parse and sanity-check a safetensors header from the first bytes of a file.
+
+    accepted: what the caller takes, for the end of the refusal ("only ... are accepted").
+    """
     size = int.from_bytes(data[:8], "little") if len(data) >= 8 else None
     header = None
     if size is not None and size <= MAX_HEADER_BYTES:
@@ -171,20 +175,34 @@ def read_header(data: bytes, label: str) -> dict:
     if header is None:
         # Only now look for pickle signatures: a valid header length may start with 0x80 too.
         if data[:2] == b"PK" or data[:1] == b"\x80":
-            raise FormatError(f"'{label}' is a PyTorch pickle checkpoint; {_PICKLE_HINT}.")
+            raise FormatError(f"'{label}' is a PyTorch pickle checkpoint, which elite never loads because pickles "
+                              f"can run code; {accepted}.")
         if size is None:
-            raise FormatError(f"'{label}' is too short to be a safetensors file; {_PICKLE_HINT}.")
-        if size > MAX_HEADER_BYTES:
+            raise FormatError(f"'{label}' is too short to be a safetensors file; {accepted}.")
+        if size > MAX_HEADER_BYTES and data[8:9] == b"{":  # a header, only too large (other files: below)
             raise FormatError(f"'{label}' has a {size}-byte header, over the {MAX_HEADER_BYTES}-byte limit for "
                               "concept files.")
-        raise FormatError(f"'{label}' is not a safetensors file; {_PICKLE_HINT}.")
+        if len(data) < 8 + size and data[8:9] == b"{":
+            raise FormatError(f"'{label}' is truncated (it ends inside its safetensors header); {TRUNCATED_HINT}.")
+        raise FormatError(f"'{label}' is not a safetensors file; {accepted}.")
     raw = data[8 : 8 + size]
     if len(raw) < size or not isinstance(header, dict):
-        raise FormatError(f"'{label}' has a truncated or malformed safetensors header; re-export it with elite.")
+        raise FormatError(f"'{label}' has a truncated or malformed safetensors header; {TRUNCATED_HINT}.")
     metadata = header.get("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FormatError(f"'{label}' has non-string metadata; elite concept metadata values are strings.")
     return header
+
+
+def check_length(header: dict, data: bytes, label: str) -> None:
+    """Refuse a file shorter than its header says (cut off while copying or downloading)."""
+    size = int.from_bytes(data[:8], "little")
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"
+            and isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+            and isinstance(entry["data_offsets"][1], int)]
+    expected = 8 + size + max(ends, default=0)
+    if len(data) < expected:
+        raise FormatError(f"'{label}' is truncated: it has {len(data)} of its {expected} bytes; {TRUNCATED_HINT}.")
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -244,13 +262,14 @@ def validate(header: dict, label: str, allow_thumbnail: bool) -> None:
                 f"has a thumbnail that is not uint8 [H, W, 3] with sides up to {MAX_THUMBNAIL_SIDE}")
 
 
-def load_bytes(data: bytes, label: str, allow_thumbnail: bool = False) -> ConceptFile:
+def load_bytes(data: bytes, label: str, allow_thumbnail: bool = False, accepted: str = _PICKLE_HINT) -> ConceptFile:
     """Validate and load concept (or bundle) bytes. Raises FormatError naming the first problem."""
     import numpy as np
     from safetensors.torch import load
 
-    header = read_header(data, label)
+    header = read_header(data, label, accepted)
     validate(header, label, allow_thumbnail)
+    check_length(header, data, label)
     try:
         tensors = load(data)
     except Exception as error:  # safetensors raises its own error types for bad offsets/lengths

@@ -105,24 +105,42 @@ def _free_name(store: "ConceptStore", wanted: str) -> str:
     return candidate
 
 
-def _quarantine(store: "ConceptStore", file_name: str, actions: list[str], why: str) -> None:
-    target_dir = store.home / "quarantine"
-    target_dir.mkdir(exist_ok=True)
-    os.replace(store.concepts_dir / file_name, target_dir / file_name)
-    actions.append(f"moved {file_name} to quarantine/ ({why})")
+QUARANTINE_DIR = "quarantine"
 
 
-def _index_file(store: "ConceptStore", file_name: str, roles: dict[str, str], actions: list[str]) -> None:
+class _Quarantine:
+    """Where one repair moves what it must not delete: `<home>/quarantine/<time>/`, made on
+    first use. A folder per repair keeps a second repair from overwriting what the first kept."""
+
+    def __init__(self, store: "ConceptStore"):
+        stamp = cf.utc_now().replace(":", "").replace("-", "").replace(".", "-")
+        self.folder = store.home / QUARANTINE_DIR / stamp
+        self.concepts_dir = store.concepts_dir
+        self.used = False
+
+    def move(self, file_name: str, actions: list[str], why: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target, number = self.folder / file_name, 1
+        while target.exists():  # os.replace would overwrite it
+            number += 1
+            target = self.folder / f"{number}-{file_name}"
+        os.replace(self.concepts_dir / file_name, target)
+        self.used = True
+        actions.append(f"moved {file_name} to {QUARANTINE_DIR}/{self.folder.name}/ ({why})")
+
+
+def _index_file(store: "ConceptStore", file_name: str, roles: dict[str, str], actions: list[str],
+                quarantine: _Quarantine) -> None:
     """Index (or re-index) a concept file from its own metadata; quarantine it if invalid."""
     path = store.concepts_dir / file_name
     try:
         stored = cf.load_path(path)
     except EliteError as error:
-        _quarantine(store, file_name, actions, str(error))
+        quarantine.move(file_name, actions, str(error))
         return
     metadata = dict(stored.metadata)
     if cf.hex_of(stored.concept_id) != file_name.split(".", 1)[0]:
-        _quarantine(store, file_name, actions, "its file name does not match its concept id")
+        quarantine.move(file_name, actions, "its file name does not match its concept id")
         return
     suffixes = {role: "." + roles[role].split(".", 2)[2] if role in roles else None for role in ("image", "mask")}
     with store._write():
@@ -144,6 +162,7 @@ def _index_file(store: "ConceptStore", file_name: str, roles: dict[str, str], ac
 def repair(store: "ConceptStore") -> RepairReport:
     report = RepairReport()
     actions = report.actions
+    quarantine = _Quarantine(store)
     # A fix can reveal another problem (dropping a row orphans its companions), so go round
     # until check is clean or nothing more can be done.
     for _ in range(4):
@@ -157,11 +176,15 @@ def repair(store: "ConceptStore") -> RepairReport:
             kind, subject = problem.kind, problem.subject
             if kind == "index-corrupt":
                 actions.append(f"cannot repair {subject} in place; rebuild it from the files with ConceptStore.rebuild_index")
+            elif kind == "orphan-companion" and _FILE.fullmatch(subject)["role"].startswith(("image.", "mask.")):
+                # The user's own picture or mask: never deleted, so it can be added again.
+                quarantine.move(subject, actions, "the source picture of a concept whose file is gone or damaged; "
+                                "add it again with `elite add`")
             elif kind in ("temp-file", "orphan-companion"):
                 (store.concepts_dir / subject).unlink(missing_ok=True)
                 actions.append(f"deleted {subject} ({problem.detail})")
             elif kind == "stray-file":
-                _quarantine(store, subject, actions, problem.detail)
+                quarantine.move(subject, actions, problem.detail)
             elif kind == "removed-file":
                 row = by_name.get(subject)
                 if row is not None:  # the removal never committed: undo it
@@ -180,10 +203,10 @@ def repair(store: "ConceptStore") -> RepairReport:
                 actions.append(f"dropped '{subject}' from the index (its concept file is gone)")
             elif kind == "hash-mismatch":
                 hex_id = cf.hex_of(by_name[subject][0])
-                _index_file(store, f"{hex_id}.safetensors", by_hex.get(hex_id, {}), actions)
+                _index_file(store, f"{hex_id}.safetensors", by_hex.get(hex_id, {}), actions, quarantine)
             elif kind == "orphan-file":
                 hex_id = subject.split(".", 1)[0]
-                _index_file(store, subject, by_hex.get(hex_id, {}), actions)
+                _index_file(store, subject, by_hex.get(hex_id, {}), actions, quarantine)
             elif kind == "missing-source":
                 role = "image" if ".image" in problem.detail else "mask"
                 with store._write():
@@ -193,6 +216,7 @@ def repair(store: "ConceptStore") -> RepairReport:
                 _rebuild_thumbnail(store, subject)
                 actions.append(f"rebuilt the thumbnail of '{subject}'")
     report.after = check(store, verify_hashes=True)
+    report.quarantine = quarantine.folder if quarantine.used else None
     return report
 
 

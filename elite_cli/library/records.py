@@ -83,6 +83,7 @@ class RepairReport:
 
     actions: list[str] = field(default_factory=list)
     after: CheckReport | None = None
+    quarantine: Path | None = None  # the folder this repair moved files to, if it moved any
 
 
 @dataclass(frozen=True)

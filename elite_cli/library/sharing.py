@@ -23,6 +23,9 @@ EXPORT_FORMATS = ("elite", "diffusers", "a1111")
 LOCAL_DETAIL_NOTE = ("only the primary word w0 is exported; local detail does not travel (ELITE's masked patch "
                      "tokens have no place in textual-inversion formats), so other tools reproduce the concept "
                      "less faithfully than elite")
+IMPORT_ACCEPTS = "elite import accepts only concept bundles written by `elite export` (its default --format elite)"
+# Tensor names of the textual-inversion formats: A1111 (.safetensors and old .pt) and diffusers' own.
+TEXTUAL_INVERSION_TENSORS = ("emb_params", "string_to_param", "learned_embeds")
 # A bundle is a concept file (~0.4 MB for SD 1.x) plus a thumbnail; 128 MB is far above any real one.
 MAX_BUNDLE_BYTES = 128 * 1024 * 1024
 
@@ -42,8 +45,10 @@ def export_concept(store: "ConceptStore", name_or_id: str, path: Path, format: s
         path = path / f"{record.name}.safetensors"
     if path.suffix != ".safetensors":
         raise InputError(f"export path '{path}' must end in .safetensors (all export formats are safetensors).")
+    if not path.parent.is_dir():
+        raise InputError(f"folder '{path.parent}' does not exist; create it first or export into an existing folder.")
     if path.exists() and not overwrite:
-        raise InputError(f"'{path}' already exists; choose another path or allow overwriting.")
+        raise InputError(f"'{path}' already exists; pass --overwrite to replace it, or choose another file.")
     stored = cf.load_path(record.file_path)
     if format == "elite":
         thumbnail = record.thumbnail_path.read_bytes() if record.thumbnail_path.exists() else placeholder_thumbnail()
@@ -72,7 +77,13 @@ def import_bundle(store: "ConceptStore", path: Path, name: str | None = None, re
         raise InputError(f"'{path}' does not exist; pass an elite concept bundle (.safetensors).")
     if path.stat().st_size > MAX_BUNDLE_BYTES:
         raise FormatError(f"'{path}' is larger than {MAX_BUNDLE_BYTES} bytes, far above any concept bundle.")
-    bundle = cf.load_bytes(path.read_bytes(), str(path), allow_thumbnail=True)
+    if name is not None:
+        validate_name(name)  # a bad --name is the user's typo: say so before reading the file
+    data = path.read_bytes()
+    refusal = _not_a_bundle(cf.read_header(data, str(path), IMPORT_ACCEPTS), str(path))
+    if refusal is not None:
+        raise refusal
+    bundle = cf.load_bytes(data, str(path), allow_thumbnail=True, accepted=IMPORT_ACCEPTS)
     metadata = dict(bundle.metadata)
     try:
         metadata["name"] = validate_name(name if name is not None else metadata["name"])
@@ -81,10 +92,26 @@ def import_bundle(store: "ConceptStore", path: Path, name: str | None = None, re
     except EliteError as error:
         if name is not None:
             raise
-        raise FormatError(f"'{path}' carries an invalid name or tag ({error}); import it with an explicit name.") from None
+        raise FormatError(f"'{path}' carries an invalid name or tag ({error}); import it with --name NAME.") from None
     tensors = {key: bundle.tensors[key] for key in cf.CONCEPT_TENSORS}
     if cf.THUMBNAIL_TENSOR in bundle.tensors:
         thumbnail = tensor_to_png(bundle.tensors[cf.THUMBNAIL_TENSOR])
     else:
         thumbnail = placeholder_thumbnail()
     return store._store(cf.serialize(tensors, metadata), metadata, thumbnail, sources=[], replace=replace)
+
+
+def _not_a_bundle(header: dict, label: str) -> FormatError | None:
+    """A refusal naming what a safetensors file is when it is not an elite bundle, else None."""
+    metadata = header.get("__metadata__") or {}
+    if metadata.get("format") == cf.FORMAT_NAME:
+        return None
+    tensors = {key: entry for key, entry in header.items() if key != "__metadata__"}
+    shapes = [entry.get("shape") for entry in tensors.values() if isinstance(entry, dict)]
+    # diffusers' files hold one [tokens, width] tensor named after the trigger word.
+    single_embedding = len(shapes) == 1 and isinstance(shapes[0], list) and len(shapes[0]) in (1, 2)
+    if single_embedding or any(name in tensors for name in TEXTUAL_INVERSION_TENSORS) or "elite_note" in metadata:
+        return FormatError(f"'{label}' is a textual-inversion embedding (diffusers or A1111 format), not an elite "
+                           f"concept bundle, and it cannot be turned back into one; {IMPORT_ACCEPTS}.")
+    return FormatError(f"'{label}' is a safetensors file but not an elite concept bundle (its metadata lacks "
+                       f"format '{cf.FORMAT_NAME}'); {IMPORT_ACCEPTS}.")

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol
 
-from elite_cli.errors import ConceptNotFound, InputError, LibraryError, NameClash
+from elite_cli.errors import ConceptNotFound, IndexUnreadable, InputError, LibraryError, NameClash
 from elite_cli.library import conceptfile as cf
 from elite_cli.library.history import GenerationHistory
 from elite_cli.library.names import closest_names, name_from_stem, validate_name, validate_tag
@@ -40,6 +40,9 @@ DB_NAME = "library.db"
 CONCEPTS_DIR = "concepts"
 KEPT_SOURCES_DIR = "kept-sources"
 BUSY_TIMEOUT_S = 60.0
+# Shorter hex strings are too likely to be meant as names (and to match many ids).
+MIN_ID_PREFIX = 4
+AMBIGUOUS_SHOWN = 5  # matches named in an "ambiguous id prefix" error
 # The names of elite_cli.library.migrations, repeated here so that opening a library whose
 # schema is current (every `elite list`) needs only the standard library's sqlite3: importing
 # sqlite-utils, which imports numpy, was a third of `elite list`'s wall time. A test keeps the
@@ -107,11 +110,13 @@ class ConceptStore(GenerationHistory):
                 if locked:
                     raise LibraryError(f"the library index '{self.db_path}' stayed locked for {BUSY_TIMEOUT_S:.0f} s; "
                                        "close other elite processes and try again.") from None
-                raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); rebuild it from the "
-                                   "concept files (ConceptStore.rebuild_index, `elite check --repair`).") from None
+                raise self._unreadable(error) from None
             except sqlite3.DatabaseError as error:
-                raise LibraryError(f"the library index '{self.db_path}' cannot be opened ({error}); rebuild it from the "
-                                   "concept files (ConceptStore.rebuild_index, `elite check --repair`).") from None
+                raise self._unreadable(error) from None
+
+    def _unreadable(self, error: sqlite3.DatabaseError) -> IndexUnreadable:
+        return IndexUnreadable(f"the library index '{self.db_path}' is damaged ({error}); run `elite check --repair` "
+                               "to rebuild it from the concept files.")
 
     def _try_open_database(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S)
@@ -144,12 +149,18 @@ class ConceptStore(GenerationHistory):
         """
         home = Path(home).expanduser() if home is not None else default_home()
         stamp = cf.utc_now().replace(":", "").replace(".", "")
+        moved = []
         for suffix in ("", "-wal", "-shm"):
             old = home / f"{DB_NAME}{suffix}"
             if old.exists():
                 os.replace(old, home / f"{DB_NAME}.broken-{stamp}{suffix}")
+                moved.append(f"{DB_NAME}.broken-{stamp}{suffix}")
         store = cls(home)
-        return store, store.repair()
+        report = store.repair()
+        if moved:
+            report.actions.insert(0, f"kept the damaged index as {', '.join(moved)} and built a new one from the "
+                                     "concept files")
+        return store, report
 
     def close(self) -> None:
         self.conn.close()
@@ -203,22 +214,32 @@ class ConceptStore(GenerationHistory):
     def get(self, name_or_id: str) -> StoredConcept:
         """The concept with this name (any case), else the one whose id starts with this prefix.
 
-        An id prefix may omit "sha256:" and needs 4+ hex digits. Raises ConceptNotFound (with
-        close names suggested) or LibraryError when a prefix is ambiguous.
+        An id prefix may omit "sha256:" and needs MIN_ID_PREFIX+ hex digits. Raises
+        ConceptNotFound (with close names suggested) or LibraryError listing the matches when a
+        prefix is ambiguous.
         """
         rows = self._find("c.name = ?", [name_or_id])
-        if not rows:
-            prefix = name_or_id.lower().removeprefix("sha256:")
-            if len(prefix) >= 4 and all(ch in "0123456789abcdef" for ch in prefix):
-                low = "sha256:" + prefix
-                rows = self._find("c.id >= ? AND c.id < ? LIMIT 2", [low, low + "g"])
-                if len(rows) > 1:
-                    raise LibraryError(f"id prefix '{name_or_id}' matches several concepts; give more hex digits.")
+        prefix = name_or_id.lower().removeprefix("sha256:")
+        is_hex = bool(prefix) and all(ch in "0123456789abcdef" for ch in prefix)
+        if not rows and is_hex and len(prefix) >= MIN_ID_PREFIX:
+            low = "sha256:" + prefix
+            rows = self._find(f"c.id >= ? AND c.id < ? ORDER BY c.id LIMIT {AMBIGUOUS_SHOWN + 1}", [low, low + "g"])
+            if len(rows) > 1:
+                shown = ", ".join(f"{record.short_id} <{record.name}>" for record in self._records(rows[:AMBIGUOUS_SHOWN]))
+                more = ", ..." if len(rows) > AMBIGUOUS_SHOWN else ""
+                raise LibraryError(f"id prefix '{name_or_id}' is ambiguous: it matches {shown}{more}; give more hex "
+                                   "digits, or the concept's name.")
         if not rows:
             hint = self.suggestions(name_or_id)
             did_you_mean = f" (did you mean {', '.join(repr(n) for n in hint)}?)" if hint else ""
-            raise ConceptNotFound(f"no concept named '{name_or_id}' in the library{did_you_mean}; "
-                                  "list the names with `elite list`.")
+            if is_hex and len(prefix) >= MIN_ID_PREFIX:
+                what = f"no concept named '{name_or_id}' or with an id starting with it"
+            elif is_hex:
+                what = f"no concept named '{name_or_id}' (an id prefix needs at least {MIN_ID_PREFIX} hex digits)"
+            else:
+                what = f"no concept named '{name_or_id}'"
+            raise ConceptNotFound(f"{what} in the library{did_you_mean}; give a name or an id prefix of at least "
+                                  f"{MIN_ID_PREFIX} hex digits, as `elite list` shows them.")
         return self._records(rows)[0]
 
     def exists(self, name: str) -> bool:
@@ -426,6 +447,11 @@ class ConceptStore(GenerationHistory):
                     row = same_sources[0]
                     return self._record(row, self._tags_of([row[0]])[row[0]], duplicate=True)
                 clash = self._find("c.name = ?", [name])
+                if clash and not replace and (clash[0][7], clash[0][8]) == (metadata["image_sha256"],
+                                                                           metadata["mask_sha256"]):
+                    # The same picture, encoded before by other mappers (else it was a duplicate).
+                    raise NameClash(f"concept '{clash[0][1]}' was made from this picture by other mapper weights; "
+                                    f"run `elite reencode {clash[0][1]}` to encode it with the current ones.")
                 if clash and not replace:
                     raise NameClash(f"a concept named '{clash[0][1]}' already exists; choose another name or replace it.")
                 # Sources and thumbnail first, the concept file last: a concept file on disk
