@@ -175,7 +175,7 @@ def repair(store: "ConceptStore") -> RepairReport:
         for problem in found.problems:
             kind, subject = problem.kind, problem.subject
             if kind == "index-corrupt":
-                actions.append(f"cannot repair {subject} in place; rebuild it from the files with ConceptStore.rebuild_index")
+                actions.append(f"cannot repair {subject} in place; run `elite check --repair` to rebuild it from the concept files")
             elif kind == "orphan-companion" and _FILE.fullmatch(subject)["role"].startswith(("image.", "mask.")):
                 # The user's own picture or mask: never deleted, so it can be added again.
                 quarantine.move(subject, actions, "the source picture of a concept whose file is gone or damaged; "
