@@ -37,7 +37,7 @@ def add(
     mask: Annotated[
         Optional[Path], typer.Option("--mask", "-m", help="Object mask, white = object. One image only.")
     ] = None,
-    tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="Tag to attach; repeatable.")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", metavar="<tag>", help="Tag to attach; repeatable.")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace a concept of the same name.")] = False,
     as_json: JsonFlag = False,
 ) -> None:

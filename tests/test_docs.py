@@ -47,6 +47,10 @@ def test_every_command_has_help_with_an_example(path, run_cli):
     result = run_cli(*path, "--help")
     assert result.exit_code == 0
     assert "Example:" in result.stdout, f"`elite {' '.join(path)} --help` shows no example"
+    # Options show a value placeholder a user understands, never a Python type like <list[str]>.
+    for line in result.stdout.splitlines():
+        if line.lstrip().startswith("-"):
+            assert not re.search(r"<[^>]*(\[|,)", line), f"`elite {' '.join(path)} --help`: {line.strip()}"
 
 
 def test_every_global_option_is_in_the_readme():
