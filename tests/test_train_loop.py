@@ -298,3 +298,62 @@ def test_resume_latest_without_a_checkpoint_says_it_starts_fresh(tiny_models, da
     events.clear()
     train(config(tiny_models, data, tmp_path / "plain", max_steps=1, checkpoint_every=0), events.append)
     assert not [event for event in events if isinstance(event, RunStarted)][0].resume_found_nothing
+
+
+# ---- refused before any model loads ------------------------------------------------------------
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Fails the test if the run gets as far as loading the models."""
+    from elite_cli.training import components
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the models were loaded before the bad setting was refused")
+
+    monkeypatch.setattr(components, "load_frozen_models", refuse)
+
+
+def test_output_that_is_a_file_is_refused_before_the_models_load(tiny_models, data, tmp_path, no_models):
+    from elite_cli.errors import InputError
+
+    output = tmp_path / "run.txt"
+    output.write_text("notes")
+    with pytest.raises(InputError, match="--output '.*run.txt' is a file; pass a folder"):
+        train(config(tiny_models, data, output))
+    assert output.read_text() == "notes"
+
+
+def test_output_holding_an_earlier_run_is_not_overwritten(global_run, tiny_models, data, no_models):
+    from elite_cli.errors import InputError
+
+    output, result, _ = global_run
+    before = result.mapper.read_bytes()
+    with pytest.raises(InputError, match="already holds a training run .* --resume latest"):
+        train(config(tiny_models, data, output))
+    with pytest.raises(InputError, match="already holds a training run"):  # the other stage's run too
+        train(config(tiny_models, data, output, stage="local", global_mapper=str(result.mapper)))
+    assert result.mapper.read_bytes() == before
+
+
+@pytest.mark.parametrize("stage, flag", [("global", "init"), ("local", "global_mapper")])
+def test_missing_mapper_files_are_refused_before_the_models_load(tiny_models, data, tmp_path, no_models, stage, flag):
+    from elite_cli.errors import InputError
+
+    overrides = {"global_mapper": str(tmp_path / "g.safetensors")} if stage == "local" else {}
+    overrides[flag] = str(tmp_path / "missing.safetensors")
+    with pytest.raises(InputError, match=f"--{flag.replace('_', '-')} '.*missing.safetensors' is not a file"):
+        train(config(tiny_models, data, tmp_path / "out", stage=stage, **overrides))
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_checks_happen_before_the_models_load(global_run, tiny_models, data, tmp_path, no_models):
+    from elite_cli.errors import InputError
+
+    output, _, _ = global_run
+    checkpoint = str(output / "checkpoint-000004")
+    with pytest.raises(InputError, match="made with --seed"):
+        train(config(tiny_models, data, tmp_path, gradient_accumulation=2, seed=6, resume=checkpoint))
+    # A checkpoint at or past --max-steps has nothing left to train: said, not silently re-saved.
+    with pytest.raises(InputError, match="already at step 4 and --max-steps is 3; pass a larger --max-steps"):
+        train(config(tiny_models, data, tmp_path, gradient_accumulation=2, max_steps=3, resume=checkpoint))
+    assert not list(tmp_path.iterdir())
