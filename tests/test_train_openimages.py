@@ -331,3 +331,17 @@ def test_cli_refuses_filter_values_outside_their_range(tmp_path, flag, value, me
                                             flag, value])
     assert result.exit_code == 1 and result.output.strip().splitlines() == [f"Error: {result.output.strip()[7:]}"]
     assert message in result.output and not (tmp_path / "m.jsonl").exists()
+
+
+@pytest.mark.parametrize("name, message", [("manifest", "is not a .jsonl file name"), ("folder.jsonl", "is a folder")])
+def test_cli_refuses_an_output_that_training_cannot_read(tmp_path, name, message):
+    annotations = tmp_path / "boxes.csv"
+    annotations.write_text("ImageID,LabelName,XMin,XMax,YMin,YMax\n")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "folder.jsonl").mkdir()
+    result = CliRunner().invoke(train_app, ["convert-openimages", "--stage", "global", "--annotations", str(annotations),
+                                            "--images", str(tmp_path / "images"), "-o", str(tmp_path / name)])
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [f"Error: {result.output.strip()[7:]}"]
+    assert message in result.output and "e.g. oi-global.jsonl" in result.output
+    assert not (tmp_path / "manifest").exists() and not list((tmp_path / "folder.jsonl").iterdir())
+    assert not list(tmp_path.glob("*.tmp"))
