@@ -246,7 +246,7 @@ def test_accelerate_launch_two_cpu_processes(tiny_models, data, tmp_path):
     environment = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 process(es)" in done.stderr
+    assert "2 processes on" in done.stderr
     # Compare with one process of batch 2 over the same global batches.
     single = train(config(tiny_models, data, tmp_path / "single", batch_size=2, gradient_accumulation=2, max_steps=2,
                           checkpoint_every=0))
@@ -357,3 +357,29 @@ def test_resume_checks_happen_before_the_models_load(global_run, tiny_models, da
     with pytest.raises(InputError, match="already at step 4 and --max-steps is 3; pass a larger --max-steps"):
         train(config(tiny_models, data, tmp_path, gradient_accumulation=2, max_steps=3, resume=checkpoint))
     assert not list(tmp_path.iterdir())
+
+
+
+def test_progress_lines_are_single_and_say_process_and_step_in_the_right_number(tiny_models, data, tmp_path):
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from elite_cli.training.cli import TrainingDisplay, train_app
+    from elite_cli.training.loop import RunStarted
+
+    with open(tmp_path / "empty.txt", "w") as sink, TrainingDisplay(Console(file=sink, width=40)):
+        pass  # refused before it started: prints nothing (no blank line before the error)
+    assert (tmp_path / "empty.txt").read_text() == ""
+    with open(tmp_path / "narrow.txt", "w") as sink, TrainingDisplay(Console(file=sink, width=40)) as display:
+        display.update(RunStarted(samples=1, skipped_at_scan=0, num_processes=1, total_batch=2, learning_rate=2e-6,
+                                  start_step=3, max_steps=5, device="cpu", mixed_precision="no"))
+    first = (tmp_path / "narrow.txt").read_text().splitlines()[0]
+    assert first == "1 sample (0 skipped), 1 process on cpu, precision no, total batch 2, lr 2e-06, resuming at step 3"
+
+    result = CliRunner().invoke(train_app, [
+        "global", "-d", str(data), "-o", str(tmp_path / "run"), "--base-model", str(tiny_models.base_model),
+        "--image-encoder", str(tiny_models.image_encoder), "--resolution", "64", "--batch-size", "2",
+        "--gradient-accumulation", "1", "--hidden-width", "64", "--max-steps", "1", "--checkpoint-every", "0",
+        "--workers", "0", "--cpu"])
+    assert result.exit_code == 0, result.output
+    assert "1 process on cpu" in result.output and "(1 step, last loss" in result.output

@@ -100,17 +100,25 @@ def run_training(**values: Any) -> None:
     with TrainingDisplay() as display:
         result = train(config, display.update)
     if result.is_main_process:
-        typer.echo(f"Trained {config.stage} mapper: {result.mapper} ({result.steps} steps, last loss {result.last_loss:.4f})")
+        typer.echo(f"Trained {config.stage} mapper: {result.mapper} ({plural(result.steps, 'step')}, "
+                   f"last loss {result.last_loss:.4f})")
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    return f"{count} {singular if count == 1 else (plural_form or singular + 's')}"
 
 
 class TrainingDisplay:
     """Rich progress for the main process (the core sends it events; other processes get none)."""
 
+    def __init__(self, console=None):
+        self.console = console  # a rich Console; None: stderr
+
     def __enter__(self) -> "TrainingDisplay":
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.console = Console(stderr=True)
+        self.console = self.console or Console(stderr=True)
         self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             TextColumn("{task.description}"), console=self.console, transient=False)
         self.task = None
@@ -120,13 +128,16 @@ class TrainingDisplay:
         from elite_cli.training.loop import RunStarted, StepDone
 
         if isinstance(event, RunStarted):
+            # soft_wrap: one line however narrow the terminal (or 80 columns when piped to a log).
             self.console.print(
-                f"{event.samples} samples ({event.skipped_at_scan} skipped), {event.num_processes} process(es) on "
-                f"{event.device}, precision {event.mixed_precision}, total batch {event.total_batch}, "
-                f"lr {event.learning_rate:.3g}" + (f", resuming at step {event.start_step}" if event.start_step else "")
+                f"{plural(event.samples, 'sample')} ({event.skipped_at_scan} skipped), "
+                f"{plural(event.num_processes, 'process', 'processes')} on {event.device}, precision "
+                f"{event.mixed_precision}, total batch {event.total_batch}, lr {event.learning_rate:.3g}"
+                + (f", resuming at step {event.start_step}" if event.start_step else ""),
+                soft_wrap=True, highlight=False,
             )
             if event.resume_found_nothing:
-                self.console.print("No checkpoint in the output folder yet: starting from step 0.")
+                self.console.print("No checkpoint in the output folder yet: starting from step 0.", soft_wrap=True)
             self.bar.start()
             self.task = self.bar.add_task("", total=event.max_steps, completed=event.start_step)
         elif isinstance(event, StepDone) and self.task is not None:
@@ -134,12 +145,13 @@ class TrainingDisplay:
                 f"loss {event.loss:.4f} (mse {event.mse:.4f}) lr {event.lr:.2e} {event.images_per_second:.1f} img/s"
                 + (f" skipped {event.skipped}" if event.skipped else "")))
             if event.checkpoint:
-                self.bar.console.print(f"checkpoint: {event.checkpoint}")
+                self.bar.console.print(f"checkpoint: {event.checkpoint}", soft_wrap=True, highlight=False)
             if event.validation:
-                self.bar.console.print(f"validation images: {event.validation}")
+                self.bar.console.print(f"validation images: {event.validation}", soft_wrap=True, highlight=False)
 
     def __exit__(self, *exc) -> None:
-        self.bar.stop()
+        if self.task is not None:  # a run refused before it started leaves no blank line above its error
+            self.bar.stop()
 
 
 @train_app.command("global")
