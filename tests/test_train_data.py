@@ -64,12 +64,22 @@ def test_manifest_resolves_relative_paths_and_counts_bad_lines(folder):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda p: p / "nothing-here", "neither a folder"),
+    (lambda p: p / "nothing-here", "'.*nothing-here' does not exist; give a folder"),
+    (lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt", "neither a folder"),
     (lambda p: p, "no usable training sample"),
 ])
 def test_unusable_data_is_one_clear_error(tmp_path, make, message):
     with pytest.raises(InputError, match=message):
         load_samples(make(tmp_path), need_masks=True)
+
+
+def test_manifest_line_that_is_not_utf8_is_skipped_not_fatal(folder):
+    manifest = folder / "mixed.jsonl"
+    good = json.dumps({"image": "ok0.png", "mask": "ok0_mask.png"}).encode()
+    manifest.write_bytes(b"\xef\xbb\xbf" + good + b"\n\xff\xfe{}\n" + good + b"\n")  # BOM, then a Latin-1 line
+    found = load_samples(manifest, need_masks=True)
+    assert len(found.samples) == 2
+    assert found.skipped == [(f"{manifest}:2", "not UTF-8 text")]
 
 
 # ---- captions ----------------------------------------------------------------------------------

@@ -300,7 +300,7 @@ def test_cli_needs_a_stage_and_the_stage_its_inputs(release, args, exit_code, me
 @pytest.mark.parametrize("args, message", [
     (["local", "-d", "{data}", "-o", "{out}", "--global-mapper", "{data}/none.safetensors", "--resolution", "60"],
      "--resolution must be a multiple of 8"),
-    (["global", "-d", "{data}/missing", "-o", "{out}"], "neither a folder"),
+    (["global", "-d", "{data}/missing", "-o", "{out}"], "missing' does not exist"),
     (["global", "-d", "{data}", "-o", "{out}", "--lr-scheduler", "wavy"], "--lr-scheduler 'wavy' is not supported"),
     (["global", "-d", "{data}", "-o", "{out}", "--validation-prompt", "a cat"], "must mention <concept>"),
 ])

@@ -105,8 +105,13 @@ def _manifest_sample(entry: object, base: Path, need_masks: bool) -> Sample:
 def read_manifest(manifest: Path, need_masks: bool) -> SampleSet:
     result = SampleSet([])
     base = manifest.parent
-    with manifest.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with manifest.open("rb") as handle:  # bytes: one line that is not UTF-8 is skipped, not the whole file
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig")  # -sig: a byte-order mark some editors write
+            except UnicodeDecodeError:
+                result.skipped.append((f"{manifest}:{number}", "not UTF-8 text"))
+                continue
             if not line.strip():
                 continue
             try:
@@ -121,6 +126,8 @@ def read_manifest(manifest: Path, need_masks: bool) -> SampleSet:
 def load_samples(data: str | Path, need_masks: bool) -> SampleSet:
     """The samples of a folder or a .jsonl manifest. Raises InputError when none is usable."""
     path = Path(data)
+    if not path.exists():
+        raise InputError(f"--data '{path}' does not exist; give a folder of name.jpg + name_mask.png pairs or a .jsonl manifest.")
     if path.is_dir():
         found = scan_folder(path, need_masks)
     elif path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
