@@ -345,3 +345,13 @@ def test_cli_refuses_an_output_that_training_cannot_read(tmp_path, name, message
     assert message in result.output and "e.g. oi-global.jsonl" in result.output
     assert not (tmp_path / "manifest").exists() and not list((tmp_path / "folder.jsonl").iterdir())
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_help_shows_the_accepted_values_not_python_types(run_cli):
+    trained = run_cli("train", "global", "--help").stdout
+    for shown in ("--mixed-precision <no|fp16|bf16>", "--attention <auto|sdpa|xformers>", "--resume <checkpoint|latest>",
+                  "--base-model <model>", "--lr-scheduler <schedule>", "--workers, --num-workers <int>"):
+        assert shown in trained, shown
+    assert "<str>" not in trained
+    converted = run_cli("train", "convert-openimages", "--help").stdout
+    assert "--stage <global|local>" in converted and "<str>" not in converted
