@@ -167,6 +167,17 @@ def test_local_example_and_a_broken_picture_is_replaced_and_reported(folder, tok
     assert batch["pixels"].shape == (2, 3, 64, 64) and len(batch["skipped"]) == 1
 
 
+def test_data_where_no_picture_decodes_says_so_once_per_sample(tmp_path, tokenizer):
+    from elite_cli.training.data import Sample
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.jpg").write_bytes(b"junk")
+    samples = [Sample(tmp_path / f"{name}.jpg") for name in ("a", "b", "c")]
+    examples = TrainingExamples(samples, "global", tokenizer, resolution=64, clip_size=224, latent_factor=8, seed=0)
+    with pytest.raises(InputError, match=r"^all 3 training samples could not be read \(last: .*a.jpg"):
+        examples[(0, 1)]
+
+
 # ---- batches -----------------------------------------------------------------------------------
 
 def take(iterator, count):

@@ -220,7 +220,8 @@ class TrainingExamples:
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
         skipped = []
-        for attempt in range(MAX_STAND_INS):
+        tries = min(MAX_STAND_INS, len(self.samples))  # never the same bad sample twice
+        for attempt in range(tries):
             sample = self.samples[(index + attempt) % len(self.samples)]
             try:
                 example = self.make(sample, np.random.default_rng([self.seed, epoch, index, attempt]))
@@ -229,7 +230,8 @@ class TrainingExamples:
                 continue
             example["skipped"] = skipped
             return example
-        raise InputError(f"{MAX_STAND_INS} training samples in a row could not be read (last: {skipped[-1]}); check --data.")
+        what = f"all {tries} training samples" if tries == len(self.samples) else f"{tries} training samples in a row"
+        raise InputError(f"{what} could not be read (last: {skipped[-1]}); check --data.")
 
     def tokens(self, text: str) -> tuple[list[int], int]:
         tokenized = self.prompts.tokenize(text)
