@@ -178,6 +178,18 @@ def test_data_where_no_picture_decodes_says_so_once_per_sample(tmp_path, tokeniz
         examples[(0, 1)]
 
 
+def test_mask_of_another_shape_is_skipped_but_a_scaled_one_is_used(tmp_path):
+    from elite_cli.training.data import BadSample, Sample, decode_sample
+
+    Image.fromarray(np.full((80, 96, 3), 128, np.uint8)).save(tmp_path / "p.png")
+    for name, size in (("half", (48, 40)), ("rounded", (49, 40)), ("square", (40, 40))):
+        Image.fromarray(np.full((size[1], size[0]), 255, np.uint8)).save(tmp_path / f"{name}.png")
+    for name in ("half", "rounded"):
+        assert decode_sample(Sample(tmp_path / "p.png", tmp_path / f"{name}.png"))[1].shape == (80, 96)
+    with pytest.raises(BadSample, match="is 40x40, not the shape of the 96x80 picture"):
+        decode_sample(Sample(tmp_path / "p.png", tmp_path / "square.png"))
+
+
 # ---- batches -----------------------------------------------------------------------------------
 
 def take(iterator, count):

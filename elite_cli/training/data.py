@@ -166,6 +166,13 @@ def decode_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, tuple[int, in
         mask_image = mask_image.convert("L")
         if mask_image.size != image.size:
             # Open Images masks come at their own resolution; the reference resizes them (nearest).
+            # Another shape (beyond rounding) is a mask of another picture: stretching it would
+            # train on the wrong object.
+            (mask_width, mask_height), (width, height) = mask_image.size, image.size
+            if (abs(round(height * mask_width / width) - mask_height) > 1
+                    and abs(round(width * mask_height / height) - mask_width) > 1):
+                raise BadSample(f"mask {sample.mask} is {mask_width}x{mask_height}, not the shape of the "
+                                f"{width}x{height} picture")
             mask_image = mask_image.resize(image.size, resample=Image.NEAREST)
         mask = np.asarray(mask_image) > MASK_THRESHOLD
     if not mask.any():
