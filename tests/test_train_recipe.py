@@ -36,6 +36,7 @@ def test_recipe_metadata_round_trips_and_names_no_user_paths():
     (dict(attention="flash"), "--attention 'flash' is not supported; use auto, sdpa or xformers"),
     (dict(mixed_precision="fp8"), "--mixed-precision 'fp8'"),
     (dict(checkpoint_every=-1), "--checkpoint-every must be 0 or more"),
+    (dict(validate_every=10, validation_count=0), "--validation-count must be at least 1 with --validate-every"),
 ])
 def test_bad_settings_are_one_sentence(overrides, message):
     with pytest.raises(InputError, match=message):

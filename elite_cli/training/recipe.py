@@ -83,6 +83,8 @@ class TrainConfig:
                      "validation_count"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must be 0 or more but is {getattr(self, name)}.")
+        if self.validate_every and not self.validation_count:
+            raise InputError("--validation-count must be at least 1 with --validate-every; pass --validate-every 0 for no validation images.")
         if self.resolution % 8:
             raise InputError(f"--resolution must be a multiple of 8 but is {self.resolution}.")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
