@@ -64,12 +64,22 @@ def test_manifest_resolves_relative_paths_and_counts_bad_lines(folder):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda p: p / "nothing-here", "neither a folder"),
+    (lambda p: p / "nothing-here", "'.*nothing-here' does not exist; give a folder"),
+    (lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt", "neither a folder"),
     (lambda p: p, "no usable training sample"),
 ])
 def test_unusable_data_is_one_clear_error(tmp_path, make, message):
     with pytest.raises(InputError, match=message):
         load_samples(make(tmp_path), need_masks=True)
+
+
+def test_manifest_line_that_is_not_utf8_is_skipped_not_fatal(folder):
+    manifest = folder / "mixed.jsonl"
+    good = json.dumps({"image": "ok0.png", "mask": "ok0_mask.png"}).encode()
+    manifest.write_bytes(b"\xef\xbb\xbf" + good + b"\n\xff\xfe{}\n" + good + b"\n")  # BOM, then a Latin-1 line
+    found = load_samples(manifest, need_masks=True)
+    assert len(found.samples) == 2
+    assert found.skipped == [(f"{manifest}:2", "not UTF-8 text")]
 
 
 # ---- captions ----------------------------------------------------------------------------------
@@ -155,6 +165,29 @@ def test_local_example_and_a_broken_picture_is_replaced_and_reported(folder, tok
     assert set(example["object_mask"].unique().tolist()) <= {0.0, 1.0}
     batch = collate([example, examples[(0, 0)]])
     assert batch["pixels"].shape == (2, 3, 64, 64) and len(batch["skipped"]) == 1
+
+
+def test_data_where_no_picture_decodes_says_so_once_per_sample(tmp_path, tokenizer):
+    from elite_cli.training.data import Sample
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.jpg").write_bytes(b"junk")
+    samples = [Sample(tmp_path / f"{name}.jpg") for name in ("a", "b", "c")]
+    examples = TrainingExamples(samples, "global", tokenizer, resolution=64, clip_size=224, latent_factor=8, seed=0)
+    with pytest.raises(InputError, match=r"^all 3 training samples could not be read \(last: .*a.jpg"):
+        examples[(0, 1)]
+
+
+def test_mask_of_another_shape_is_skipped_but_a_scaled_one_is_used(tmp_path):
+    from elite_cli.training.data import BadSample, Sample, decode_sample
+
+    Image.fromarray(np.full((80, 96, 3), 128, np.uint8)).save(tmp_path / "p.png")
+    for name, size in (("half", (48, 40)), ("rounded", (49, 40)), ("square", (40, 40))):
+        Image.fromarray(np.full((size[1], size[0]), 255, np.uint8)).save(tmp_path / f"{name}.png")
+    for name in ("half", "rounded"):
+        assert decode_sample(Sample(tmp_path / "p.png", tmp_path / f"{name}.png"))[1].shape == (80, 96)
+    with pytest.raises(BadSample, match="is 40x40, not the shape of the 96x80 picture"):
+        decode_sample(Sample(tmp_path / "p.png", tmp_path / "square.png"))
 
 
 # ---- batches -----------------------------------------------------------------------------------

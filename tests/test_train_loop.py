@@ -246,7 +246,7 @@ def test_accelerate_launch_two_cpu_processes(tiny_models, data, tmp_path):
     environment = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 process(es)" in done.stderr
+    assert "2 processes on" in done.stderr
     # Compare with one process of batch 2 over the same global batches.
     single = train(config(tiny_models, data, tmp_path / "single", batch_size=2, gradient_accumulation=2, max_steps=2,
                           checkpoint_every=0))
@@ -298,3 +298,88 @@ def test_resume_latest_without_a_checkpoint_says_it_starts_fresh(tiny_models, da
     events.clear()
     train(config(tiny_models, data, tmp_path / "plain", max_steps=1, checkpoint_every=0), events.append)
     assert not [event for event in events if isinstance(event, RunStarted)][0].resume_found_nothing
+
+
+# ---- refused before any model loads ------------------------------------------------------------
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Fails the test if the run gets as far as loading the models."""
+    from elite_cli.training import components
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the models were loaded before the bad setting was refused")
+
+    monkeypatch.setattr(components, "load_frozen_models", refuse)
+
+
+def test_output_that_is_a_file_is_refused_before_the_models_load(tiny_models, data, tmp_path, no_models):
+    from elite_cli.errors import InputError
+
+    output = tmp_path / "run.txt"
+    output.write_text("notes")
+    with pytest.raises(InputError, match="--output '.*run.txt' is a file; pass a folder"):
+        train(config(tiny_models, data, output))
+    assert output.read_text() == "notes"
+
+
+def test_output_holding_an_earlier_run_is_not_overwritten(global_run, tiny_models, data, no_models):
+    from elite_cli.errors import InputError
+
+    output, result, _ = global_run
+    before = result.mapper.read_bytes()
+    with pytest.raises(InputError, match="already holds a training run .* --resume latest"):
+        train(config(tiny_models, data, output))
+    with pytest.raises(InputError, match="already holds a training run"):  # the other stage's run too
+        train(config(tiny_models, data, output, stage="local", global_mapper=str(result.mapper)))
+    assert result.mapper.read_bytes() == before
+
+
+@pytest.mark.parametrize("stage, flag", [("global", "init"), ("local", "global_mapper")])
+def test_missing_mapper_files_are_refused_before_the_models_load(tiny_models, data, tmp_path, no_models, stage, flag):
+    from elite_cli.errors import InputError
+
+    overrides = {"global_mapper": str(tmp_path / "g.safetensors")} if stage == "local" else {}
+    overrides[flag] = str(tmp_path / "missing.safetensors")
+    with pytest.raises(InputError, match=f"--{flag.replace('_', '-')} '.*missing.safetensors' is not a file"):
+        train(config(tiny_models, data, tmp_path / "out", stage=stage, **overrides))
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_checks_happen_before_the_models_load(global_run, tiny_models, data, tmp_path, no_models):
+    from elite_cli.errors import InputError
+
+    output, _, _ = global_run
+    checkpoint = str(output / "checkpoint-000004")
+    with pytest.raises(InputError, match="made with --seed"):
+        train(config(tiny_models, data, tmp_path, gradient_accumulation=2, seed=6, resume=checkpoint))
+    # A checkpoint at or past --max-steps has nothing left to train: said, not silently re-saved.
+    with pytest.raises(InputError, match="already at step 4 and --max-steps is 3; pass a larger --max-steps"):
+        train(config(tiny_models, data, tmp_path, gradient_accumulation=2, max_steps=3, resume=checkpoint))
+    assert not list(tmp_path.iterdir())
+
+
+
+def test_progress_lines_are_single_and_say_process_and_step_in_the_right_number(tiny_models, data, tmp_path):
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from elite_cli.training.cli import TrainingDisplay, train_app
+    from elite_cli.training.loop import RunStarted
+
+    with open(tmp_path / "empty.txt", "w") as sink, TrainingDisplay(Console(file=sink, width=40)):
+        pass  # refused before it started: prints nothing (no blank line before the error)
+    assert (tmp_path / "empty.txt").read_text() == ""
+    with open(tmp_path / "narrow.txt", "w") as sink, TrainingDisplay(Console(file=sink, width=40)) as display:
+        display.update(RunStarted(samples=1, skipped_at_scan=0, num_processes=1, total_batch=2, learning_rate=2e-6,
+                                  start_step=3, max_steps=5, device="cpu", mixed_precision="no"))
+    first = (tmp_path / "narrow.txt").read_text().splitlines()[0]
+    assert first == "1 sample (0 skipped), 1 process on cpu, precision no, total batch 2, lr 2e-06, resuming at step 3"
+
+    result = CliRunner().invoke(train_app, [
+        "global", "-d", str(data), "-o", str(tmp_path / "run"), "--base-model", str(tiny_models.base_model),
+        "--image-encoder", str(tiny_models.image_encoder), "--resolution", "64", "--batch-size", "2",
+        "--gradient-accumulation", "1", "--hidden-width", "64", "--max-steps", "1", "--checkpoint-every", "0",
+        "--workers", "0", "--cpu"])
+    assert result.exit_code == 0, result.output
+    assert "1 process on cpu" in result.output and "(1 step, last loss" in result.output

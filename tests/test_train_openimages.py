@@ -300,7 +300,7 @@ def test_cli_needs_a_stage_and_the_stage_its_inputs(release, args, exit_code, me
 @pytest.mark.parametrize("args, message", [
     (["local", "-d", "{data}", "-o", "{out}", "--global-mapper", "{data}/none.safetensors", "--resolution", "60"],
      "--resolution must be a multiple of 8"),
-    (["global", "-d", "{data}/missing", "-o", "{out}"], "neither a folder"),
+    (["global", "-d", "{data}/missing", "-o", "{out}"], "missing' does not exist"),
     (["global", "-d", "{data}", "-o", "{out}", "--lr-scheduler", "wavy"], "--lr-scheduler 'wavy' is not supported"),
     (["global", "-d", "{data}", "-o", "{out}", "--validation-prompt", "a cat"], "must mention <concept>"),
 ])
@@ -331,3 +331,27 @@ def test_cli_refuses_filter_values_outside_their_range(tmp_path, flag, value, me
                                             flag, value])
     assert result.exit_code == 1 and result.output.strip().splitlines() == [f"Error: {result.output.strip()[7:]}"]
     assert message in result.output and not (tmp_path / "m.jsonl").exists()
+
+
+@pytest.mark.parametrize("name, message", [("manifest", "is not a .jsonl file name"), ("folder.jsonl", "is a folder")])
+def test_cli_refuses_an_output_that_training_cannot_read(tmp_path, name, message):
+    annotations = tmp_path / "boxes.csv"
+    annotations.write_text("ImageID,LabelName,XMin,XMax,YMin,YMax\n")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "folder.jsonl").mkdir()
+    result = CliRunner().invoke(train_app, ["convert-openimages", "--stage", "global", "--annotations", str(annotations),
+                                            "--images", str(tmp_path / "images"), "-o", str(tmp_path / name)])
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [f"Error: {result.output.strip()[7:]}"]
+    assert message in result.output and "e.g. oi-global.jsonl" in result.output
+    assert not (tmp_path / "manifest").exists() and not list((tmp_path / "folder.jsonl").iterdir())
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_help_shows_the_accepted_values_not_python_types(run_cli):
+    trained = run_cli("train", "global", "--help").stdout
+    for shown in ("--mixed-precision <no|fp16|bf16>", "--attention <auto|sdpa|xformers>", "--resume <checkpoint|latest>",
+                  "--base-model <model>", "--lr-scheduler <schedule>", "--workers, --num-workers <int>"):
+        assert shown in trained, shown
+    assert "<str>" not in trained
+    converted = run_cli("train", "convert-openimages", "--help").stdout
+    assert "--stage <global|local>" in converted and "<str>" not in converted

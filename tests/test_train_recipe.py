@@ -30,9 +30,13 @@ def test_recipe_metadata_round_trips_and_names_no_user_paths():
     (dict(stage="middle"), "must be 'global' or 'local'"),
     (dict(stage="local"), "--global-mapper"),
     (dict(batch_size=0), "--batch-size must be at least 1"),
-    (dict(learning_rate=-1.0), "--learning-rate must be positive"),
+    (dict(learning_rate=-1.0), "--learning-rate must be a positive number"),
+    (dict(learning_rate=float("inf")), "--learning-rate must be a positive number but is inf"),
+    (dict(learning_rate=float("nan")), "--learning-rate must be a positive number but is nan"),
+    (dict(attention="flash"), "--attention 'flash' is not supported; use auto, sdpa or xformers"),
     (dict(mixed_precision="fp8"), "--mixed-precision 'fp8'"),
     (dict(checkpoint_every=-1), "--checkpoint-every must be 0 or more"),
+    (dict(validate_every=10, validation_count=0), "--validation-count must be at least 1 with --validate-every"),
 ])
 def test_bad_settings_are_one_sentence(overrides, message):
     with pytest.raises(InputError, match=message):

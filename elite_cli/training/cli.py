@@ -56,8 +56,8 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 # ---- shared options ------------------------------------------------------------------------------
 Data = Annotated[Path, typer.Option("--data", "-d", help="Folder of name.jpg + name_mask.png pairs, or a .jsonl manifest.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, logs and the trained mapper.")]
-BaseModel = Annotated[str, typer.Option(help="Stable Diffusion hub id or diffusers folder.", envvar="ELITE_BASE_MODEL")]
-ImageEncoder = Annotated[str, typer.Option(help="CLIP vision hub id or folder.", envvar="ELITE_IMAGE_ENCODER")]
+BaseModel = Annotated[str, typer.Option(metavar="<model>", help="Stable Diffusion hub id or diffusers folder.", envvar="ELITE_BASE_MODEL")]
+ImageEncoder = Annotated[str, typer.Option(metavar="<model>", help="CLIP vision hub id or folder.", envvar="ELITE_IMAGE_ENCODER")]
 Init = Annotated[Optional[Path], typer.Option(help="Start from these mapper weights instead of fresh ones.")]
 Resolution = Annotated[int, typer.Option(help="Training image size in pixels (multiple of 8).")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Batch per process (default: 4 global, 2 local, as the reference).", show_default=False)]
@@ -66,24 +66,24 @@ LearningRate = Annotated[Optional[float], typer.Option(
     help="Base learning rate, multiplied by the total batch unless --no-scale-lr (default: 1e-6 global, 1e-5 local).",
     show_default=False)]
 ScaleLr = Annotated[bool, typer.Option("--scale-lr/--no-scale-lr", help="Scale the learning rate by batch x accumulation x processes.")]
-LrScheduler = Annotated[str, typer.Option(help="constant, constant_with_warmup, linear or cosine.")]
+LrScheduler = Annotated[str, typer.Option(metavar="<schedule>", help="constant, constant_with_warmup, linear or cosine.")]
 Warmup = Annotated[int, typer.Option(help="Warm-up steps of the learning-rate schedule.")]
 MaxSteps = Annotated[int, typer.Option(help="Optimizer steps to train for.")]
 CheckpointEvery = Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps (0: only at the end).")]
 KeepCheckpoints = Annotated[int, typer.Option(help="Keep only the newest N checkpoints (0: keep all).")]
 ValidateEvery = Annotated[int, typer.Option(help="Write validation images every N steps (0: never).")]
 ValidationCount = Annotated[int, typer.Option(help="How many training pictures to validate on.")]
-ValidationPrompt = Annotated[str, typer.Option(help="Validation prompt; <concept> stands for the picture.")]
+ValidationPrompt = Annotated[str, typer.Option(metavar="<prompt>", help="Validation prompt; <concept> stands for the picture.")]
 ValidationSteps = Annotated[int, typer.Option(help="Denoising steps of validation images.")]
 Seed = Annotated[int, typer.Option(help="Seed of the mapper's initialisation, data order, augmentation and noise.")]
 MixedPrecision = Annotated[Optional[str], typer.Option(
-    help="no, fp16 or bf16 (default: what `accelerate config` / `accelerate launch` chose).", show_default=False)]
+    metavar="<no|fp16|bf16>", help="no, fp16 or bf16 (default: what `accelerate config` / `accelerate launch` chose).", show_default=False)]
 Checkpointing = Annotated[bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory in the UNet.")]
-Workers = Annotated[int, typer.Option("--workers", help="Data-loading processes per training process.")]
+Workers = Annotated[int, typer.Option("--workers", "--num-workers", help="Data-loading processes per training process.")]
 Tensorboard = Annotated[bool, typer.Option("--tensorboard", help="Also log to TensorBoard (needs `pip install tensorboard`).")]
-Resume = Annotated[Optional[str], typer.Option(help="Continue from a checkpoint folder, or 'latest' in --output.")]
+Resume = Annotated[Optional[str], typer.Option(metavar="<checkpoint|latest>", help="Continue from a checkpoint folder, or 'latest' in --output.")]
 Cpu = Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present (tiny models, tests).")]
-Attention = Annotated[str, typer.Option(help="auto, sdpa or xformers.")]
+Attention = Annotated[str, typer.Option(metavar="<auto|sdpa|xformers>", help="auto, sdpa or xformers.")]
 HiddenWidth = Annotated[int, typer.Option(help="Width of the mapping MLPs (the reference's 1024).")]
 
 
@@ -100,17 +100,25 @@ def run_training(**values: Any) -> None:
     with TrainingDisplay() as display:
         result = train(config, display.update)
     if result.is_main_process:
-        typer.echo(f"Trained {config.stage} mapper: {result.mapper} ({result.steps} steps, last loss {result.last_loss:.4f})")
+        typer.echo(f"Trained {config.stage} mapper: {result.mapper} ({plural(result.steps, 'step')}, "
+                   f"last loss {result.last_loss:.4f})")
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    return f"{count} {singular if count == 1 else (plural_form or singular + 's')}"
 
 
 class TrainingDisplay:
     """Rich progress for the main process (the core sends it events; other processes get none)."""
 
+    def __init__(self, console=None):
+        self.console = console  # a rich Console; None: stderr
+
     def __enter__(self) -> "TrainingDisplay":
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.console = Console(stderr=True)
+        self.console = self.console or Console(stderr=True)
         self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             TextColumn("{task.description}"), console=self.console, transient=False)
         self.task = None
@@ -120,13 +128,16 @@ class TrainingDisplay:
         from elite_cli.training.loop import RunStarted, StepDone
 
         if isinstance(event, RunStarted):
+            # soft_wrap: one line however narrow the terminal (or 80 columns when piped to a log).
             self.console.print(
-                f"{event.samples} samples ({event.skipped_at_scan} skipped), {event.num_processes} process(es) on "
-                f"{event.device}, precision {event.mixed_precision}, total batch {event.total_batch}, "
-                f"lr {event.learning_rate:.3g}" + (f", resuming at step {event.start_step}" if event.start_step else "")
+                f"{plural(event.samples, 'sample')} ({event.skipped_at_scan} skipped), "
+                f"{plural(event.num_processes, 'process', 'processes')} on {event.device}, precision "
+                f"{event.mixed_precision}, total batch {event.total_batch}, lr {event.learning_rate:.3g}"
+                + (f", resuming at step {event.start_step}" if event.start_step else ""),
+                soft_wrap=True, highlight=False,
             )
             if event.resume_found_nothing:
-                self.console.print("No checkpoint in the output folder yet: starting from step 0.")
+                self.console.print("No checkpoint in the output folder yet: starting from step 0.", soft_wrap=True)
             self.bar.start()
             self.task = self.bar.add_task("", total=event.max_steps, completed=event.start_step)
         elif isinstance(event, StepDone) and self.task is not None:
@@ -134,12 +145,13 @@ class TrainingDisplay:
                 f"loss {event.loss:.4f} (mse {event.mse:.4f}) lr {event.lr:.2e} {event.images_per_second:.1f} img/s"
                 + (f" skipped {event.skipped}" if event.skipped else "")))
             if event.checkpoint:
-                self.bar.console.print(f"checkpoint: {event.checkpoint}")
+                self.bar.console.print(f"checkpoint: {event.checkpoint}", soft_wrap=True, highlight=False)
             if event.validation:
-                self.bar.console.print(f"validation images: {event.validation}")
+                self.bar.console.print(f"validation images: {event.validation}", soft_wrap=True, highlight=False)
 
     def __exit__(self, *exc) -> None:
-        self.bar.stop()
+        if self.task is not None:  # a run refused before it started leaves no blank line above its error
+            self.bar.stop()
 
 
 @train_app.command("global")
@@ -189,7 +201,7 @@ def train_local(
 @one_line_errors
 def convert_openimages(
     stage: Annotated[str, typer.Option(
-        help="global: boxes from the box CSV (test-annotations-bbox.csv, recommended) or the segmentation CSV, "
+        metavar="<global|local>", help="global: boxes from the box CSV (test-annotations-bbox.csv, recommended) or the segmentation CSV, "
         "no masks; local: boxes from the masks, needs the segmentation CSV and --masks.", show_default=False)],
     annotations: Annotated[Path, typer.Option(
         help="Open Images CSV: test-annotations-bbox.csv (global) or test-annotations-object-segmentation.csv (either stage).")],

@@ -105,8 +105,13 @@ def _manifest_sample(entry: object, base: Path, need_masks: bool) -> Sample:
 def read_manifest(manifest: Path, need_masks: bool) -> SampleSet:
     result = SampleSet([])
     base = manifest.parent
-    with manifest.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with manifest.open("rb") as handle:  # bytes: one line that is not UTF-8 is skipped, not the whole file
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig")  # -sig: a byte-order mark some editors write
+            except UnicodeDecodeError:
+                result.skipped.append((f"{manifest}:{number}", "not UTF-8 text"))
+                continue
             if not line.strip():
                 continue
             try:
@@ -121,6 +126,8 @@ def read_manifest(manifest: Path, need_masks: bool) -> SampleSet:
 def load_samples(data: str | Path, need_masks: bool) -> SampleSet:
     """The samples of a folder or a .jsonl manifest. Raises InputError when none is usable."""
     path = Path(data)
+    if not path.exists():
+        raise InputError(f"--data '{path}' does not exist; give a folder of name.jpg + name_mask.png pairs or a .jsonl manifest.")
     if path.is_dir():
         found = scan_folder(path, need_masks)
     elif path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
@@ -159,6 +166,13 @@ def decode_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, tuple[int, in
         mask_image = mask_image.convert("L")
         if mask_image.size != image.size:
             # Open Images masks come at their own resolution; the reference resizes them (nearest).
+            # Another shape (beyond rounding) is a mask of another picture: stretching it would
+            # train on the wrong object.
+            (mask_width, mask_height), (width, height) = mask_image.size, image.size
+            if (abs(round(height * mask_width / width) - mask_height) > 1
+                    and abs(round(width * mask_height / height) - mask_width) > 1):
+                raise BadSample(f"mask {sample.mask} is {mask_width}x{mask_height}, not the shape of the "
+                                f"{width}x{height} picture")
             mask_image = mask_image.resize(image.size, resample=Image.NEAREST)
         mask = np.asarray(mask_image) > MASK_THRESHOLD
     if not mask.any():
@@ -213,7 +227,8 @@ class TrainingExamples:
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
         skipped = []
-        for attempt in range(MAX_STAND_INS):
+        tries = min(MAX_STAND_INS, len(self.samples))  # never the same bad sample twice
+        for attempt in range(tries):
             sample = self.samples[(index + attempt) % len(self.samples)]
             try:
                 example = self.make(sample, np.random.default_rng([self.seed, epoch, index, attempt]))
@@ -222,7 +237,8 @@ class TrainingExamples:
                 continue
             example["skipped"] = skipped
             return example
-        raise InputError(f"{MAX_STAND_INS} training samples in a row could not be read (last: {skipped[-1]}); check --data.")
+        what = f"all {tries} training samples" if tries == len(self.samples) else f"{tries} training samples in a row"
+        raise InputError(f"{what} could not be read (last: {skipped[-1]}); check --data.")
 
     def tokens(self, text: str) -> tuple[list[int], int]:
         tokenized = self.prompts.tokenize(text)

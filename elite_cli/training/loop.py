@@ -119,6 +119,37 @@ def find_checkpoint(output: Path, resume: str) -> Path | None:
     return found[-1][1] if found else None
 
 
+# What a run leaves in its output folder; a new run (no --resume) refuses to mix with them.
+RUN_FILES = ("global_mapper.safetensors", "local_mapper.safetensors", "log.jsonl")
+
+
+def check_output(output: Path, resume: str) -> None:
+    """--output must be a folder; one holding an earlier run is only continued (--resume), never overwritten."""
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output '{output}' is a file; pass a folder for the checkpoints, logs and trained mapper.")
+    if resume or not output.is_dir():
+        return
+    earlier = sorted(p.name for p in output.iterdir() if p.name in RUN_FILES or CHECKPOINT_PATTERN.match(p.name))
+    if earlier:
+        raise InputError(
+            f"--output '{output}' already holds a training run ({', '.join(earlier[:3])}); continue it with "
+            f"--resume latest, or pick a new --output folder."
+        )
+
+
+def check_mapper_files(config: TrainConfig) -> None:
+    """--init and --global-mapper name existing files (checked before any model loads)."""
+    given = [("--init", config.init)]
+    if config.stage == "local":
+        given.append(("--global-mapper", config.global_mapper))
+    for flag, path in given:
+        if path and not Path(path).is_file():
+            raise InputError(
+                f"{flag} '{path}' is not a file; pass a mapper .safetensors (e.g. runs/global/global_mapper.safetensors "
+                f"written by `elite train global`) or a reference .pt."
+            )
+
+
 def row_generators(seed: int, micro_step: int, first_row: int, rows: int) -> list[torch.Generator]:
     """CPU generators for rows first_row.. of the global micro-batch `micro_step`."""
     generators = []
@@ -167,6 +198,8 @@ class Trainer:
         from elite_cli.training.objectives import GlobalObjective, LocalObjective
 
         config = self.config
+        check_output(self.output, config.resume)
+        check_mapper_files(config)
         found = load_samples(config.data, need_masks=config.stage == "local")  # the cheapest thing to get wrong
         self.samples, self.skipped_at_scan = found.samples, found.skipped
         tensorboard = False
@@ -186,6 +219,7 @@ class Trainer:
         # mapper's recorded recipe says it.
         self.config = config = replace(config, mixed_precision=accelerator.mixed_precision)
         self.device = accelerator.device
+        self.resume_from = self.check_resume()  # before the models load: a refused --resume costs nothing
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
         frozen = self.frozen = (self.given_frozen if self.given_frozen is not None
@@ -240,14 +274,14 @@ class Trainer:
         if tensorboard:
             accelerator.init_trackers("elite", config={k: v for k, v in config.recipe(num_processes).items() if v is not None})
 
-    def restore(self) -> int:
-        """Load --resume's checkpoint; return the step it was taken at (0 without one)."""
+    def check_resume(self) -> tuple[Path, int] | None:
+        """--resume's checkpoint and step, after checking that this run can continue it (None: a fresh start)."""
         config = self.config
         if not config.resume:
-            return 0
+            return None
         checkpoint = find_checkpoint(self.output, config.resume)
         if checkpoint is None:
-            return 0
+            return None
         saved = json.loads((checkpoint / STATE_FILE).read_text())
         before = TrainConfig.from_json(json.dumps(saved["config"]))
         # A resumed run continues exactly where it stopped only with the same models, data
@@ -262,13 +296,27 @@ class Trainer:
                 )
         saved_processes = saved.get("num_processes", self.accelerator.num_processes)
         if saved_processes != self.accelerator.num_processes:
+            processes = "process" if saved_processes == 1 else "processes"
             raise InputError(
-                f"--resume '{checkpoint}' was made by {saved_processes} process(es) but this run has "
+                f"--resume '{checkpoint}' was made by {saved_processes} {processes} but this run has "
                 f"{self.accelerator.num_processes}; each step's samples depend on it, so resume with "
                 f"{saved_processes}, or start a new run from its weights with --init."
             )
+        step = int(saved["step"])
+        if step >= config.max_steps:
+            raise InputError(
+                f"--resume '{checkpoint}' is already at step {step} and --max-steps is {config.max_steps}; "
+                f"pass a larger --max-steps to train on."
+            )
+        return checkpoint, step
+
+    def restore(self) -> int:
+        """Load --resume's checkpoint (checked in setup); return the step it was taken at (0 without one)."""
+        if self.resume_from is None:
+            return 0
+        checkpoint, step = self.resume_from
         self.accelerator.load_state(str(checkpoint / "state"))
-        return int(saved["step"])
+        return step
 
     def loader(self, start_step: int):
         from torch.utils.data import DataLoader

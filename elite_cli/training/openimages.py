@@ -280,6 +280,10 @@ def convert_open_images(stage: str, annotations: str | Path, images_dir: str | P
         if path is not None and not (path.is_dir() if is_dir else path.is_file()):
             kind = "folder" if is_dir else "file"
             raise InputError(f"{flag} '{path}' is not an existing {kind}.")
+    # `elite train --data` reads a manifest by its .jsonl (or .json) name.
+    if output.is_dir() or output.suffix.lower() not in (".jsonl", ".json"):
+        what = "a folder" if output.is_dir() else "not a .jsonl file name"
+        raise InputError(f"-o '{output}' is {what}; pass the manifest file to write, e.g. oi-{stage}.jsonl.")
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(output.name + ".tmp")
     report = ConversionReport()

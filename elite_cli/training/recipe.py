@@ -6,6 +6,7 @@ Pure Python: the CLI builds a TrainConfig without importing torch.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from elite_cli.errors import InputError
@@ -21,6 +22,7 @@ STAGE_DEFAULTS = {
 }
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+ATTENTION = ("auto", "sdpa", "xformers")
 RECIPE_VERSION = 1
 
 
@@ -81,14 +83,18 @@ class TrainConfig:
                      "validation_count"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must be 0 or more but is {getattr(self, name)}.")
+        if self.validate_every and not self.validation_count:
+            raise InputError("--validation-count must be at least 1 with --validate-every; pass --validate-every 0 for no validation images.")
         if self.resolution % 8:
             raise InputError(f"--resolution must be a multiple of 8 but is {self.resolution}.")
-        if not self.learning_rate > 0:
-            raise InputError(f"--learning-rate must be positive but is {self.learning_rate}.")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise InputError(f"--learning-rate must be a positive number but is {self.learning_rate}.")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise InputError(f"--lr-scheduler {self.lr_scheduler!r} is not supported; use one of {', '.join(LR_SCHEDULERS)}.")
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise InputError(f"--mixed-precision {self.mixed_precision!r} is not supported; use no, fp16 or bf16.")
+        if self.attention not in ATTENTION:
+            raise InputError(f"--attention {self.attention!r} is not supported; use auto, sdpa or xformers.")
         if self.stage == "local" and not self.global_mapper:
             raise InputError("the local stage needs the trained global mapper; pass --global-mapper PATH.")
         if "<concept>" not in self.validation_prompt:
