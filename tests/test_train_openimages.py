@@ -256,6 +256,16 @@ def test_wrong_input_for_the_stage_is_one_clear_error(release, stage, header, ma
     assert list(root.glob("x.jsonl*")) == []  # neither a manifest nor its temporary file
 
 
+def test_nothing_kept_is_an_error_with_the_reasons_and_writes_nothing(release):
+    root, annotations, masks, images, classes = release
+    manifest = root / "none.jsonl"
+    with pytest.raises(InputError, match=r"none of the 7 instances passed the local stage's checks \(.*mask empty: 1") as error:
+        convert_open_images("local", annotations, images, manifest, masks_dir=masks,
+                            filters=stage_filters("local", min_side=10_000))
+    assert "\n" not in str(error.value)
+    assert not manifest.exists() and not (root / "none.jsonl.tmp").exists()
+
+
 def test_missing_class_names_file_is_one_clear_error(release):
     root, annotations, masks, images, _ = release
     with pytest.raises(InputError, match="--classes .* is not an existing file"):

@@ -303,6 +303,14 @@ def convert_open_images(stage: str, annotations: str | Path, images_dir: str | P
                     sink.write(json.dumps(entry) + "\n")
                 if progress is not None:
                     progress(number)
+        if report.kept == 0:
+            # An empty manifest would only fail later, in `elite train`, without the reasons.
+            if report.total == 0:
+                raise InputError(f"--annotations '{annotations}' has no annotation rows; nothing was written.")
+            reasons = ", ".join(f"{reason}: {count}" for reason, count in report.skipped.most_common())
+            raise InputError(f"none of the {report.total} instances passed the {stage} stage's checks ({reasons}); "
+                             f"nothing was written. Check --images{' and --masks' if stage == 'local' else ''}, "
+                             "or loosen the filters (--min-area, --max-area, --min-side, --min-aspect).")
         os.replace(temporary, output)
     except BaseException:
         # No half-written manifest stays behind (wrong CSV, Ctrl-C, full disk).
