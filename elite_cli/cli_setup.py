@@ -142,21 +142,27 @@ def config_show(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         echo_json(
             {
                 "library": str(library),
+                "library_source": _library_source(),
                 "config_file": str(settings_module.config_path(library)),
                 "settings": {key: {"value": item.value, "source": item.source} for key, item in resolved.items()},
             }
         )
         return
-    rows = [["library", library, "flag" if _library_from_flag() else "ELITE_HOME or default"]]
+    rows = [["library", library, _library_source()]]
     rows += [[key, item.value, item.source] for key, item in resolved.items()]
     print_rows(["setting", "value", "source"], rows)
     typer.echo(f"Config file: {settings_module.config_path(library)}")
 
 
-def _library_from_flag() -> bool:
+def _library_source() -> str:
+    """Where the library folder came from, in the words config sources use ('env VAR', ...)."""
+    import os
+
     from elite_cli.cli import options
 
-    return options.library is not None
+    if options.library is not None:
+        return "flag"
+    return "env ELITE_HOME" if os.environ.get("ELITE_HOME", "").strip() else "default"
 
 
 @config_app.command("set")

@@ -104,6 +104,16 @@ def test_elite_config_shows_value_and_source(run_cli, elite_home: Path, monkeypa
 def test_library_flag_beats_elite_home(run_cli, tmp_path: Path):
     result = run_cli("--library", tmp_path / "other", "config", "--json")
     assert json.loads(result.stdout)["library"] == str(tmp_path / "other")
+    assert json.loads(result.stdout)["library_source"] == "flag"
+
+
+def test_elite_config_names_the_library_source_it_used(run_cli, monkeypatch):
+    # ELITE_HOME is set by the autouse fixture: the source is that variable, not "ELITE_HOME or default".
+    assert json.loads(run_cli("config", "--json").stdout)["library_source"] == "env ELITE_HOME"
+    library_row = next(line for line in run_cli("config").stdout.splitlines() if line.lstrip().startswith("library"))
+    assert "env ELITE_HOME" in library_row and " or " not in library_row
+    monkeypatch.delenv("ELITE_HOME")
+    assert json.loads(run_cli("config", "--json").stdout)["library_source"] == "default"
 
 
 # --- PNG outputs -------------------------------------------------------------------------------
