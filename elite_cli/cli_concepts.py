@@ -363,20 +363,33 @@ def reencode(
     if not records:
         typer.echo("No concepts to re-encode.")
         return
+    if names:  # a named concept that cannot be re-encoded fails before the models load, too
+        store.require_sources(records)
     from elite_cli.encoder import Encoder
 
     models, _ = load_models_with_status()
     encoder = Encoder(models)
-    done = []
+    image_encoder = setting("image_encoder")
+    done, skipped = [], []
     for record in records:
         started = time.perf_counter()
-        stored = store.reencode(record.id, encoder)
+        if record.mapper_matches(models.global_fingerprint, models.local_fingerprint) \
+                and record.image_encoder == image_encoder:
+            stored, changed = record, False  # made by these models already: nothing to encode
+        elif store.without_sources([record]):
+            skipped.append(record)  # only without names (named ones were checked above)
+            continue
+        else:
+            stored = store.reencode(record.id, encoder)
+            changed = not stored.duplicate
         summary = as_dict(stored)
         summary["seconds"] = round(time.perf_counter() - started, 3)
-        summary["changed"] = not stored.duplicate
+        summary["changed"] = changed
         done.append(summary)
         if not as_json:
             verb = "Re-encoded" if summary["changed"] else "Up to date:"
             typer.echo(f"{verb} <{stored.name}> ({summary['seconds']:.2f}s)")
     if as_json:
         echo_json(done)
+    # The others are done; a stale concept without a source picture still needs the user.
+    store.require_sources(skipped)

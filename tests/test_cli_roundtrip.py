@@ -235,6 +235,44 @@ def test_check_and_reencode(run_cli, library_with_cat):
     assert [item["name"] for item in json.loads(again.stdout)] == ["mycat"]
 
 
+def test_reencode_all_skips_current_concepts_and_imported_ones_do_not_stop_the_rest(
+        run_cli, library_with_cat, dog_picture, tiny_models, tmp_path, monkeypatch):
+    # <imported> has no source picture (it came from a bundle); <mydog> has one.
+    bundle = tmp_path / "mycat.elite.safetensors"
+    assert run_cli("export", "mycat", "-o", bundle).exit_code == 0
+    assert run_cli("rm", "mycat").exit_code == 0
+    assert run_cli("import", bundle, "--name", "imported").exit_code == 0
+    assert run_cli("add", dog_picture).exit_code == 0
+
+    # Made by the configured mappers already: left as they are, without encoding anything.
+    from elite_cli.encoder import Encoder
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a current concept was encoded again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Encoder, "encode", no_encoding)
+        current = run_cli("reencode", "--json")
+    assert current.exit_code == 0, current.output
+    assert {item["name"]: item["changed"] for item in json.loads(current.stdout)} == {"imported": False, "mydog": False}
+
+    # Other mappers: <mydog> is re-encoded, then the imported one is named in one line (exit 1).
+    from elite_cli.tiny import build_tiny_models
+
+    other = build_tiny_models(tmp_path / "other-tiny", seed=1)
+    monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(other.global_mapper))
+    monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(other.local_mapper))
+    stale = run_cli("reencode")
+    assert stale.exit_code == 1
+    assert re.fullmatch(r"Re-encoded <mydog> \(\d+\.\d\ds\)\n", stale.stdout), stale.stdout
+    assert stale.stderr.startswith("Error: concept 'imported' has no stored source image") and stale.stderr.count("\n") == 1
+    assert [row["stale"] for row in json.loads(run_cli("list", "--json").stdout)] == [True, False]
+    # Named, it fails before the models load.
+    named = run_cli("reencode", "mydog", "imported")
+    assert named.exit_code == 1 and named.stdout == ""
+    assert named.stderr.startswith("Error: concept 'imported' has no stored source image")
+
+
 def test_repair_of_a_damaged_concept_keeps_its_picture_and_says_where(run_cli, library_with_cat, elite_home):
     concept_file = next((elite_home / "concepts").glob("*.safetensors"))
     concept_file.write_bytes(b"garbage")
