@@ -207,9 +207,21 @@ def setting(key: str) -> str:
     return effective_settings()[key].value
 
 
-def open_store():
+def library_exists() -> bool:
+    """Whether the library folder is there (commands that only read must not create it)."""
+    return library_dir().exists()
+
+
+def open_store(create: bool = True):
+    """The concept library. create=False (commands that only read or change existing concepts):
+    a library folder that does not exist is an error instead of being made, so a mistyped
+    --library or ELITE_HOME does not leave a new empty library behind."""
+    from elite_cli.errors import LibraryError
     from elite_cli.store import ConceptStore
 
+    if not create and not library_exists():
+        raise LibraryError(f"there is no concept library in '{library_dir()}' yet (`elite add` makes one); "
+                           "check --library or ELITE_HOME.")
     return ConceptStore(library_dir())
 
 

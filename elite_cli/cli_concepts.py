@@ -18,6 +18,7 @@ from elite_cli.cli import (
     format_cell,
     library_dir,
     load_models_with_status,
+    library_exists,
     open_store,
     print_rows,
     setting,
@@ -117,8 +118,7 @@ def list_concepts(
 
     Example: elite list --tag pets
     """
-    store = open_store()
-    concepts = store.list(tag=tag, pattern=pattern)
+    concepts = open_store().list(tag=tag, pattern=pattern) if library_exists() else []
     stale = _stale_flags(concepts)
     if as_json:
         echo_json([{**as_dict(stored), "stale": flag} for stored, flag in zip(concepts, stale)])
@@ -164,7 +164,7 @@ def show(
 
     Example: elite show mycat
     """
-    details = as_dict(open_store().get(name))
+    details = as_dict(open_store(create=False).get(name))
     if as_json:
         echo_json(details)
         return
@@ -185,7 +185,7 @@ def remove(
 
     Example: elite rm mycat oldcat
     """
-    store = open_store()
+    store = open_store(create=False)
     records = [store.get(name) for name in names]  # every name must exist before anything is removed
     for record in records:
         kept = store.remove(record.id, keep_sources=keep_sources)
@@ -201,7 +201,7 @@ def rename(
 
     Example: elite rename mycat tom
     """
-    renamed = open_store().rename(old, new)
+    renamed = open_store(create=False).rename(old, new)
     typer.echo(f"Renamed <{old}> to <{renamed.name}>")
 
 
@@ -215,7 +215,7 @@ def tag_concept(
 
     Example: elite tag mycat pets black
     """
-    store = open_store()
+    store = open_store(create=False)
     had = {value.lower() for value in store.get(name).tags}
     record = store.untag(name, *tags) if remove_tags else store.tag(name, *tags)
     # Like `rm -f`/`chmod`, asking for the state a concept is already in succeeds, but is said.
@@ -247,7 +247,7 @@ def export_concept(
     """
     if format not in EXPORT_FORMATS:
         raise InputError(f"--format '{format}' is not one of {', '.join(EXPORT_FORMATS)}.")
-    result = open_store().export(name, output, format, token=token, overwrite=overwrite)
+    result = open_store(create=False).export(name, output, format, token=token, overwrite=overwrite)
     typer.echo(f"Exported <{name}> to {result.path} ({result.format})")
     if result.note:
         typer.echo(f"Note: {result.note}.", err=True)
@@ -290,7 +290,7 @@ def check(
 
     repaired = None
     try:
-        store = open_store()
+        store = open_store(create=False)
         if repair and _index_is_corrupt(store):
             store.close()
             store = None
@@ -357,7 +357,7 @@ def reencode(
 
     Example: elite reencode mycat
     """
-    store = open_store()
+    store = open_store(create=False)
     # Resolve every name first: a typo fails before the models load.
     records = [store.get(name) for name in names] if names else store.list()
     if not records:

@@ -21,6 +21,7 @@ from elite_cli.cli import (
     echo_json,
     load_models_with_status,
     model_spec,
+    library_exists,
     open_store,
     print_rows,
     short_time,
@@ -514,7 +515,7 @@ def history(
     Example: elite history --limit 5
     """
     summaries = []
-    for images in open_store().list_runs(limit=None if limit == 0 else limit):
+    for images in (open_store().list_runs(limit=None if limit == 0 else limit) if library_exists() else []):
         summaries.append(
             {
                 "run_id": images[0].run_id,

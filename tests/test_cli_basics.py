@@ -353,3 +353,24 @@ def test_help_does_not_import_torch_and_is_fast():
 def test_python_dash_m_works():
     result = subprocess.run([sys.executable, "-m", "elite_cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == f"elite {__version__}\n"
+
+
+@pytest.mark.parametrize("args", [("show", "x"), ("rm", "x"), ("rename", "x", "y"), ("tag", "x", "t"),
+                                  ("export", "x", "-o", "x.safetensors"), ("check",), ("reencode",)])
+def test_commands_that_read_do_not_create_a_missing_library(run_cli, tmp_path: Path, args):
+    # A mistyped --library (or ELITE_HOME) used to leave a new empty library wherever it pointed.
+    missing = tmp_path / "typo" / "cats"
+    result = run_cli("--library", missing, *args)
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: there is no concept library in '{missing}' yet (`elite add` makes one); "
+                             "check --library or ELITE_HOME.\n")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_list_and_history_of_a_missing_library_are_empty_and_create_nothing(run_cli, tmp_path: Path):
+    missing = tmp_path / "typo" / "cats"
+    assert run_cli("--library", missing, "list").stdout.startswith("No concepts yet")
+    assert json.loads(run_cli("--library", missing, "list", "--json").stdout) == []
+    assert run_cli("--library", missing, "history").stdout.startswith("No runs yet")
+    assert json.loads(run_cli("--library", missing, "history", "--json").stdout) == []
+    assert not (tmp_path / "typo").exists()
