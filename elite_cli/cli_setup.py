@@ -97,6 +97,26 @@ def models_import(
     finally:
         for partial in partials:
             partial.unlink(missing_ok=True)
+    for role, _, target in targets:
+        note = _mapper_override_note(f"{role}_mapper", target)
+        if note:
+            typer.echo(note, err=True)
+
+
+def _mapper_override_note(key: str, imported: Path) -> str | None:
+    """A note when the setting `key` points elsewhere, so the file just imported is not the one used."""
+    item = effective_settings()[key]
+    configured = Path(item.value).expanduser()
+    if not configured.is_absolute():
+        configured = library_dir() / configured
+    if configured.resolve() == imported.resolve():
+        return None
+    how = {"flag": f"leave out --{key.replace('_', '-')}", "default": ""}.get(item.source)
+    if how is None:
+        how = (f"unset {item.source.split()[1]}" if item.source.startswith("env ")
+               else f"run `elite config unset {key}`")
+    return (f"Note: {key} is set to '{item.value}' ({item.source}), so that file is used, not the one imported; "
+            f"{how} to use the imported one.")
 
 
 @models_app.command("tiny")

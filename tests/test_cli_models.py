@@ -119,3 +119,16 @@ def test_doctor_reports_library_problems_with_the_fix(run_cli, use_tiny_models, 
     assert broken["fix"] == "run `elite check --repair`"
     assert run_cli("check", "--repair").exit_code == 0
     assert run_cli("doctor").exit_code == 0
+
+
+def test_models_import_says_when_a_setting_points_elsewhere(run_cli, tiny_models, elite_home: Path):
+    # After `elite models tiny --use` the config names other mapper files: the import alone changes nothing.
+    assert run_cli("config", "set", "global_mapper", tiny_models.global_mapper).exit_code == 0
+    result = run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        f"Note: global_mapper is set to '{tiny_models.global_mapper}' (config {elite_home / 'config.toml'}), so that "
+        "file is used, not the one imported; run `elite config unset global_mapper` to use the imported one.\n"
+    )
+    assert run_cli("config", "unset", "global_mapper").exit_code == 0
+    assert run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper, "--replace").stderr == ""
