@@ -26,14 +26,14 @@ from elite_cli.errors import InputError
 STATUS_STYLES = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "bold red")}
 
 
-def print_findings(findings: list) -> None:
+def print_findings(findings: list, first: str = "check") -> None:
     from rich.text import Text
 
     rows = []
     for finding in findings:
         label, style = STATUS_STYLES[finding.status]
         rows.append([finding.check, Text(label, style=style), finding.detail, finding.fix])
-    print_rows(["check", "status", "detail", "fix"], rows)
+    print_rows([first, "status", "detail", "fix"], rows)
 
 
 @models_app.callback()
@@ -50,7 +50,7 @@ def models_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         echo_json([asdict(finding) for finding in findings])
     else:
-        print_findings(findings)
+        print_findings(findings, first="setting")  # rows are settings here, as in `elite config`
 
 
 @models_app.command("import")

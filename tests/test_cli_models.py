@@ -132,3 +132,9 @@ def test_models_import_says_when_a_setting_points_elsewhere(run_cli, tiny_models
     )
     assert run_cli("config", "unset", "global_mapper").exit_code == 0
     assert run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper, "--replace").stderr == ""
+
+
+def test_models_table_heads_its_rows_as_settings(run_cli):
+    header = run_cli("models").stdout.splitlines()[0].split()
+    assert header[0] == "setting" and "check" not in header
+    assert run_cli("doctor").stdout.splitlines()[0].split()[0] == "check"
