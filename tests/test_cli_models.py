@@ -138,3 +138,12 @@ def test_models_table_heads_its_rows_as_settings(run_cli):
     header = run_cli("models").stdout.splitlines()[0].split()
     assert header[0] == "setting" and "check" not in header
     assert run_cli("doctor").stdout.splitlines()[0].split()[0] == "check"
+
+
+def test_models_tiny_into_a_file_names_the_file(run_cli, tmp_path: Path):
+    picture = tmp_path / "mycat.jpg"
+    picture.write_bytes(b"not a folder")
+    result = run_cli("models", "tiny", picture)
+    assert result.exit_code == 1
+    # It used to name a path inside the file: "'mycat.jpg/vocab' is not a folder".
+    assert result.stderr == f"Error: '{picture}' is a file; pass a folder for the tiny models (it is created if missing).\n"
