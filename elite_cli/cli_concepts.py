@@ -265,7 +265,13 @@ def import_concept(
     Example: elite import mycat.elite.safetensors --name tom
     """
     check_file_exists(file, "concept file")
-    stored = open_store().import_concept(file, name=name, replace=replace)
+    try:
+        stored = open_store().import_concept(file, name=name, replace=replace)
+    except NameClash as clash:
+        if clash.taken is None:
+            raise
+        raise NameClash(f"a concept named '{clash.taken}' already exists; pass --name to import it under another "
+                        "name, or --replace to replace that one.", taken=clash.taken) from None
     if as_json:
         echo_json(as_dict(stored))
     elif stored.duplicate:

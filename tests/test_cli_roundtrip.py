@@ -235,6 +235,19 @@ def test_check_and_reencode(run_cli, library_with_cat):
     assert [item["name"] for item in json.loads(again.stdout)] == ["mycat"]
 
 
+def test_import_under_a_taken_name_names_the_flags(run_cli, library_with_cat, tmp_path):
+    bundle = tmp_path / "mycat.elite.safetensors"
+    assert run_cli("export", "mycat", "-o", bundle).exit_code == 0
+    assert run_cli("rm", "mycat").exit_code == 0
+    # Another concept now holds the name the bundle carries.
+    other = draw_object_picture(tmp_path / "green.png", color=(10, 200, 10))
+    assert run_cli("add", other, "--name", "mycat").exit_code == 0
+    result = run_cli("import", bundle)
+    assert result.exit_code == 1
+    assert result.stderr == ("Error: a concept named 'mycat' already exists; pass --name to import it under another "
+                             "name, or --replace to replace that one.\n")
+
+
 def test_reencode_all_skips_current_concepts_and_imported_ones_do_not_stop_the_rest(
         run_cli, library_with_cat, dog_picture, tiny_models, tmp_path, monkeypatch):
     # <imported> has no source picture (it came from a bundle); <mydog> has one.

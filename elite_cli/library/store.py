@@ -453,7 +453,8 @@ class ConceptStore(GenerationHistory):
                     raise NameClash(f"concept '{clash[0][1]}' was made from this picture by other mapper weights; "
                                     f"run `elite reencode {clash[0][1]}` to encode it with the current ones.")
                 if clash and not replace:
-                    raise NameClash(f"a concept named '{clash[0][1]}' already exists; choose another name or replace it.")
+                    raise NameClash(f"a concept named '{clash[0][1]}' already exists; choose another name or replace it.",
+                                    taken=clash[0][1])
                 # Sources and thumbnail first, the concept file last: a concept file on disk
                 # always has its companions, so repair can index it as it stands.
                 for role, source, suffix in sources:
