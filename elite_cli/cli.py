@@ -193,10 +193,16 @@ def short_time(iso: str | None) -> str:
 
 def library_dir() -> Path:
     if options.library is not None:
-        return options.library
-    from elite_cli.paths import default_home
+        library, where = options.library, "--library"
+    else:
+        from elite_cli.paths import default_home
 
-    return default_home()
+        library, where = default_home(), "ELITE_HOME"
+    if library.exists() and not library.is_dir():
+        # Else each command fails its own way, naming files inside it ('<file>/config.toml').
+        raise InputError(f"the library '{library}' is a file, not a folder; point {where} at a folder "
+                         "(it is created on first `elite add`).")
+    return library
 
 
 def effective_settings() -> dict[str, settings_module.Resolved]:

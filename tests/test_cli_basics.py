@@ -374,3 +374,14 @@ def test_list_and_history_of_a_missing_library_are_empty_and_create_nothing(run_
     assert run_cli("--library", missing, "history").stdout.startswith("No runs yet")
     assert json.loads(run_cli("--library", missing, "history", "--json").stdout) == []
     assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("args", [("list",), ("config", "set", "device", "cpu"), ("doctor",), ("config",)])
+def test_a_file_as_the_library_is_named_as_such(run_cli, tmp_path: Path, args):
+    # It used to be "cannot create the library folder ... set ELITE_HOME" or "'<file>/config.toml' is not a folder".
+    picture = tmp_path / "mycat.jpg"
+    picture.write_bytes(b"jpeg")
+    result = run_cli("--library", picture, *args)
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: the library '{picture}' is a file, not a folder; point --library at a folder "
+                             "(it is created on first `elite add`).\n")
