@@ -265,6 +265,9 @@ def import_concept(
     Example: elite import mycat.elite.safetensors --name tom
     """
     check_file_exists(file, "concept file")
+    from elite_cli.library.sharing import read_bundle
+
+    read_bundle(file, name)  # a refused file fails before the library is opened (or created)
     try:
         stored = open_store().import_concept(file, name=name, replace=replace)
     except NameClash as clash:

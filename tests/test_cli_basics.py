@@ -385,3 +385,12 @@ def test_a_file_as_the_library_is_named_as_such(run_cli, tmp_path: Path, args):
     assert result.exit_code == 1
     assert result.stderr == (f"Error: the library '{picture}' is a file, not a folder; point --library at a folder "
                              "(it is created on first `elite add`).\n")
+
+
+def test_a_refused_import_creates_no_library(run_cli, tmp_path: Path):
+    picture = tmp_path / "mycat.jpg"
+    picture.write_bytes(b"\xff\xd8\xff\xe0 not a bundle")
+    missing = tmp_path / "new-library"
+    result = run_cli("--library", missing, "import", picture)
+    assert result.exit_code == 1 and result.stderr.startswith(f"Error: '{picture}' is not a safetensors file")
+    assert not missing.exists()
