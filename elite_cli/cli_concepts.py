@@ -331,8 +331,10 @@ def check(
         for action in actions:
             typer.echo(f"Repaired: {action}")
         if quarantine:
-            typer.echo(f"Files that could not stay in the library were moved to {quarantine}; "
-                       "add the pictures again with `elite add`.")
+            # Only a lost concept's source picture is worth adding again (not a stray temp file).
+            pictures = any(".image." in path.name for path in Path(quarantine).rglob("*"))
+            typer.echo(f"Files that could not stay in the library were moved to {quarantine}"
+                       + ("; add the pictures again with `elite add`." if pictures else "."))
         for problem in report.problems:
             typer.echo(f"Problem: {problem}")
         if report.ok:

@@ -297,6 +297,13 @@ def test_repair_of_a_damaged_concept_keeps_its_picture_and_says_where(run_cli, l
     assert listed_names(run_cli) == []
 
 
+def test_repair_of_a_stray_file_does_not_ask_to_add_pictures_again(run_cli, library_with_cat, elite_home):
+    (elite_home / "concepts" / "notes.txt").write_text("mine")
+    result = run_cli("check", "--repair")
+    assert result.exit_code == 0, result.output
+    assert "moved to" in result.stdout and "elite add" not in result.stdout
+
+
 @pytest.mark.parametrize("damage", ["garbage", "bad page"])
 def test_damaged_index_points_to_repair_which_rebuilds_it(run_cli, library_with_cat, elite_home, damage):
     database = elite_home / "library.db"
