@@ -60,6 +60,8 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:
+            raise  # the reader went away (`elite show x | head -1`): click stops quietly (exit 1)
         except Exception as error:
             if type(error).__module__.startswith(("typer", "click")):
                 raise  # usage errors: Typer formats those itself
@@ -101,9 +103,9 @@ def new_app(help_text: str | None = None, **kwargs: Any) -> EliteTyper:
     """An app with elite's conventions; without help_text, its callback's docstring is the help."""
     if help_text is not None:
         kwargs["help"] = help_text  # passing help=None would hide the callback's docstring
+    kwargs.setdefault("no_args_is_help", False)  # `elite models`/`elite config` alone show their status
     return EliteTyper(
         context_settings=HELP_OPTIONS,
-        no_args_is_help=False,
         add_completion=False,
         # Plain help: typer's rich help formatter costs ~0.15 s per `elite --help`.
         rich_markup_mode=None,
@@ -114,7 +116,8 @@ def new_app(help_text: str | None = None, **kwargs: Any) -> EliteTyper:
 
 app = new_app(
     "elite: put the thing in your picture into new images (ELITE over Stable Diffusion 1.x).\n\n"
-    "Example: elite add mycat.jpg then elite gen \"<mycat> on the beach\""
+    "Example: elite add mycat.jpg then elite gen \"<mycat> on the beach\"",
+    no_args_is_help=True,  # a bare `elite` shows the commands rather than "Missing command"
 )
 models_app = new_app(invoke_without_command=True)
 config_app = new_app(invoke_without_command=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -394,3 +395,20 @@ def test_a_refused_import_creates_no_library(run_cli, tmp_path: Path):
     result = run_cli("--library", missing, "import", picture)
     assert result.exit_code == 1 and result.stderr.startswith(f"Error: '{picture}' is not a safetensors file")
     assert not missing.exists()
+
+
+def test_a_closed_pipe_stops_quietly(tmp_path: Path):
+    # `elite config | head -1`: the reader leaves early; this used to print "unexpected BrokenPipeError".
+    environment = {**os.environ, "ELITE_HOME": str(tmp_path / "home")}
+    process = subprocess.Popen([sys.executable, "-m", "elite_cli", "config", "unset", "device"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=environment, cwd=Path(__file__).resolve().parents[1])
+    process.stdout.close()  # before it writes anything
+    stderr = process.stderr.read().decode()
+    assert process.wait() == 1 and stderr == ""  # click's own handling of a broken pipe
+
+
+def test_bare_elite_shows_the_commands(run_cli):
+    # It used to answer only "Error: Missing command."
+    result = run_cli()
+    assert result.exit_code == 2
+    assert "Commands:" in result.output and "Missing command" not in result.output
