@@ -302,21 +302,21 @@ def main_callback(
         Optional[Path],
         typer.Option("--library", help="Concept library folder (env ELITE_HOME).", show_default=False),
     ] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps (env ELITE_DEVICE).")] = None,
+    device: Annotated[Optional[str], typer.Option(metavar="<device>", help="auto, cpu, cuda, cuda:N or mps (env ELITE_DEVICE).")] = None,
     dtype: Annotated[
-        Optional[str], typer.Option(help="auto, float32, float16 or bfloat16 (env ELITE_DTYPE).")
+        Optional[str], typer.Option(metavar="<dtype>", help="auto, float32, float16 or bfloat16 (env ELITE_DTYPE).")
     ] = None,
     base_model: Annotated[
-        Optional[str], typer.Option(help="SD 1.x hub id or folder (env ELITE_BASE_MODEL).")
+        Optional[str], typer.Option(metavar="<model>", help="SD 1.x hub id or folder (env ELITE_BASE_MODEL).")
     ] = None,
     image_encoder: Annotated[
-        Optional[str], typer.Option(help="CLIP ViT-L/14 hub id or folder (env ELITE_IMAGE_ENCODER).")
+        Optional[str], typer.Option(metavar="<model>", help="CLIP ViT-L/14 hub id or folder (env ELITE_IMAGE_ENCODER).")
     ] = None,
     global_mapper: Annotated[
-        Optional[str], typer.Option(help="Global mapper file (env ELITE_GLOBAL_MAPPER).")
+        Optional[str], typer.Option(metavar="<file>", help="Global mapper file (env ELITE_GLOBAL_MAPPER).")
     ] = None,
     local_mapper: Annotated[
-        Optional[str], typer.Option(help="Local mapper file (env ELITE_LOCAL_MAPPER).")
+        Optional[str], typer.Option(metavar="<file>", help="Local mapper file (env ELITE_LOCAL_MAPPER).")
     ] = None,
     low_vram: Annotated[
         bool, typer.Option("--low-vram", help="Keep models in CPU memory, each on the GPU only while it runs.")

@@ -33,7 +33,7 @@ EXPORT_FORMATS = ("elite", "diffusers", "a1111")
 def add(
     images: Annotated[list[Path], typer.Argument(help="Picture(s) of the thing, object centred.", show_default=False)],
     name: Annotated[
-        Optional[str], typer.Option("--name", "-N", help="Concept name (default: the file name). One image only.")
+        Optional[str], typer.Option("--name", "-N", metavar="<name>", help="Concept name (default: the file name). One image only.")
     ] = None,
     mask: Annotated[
         Optional[Path], typer.Option("--mask", "-m", help="Object mask, white = object. One image only.")
@@ -108,9 +108,9 @@ def add(
 
 @app.command("list")
 def list_concepts(
-    tag: Annotated[Optional[str], typer.Option("--tag", "-t", help="Only concepts with this tag.")] = None,
+    tag: Annotated[Optional[str], typer.Option("--tag", "-t", metavar="<tag>", help="Only concepts with this tag.")] = None,
     pattern: Annotated[
-        Optional[str], typer.Option("--match", help="Only names matching this glob, e.g. 'cat*'.")
+        Optional[str], typer.Option("--match", metavar="<glob>", help="Only names matching this glob, e.g. 'cat*'.")
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -234,10 +234,10 @@ def export_concept(
     name: Annotated[str, typer.Argument(help="Concept name or id.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write.", show_default=False)],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="elite (full concept), diffusers or a1111 (word embedding only).")
+        str, typer.Option("--format", "-f", metavar="<format>", help="elite (full concept), diffusers or a1111 (word embedding only).")
     ] = "elite",
     token: Annotated[
-        Optional[str], typer.Option("--token", help="Trigger word for diffusers/a1111 (default: <name> / name).")
+        Optional[str], typer.Option("--token", metavar="<word>", help="Trigger word for diffusers/a1111 (default: <name> / name).")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
 ) -> None:
@@ -256,7 +256,7 @@ def export_concept(
 @app.command("import")
 def import_concept(
     file: Annotated[Path, typer.Argument(help="A file written by `elite export`.", show_default=False)],
-    name: Annotated[Optional[str], typer.Option("--name", "-N", help="Store under this name.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-N", metavar="<name>", help="Store under this name.")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace a concept of the same name.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
