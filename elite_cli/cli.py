@@ -60,6 +60,8 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:
+            raise  # the reader went away (`elite show x | head -1`): click stops quietly (exit 1)
         except Exception as error:
             if type(error).__module__.startswith(("typer", "click")):
                 raise  # usage errors: Typer formats those itself
@@ -101,9 +103,9 @@ def new_app(help_text: str | None = None, **kwargs: Any) -> EliteTyper:
     """An app with elite's conventions; without help_text, its callback's docstring is the help."""
     if help_text is not None:
         kwargs["help"] = help_text  # passing help=None would hide the callback's docstring
+    kwargs.setdefault("no_args_is_help", False)  # `elite models`/`elite config` alone show their status
     return EliteTyper(
         context_settings=HELP_OPTIONS,
-        no_args_is_help=False,
         add_completion=False,
         # Plain help: typer's rich help formatter costs ~0.15 s per `elite --help`.
         rich_markup_mode=None,
@@ -114,7 +116,8 @@ def new_app(help_text: str | None = None, **kwargs: Any) -> EliteTyper:
 
 app = new_app(
     "elite: put the thing in your picture into new images (ELITE over Stable Diffusion 1.x).\n\n"
-    "Example: elite add mycat.jpg then elite gen \"<mycat> on the beach\""
+    "Example: elite add mycat.jpg then elite gen \"<mycat> on the beach\"",
+    no_args_is_help=True,  # a bare `elite` shows the commands rather than "Missing command"
 )
 models_app = new_app(invoke_without_command=True)
 config_app = new_app(invoke_without_command=True)
@@ -193,10 +196,16 @@ def short_time(iso: str | None) -> str:
 
 def library_dir() -> Path:
     if options.library is not None:
-        return options.library
-    from elite_cli.paths import default_home
+        library, where = options.library, "--library"
+    else:
+        from elite_cli.paths import default_home
 
-    return default_home()
+        library, where = default_home(), "ELITE_HOME"
+    if library.exists() and not library.is_dir():
+        # Else each command fails its own way, naming files inside it ('<file>/config.toml').
+        raise InputError(f"the library '{library}' is a file, not a folder; point {where} at a folder "
+                         "(it is created on first `elite add`).")
+    return library
 
 
 def effective_settings() -> dict[str, settings_module.Resolved]:
@@ -207,9 +216,21 @@ def setting(key: str) -> str:
     return effective_settings()[key].value
 
 
-def open_store():
+def library_exists() -> bool:
+    """Whether the library folder is there (commands that only read must not create it)."""
+    return library_dir().exists()
+
+
+def open_store(create: bool = True):
+    """The concept library. create=False (commands that only read or change existing concepts):
+    a library folder that does not exist is an error instead of being made, so a mistyped
+    --library or ELITE_HOME does not leave a new empty library behind."""
+    from elite_cli.errors import LibraryError
     from elite_cli.store import ConceptStore
 
+    if not create and not library_exists():
+        raise LibraryError(f"there is no concept library in '{library_dir()}' yet (`elite add` makes one); "
+                           "check --library or ELITE_HOME.")
     return ConceptStore(library_dir())
 
 
@@ -281,21 +302,21 @@ def main_callback(
         Optional[Path],
         typer.Option("--library", help="Concept library folder (env ELITE_HOME).", show_default=False),
     ] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps (env ELITE_DEVICE).")] = None,
+    device: Annotated[Optional[str], typer.Option(metavar="<device>", help="auto, cpu, cuda, cuda:N or mps (env ELITE_DEVICE).")] = None,
     dtype: Annotated[
-        Optional[str], typer.Option(help="auto, float32, float16 or bfloat16 (env ELITE_DTYPE).")
+        Optional[str], typer.Option(metavar="<dtype>", help="auto, float32, float16 or bfloat16 (env ELITE_DTYPE).")
     ] = None,
     base_model: Annotated[
-        Optional[str], typer.Option(help="SD 1.x hub id or folder (env ELITE_BASE_MODEL).")
+        Optional[str], typer.Option(metavar="<model>", help="SD 1.x hub id or folder (env ELITE_BASE_MODEL).")
     ] = None,
     image_encoder: Annotated[
-        Optional[str], typer.Option(help="CLIP ViT-L/14 hub id or folder (env ELITE_IMAGE_ENCODER).")
+        Optional[str], typer.Option(metavar="<model>", help="CLIP ViT-L/14 hub id or folder (env ELITE_IMAGE_ENCODER).")
     ] = None,
     global_mapper: Annotated[
-        Optional[str], typer.Option(help="Global mapper file (env ELITE_GLOBAL_MAPPER).")
+        Optional[str], typer.Option(metavar="<file>", help="Global mapper file (env ELITE_GLOBAL_MAPPER).")
     ] = None,
     local_mapper: Annotated[
-        Optional[str], typer.Option(help="Local mapper file (env ELITE_LOCAL_MAPPER).")
+        Optional[str], typer.Option(metavar="<file>", help="Local mapper file (env ELITE_LOCAL_MAPPER).")
     ] = None,
     low_vram: Annotated[
         bool, typer.Option("--low-vram", help="Keep models in CPU memory, each on the GPU only while it runs.")

@@ -18,6 +18,7 @@ from elite_cli.cli import (
     format_cell,
     library_dir,
     load_models_with_status,
+    library_exists,
     open_store,
     print_rows,
     setting,
@@ -32,7 +33,7 @@ EXPORT_FORMATS = ("elite", "diffusers", "a1111")
 def add(
     images: Annotated[list[Path], typer.Argument(help="Picture(s) of the thing, object centred.", show_default=False)],
     name: Annotated[
-        Optional[str], typer.Option("--name", "-N", help="Concept name (default: the file name). One image only.")
+        Optional[str], typer.Option("--name", "-N", metavar="<name>", help="Concept name (default: the file name). One image only.")
     ] = None,
     mask: Annotated[
         Optional[Path], typer.Option("--mask", "-m", help="Object mask, white = object. One image only.")
@@ -107,9 +108,9 @@ def add(
 
 @app.command("list")
 def list_concepts(
-    tag: Annotated[Optional[str], typer.Option("--tag", "-t", help="Only concepts with this tag.")] = None,
+    tag: Annotated[Optional[str], typer.Option("--tag", "-t", metavar="<tag>", help="Only concepts with this tag.")] = None,
     pattern: Annotated[
-        Optional[str], typer.Option("--match", help="Only names matching this glob, e.g. 'cat*'.")
+        Optional[str], typer.Option("--match", metavar="<glob>", help="Only names matching this glob, e.g. 'cat*'.")
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -117,8 +118,7 @@ def list_concepts(
 
     Example: elite list --tag pets
     """
-    store = open_store()
-    concepts = store.list(tag=tag, pattern=pattern)
+    concepts = open_store().list(tag=tag, pattern=pattern) if library_exists() else []
     stale = _stale_flags(concepts)
     if as_json:
         echo_json([{**as_dict(stored), "stale": flag} for stored, flag in zip(concepts, stale)])
@@ -164,7 +164,7 @@ def show(
 
     Example: elite show mycat
     """
-    details = as_dict(open_store().get(name))
+    details = as_dict(open_store(create=False).get(name))
     if as_json:
         echo_json(details)
         return
@@ -185,7 +185,7 @@ def remove(
 
     Example: elite rm mycat oldcat
     """
-    store = open_store()
+    store = open_store(create=False)
     records = [store.get(name) for name in names]  # every name must exist before anything is removed
     for record in records:
         kept = store.remove(record.id, keep_sources=keep_sources)
@@ -201,7 +201,7 @@ def rename(
 
     Example: elite rename mycat tom
     """
-    renamed = open_store().rename(old, new)
+    renamed = open_store(create=False).rename(old, new)
     typer.echo(f"Renamed <{old}> to <{renamed.name}>")
 
 
@@ -215,7 +215,7 @@ def tag_concept(
 
     Example: elite tag mycat pets black
     """
-    store = open_store()
+    store = open_store(create=False)
     had = {value.lower() for value in store.get(name).tags}
     record = store.untag(name, *tags) if remove_tags else store.tag(name, *tags)
     # Like `rm -f`/`chmod`, asking for the state a concept is already in succeeds, but is said.
@@ -234,10 +234,10 @@ def export_concept(
     name: Annotated[str, typer.Argument(help="Concept name or id.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write.", show_default=False)],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="elite (full concept), diffusers or a1111 (word embedding only).")
+        str, typer.Option("--format", "-f", metavar="<format>", help="elite (full concept), diffusers or a1111 (word embedding only).")
     ] = "elite",
     token: Annotated[
-        Optional[str], typer.Option("--token", help="Trigger word for diffusers/a1111 (default: <name> / name).")
+        Optional[str], typer.Option("--token", metavar="<word>", help="Trigger word for diffusers/a1111 (default: <name> / name).")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
 ) -> None:
@@ -247,7 +247,7 @@ def export_concept(
     """
     if format not in EXPORT_FORMATS:
         raise InputError(f"--format '{format}' is not one of {', '.join(EXPORT_FORMATS)}.")
-    result = open_store().export(name, output, format, token=token, overwrite=overwrite)
+    result = open_store(create=False).export(name, output, format, token=token, overwrite=overwrite)
     typer.echo(f"Exported <{name}> to {result.path} ({result.format})")
     if result.note:
         typer.echo(f"Note: {result.note}.", err=True)
@@ -256,7 +256,7 @@ def export_concept(
 @app.command("import")
 def import_concept(
     file: Annotated[Path, typer.Argument(help="A file written by `elite export`.", show_default=False)],
-    name: Annotated[Optional[str], typer.Option("--name", "-N", help="Store under this name.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-N", metavar="<name>", help="Store under this name.")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace a concept of the same name.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -265,7 +265,16 @@ def import_concept(
     Example: elite import mycat.elite.safetensors --name tom
     """
     check_file_exists(file, "concept file")
-    stored = open_store().import_concept(file, name=name, replace=replace)
+    from elite_cli.library.sharing import read_bundle
+
+    read_bundle(file, name)  # a refused file fails before the library is opened (or created)
+    try:
+        stored = open_store().import_concept(file, name=name, replace=replace)
+    except NameClash as clash:
+        if clash.taken is None:
+            raise
+        raise NameClash(f"a concept named '{clash.taken}' already exists; pass --name to import it under another "
+                        "name, or --replace to replace that one.", taken=clash.taken) from None
     if as_json:
         echo_json(as_dict(stored))
     elif stored.duplicate:
@@ -290,7 +299,7 @@ def check(
 
     repaired = None
     try:
-        store = open_store()
+        store = open_store(create=False)
         if repair and _index_is_corrupt(store):
             store.close()
             store = None
@@ -322,8 +331,10 @@ def check(
         for action in actions:
             typer.echo(f"Repaired: {action}")
         if quarantine:
-            typer.echo(f"Files that could not stay in the library were moved to {quarantine}; "
-                       "add the pictures again with `elite add`.")
+            # Only a lost concept's source picture is worth adding again (not a stray temp file).
+            pictures = any(".image." in path.name for path in Path(quarantine).rglob("*"))
+            typer.echo(f"Files that could not stay in the library were moved to {quarantine}"
+                       + ("; add the pictures again with `elite add`." if pictures else "."))
         for problem in report.problems:
             typer.echo(f"Problem: {problem}")
         if report.ok:
@@ -357,26 +368,39 @@ def reencode(
 
     Example: elite reencode mycat
     """
-    store = open_store()
+    store = open_store(create=False)
     # Resolve every name first: a typo fails before the models load.
     records = [store.get(name) for name in names] if names else store.list()
     if not records:
         typer.echo("No concepts to re-encode.")
         return
+    if names:  # a named concept that cannot be re-encoded fails before the models load, too
+        store.require_sources(records)
     from elite_cli.encoder import Encoder
 
     models, _ = load_models_with_status()
     encoder = Encoder(models)
-    done = []
+    image_encoder = setting("image_encoder")
+    done, skipped = [], []
     for record in records:
         started = time.perf_counter()
-        stored = store.reencode(record.id, encoder)
+        if record.mapper_matches(models.global_fingerprint, models.local_fingerprint) \
+                and record.image_encoder == image_encoder:
+            stored, changed = record, False  # made by these models already: nothing to encode
+        elif store.without_sources([record]):
+            skipped.append(record)  # only without names (named ones were checked above)
+            continue
+        else:
+            stored = store.reencode(record.id, encoder)
+            changed = not stored.duplicate
         summary = as_dict(stored)
         summary["seconds"] = round(time.perf_counter() - started, 3)
-        summary["changed"] = not stored.duplicate
+        summary["changed"] = changed
         done.append(summary)
         if not as_json:
             verb = "Re-encoded" if summary["changed"] else "Up to date:"
             typer.echo(f"{verb} <{stored.name}> ({summary['seconds']:.2f}s)")
     if as_json:
         echo_json(done)
+    # The others are done; a stale concept without a source picture still needs the user.
+    store.require_sources(skipped)

@@ -21,6 +21,7 @@ from elite_cli.cli import (
     echo_json,
     load_models_with_status,
     model_spec,
+    library_exists,
     open_store,
     print_rows,
     short_time,
@@ -204,10 +205,10 @@ def gen(
     llambda: Annotated[
         float, typer.Option("--lambda", help=f"Local detail strength, {LAMBDA_RANGE[0]:g} to {LAMBDA_RANGE[1]:g}: higher = more faithful, less editable.")
     ] = 0.8,
-    negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
+    negative: Annotated[str, typer.Option("--negative", metavar="<text>", help="Negative prompt.")] = "",
     width: Annotated[int, typer.Option(help=f"Image width, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
     height: Annotated[int, typer.Option(help=f"Image height, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
-    scheduler: Annotated[str, typer.Option(help="Sampler: lms (as in the ELITE paper), ddim, pndm, euler or dpm++.")] = "lms",
+    scheduler: Annotated[str, typer.Option(metavar="<name>", help="Sampler: lms (as in the ELITE paper), ddim, pndm, euler or dpm++.")] = "lms",
     output_dir: Annotated[
         Optional[Path],
         typer.Option("--output-dir", "-o", help="Folder for the PNGs (default: ./elite-out, or config).", show_default=False),
@@ -216,7 +217,7 @@ def gen(
         Optional[Path], typer.Option("--prompts", help="File with one prompt per line.", show_default=False)
     ] = None,
     again: Annotated[
-        Optional[str], typer.Option("--again", help="Repeat a run: history id or a PNG from elite gen.", show_default=False)
+        Optional[str], typer.Option("--again", metavar="<run|file.png>", help="Repeat a run: history id or a PNG from elite gen.", show_default=False)
     ] = None,
     allow_stale: Annotated[
         bool, typer.Option("--allow-stale", help="Use concepts encoded with other mapper checkpoints.")
@@ -226,7 +227,7 @@ def gen(
     ] = None,
     gpus: Annotated[
         Optional[str],
-        typer.Option("--gpus", callback=check_gpus_value,
+        typer.Option("--gpus", metavar="<all|N>", callback=check_gpus_value,
                      help="Spread the images over this many local GPUs ('all' or N), via accelerate.", show_default=False)
     ] = None,
     resume: Annotated[
@@ -514,7 +515,7 @@ def history(
     Example: elite history --limit 5
     """
     summaries = []
-    for images in open_store().list_runs(limit=None if limit == 0 else limit):
+    for images in (open_store().list_runs(limit=None if limit == 0 else limit) if library_exists() else []):
         summaries.append(
             {
                 "run_id": images[0].run_id,

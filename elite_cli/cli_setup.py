@@ -26,14 +26,14 @@ from elite_cli.errors import InputError
 STATUS_STYLES = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "bold red")}
 
 
-def print_findings(findings: list) -> None:
+def print_findings(findings: list, first: str = "check") -> None:
     from rich.text import Text
 
     rows = []
     for finding in findings:
         label, style = STATUS_STYLES[finding.status]
         rows.append([finding.check, Text(label, style=style), finding.detail, finding.fix])
-    print_rows(["check", "status", "detail", "fix"], rows)
+    print_rows([first, "status", "detail", "fix"], rows)
 
 
 @models_app.callback()
@@ -50,7 +50,7 @@ def models_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         echo_json([asdict(finding) for finding in findings])
     else:
-        print_findings(findings)
+        print_findings(findings, first="setting")  # rows are settings here, as in `elite config`
 
 
 @models_app.command("import")
@@ -97,6 +97,26 @@ def models_import(
     finally:
         for partial in partials:
             partial.unlink(missing_ok=True)
+    for role, _, target in targets:
+        note = _mapper_override_note(f"{role}_mapper", target)
+        if note:
+            typer.echo(note, err=True)
+
+
+def _mapper_override_note(key: str, imported: Path) -> str | None:
+    """A note when the setting `key` points elsewhere, so the file just imported is not the one used."""
+    item = effective_settings()[key]
+    configured = Path(item.value).expanduser()
+    if not configured.is_absolute():
+        configured = library_dir() / configured
+    if configured.resolve() == imported.resolve():
+        return None
+    how = {"flag": f"leave out --{key.replace('_', '-')}", "default": ""}.get(item.source)
+    if how is None:
+        how = (f"unset {item.source.split()[1]}" if item.source.startswith("env ")
+               else f"run `elite config unset {key}`")
+    return (f"Note: {key} is set to '{item.value}' ({item.source}), so that file is used, not the one imported; "
+            f"{how} to use the imported one.")
 
 
 @models_app.command("tiny")
@@ -142,21 +162,27 @@ def config_show(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         echo_json(
             {
                 "library": str(library),
+                "library_source": _library_source(),
                 "config_file": str(settings_module.config_path(library)),
                 "settings": {key: {"value": item.value, "source": item.source} for key, item in resolved.items()},
             }
         )
         return
-    rows = [["library", library, "flag" if _library_from_flag() else "ELITE_HOME or default"]]
+    rows = [["library", library, _library_source()]]
     rows += [[key, item.value, item.source] for key, item in resolved.items()]
     print_rows(["setting", "value", "source"], rows)
     typer.echo(f"Config file: {settings_module.config_path(library)}")
 
 
-def _library_from_flag() -> bool:
+def _library_source() -> str:
+    """Where the library folder came from, in the words config sources use ('env VAR', ...)."""
+    import os
+
     from elite_cli.cli import options
 
-    return options.library is not None
+    if options.library is not None:
+        return "flag"
+    return "env ELITE_HOME" if os.environ.get("ELITE_HOME", "").strip() else "default"
 
 
 @config_app.command("set")

@@ -29,7 +29,11 @@ class ConceptNotFound(LibraryError):
 
 
 class NameClash(LibraryError):
-    """A concept with that name already exists."""
+    """A concept with that name already exists (`taken`: that name, where the fix is another name)."""
+
+    def __init__(self, message: str, taken: str | None = None):
+        super().__init__(message)
+        self.taken = taken
 
 
 class FormatError(LibraryError):

@@ -182,31 +182,49 @@ def load_mapper_state(path: str | Path, what: str = "mapper checkpoint", role: s
     if not path.is_file():
         raise ModelError(f"{label} does not exist; run `elite models import` or pass --global-mapper/--local-mapper.")
     with path.open("rb") as handle:
-        head = handle.read(8)
-    if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK") and head[:1] != b"\x80"):
-        from safetensors import SafetensorError
+        head = handle.read(9)
+    size = path.stat().st_size
+    is_zip, is_pickle = head.startswith(b"PK"), head[:1] == b"\x80"
+    # A safetensors file starts with its header's length (8 bytes, little-endian) and the JSON header.
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size
+    if not (is_zip or is_pickle or looks_safetensors or path.suffix == ".safetensors"):
+        raise ModelError(f"{label} is neither a PyTorch checkpoint nor a safetensors file; pass the ELITE "
+                         "global_mapper.pt / local_mapper.pt (or the .safetensors files `elite models import` writes).")
+    if not (is_zip or is_pickle):
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
-
-        from safetensors import safe_open
 
         try:
             state = load_file(str(path))
             with safe_open(str(path), "pt") as handle:
-                recorded_role = (handle.metadata() or {}).get("mapper")
+                metadata = handle.metadata() or {}
         except (SafetensorError, OSError, ValueError) as error:
             raise ModelError(f"{label} is not a valid safetensors file ({error}).") from None
+        if metadata.get("format") == "elite-concept":
+            raise ModelError(f"{label} is an elite concept bundle (from `elite export`), not a mapper; "
+                             "add it with `elite import`.")
+        recorded_role = metadata.get("mapper")
         if role and recorded_role in ("global", "local") and recorded_role != role:
             raise ModelError(f"{label} is a {recorded_role} mapper (its metadata says so), not a {role} one; "
                              f"pass it as the {recorded_role} mapper.")
     else:
         import pickle
+        import zipfile
 
         try:
+            if is_zip and not zipfile.is_zipfile(path):
+                raise ModelError(f"{label} is a damaged or truncated PyTorch checkpoint ({size} bytes); "
+                                 "download it again.")
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as error:
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError,
+                KeyError, IndexError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if isinstance(error, (KeyError, IndexError)):  # the unpickler met bytes it has no meaning for
+                reason = "the data is damaged or not a checkpoint"
+            if len(reason) > 120:
+                reason = reason[:117].rstrip() + "..."
             raise ModelError(
-                f"{label} is not a plain tensor checkpoint and was refused (weights-only loading: {reason[:120]})."
+                f"{label} is not a plain tensor checkpoint and was refused (weights-only loading: {reason})."
             ) from None
     return _check_tensors(state, label)
 

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from elite_cli.errors import InputError
+
 # Words that become single tokens; everything else splits into characters, which is what the
 # placeholder-position tests need.
 TINY_WORDS = ("a", "photo", "of", "the", "on", "in", "beach", "next", "to", "s", "cat", "dog", "red", "blue")
@@ -67,6 +69,8 @@ def write_tiny_vocab(directory: Path) -> tuple[Path, Path]:
 
 def build_tiny_models(directory: str | Path, seed: int = 0) -> TinyModels:
     """Build (or reuse, if already built here) the tiny model set in `directory`."""
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise InputError(f"'{directory}' is a file; pass a folder for the tiny models (it is created if missing).")
     import torch
     import transformers.utils.logging as transformers_logging
 

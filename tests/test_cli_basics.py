@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -104,6 +105,16 @@ def test_elite_config_shows_value_and_source(run_cli, elite_home: Path, monkeypa
 def test_library_flag_beats_elite_home(run_cli, tmp_path: Path):
     result = run_cli("--library", tmp_path / "other", "config", "--json")
     assert json.loads(result.stdout)["library"] == str(tmp_path / "other")
+    assert json.loads(result.stdout)["library_source"] == "flag"
+
+
+def test_elite_config_names_the_library_source_it_used(run_cli, monkeypatch):
+    # ELITE_HOME is set by the autouse fixture: the source is that variable, not "ELITE_HOME or default".
+    assert json.loads(run_cli("config", "--json").stdout)["library_source"] == "env ELITE_HOME"
+    library_row = next(line for line in run_cli("config").stdout.splitlines() if line.lstrip().startswith("library"))
+    assert "env ELITE_HOME" in library_row and " or " not in library_row
+    monkeypatch.delenv("ELITE_HOME")
+    assert json.loads(run_cli("config", "--json").stdout)["library_source"] == "default"
 
 
 # --- PNG outputs -------------------------------------------------------------------------------
@@ -343,3 +354,61 @@ def test_help_does_not_import_torch_and_is_fast():
 def test_python_dash_m_works():
     result = subprocess.run([sys.executable, "-m", "elite_cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == f"elite {__version__}\n"
+
+
+@pytest.mark.parametrize("args", [("show", "x"), ("rm", "x"), ("rename", "x", "y"), ("tag", "x", "t"),
+                                  ("export", "x", "-o", "x.safetensors"), ("check",), ("reencode",)])
+def test_commands_that_read_do_not_create_a_missing_library(run_cli, tmp_path: Path, args):
+    # A mistyped --library (or ELITE_HOME) used to leave a new empty library wherever it pointed.
+    missing = tmp_path / "typo" / "cats"
+    result = run_cli("--library", missing, *args)
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: there is no concept library in '{missing}' yet (`elite add` makes one); "
+                             "check --library or ELITE_HOME.\n")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_list_and_history_of_a_missing_library_are_empty_and_create_nothing(run_cli, tmp_path: Path):
+    missing = tmp_path / "typo" / "cats"
+    assert run_cli("--library", missing, "list").stdout.startswith("No concepts yet")
+    assert json.loads(run_cli("--library", missing, "list", "--json").stdout) == []
+    assert run_cli("--library", missing, "history").stdout.startswith("No runs yet")
+    assert json.loads(run_cli("--library", missing, "history", "--json").stdout) == []
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("args", [("list",), ("config", "set", "device", "cpu"), ("doctor",), ("config",)])
+def test_a_file_as_the_library_is_named_as_such(run_cli, tmp_path: Path, args):
+    # It used to be "cannot create the library folder ... set ELITE_HOME" or "'<file>/config.toml' is not a folder".
+    picture = tmp_path / "mycat.jpg"
+    picture.write_bytes(b"jpeg")
+    result = run_cli("--library", picture, *args)
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: the library '{picture}' is a file, not a folder; point --library at a folder "
+                             "(it is created on first `elite add`).\n")
+
+
+def test_a_refused_import_creates_no_library(run_cli, tmp_path: Path):
+    picture = tmp_path / "mycat.jpg"
+    picture.write_bytes(b"\xff\xd8\xff\xe0 not a bundle")
+    missing = tmp_path / "new-library"
+    result = run_cli("--library", missing, "import", picture)
+    assert result.exit_code == 1 and result.stderr.startswith(f"Error: '{picture}' is not a safetensors file")
+    assert not missing.exists()
+
+
+def test_a_closed_pipe_stops_quietly(tmp_path: Path):
+    # `elite config | head -1`: the reader leaves early; this used to print "unexpected BrokenPipeError".
+    environment = {**os.environ, "ELITE_HOME": str(tmp_path / "home")}
+    process = subprocess.Popen([sys.executable, "-m", "elite_cli", "config", "unset", "device"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=environment, cwd=Path(__file__).resolve().parents[1])
+    process.stdout.close()  # before it writes anything
+    stderr = process.stderr.read().decode()
+    assert process.wait() == 1 and stderr == ""  # click's own handling of a broken pipe
+
+
+def test_bare_elite_shows_the_commands(run_cli):
+    # It used to answer only "Error: Missing command."
+    result = run_cli()
+    assert result.exit_code == 2
+    assert "Commands:" in result.output and "Missing command" not in result.output

@@ -119,3 +119,31 @@ def test_doctor_reports_library_problems_with_the_fix(run_cli, use_tiny_models, 
     assert broken["fix"] == "run `elite check --repair`"
     assert run_cli("check", "--repair").exit_code == 0
     assert run_cli("doctor").exit_code == 0
+
+
+def test_models_import_says_when_a_setting_points_elsewhere(run_cli, tiny_models, elite_home: Path):
+    # After `elite models tiny --use` the config names other mapper files: the import alone changes nothing.
+    assert run_cli("config", "set", "global_mapper", tiny_models.global_mapper).exit_code == 0
+    result = run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        f"Note: global_mapper is set to '{tiny_models.global_mapper}' (config {elite_home / 'config.toml'}), so that "
+        "file is used, not the one imported; run `elite config unset global_mapper` to use the imported one.\n"
+    )
+    assert run_cli("config", "unset", "global_mapper").exit_code == 0
+    assert run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper, "--replace").stderr == ""
+
+
+def test_models_table_heads_its_rows_as_settings(run_cli):
+    header = run_cli("models").stdout.splitlines()[0].split()
+    assert header[0] == "setting" and "check" not in header
+    assert run_cli("doctor").stdout.splitlines()[0].split()[0] == "check"
+
+
+def test_models_tiny_into_a_file_names_the_file(run_cli, tmp_path: Path):
+    picture = tmp_path / "mycat.jpg"
+    picture.write_bytes(b"not a folder")
+    result = run_cli("models", "tiny", picture)
+    assert result.exit_code == 1
+    # It used to name a path inside the file: "'mycat.jpg/vocab' is not a folder".
+    assert result.stderr == f"Error: '{picture}' is a file; pass a folder for the tiny models (it is created if missing).\n"

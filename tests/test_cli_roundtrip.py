@@ -235,6 +235,57 @@ def test_check_and_reencode(run_cli, library_with_cat):
     assert [item["name"] for item in json.loads(again.stdout)] == ["mycat"]
 
 
+def test_import_under_a_taken_name_names_the_flags(run_cli, library_with_cat, tmp_path):
+    bundle = tmp_path / "mycat.elite.safetensors"
+    assert run_cli("export", "mycat", "-o", bundle).exit_code == 0
+    assert run_cli("rm", "mycat").exit_code == 0
+    # Another concept now holds the name the bundle carries.
+    other = draw_object_picture(tmp_path / "green.png", color=(10, 200, 10))
+    assert run_cli("add", other, "--name", "mycat").exit_code == 0
+    result = run_cli("import", bundle)
+    assert result.exit_code == 1
+    assert result.stderr == ("Error: a concept named 'mycat' already exists; pass --name to import it under another "
+                             "name, or --replace to replace that one.\n")
+
+
+def test_reencode_all_skips_current_concepts_and_imported_ones_do_not_stop_the_rest(
+        run_cli, library_with_cat, dog_picture, tiny_models, tmp_path, monkeypatch):
+    # <imported> has no source picture (it came from a bundle); <mydog> has one.
+    bundle = tmp_path / "mycat.elite.safetensors"
+    assert run_cli("export", "mycat", "-o", bundle).exit_code == 0
+    assert run_cli("rm", "mycat").exit_code == 0
+    assert run_cli("import", bundle, "--name", "imported").exit_code == 0
+    assert run_cli("add", dog_picture).exit_code == 0
+
+    # Made by the configured mappers already: left as they are, without encoding anything.
+    from elite_cli.encoder import Encoder
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a current concept was encoded again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Encoder, "encode", no_encoding)
+        current = run_cli("reencode", "--json")
+    assert current.exit_code == 0, current.output
+    assert {item["name"]: item["changed"] for item in json.loads(current.stdout)} == {"imported": False, "mydog": False}
+
+    # Other mappers: <mydog> is re-encoded, then the imported one is named in one line (exit 1).
+    from elite_cli.tiny import build_tiny_models
+
+    other = build_tiny_models(tmp_path / "other-tiny", seed=1)
+    monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(other.global_mapper))
+    monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(other.local_mapper))
+    stale = run_cli("reencode")
+    assert stale.exit_code == 1
+    assert re.fullmatch(r"Re-encoded <mydog> \(\d+\.\d\ds\)\n", stale.stdout), stale.stdout
+    assert stale.stderr.startswith("Error: concept 'imported' has no stored source image") and stale.stderr.count("\n") == 1
+    assert [row["stale"] for row in json.loads(run_cli("list", "--json").stdout)] == [True, False]
+    # Named, it fails before the models load.
+    named = run_cli("reencode", "mydog", "imported")
+    assert named.exit_code == 1 and named.stdout == ""
+    assert named.stderr.startswith("Error: concept 'imported' has no stored source image")
+
+
 def test_repair_of_a_damaged_concept_keeps_its_picture_and_says_where(run_cli, library_with_cat, elite_home):
     concept_file = next((elite_home / "concepts").glob("*.safetensors"))
     concept_file.write_bytes(b"garbage")
@@ -244,6 +295,13 @@ def test_repair_of_a_damaged_concept_keeps_its_picture_and_says_where(run_cli, l
     assert len(kept) == 1 and kept[0].read_bytes() == library_with_cat.read_bytes()
     assert f"moved to {kept[0].parent}" in result.stdout and "elite add" in result.stdout
     assert listed_names(run_cli) == []
+
+
+def test_repair_of_a_stray_file_does_not_ask_to_add_pictures_again(run_cli, library_with_cat, elite_home):
+    (elite_home / "concepts" / "notes.txt").write_text("mine")
+    result = run_cli("check", "--repair")
+    assert result.exit_code == 0, result.output
+    assert "moved to" in result.stdout and "elite add" not in result.stdout
 
 
 @pytest.mark.parametrize("damage", ["garbage", "bad page"])

@@ -53,6 +53,15 @@ def test_every_command_has_help_with_an_example(path, run_cli):
             assert not re.search(r"<[^>]*(\[|,)", line), f"`elite {' '.join(path)} --help`: {line.strip()}"
 
 
+@pytest.mark.parametrize("path", [()] + [path for path in ALL_COMMANDS if path[0] != "train"],
+                         ids=lambda path: " ".join(path) or "elite")
+def test_text_options_show_what_they_take_not_str(path, run_cli):
+    # `--device <str>` said nothing a user can act on; `--device <device>` points to the help text.
+    for line in run_cli(*path, "--help").stdout.splitlines():
+        if line.lstrip().startswith("-"):
+            assert "<str>" not in line, f"`elite {' '.join(path)} --help`: {line.strip()}"
+
+
 def test_every_global_option_is_in_the_readme():
     group = typer.main.get_command(app)
     for parameter in group.params:

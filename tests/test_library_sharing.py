@@ -180,3 +180,18 @@ def test_import_refuses_a_bad_name_before_reading_the_file(store, tmp_path):
     not_a_bundle = make_picture(tmp_path / "x.png", 1)
     with pytest.raises(InputError, match="concept name 'bad name' is not valid"):
         store.import_concept(not_a_bundle, name="bad name")
+
+
+def test_a_refused_export_names_the_file_asked_for_not_the_temp_file(store, bundle, tmp_path, monkeypatch):
+    # A folder one may not write to used to be reported as "'<dir>/.tmp-0501edd2aa18-x.safetensors' ...".
+    from elite_cli.failures import user_message
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cf, "open", refuse, raising=False)
+    target = tmp_path / "x.safetensors"
+    with pytest.raises(PermissionError) as error:
+        store.export("cat", target)
+    assert user_message(error.value) == f"permission denied for '{target}'; choose a path you can write to."
+    assert list(tmp_path.glob(".tmp-*")) == []

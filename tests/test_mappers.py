@@ -164,3 +164,38 @@ def test_mapper_that_does_not_fit_the_unet_names_the_first_key():
     fewer = {key: KV[key] for key in list(KV)[:1]}
     with pytest.raises(ModelError, match="unexpected key 'mid_block"):
         check_against_unet(mapper, fewer, "global mapper")
+
+
+@pytest.mark.parametrize(
+    "name, write, message",
+    [
+        ("mapper.pt", lambda p: p.write_bytes(b"hi\n"), "is neither a PyTorch checkpoint nor a safetensors file"),
+        ("local_mapper.jpg", lambda p: p.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" * 8),
+         "is neither a PyTorch checkpoint nor a safetensors file"),
+        ("pickle.pt", lambda p: p.write_bytes(b"\x80\x02hi"), "the data is damaged or not a checkpoint"),
+        ("cut.pt", lambda p: p.write_bytes(_saved_bytes()[:1000]), "is a damaged or truncated PyTorch checkpoint (1000 bytes)"),
+        ("bundle.safetensors", lambda p: _write_bundle_like(p), "is an elite concept bundle (from `elite export`), not a mapper"),
+    ],
+)
+def test_files_that_are_not_mapper_checkpoints_say_what_they_are(tmp_path, name, write, message):
+    # These used to surface a KeyError ("unexpected KeyError: 105"), a cut-off torch message, or a
+    # safetensors header error for a picture.
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(ModelError) as error:
+        load_mapper_state(path, "local mapper checkpoint")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def _saved_bytes() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(random_state(GlobalMapper), buffer)
+    return buffer.getvalue()
+
+
+def _write_bundle_like(path):
+    from safetensors.torch import save_file
+
+    save_file({"words": torch.zeros(5, 4)}, str(path), metadata={"format": "elite-concept"})

@@ -45,10 +45,10 @@ def eval_command(
     llambda: Annotated[
         float, typer.Option("--lambda", help=f"Local detail strength, {LAMBDA_RANGE[0]:g} to {LAMBDA_RANGE[1]:g}.")
     ] = 0.8,
-    negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
+    negative: Annotated[str, typer.Option("--negative", metavar="<text>", help="Negative prompt.")] = "",
     width: Annotated[int, typer.Option(help=f"Image width, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
     height: Annotated[int, typer.Option(help=f"Image height, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
-    scheduler: Annotated[str, typer.Option(help="Sampler: lms, ddim, pndm, euler or dpm++.")] = "lms",
+    scheduler: Annotated[str, typer.Option(metavar="<name>", help="Sampler: lms, ddim, pndm, euler or dpm++.")] = "lms",
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Images denoised together; lower it if the GPU runs out of memory.")
     ] = 4,
@@ -57,10 +57,10 @@ def eval_command(
         typer.Option("--class-word", metavar="<name=word>", help="NAME=WORD, e.g. mycat=cat (repeatable); else a class-WORD tag on the concept.", show_default=False),
     ] = None,
     clip_model: Annotated[
-        str, typer.Option("--clip-model", envvar="ELITE_EVAL_CLIP_MODEL", help="CLIP for CLIP-T/CLIP-I: hub id or folder.")
+        str, typer.Option("--clip-model", metavar="<model>", envvar="ELITE_EVAL_CLIP_MODEL", help="CLIP for CLIP-T/CLIP-I: hub id or folder.")
     ] = DEFAULT_CLIP_MODEL,
     dino_model: Annotated[
-        str, typer.Option("--dino-model", envvar="ELITE_EVAL_DINO_MODEL", help="DINO ViT for DINO: hub id or folder.")
+        str, typer.Option("--dino-model", metavar="<model>", envvar="ELITE_EVAL_DINO_MODEL", help="DINO ViT for DINO: hub id or folder.")
     ] = DEFAULT_DINO_MODEL,
     output_dir: Annotated[
         Optional[Path],

@@ -326,6 +326,12 @@ def write_temp(final: Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+    except OSError as error:
+        temp.unlink(missing_ok=True)
+        if error.filename == str(temp) and error.errno is not None:
+            # The temp name is ours: the user asked for `final`, so that is the path to report.
+            raise type(error)(error.errno, error.strerror, str(final)) from None
+        raise
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

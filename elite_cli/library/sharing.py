@@ -73,6 +73,16 @@ def import_bundle(store: "ConceptStore", path: Path, name: str | None = None, re
 
     Returns the existing record with duplicate=True when the library already has it.
     """
+    data, metadata, thumbnail = read_bundle(path, name)
+    return store._store(data, metadata, thumbnail, sources=[], replace=replace)
+
+
+def read_bundle(path: Path, name: str | None = None) -> tuple[bytes, dict, bytes]:
+    """Validate an elite bundle without touching any library (so a refused file creates none).
+
+    Returns the concept file bytes, its metadata (name from `name` when given) and the thumbnail PNG.
+    """
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"'{path}' does not exist; pass an elite concept bundle (.safetensors).")
     if path.stat().st_size > MAX_BUNDLE_BYTES:
@@ -98,7 +108,7 @@ def import_bundle(store: "ConceptStore", path: Path, name: str | None = None, re
         thumbnail = tensor_to_png(bundle.tensors[cf.THUMBNAIL_TENSOR])
     else:
         thumbnail = placeholder_thumbnail()
-    return store._store(cf.serialize(tensors, metadata), metadata, thumbnail, sources=[], replace=replace)
+    return cf.serialize(tensors, metadata), metadata, thumbnail
 
 
 def _not_a_bundle(header: dict, label: str) -> FormatError | None:

@@ -453,7 +453,8 @@ class ConceptStore(GenerationHistory):
                     raise NameClash(f"concept '{clash[0][1]}' was made from this picture by other mapper weights; "
                                     f"run `elite reencode {clash[0][1]}` to encode it with the current ones.")
                 if clash and not replace:
-                    raise NameClash(f"a concept named '{clash[0][1]}' already exists; choose another name or replace it.")
+                    raise NameClash(f"a concept named '{clash[0][1]}' already exists; choose another name or replace it.",
+                                    taken=clash[0][1])
                 # Sources and thumbnail first, the concept file last: a concept file on disk
                 # always has its companions, so repair can index it as it stands.
                 for role, source, suffix in sources:
@@ -573,11 +574,26 @@ class ConceptStore(GenerationHistory):
         concept was already made by these mappers (nothing changes then).
         """
         record = self.get(name_or_id)
-        if record.image_path is None or not record.image_path.exists():
-            raise LibraryError(f"concept '{record.name}' has no stored source image; add it again from the picture.")
+        self.require_sources([record])
         concept = encoder.encode(record.image_path, record.mask_path)
         return self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
                         tags=record.tags, replace=True)
+
+    @staticmethod
+    def without_sources(records: list[StoredConcept]) -> list[StoredConcept]:
+        """The records whose stored source picture is gone (imported concepts never had one)."""
+        return [record for record in records if record.image_path is None or not record.image_path.exists()]
+
+    def require_sources(self, records: list[StoredConcept]) -> None:
+        """Raise LibraryError naming every record that cannot be re-encoded (no stored source picture)."""
+        missing = self.without_sources(records)
+        if len(missing) == 1:
+            raise LibraryError(f"concept '{missing[0].name}' has no stored source image (imported concepts have none); "
+                               "add it again from the picture.")
+        if missing:
+            names = ", ".join(f"'{record.name}'" for record in missing)
+            raise LibraryError(f"concepts {names} have no stored source image (imported concepts have none); "
+                               "add them again from the pictures.")
 
     # --- mapper provenance -----------------------------------------------------------------------
 
