@@ -53,7 +53,7 @@ def test_every_command_has_help_with_an_example(path, run_cli):
             assert not re.search(r"<[^>]*(\[|,)", line), f"`elite {' '.join(path)} --help`: {line.strip()}"
 
 
-@pytest.mark.parametrize("path", [()] + [path for path in ALL_COMMANDS if path[0] != "train"],
+@pytest.mark.parametrize("path", [()] + ALL_COMMANDS,
                          ids=lambda path: " ".join(path) or "elite")
 def test_text_options_show_what_they_take_not_str(path, run_cli):
     # `--device <str>` said nothing a user can act on; `--device <device>` points to the help text.
