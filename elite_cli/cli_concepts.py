@@ -99,7 +99,7 @@ def add(
         added.append(summary)
         if not as_json:
             if stored.duplicate:
-                typer.echo(f"Already in the library as <{stored.name}> (id {stored.short_id}); nothing added")
+                typer.echo(already_stored(stored, name, "added"))
             else:
                 typer.echo(f"Added <{stored.name}> (id {stored.short_id}) in {summary['seconds']:.2f}s")
     if as_json:
@@ -201,8 +201,13 @@ def rename(
 
     Example: elite rename mycat tom
     """
-    renamed = open_store(create=False).rename(old, new)
-    typer.echo(f"Renamed <{old}> to <{renamed.name}>")
+    store = open_store(create=False)
+    before = store.get(old)
+    renamed = store.rename(before.id, new)
+    if renamed.name == before.name:
+        typer.echo(f"<{before.name}> already has that name; nothing changed")
+    else:
+        typer.echo(f"Renamed <{before.name}> to <{renamed.name}>")
 
 
 @app.command("tag")
@@ -253,6 +258,14 @@ def export_concept(
         typer.echo(f"Note: {result.note}.", err=True)
 
 
+def already_stored(stored, wanted_name: str | None, verb: str) -> str:
+    """The line for a concept the library already held; a name asked for with --name is not applied
+    behind the user's back (the library holds a concept once, under one name)."""
+    keeps_name = (f"; it keeps that name, run `elite rename {stored.name} {wanted_name}` to use <{wanted_name}>"
+                  if wanted_name and wanted_name.lower() != stored.name.lower() else "")
+    return f"Already in the library as <{stored.name}> (id {stored.short_id}); nothing {verb}{keeps_name}"
+
+
 @app.command("import")
 def import_concept(
     file: Annotated[Path, typer.Argument(help="A file written by `elite export`.", show_default=False)],
@@ -278,10 +291,7 @@ def import_concept(
     if as_json:
         echo_json(as_dict(stored))
     elif stored.duplicate:
-        # The library holds a concept once; its name is not changed behind the user's back.
-        keeps_name = (f"; it keeps that name, run `elite rename {stored.name} {name}` to use <{name}>"
-                      if name and name.lower() != stored.name.lower() else "")
-        typer.echo(f"Already in the library as <{stored.name}> (id {stored.short_id}); nothing imported{keeps_name}")
+        typer.echo(already_stored(stored, name, "imported"))
     else:
         typer.echo(f"Imported <{stored.name}> (id {stored.short_id})")
 

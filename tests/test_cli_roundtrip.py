@@ -82,6 +82,7 @@ def test_add_list_show(run_cli, use_tiny_models, loaded_models, cat_picture, dog
     same = run_cli("add", cat_picture, "--name", "again")
     assert same.exit_code == 0
     assert same.stdout.startswith("Already in the library as <mycat>")
+    assert "run `elite rename mycat again` to use <again>" in same.stdout
     assert listed_names(run_cli) == ["mycat", "mydog", "tom"]
 
     shown = run_cli("show", "mycat", "--json")
@@ -209,6 +210,14 @@ def test_rename_and_tag(run_cli, library_with_cat):
     assert run_cli("tag", "tom", "black", "--remove").exit_code == 0
     assert json.loads(run_cli("list", "--tag", "black", "--json").stdout) == []
     assert [row["name"] for row in json.loads(run_cli("list", "--tag", "pets", "--json").stdout)] == ["tom"]
+
+
+def test_rename_names_the_concept_and_says_when_nothing_changes(run_cli, library_with_cat):
+    concept_id = json.loads(run_cli("list", "--json").stdout)[0]["id"]
+    same = run_cli("rename", "mycat", "mycat")
+    assert same.exit_code == 0 and same.stdout == "<mycat> already has that name; nothing changed\n"
+    by_id = run_cli("rename", concept_id.removeprefix("sha256:")[:8], "tom")
+    assert by_id.exit_code == 0 and by_id.stdout == "Renamed <mycat> to <tom>\n"
 
 
 def test_tag_says_when_nothing_changes(run_cli, library_with_cat):

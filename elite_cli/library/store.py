@@ -527,7 +527,8 @@ class ConceptStore(GenerationHistory):
             clash = self._find("c.name = ?", [new_name])
             if clash and clash[0][0] != record.id:
                 raise NameClash(f"a concept named '{clash[0][1]}' already exists; choose another name.")
-            self._rewrite(record, name=new_name)
+            if record.name != new_name:  # renaming to the same name rewrites nothing
+                self._rewrite(record, name=new_name)
         return self.get(record.id)
 
     def tag(self, name_or_id: str, *tags: str) -> StoredConcept:
