@@ -386,11 +386,20 @@ def reencode(
         return
     if names:  # a named concept that cannot be re-encoded fails before the models load, too
         store.require_sources(records)
+    image_encoder = setting("image_encoder")
+    if all(flag is False for flag in _stale_flags(records)) and all(r.image_encoder == image_encoder for r in records):
+        # Every concept was made by the configured models (known without torch): nothing to load.
+        done = [{**as_dict(record), "seconds": 0.0, "changed": False} for record in records]
+        if as_json:
+            echo_json(done)
+        else:
+            for record in records:
+                typer.echo(f"Up to date: <{record.name}>")
+        return
     from elite_cli.encoder import Encoder
 
     models, _ = load_models_with_status()
     encoder = Encoder(models)
-    image_encoder = setting("image_encoder")
     done, skipped = [], []
     for record in records:
         started = time.perf_counter()

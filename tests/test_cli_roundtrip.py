@@ -266,14 +266,14 @@ def test_reencode_all_skips_current_concepts_and_imported_ones_do_not_stop_the_r
     assert run_cli("import", bundle, "--name", "imported").exit_code == 0
     assert run_cli("add", dog_picture).exit_code == 0
 
-    # Made by the configured mappers already: left as they are, without encoding anything.
-    from elite_cli.encoder import Encoder
+    # Made by the configured mappers already: left as they are, without loading models or encoding.
+    import elite_cli.models
 
-    def no_encoding(*args, **kwargs):
-        raise AssertionError("a current concept was encoded again")
+    def no_loading(*args, **kwargs):
+        raise AssertionError("models were loaded although every concept is current")
 
     with monkeypatch.context() as patch:
-        patch.setattr(Encoder, "encode", no_encoding)
+        patch.setattr(elite_cli.models, "load_models", no_loading)
         current = run_cli("reencode", "--json")
     assert current.exit_code == 0, current.output
     assert {item["name"]: item["changed"] for item in json.loads(current.stdout)} == {"imported": False, "mydog": False}
