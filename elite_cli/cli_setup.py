@@ -106,9 +106,9 @@ def models_import(
 def _mapper_override_note(key: str, imported: Path) -> str | None:
     """A note when the setting `key` points elsewhere, so the file just imported is not the one used."""
     item = effective_settings()[key]
+    # Resolved settings are absolute or relative to the cwd (config.toml's were joined to the
+    # library already), like `imported`: joining a relative ELITE_HOME again named another file.
     configured = Path(item.value).expanduser()
-    if not configured.is_absolute():
-        configured = library_dir() / configured
     if configured.resolve() == imported.resolve():
         return None
     how = {"flag": f"leave out --{key.replace('_', '-')}", "default": ""}.get(item.source)

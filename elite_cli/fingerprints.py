@@ -6,7 +6,8 @@ same test `elite gen` applies before refusing them, but must stay fast and torch
   library folder (`mapper-fingerprints.json`, keyed by path, size and modification time);
 - a safetensors file is hashed here from its raw bytes, exactly as `mappers.fingerprint`
   hashes the loaded tensors;
-- only a reference `.pt` that no command has loaded yet needs torch.
+- a reference `.pt` that no command has loaded yet is unknown (None): unpickling it needs
+  torch, which would cost `elite list` seconds; the next `elite add`/`gen` fills the cache.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def safetensors_fingerprint(path: Path) -> str | None:
 
 
 def mapper_fingerprint(home: Path, path: str | Path) -> str | None:
-    """The fingerprint `elite gen` would compute for this mapper file, or None when it cannot be read."""
+    """The fingerprint `elite gen` would compute for this mapper file, or None when it cannot be read
+    without torch (a missing file, or a `.pt` no command has loaded since it last changed)."""
     path = Path(path).expanduser()
     if not path.is_file():
         return None
@@ -86,16 +88,9 @@ def mapper_fingerprint(home: Path, path: str | Path) -> str | None:
             return cached
         with open(path, "rb") as handle:
             head = handle.read(2)
-        if path.suffix == ".safetensors" or (head[:2] != b"PK" and head[:1] != b"\x80"):
-            found = safetensors_fingerprint(path)
-        else:
-            from elite_cli.errors import EliteError
-            from elite_cli.mappers import fingerprint, load_mapper_state
-
-            try:
-                found = fingerprint(load_mapper_state(path))
-            except EliteError:
-                found = None
+        if path.suffix != ".safetensors" and (head[:2] == b"PK" or head[:1] == b"\x80"):
+            return None  # a pickle: only torch reads it, and `elite list` must not import torch
+        found = safetensors_fingerprint(path)
     except OSError:
         return None
     if found:

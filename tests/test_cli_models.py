@@ -134,6 +134,19 @@ def test_models_import_says_when_a_setting_points_elsewhere(run_cli, tiny_models
     assert run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper, "--replace").stderr == ""
 
 
+def test_models_import_into_a_relative_library_adds_no_note(run_cli, tiny_models, elite_home: Path, monkeypatch):
+    # Relative settings are relative to the cwd: the default mapper path of ELITE_HOME=lib is the
+    # imported file, not lib/lib/models/... (which gave "set to ... (default), so that file is used").
+    monkeypatch.chdir(elite_home.parent)
+    monkeypatch.setenv("ELITE_HOME", elite_home.name)
+    result = run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    flag = run_cli("--global-mapper", f"{elite_home.name}/models/global_mapper.safetensors", "models", "import",
+                   tiny_models.global_mapper, tiny_models.local_mapper, "--replace")
+    assert flag.exit_code == 0 and flag.stderr == ""
+
+
 def test_models_table_heads_its_rows_as_settings(run_cli):
     header = run_cli("models").stdout.splitlines()[0].split()
     assert header[0] == "setting" and "check" not in header

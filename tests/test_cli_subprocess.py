@@ -59,8 +59,13 @@ def test_add_gen_list_rm_in_real_processes(use_tiny_models, cat_picture, tmp_pat
     assert failed.returncode == 1 and failed.stderr.startswith("Error: ") and "Traceback" not in failed.stderr
 
 
-def test_list_does_not_import_torch(run_cli, use_tiny_models, cat_picture, tmp_path: Path):
+@pytest.mark.parametrize("cache", ["filled", "gone"])
+def test_list_does_not_import_torch(run_cli, use_tiny_models, cat_picture, elite_home, tmp_path: Path, cache):
     assert run_cli("add", cat_picture).exit_code == 0  # in-process: the models are already loaded
+    if cache == "gone":
+        # The tiny mappers are .pt pickles: without the cache `elite add` filled, only torch
+        # could fingerprint them, so list shows their staleness as unknown instead.
+        (elite_home / "mapper-fingerprints.json").unlink()
     # CPU time, not wall time: on a machine shared with other jobs wall time says little.
     code = (
         "import sys, time\n"
