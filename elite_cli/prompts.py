@@ -11,28 +11,29 @@ from elite_cli.errors import InputError
 PLACEHOLDER = re.compile(r"<([A-Za-z0-9_-]{1,64})>")
 
 
-# What a user meant as a placeholder: from '<' to the next bracket (or the end of the prompt).
-BRACKETED = re.compile(r"<[^<>]*>?")
+# What a user meant as a placeholder: a '<' right before a letter, up to the next bracket (or
+# the end of the prompt). A '<' before anything else ("I <3 my cat", "<-") is plain text.
+MEANT_PLACEHOLDER = re.compile(r"<[A-Za-z_][^<>]*>?")
+# A '>' right after a name character ends a placeholder whose '<' is missing ("mycat> on the
+# beach"); after anything else ("a -> b", "x > y") it is plain text.
+ORPHAN_CLOSE = re.compile(r"[A-Za-z0-9_]>")
 
 
 def check_placeholders(prompt: str) -> None:
-    """Refuse angle brackets that do not form a `<name>` placeholder.
+    """Refuse angle brackets that look like a `<name>` placeholder but are not one.
 
-    Angle brackets have no other use in a prompt, so a stray one is a typo such as `<mycat on
-    the beach` or `<my cat>`; generating anyway would quietly drop the concept.
+    Typos such as `<mycat on the beach`, `<my cat>` or `mycat>` would otherwise quietly drop the
+    concept; brackets that cannot be meant as a placeholder (`I <3 my cat`, `a -> b`) are text.
     """
-    rest = PLACEHOLDER.sub("", prompt)
-    if "<" not in rest and ">" not in rest:
-        return
     accepted = "name concepts as <name> (letters, digits, '-' and '_'), e.g. \"<mycat> on the beach\""
-    for match in BRACKETED.finditer(prompt):
+    rest = PLACEHOLDER.sub(" ", prompt)
+    for match in MEANT_PLACEHOLDER.finditer(rest):
         text = match.group(0)
-        if PLACEHOLDER.fullmatch(text):
-            continue
         if not text.endswith(">"):
             raise InputError(f"the prompt {prompt!r} has a '<' without a closing '>'; {accepted}.")
         raise InputError(f"the prompt {prompt!r} has {text!r}, which is not a concept placeholder; {accepted}.")
-    raise InputError(f"the prompt {prompt!r} has a '>' without an opening '<'; {accepted}.")
+    if ORPHAN_CLOSE.search(rest):
+        raise InputError(f"the prompt {prompt!r} has a '>' without an opening '<'; {accepted}.")
 
 
 def concept_names(prompt: str) -> list[str]:

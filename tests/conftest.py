@@ -40,6 +40,11 @@ def elite_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     home = tmp_path / "elite-home"
     monkeypatch.setenv("ELITE_HOME", str(home))
+    # The global flags of the last command run in this process (e.g. --library) must not leak
+    # into a test that calls a command without the main callback (eval's own Typer app).
+    import elite_cli.cli
+
+    monkeypatch.setattr(elite_cli.cli, "options", elite_cli.cli.GlobalOptions())
     return home
 
 

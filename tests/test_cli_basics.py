@@ -283,7 +283,7 @@ def test_errors_become_one_line(error, exit_code, stderr):
         (["gen", "<mycat> x", "--lambda", "-0.5"], "Error: --lambda must be a number from 0 to 2"),
         (["gen", "<mycat on the beach"], "Error: the prompt '<mycat on the beach' has a '<' without a closing '>'; name concepts as <name>"),
         (["gen", "<my cat> on the beach"], "Error: the prompt '<my cat> on the beach' has '<my cat>', which is not a concept placeholder; name concepts as <name>"),
-        (["gen", "<mycat> > a dog"], "Error: the prompt '<mycat> > a dog' has a '>' without an opening '<';"),
+        (["gen", "mycat> on the beach"], "Error: the prompt 'mycat> on the beach' has a '>' without an opening '<';"),
         (["gen"], "Error: give exactly one of PROMPT, --prompts FILE or --again ID."),
         (["gen", "a", "--prompts", "p.txt"], "Error: give exactly one of PROMPT, --prompts FILE or --again ID."),
         (["gen", "   "], 'Error: the prompt is empty; pass text such as "<mycat> on the beach".'),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from elite_cli.errors import InputError
-from elite_cli.prompts import concept_names, split_prompt
+from elite_cli.prompts import check_placeholders, concept_names, split_prompt
 from elite_cli.text import PromptEncoder, PromptTruncatedWarning
 
 
@@ -68,3 +68,20 @@ def test_long_prompt_warns_with_dropped_words(prompt_encoder):
 def test_placeholder_outside_the_window_is_an_error(prompt_encoder):
     with pytest.raises(InputError, match="<x> falls outside it"):
         prompt_encoder.tokenize(" ".join(["red"] * 80) + " <x>")
+
+
+@pytest.mark.parametrize("prompt", ["I <3 <mycat>", "<mycat> -> a statue", "x > y and <mycat>", "a <- b <mycat>", "<mycat>>"])
+def test_angle_brackets_that_cannot_be_placeholders_are_text(prompt):
+    check_placeholders(prompt)
+    assert concept_names(prompt) == ["mycat"]
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("<mycat on the beach", "without a closing '>'"),
+    ("<my cat> on the beach", "'<my cat>', which is not a concept placeholder"),
+    ("mycat> on the beach", "'>' without an opening '<'"),
+    ("< mycat> on the beach", "'>' without an opening '<'"),
+])
+def test_placeholder_typos_are_refused(prompt, message):
+    with pytest.raises(InputError, match=message):
+        check_placeholders(prompt)
