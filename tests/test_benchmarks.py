@@ -155,3 +155,15 @@ def test_generation_weights_are_what_a_generation_only_process_keeps_on_the_devi
         for layer in generate.key_value_layers(mapper):
             assert id(layer.weight) in resident
     assert all(id(tensor) in resident for tensor in loaded_models.unet.parameters())
+
+
+def test_gpu_run_script_parses_and_refuses_unknown_parts():
+    """benchmarks/gpu/run.sh is what a session with a lent GPU runs; a syntax error there would
+    waste device time that cannot be had back."""
+    import subprocess
+
+    script = REPO / "benchmarks" / "gpu" / "run.sh"
+    for path in (script, script.with_name("fetch-wheels.sh")):
+        assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    refused = subprocess.run(["bash", str(script), "3"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "usage: bash benchmarks/gpu/run.sh 1|2" in refused.stdout
