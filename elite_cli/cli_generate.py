@@ -90,16 +90,24 @@ def jobs_from_png(path: Path) -> list[GenerationJob]:
     """A PNG written by `elite gen` describes one image: repeat exactly that one."""
     check_file_exists(path, "PNG")
     parameters = read_png_parameters(path)
-    return [
-        GenerationJob(
-            prompt=parameters["prompt"],
-            negative_prompt=parameters["negative_prompt"],
-            seed=int(parameters["seed"]),
-            num_images=1,
-            concept_ids=dict(parameters.get("concepts") or {}),
-            **{key: parameters[key] for key in GenerationJob("").settings()},
-        )
-    ]
+    try:
+        return [
+            GenerationJob(
+                prompt=str(parameters["prompt"]),
+                negative_prompt=str(parameters["negative_prompt"]),
+                seed=int(parameters["seed"]),
+                num_images=1,
+                concept_ids={str(name): str(concept_id) for name, concept_id in (parameters.get("concepts") or {}).items()},
+                steps=int(parameters["steps"]),
+                guidance_scale=float(parameters["guidance_scale"]),
+                llambda=float(parameters["llambda"]),
+                width=int(parameters["width"]),
+                height=int(parameters["height"]),
+                scheduler=str(parameters["scheduler"]),
+            )
+        ]
+    except (TypeError, ValueError, AttributeError) as error:
+        raise InputError(f"'{path}' has a damaged elite parameters chunk ({error}); pass a PNG written by `elite gen`.") from None
 
 
 def jobs_from_history(store: Any, run_id: str) -> list[GenerationJob]:
@@ -268,7 +276,9 @@ def gen(
             raise typer.Exit(subprocess.call(launch_command(processes, without_gpus_option(sys.argv[1:]))))
     store = open_store()
     if again is not None:
-        jobs = jobs_from_png(Path(again)) if again.lower().endswith(".png") else jobs_from_history(store, again)
+        # A file (a PNG, or a picture that is not one: said so, not "no such run") or a run id.
+        is_file = again.lower().endswith((".png", ".jpg", ".jpeg", ".webp")) or Path(again).is_file()
+        jobs = jobs_from_png(Path(again)) if is_file else jobs_from_history(store, again)
     else:
         prompts = [prompt] if prompt is not None else read_prompts_file(prompts_file)
         first_seed = secrets.randbelow(max(1, SEED_LIMIT - number)) if seed is None else seed

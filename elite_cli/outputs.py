@@ -160,13 +160,38 @@ def save_png(image: "Image.Image", directory: Path, record: GenerationRecord, wh
 
 
 def read_png_parameters(path: Path) -> dict[str, Any]:
-    """The `elite` JSON chunk of a PNG written by `save_png` (for tests and `gen --again FILE`)."""
-    from PIL import Image
+    """The `elite` JSON chunk of a PNG written by `save_png` (for tests and `gen --again FILE`).
+
+    Anything else (another image format, a file that is no image, a chunk another program
+    damaged or a chunk without a field `gen --again` needs) is an InputError naming the file.
+    """
+    from PIL import Image, UnidentifiedImageError
 
     from elite_cli.errors import InputError
 
-    with Image.open(path) as image:
-        text = image.info.get(ELITE_CHUNK)
+    accepted = "pass a PNG written by `elite gen`, or a run id from `elite history`"
+    try:
+        with Image.open(path) as image:
+            kind = image.format
+            text = image.info.get(ELITE_CHUNK)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InputError(f"'{path}' cannot be read as an image (not an image, or cut short); {accepted}.") from None
+    if kind != "PNG":
+        raise InputError(f"'{path}' is a {kind} image, not a PNG written by `elite gen`; {accepted}.")
     if text is None:
-        raise InputError(f"'{path}' has no elite parameters chunk; pass a PNG written by `elite gen`.")
-    return json.loads(text)
+        raise InputError(f"'{path}' has no elite parameters chunk (another program may have saved it again); {accepted}.")
+    try:
+        parameters = json.loads(text)
+    except ValueError:
+        parameters = None
+    if not isinstance(parameters, dict):
+        raise InputError(f"'{path}' has a damaged elite parameters chunk (not a JSON object); {accepted}.")
+    missing = [key for key in REQUIRED_PARAMETERS if key not in parameters]
+    if missing:
+        raise InputError(f"'{path}' has an elite parameters chunk without {', '.join(missing)}; {accepted}.")
+    return parameters
+
+
+# What `gen --again FILE.png` needs from the `elite` chunk to repeat an image.
+REQUIRED_PARAMETERS = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "llambda", "width", "height",
+                       "scheduler")

@@ -1,0 +1,44 @@
+"""`elite gen` inputs that never reach the models: --again files that are not elite PNGs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+GOOD = {"prompt": "<mycat> x", "negative_prompt": "", "seed": 1, "steps": 2, "guidance_scale": 5.0, "llambda": 0.8,
+        "width": 64, "height": 64, "scheduler": "lms"}
+
+
+def png_with_chunk(path: Path, text: str | None) -> Path:
+    info = PngImagePlugin.PngInfo()
+    if text is not None:
+        info.add_text("elite", text)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: png_with_chunk(d / "plain.png", None), "has no elite parameters chunk"),
+        (lambda d: png_with_chunk(d / "cut.png", json.dumps(GOOD)[:-5]), "has a damaged elite parameters chunk (not a JSON object)"),
+        (lambda d: png_with_chunk(d / "list.png", "[1, 2]"), "has a damaged elite parameters chunk (not a JSON object)"),
+        (lambda d: png_with_chunk(d / "nosteps.png", json.dumps({k: v for k, v in GOOD.items() if k != "steps"})),
+         "has an elite parameters chunk without steps"),
+        (lambda d: png_with_chunk(d / "badseed.png", json.dumps({**GOOD, "seed": "one"})), "has a damaged elite parameters chunk"),
+        (lambda d: (d / "text.png").write_text("hello") and d / "text.png", "cannot be read as an image"),
+        (lambda d: Image.new("RGB", (8, 8)).save(d / "photo.jpg") or d / "photo.jpg", "is a JPEG image, not a PNG written by `elite gen`"),
+        (lambda d: Image.new("RGB", (8, 8)).save(d / "photo", format="JPEG") or d / "photo", "is a JPEG image"),
+    ],
+)
+def test_again_with_a_file_that_is_not_an_elite_png(run_cli, tmp_path, monkeypatch, make, message):
+    monkeypatch.chdir(tmp_path)
+    path = make(tmp_path)
+    result = run_cli("gen", "--again", path, "-o", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"Error: '{path}' {message}"), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
