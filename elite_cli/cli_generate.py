@@ -313,6 +313,8 @@ def gen(
     workers = join_workers(spec.device)
     if workers.device is not None:
         spec = dataclasses.replace(spec, device=workers.device)
+    # Prompts that do not fit the text encoder fail (or warn) now, not after some images exist.
+    reported_warnings = check_prompts_fit(spec, jobs, show=workers.is_main)
     models, _ = load_models_with_status(spec)
     if not allow_stale:
         from elite_cli.concept import refuse_stale
@@ -339,7 +341,6 @@ def gen(
 
     from elite_cli.prompts import concept_names
 
-    reported_warnings: set[str] = set()
     # The paths really written: a name reserved in the plan can still be taken by another
     # program before we save, and save_png then picks the next free suffix.
     saved: list[tuple[int, int, str]] = []
@@ -412,6 +413,44 @@ def gen(
     skipped = f", {plan.skipped} already there (--resume)" if plan.skipped else ""
     typer.echo(f"{counted(len(plan.images), 'image')} in {seconds:.1f} s on {counted(workers.world, 'process', 'processes')}: "
                f"{rate:.2f} images/s per process{skipped}.", err=True)
+
+
+def check_prompts_fit(spec: Any, jobs: list[GenerationJob], show: bool) -> set[str]:
+    """Tokenize every prompt with the base model's tokenizer alone, before the models load.
+
+    A concept beyond the token window is an error before any image of the batch is made; words
+    cut from a prompt or a negative prompt are warned about once each (the messages printed are
+    returned, so generation does not print them again). A tokenizer that does not load is left
+    for the model loading to report, in its usual order.
+    """
+    import warnings
+
+    from elite_cli.errors import ModelError
+    from elite_cli.models import load_pretrained
+    from elite_cli.text import PromptEncoder, PromptTruncatedWarning, quoted_start
+
+    try:
+        from transformers import CLIPTokenizer
+
+        tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, spec.base_model, "base model tokenizer", subfolder="tokenizer")
+    except ModelError:
+        return set()
+    encoder = PromptEncoder(tokenizer, text_encoder=None)
+    messages: list[str] = []
+    for job in jobs:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PromptTruncatedWarning)
+            encoder.tokenize(job.prompt)
+        messages += [str(warning.message) for warning in caught if issubclass(warning.category, PromptTruncatedWarning)]
+        dropped = encoder.dropped_negative_words(job.negative_prompt) if job.negative_prompt else None
+        if dropped:
+            messages.append(f"negative prompt {quoted_start(job.negative_prompt)} is longer than {encoder.window - 2} "
+                            f"tokens; these words were dropped: {dropped!r}")
+    reported = set(dict.fromkeys(messages))
+    if show:
+        for message in dict.fromkeys(messages):
+            typer.echo(f"Warning: {message}", err=True)
+    return reported
 
 
 def counted(count: int, singular: str, plural: str | None = None) -> str:

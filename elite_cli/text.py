@@ -26,6 +26,11 @@ from elite_cli.prompts import split_prompt
 REFERENCE_PLACEHOLDER = "S"
 
 
+def quoted_start(prompt: str, length: int = 40) -> str:
+    """A prompt as messages name it: quoted, its start only when it is long (a batch has many)."""
+    return repr(prompt if len(prompt) <= length else prompt[:length].rstrip() + "...")
+
+
 class PromptTruncatedWarning(UserWarning):
     """A prompt did not fit CLIP's token window; the message lists the dropped words."""
 
@@ -62,11 +67,11 @@ class PromptEncoder:
             lost = [name for position, name in slots if position > room]
             if lost:
                 raise InputError(
-                    f"the prompt is longer than the text encoder's {room}-token window and <{lost[0]}> falls "
-                    "outside it; shorten the prompt or move the concept earlier."
+                    f"the prompt {quoted_start(prompt)} is longer than the text encoder's {room}-token window and "
+                    f"<{lost[0]}> falls outside it; shorten the prompt or move the concept earlier."
                 )
             warnings.warn(
-                f"prompt longer than {room} tokens; these words were dropped: {dropped!r}",
+                f"prompt {quoted_start(prompt)} is longer than {room} tokens; these words were dropped: {dropped!r}",
                 PromptTruncatedWarning,
                 stacklevel=2,
             )
@@ -75,6 +80,12 @@ class PromptEncoder:
         full = [bos, *ids, eos]
         full += [self.pad_id] * (self.window - len(full))
         return TokenizedPrompt(full, slots)
+
+    def dropped_negative_words(self, negative_prompt: str) -> str | None:
+        """The words of a negative prompt that do not fit the window (encode_plain cuts them), or None."""
+        ids = self.tokenizer(negative_prompt, add_special_tokens=False).input_ids
+        room = self.window - 2
+        return self.tokenizer.decode(ids[room:]).strip() if len(ids) > room else None
 
     @contextmanager
     def _injecting(self, replacements: list[tuple[int, int, torch.Tensor]]):

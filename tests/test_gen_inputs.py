@@ -42,3 +42,33 @@ def test_again_with_a_file_that_is_not_an_elite_png(run_cli, tmp_path, monkeypat
     assert result.stderr.startswith(f"Error: '{path}' {message}"), result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- prompts longer than the text encoder's window ----------------------------------------------
+
+TINY = ["--steps", "1", "--width", "64", "--height", "64", "--seed", "3"]
+
+
+def test_a_concept_beyond_the_token_window_fails_before_any_image_of_the_batch(run_cli, use_tiny_models, cat_picture,
+                                                                               tmp_path):
+    assert run_cli("add", cat_picture).exit_code == 0
+    prompts = tmp_path / "prompts.txt"
+    long = " ".join(f"w{i}" for i in range(100)) + " <mycat>"
+    prompts.write_text(f"a photo of <mycat>\n{long}\n")
+    result = run_cli("gen", "--prompts", prompts, "-o", tmp_path / "out", *TINY)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: the prompt 'w0 w1 w2")
+    assert "token window and <mycat> falls outside it" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cut_prompts_and_negative_prompts_are_warned_about_once_each(run_cli, use_tiny_models, tmp_path):
+    words = " ".join(f"w{i}" for i in range(100))
+    result = run_cli("gen", f"a photo {words}", "-n", "2", "--negative", f"blurry {words}", "-o", tmp_path / "out", *TINY)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 2, result.stderr
+    assert warnings[0].startswith("Warning: prompt 'a photo w0 w1")
+    assert warnings[1].startswith("Warning: negative prompt 'blurry w0 w1")
+    assert "is longer than" in warnings[1] and "these words were dropped" in warnings[1]
