@@ -300,8 +300,9 @@ def gen(
     for job in jobs:
         job.check()
     directory = output_dir if output_dir is not None else Path(setting("output_dir"))
-    if directory.exists() and not directory.is_dir():
-        raise InputError(f"output folder '{directory}' is a file; pass a folder with -o.")
+    from elite_cli.outputs import check_output_folder
+
+    check_output_folder(directory)
     concepts = load_concepts(store, jobs, again)
 
     from elite_cli.generator import SCHEDULERS, Generator

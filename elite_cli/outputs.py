@@ -159,6 +159,30 @@ def save_png(image: "Image.Image", directory: Path, record: GenerationRecord, wh
         temporary.unlink(missing_ok=True)
 
 
+def check_output_folder(directory: Path, empty: bool = False) -> None:
+    """Refuse an -o folder that cannot be written before any model loads (nothing is created here).
+
+    It must be a folder or not exist yet; then its nearest existing parent must be a folder.
+    Either must be writable. `empty`: a folder that already holds files is refused too (a run
+    whose results would sit beside another run's files).
+    """
+    from elite_cli.errors import InputError
+
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"output folder '{directory}' is a file; pass a folder with -o.")
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"output folder '{directory}' cannot be made: '{existing}' is a file; pass a folder with -o.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == directory else f" ('{existing}' is not)"
+        raise InputError(f"output folder '{directory}' is not writable{where}; pass a folder you can write to with -o.")
+    if empty and directory.is_dir() and any(directory.iterdir()):
+        raise InputError(f"output folder '{directory}' is not empty; pass a new or empty folder with -o, so its "
+                         "results.json matches its images.")
+
+
 def read_png_parameters(path: Path) -> dict[str, Any]:
     """The `elite` JSON chunk of a PNG written by `save_png` (for tests and `gen --again FILE`).
 

@@ -286,3 +286,55 @@ def test_an_interrupted_run_keeps_the_finished_concepts(loaded_models, metric_mo
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["complete"] is False
     assert list(saved["concepts"]) == ["first"] and saved["overall"]["dino"]["count"] == 1
+
+
+@pytest.mark.parametrize("template, message", [
+    ("<mug> next to {}", "prompt template '<mug> next to {}' names <mug>; a template holds only {}"),
+    ("a {} and a {}", "must hold exactly one {}"),
+    ("a photo of a dog", "must hold exactly one {}"),
+])
+def test_templates_name_only_the_evaluated_concept(app, pictures, tmp_path, template, message):
+    (cat, _), _ = pictures
+    templates = tmp_path / "templates.txt"
+    templates.write_text(f"a {{}} on the beach\n{template}\n")
+    result = run(app, cat, "--prompts", templates, *FAST, "-o", tmp_path / "out")
+    assert isinstance(result.exception, InputError), result.output
+    assert message in str(result.exception)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("values, message", [
+    (["cat=cat=x"], "--class-word 'cat=cat=x' is not NAME=WORD"),
+    (["cat=cat", "cat=dog"], "--class-word gives 'cat' two class words ('cat' and 'dog')"),
+])
+def test_bad_class_words(app, pictures, tmp_path, values, message):
+    (cat, _), prompts = pictures
+    flags = [part for value in values for part in ("--class-word", value)]
+    result = run(app, cat, "--prompts", prompts, *FAST, *flags, "-o", tmp_path / "out")
+    assert isinstance(result.exception, InputError), result.output
+    assert message in str(result.exception)
+
+
+def test_output_folders_that_cannot_hold_the_results(app, pictures, tmp_path, monkeypatch):
+    (cat, _), prompts = pictures
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "results.json").write_text("{}")
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for folder, message in ((used, f"output folder '{used}' is not empty; pass a new or empty folder"),
+                            (blocker / "out", f"output folder '{blocker / 'out'}' cannot be made: '{blocker}' is a file")):
+        result = run(app, cat, "--prompts", prompts, *FAST, "-o", folder)
+        assert isinstance(result.exception, InputError), result.output
+        assert message in str(result.exception)
+    assert (used / "results.json").read_text() == "{}"
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == locked else real_access(path, mode, **kw))
+    result = run(app, cat, "--prompts", prompts, *FAST, "-o", locked / "out")
+    assert isinstance(result.exception, InputError), result.output
+    assert f"output folder '{locked / 'out'}' is not writable ('{locked}' is not)" in str(result.exception)
+    assert not (locked / "out").exists()

@@ -72,3 +72,12 @@ def test_cut_prompts_and_negative_prompts_are_warned_about_once_each(run_cli, us
     assert warnings[0].startswith("Warning: prompt 'a photo w0 w1")
     assert warnings[1].startswith("Warning: negative prompt 'blurry w0 w1")
     assert "is longer than" in warnings[1] and "these words were dropped" in warnings[1]
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_models_load(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file.txt").write_text("x")
+    # No models are configured: the folder is checked first.
+    result = run_cli("gen", "a photo", "-o", "file.txt/out")
+    assert result.exit_code == 1, result.output
+    assert result.stderr == "Error: output folder 'file.txt/out' cannot be made: 'file.txt' is a file; pass a folder with -o.\n"

@@ -120,8 +120,9 @@ def eval_command(
         raise InputError(f"--scheduler '{scheduler}' is not supported; use one of {', '.join(SCHEDULERS)}.")
     class_words = parse_class_words(class_word or [])
     directory = output_dir if output_dir is not None else Path(f"elite-eval-{datetime.now():%Y%m%d-%H%M%S}")
-    if directory.exists() and not directory.is_dir():
-        raise InputError(f"output folder '{directory}' is a file; pass a folder with -o.")
+    from elite_cli.outputs import check_output_folder
+
+    check_output_folder(directory, empty=True)
 
     spec, home = cli_settings()
     report = run_evaluation(list(names), settings, class_words, spec, home, clip_model, dino_model, directory, allow_stale)

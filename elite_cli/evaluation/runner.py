@@ -88,11 +88,16 @@ class EvalSettings:
 # ---- prompts ---------------------------------------------------------------------------------
 
 def check_template(template: str) -> None:
-    from elite_cli.prompts import check_placeholders
+    from elite_cli.prompts import check_placeholders, concept_names
 
     if template.count(SUBJECT) != 1:
         raise InputError(f"prompt template {template!r} must hold exactly one {{}} where the concept goes, e.g. 'a {{}} on the beach'.")
     check_placeholders(template)
+    others = concept_names(template)
+    if others:
+        # Each template measures one concept; another concept's <name> would reach CLIP-T as text.
+        raise InputError(f"prompt template {template!r} names <{others[0]}>; a template holds only {{}} for the concept "
+                         "being evaluated, e.g. 'a {} on the beach' (evaluate that concept by naming it too).")
 
 
 def read_prompt_templates(path: Path) -> tuple[str, ...]:

@@ -31,9 +31,13 @@ def parse_class_words(values: Iterable[str]) -> dict[str, str]:
     words: dict[str, str] = {}
     for value in values:
         name, separator, word = value.partition("=")
-        if not separator or not name.strip() or not word.strip():
+        if not separator or not name.strip() or not word.strip() or "=" in word:
             raise InputError(f"--class-word {value!r} is not NAME=WORD; write e.g. --class-word mycat=cat.")
-        words[name.strip()] = " ".join(word.split())
+        word = " ".join(word.split())
+        if words.get(name.strip(), word) != word:
+            raise InputError(f"--class-word gives {name.strip()!r} two class words ({words[name.strip()]!r} and {word!r}); "
+                             "give one per concept.")
+        words[name.strip()] = word
     return words
 
 
