@@ -338,3 +338,37 @@ def test_output_folders_that_cannot_hold_the_results(app, pictures, tmp_path, mo
     assert isinstance(result.exception, InputError), result.output
     assert f"output folder '{locked / 'out'}' is not writable ('{locked}' is not)" in str(result.exception)
     assert not (locked / "out").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda report: report.pop("concepts"), "is a damaged elite eval results file (no valid concepts)"),
+    (lambda report: report.update(overall=[1]), "is a damaged elite eval results file (no valid overall)"),
+    (lambda report: report["concepts"].update(cat=3), "is a damaged elite eval results file (no valid concepts.cat)"),
+])
+def test_compare_refuses_damaged_results_files(app, baseline, tmp_path, edit, message):
+    first = baseline[1] / "results.json"
+    edited = json.loads(first.read_text())
+    edit(edited)
+    second = tmp_path / "results.json"
+    second.write_text(json.dumps(edited))
+    result = run(app, "--compare", first, second)
+    assert isinstance(result.exception, InputError), result.output
+    assert str(result.exception) == f"'{second}' {message}; pass the results.json an `elite eval` run wrote."
+
+
+def test_compare_of_a_folder_names_its_results_file(app, baseline):
+    folder = baseline[1]
+    result = run(app, "--compare", folder, folder / "results.json")
+    assert isinstance(result.exception, InputError), result.output
+    assert str(result.exception) == f"results file '{folder}' is a folder; pass '{folder / 'results.json'}'."
+
+
+def test_compare_shows_a_hand_edited_metric_as_missing(app, baseline, tmp_path):
+    first = baseline[1] / "results.json"
+    edited = json.loads(first.read_text())
+    edited["concepts"]["cat"]["dino"] = 0.5  # a number where {"mean": ...} belongs
+    second = tmp_path / "results.json"
+    second.write_text(json.dumps(edited))
+    result = run(app, "--compare", first, second, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows"]["cat"]["dino"]["second"] is None

@@ -56,6 +56,9 @@ class Comparison:
 
 
 def read_report(path: Path) -> dict:
+    if Path(path).is_dir():
+        hint = f"pass '{Path(path) / 'results.json'}'" if (Path(path) / "results.json").is_file() else "pass the results.json an `elite eval` run wrote"
+        raise InputError(f"results file '{path}' is a folder; {hint}.")
     if not Path(path).is_file():
         raise InputError(f"results file '{path}' does not exist; pass the results.json an `elite eval` run wrote.")
     try:
@@ -64,11 +67,23 @@ def read_report(path: Path) -> dict:
         raise InputError(f"'{path}' is not JSON; pass the results.json an `elite eval` run wrote.") from None
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
         raise InputError(f"'{path}' is not an elite eval results file (format {REPORT_FORMAT}); pass the results.json an `elite eval` run wrote.")
+    broken = [key for key in ("concepts", "overall") if not isinstance(report.get(key), dict)]
+    broken += [key for key in ("settings", "models") if not isinstance(report.get(key, {}), dict)]
+    broken += [f"concepts.{name}" for name, section in (report.get("concepts") or {}).items() if not isinstance(section, dict)]
+    if broken:
+        raise InputError(f"'{path}' is a damaged elite eval results file (no valid {', '.join(broken)}); "
+                         "pass the results.json an `elite eval` run wrote.")
     return report
 
 
 def _means(section: dict) -> dict[str, float | None]:
-    return {metric: (section.get(metric) or {}).get("mean") for metric in METRICS}
+    """Each metric's mean, None where a run has none (or a hand-edited file holds something else)."""
+    means = {}
+    for metric in METRICS:
+        value = section.get(metric)
+        mean = value.get("mean") if isinstance(value, dict) else None
+        means[metric] = float(mean) if isinstance(mean, (int, float)) and not isinstance(mean, bool) else None
+    return means
 
 
 def compare_reports(first: dict, second: dict, first_label: str = "A", second_label: str = "B") -> Comparison:
