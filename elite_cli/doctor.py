@@ -41,9 +41,14 @@ def model_presence(key: str, value: str) -> tuple[str, str]:
     """(status, detail) for one configured model: a local path, a cached hub model, or neither."""
     path = Path(value).expanduser()
     if key in ("global_mapper", "local_mapper"):
+        if path.is_dir():
+            return FAIL, f"{path} is a folder, not a mapper file"
         if path.is_file():
-            return OK, f"file {path}"
+            problem = mapper_file_problem(path, key.split("_")[0])
+            return (FAIL, f"{path} {problem}") if problem else (OK, f"file {path}")
         return FAIL, f"missing file {path}"
+    if path.is_file():
+        return FAIL, f"{path} is a file, not a model folder"
     if path.exists():
         marker = HUB_MARKER_FILES[key]
         if (path / marker).is_file():
@@ -59,6 +64,33 @@ def model_presence(key: str, value: str) -> tuple[str, str]:
             return OK, f"hub model {value} (downloaded)"
         return WARN, f"hub model {value} (not downloaded yet; the first run downloads it)"
     return FAIL, f"'{value}' is neither a folder nor a hub id"
+
+
+def mapper_file_problem(path: Path, role: str) -> str | None:
+    """What makes a mapper file unusable, read from its first bytes and safetensors header only
+    (no torch, no tensors): the same tests `mappers.load_mapper_state` starts with."""
+    import json
+
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(9)
+        is_zip, is_pickle = head.startswith(b"PK"), head[:1] == b"\x80"
+        header_length = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+        if is_zip or is_pickle:
+            return None  # a PyTorch checkpoint; whether it holds a mapper shows when it loads
+        if not (head[8:9] == b"{" and 8 + header_length <= size):
+            return "is neither a PyTorch checkpoint nor a safetensors file"
+        handle.seek(8)
+        try:
+            metadata = json.loads(handle.read(header_length)).get("__metadata__") or {}
+        except (ValueError, AttributeError):
+            return "is a damaged safetensors file"
+    if metadata.get("format") == "elite-concept":
+        return "is an elite concept bundle (from `elite export`), not a mapper"
+    recorded = metadata.get("mapper")
+    if recorded in ("global", "local") and recorded != role:
+        return f"is a {recorded} mapper (its metadata says so), not a {role} one"
+    return None
 
 
 MODEL_FIXES = {
@@ -139,7 +171,7 @@ def library_findings(library: Path, open_store: Callable[[], Any]) -> list[Findi
             Finding(
                 "library",
                 FAIL,
-                f"{library}: {len(problems)} problem(s), e.g. {first}",
+                f"{library}: {len(problems)} problem{'' if len(problems) == 1 else 's'}, e.g. {first}",
                 "run `elite check --repair`",
             )
         ]

@@ -115,9 +115,34 @@ def test_doctor_reports_library_problems_with_the_fix(run_cli, use_tiny_models, 
     result = run_cli("doctor", "--json")
     assert result.exit_code == 1
     broken = {finding["check"]: finding for finding in json.loads(result.stdout)}["library"]
-    assert broken["status"] == "fail" and "1 problem(s)" in broken["detail"]
+    assert broken["status"] == "fail" and ": 1 problem, e.g." in broken["detail"]
     assert broken["fix"] == "run `elite check --repair`"
     assert run_cli("check", "--repair").exit_code == 0
+    assert run_cli("doctor").exit_code == 0
+
+
+def test_doctor_fails_for_model_settings_that_point_at_the_wrong_kind_of_file(run_cli, use_tiny_models, tiny_models,
+                                                                             cat_picture, tmp_path, monkeypatch):
+    from elite_cli.mappers import convert_reference_checkpoint
+
+    local_file = tmp_path / "l.safetensors"
+    convert_reference_checkpoint(tiny_models.local_mapper, local_file, "local")
+    cases = [
+        ("ELITE_IMAGE_ENCODER", "image_encoder", cat_picture, f"{cat_picture} is a file, not a model folder"),
+        ("ELITE_BASE_MODEL", "base_model", cat_picture, f"{cat_picture} is a file, not a model folder"),
+        ("ELITE_GLOBAL_MAPPER", "global_mapper", cat_picture,
+         f"{cat_picture} is neither a PyTorch checkpoint nor a safetensors file"),
+        ("ELITE_GLOBAL_MAPPER", "global_mapper", tmp_path, f"{tmp_path} is a folder, not a mapper file"),
+        ("ELITE_GLOBAL_MAPPER", "global_mapper", local_file, f"{local_file} is a local mapper (its metadata says so), not a global one"),
+    ]
+    for variable, check, value, detail in cases:
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, str(value))
+            result = run_cli("doctor", "--json")
+        assert result.exit_code == 1, (variable, value, result.output)
+        finding = {finding["check"]: finding for finding in json.loads(result.stdout)}[check]
+        assert finding["status"] == "fail" and finding["detail"] == f"{detail} [env {variable}]", finding
+        assert finding["fix"]
     assert run_cli("doctor").exit_code == 0
 
 
