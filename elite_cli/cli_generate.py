@@ -50,6 +50,8 @@ class GenerationJob:
     # {name in the prompt: library id} when repeating a run: the concept it really used, even
     # if that name was renamed or given to another concept since.
     concept_ids: dict[str, str] = field(default_factory=dict)
+    # The models a repeated run recorded (base_model, image_encoder, mapper fingerprints).
+    recorded_models: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
         """Fail before any model loads if a parameter cannot work."""
@@ -86,6 +88,21 @@ def read_prompts_file(path: Path) -> list[str]:
     return prompts
 
 
+# What a generated image records about the models that made it (PNG chunk and history rows).
+MODEL_KEYS = {"base_model": "base model", "image_encoder": "image encoder", "global_mapper": "global mapper",
+              "local_mapper": "local mapper"}
+
+
+def model_changes(jobs: list[GenerationJob], current: dict[str, Any]) -> list[str]:
+    """`--again` with other models than the run's makes other images: the settings that differ."""
+    changed = []
+    for key, label in MODEL_KEYS.items():
+        recorded = {job.recorded_models[key] for job in jobs if key in job.recorded_models}
+        if recorded and recorded != {str(current[key])}:
+            changed.append(f"{label} {sorted(recorded)[0]!r} (now {current[key]!r})")
+    return changed
+
+
 def jobs_from_png(path: Path) -> list[GenerationJob]:
     """A PNG written by `elite gen` describes one image: repeat exactly that one."""
     check_file_exists(path, "PNG")
@@ -104,6 +121,7 @@ def jobs_from_png(path: Path) -> list[GenerationJob]:
                 width=int(parameters["width"]),
                 height=int(parameters["height"]),
                 scheduler=str(parameters["scheduler"]),
+                recorded_models={key: str(parameters[key]) for key in MODEL_KEYS if parameters.get(key)},
             )
         ]
     except (TypeError, ValueError, AttributeError) as error:
@@ -133,6 +151,7 @@ def jobs_from_history(store: Any, run_id: str) -> list[GenerationJob]:
                 seed=first_seed,
                 num_images=count,
                 concept_ids=dict(entry.concept_ids),
+                recorded_models={key: str(entry.parameters[key]) for key in MODEL_KEYS if entry.parameters.get(key)},
                 **settings,
             )
             jobs[key] = (number, job)
@@ -330,6 +349,11 @@ def gen(
         "local_mapper": models.local_fingerprint,
         "elite_version": __version__,
     }
+    if again is not None and workers.is_main:
+        changed = model_changes(jobs, model_parameters)
+        if changed:
+            typer.echo(f"Warning: {again} was made with other models, so the images may differ: {'; '.join(changed)}.",
+                       err=True)
     started = time.perf_counter()
     # Every process must cut the same batches: take the size that fits the fullest GPU.
     agreed_batch_size = workers.smallest(batch_size or default_batch_size(models, jobs))

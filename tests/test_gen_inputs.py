@@ -81,3 +81,19 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_the_models_load(
     result = run_cli("gen", "a photo", "-o", "file.txt/out")
     assert result.exit_code == 1, result.output
     assert result.stderr == "Error: output folder 'file.txt/out' cannot be made: 'file.txt' is a file; pass a folder with -o.\n"
+
+
+def test_again_with_other_models_than_the_run_warns(run_cli, use_tiny_models, tiny_models, tmp_path, monkeypatch):
+    import shutil
+
+    made = run_cli("gen", "a photo", "-o", tmp_path / "out", "--json", *TINY)
+    assert made.exit_code == 0, made.output
+    png = json.loads(made.stdout)[0]["path"]
+    same = run_cli("gen", "--again", png, "-o", tmp_path / "same")
+    assert same.exit_code == 0 and "Warning" not in same.stderr, same.output
+    copy = shutil.copytree(tiny_models.base_model, tmp_path / "other-base")
+    monkeypatch.setenv("ELITE_BASE_MODEL", str(copy))
+    other = run_cli("gen", "--again", png, "-o", tmp_path / "other")
+    assert other.exit_code == 0, other.output
+    assert (f"Warning: {png} was made with other models, so the images may differ: base model "
+            f"'{tiny_models.base_model}' (now '{copy}').") in other.stderr
