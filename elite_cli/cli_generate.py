@@ -441,41 +441,15 @@ def gen(
 
 
 def check_prompts_fit(spec: Any, jobs: list[GenerationJob], show: bool) -> set[str]:
-    """Tokenize every prompt with the base model's tokenizer alone, before the models load.
+    """Every prompt checked against the text encoder's window before the models load (see
+    `text.prompt_fit_warnings`); the warnings printed are returned so generation does not repeat them."""
+    from elite_cli.text import prompt_fit_warnings
 
-    A concept beyond the token window is an error before any image of the batch is made; words
-    cut from a prompt or a negative prompt are warned about once each (the messages printed are
-    returned, so generation does not print them again). A tokenizer that does not load is left
-    for the model loading to report, in its usual order.
-    """
-    import warnings
-
-    from elite_cli.errors import ModelError
-    from elite_cli.models import load_pretrained
-    from elite_cli.text import PromptEncoder, PromptTruncatedWarning, quoted_start
-
-    try:
-        from transformers import CLIPTokenizer
-
-        tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, spec.base_model, "base model tokenizer", subfolder="tokenizer")
-    except ModelError:
-        return set()
-    encoder = PromptEncoder(tokenizer, text_encoder=None)
-    messages: list[str] = []
-    for job in jobs:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", PromptTruncatedWarning)
-            encoder.tokenize(job.prompt)
-        messages += [str(warning.message) for warning in caught if issubclass(warning.category, PromptTruncatedWarning)]
-        dropped = encoder.dropped_negative_words(job.negative_prompt) if job.negative_prompt else None
-        if dropped:
-            messages.append(f"negative prompt {quoted_start(job.negative_prompt)} is longer than {encoder.window - 2} "
-                            f"tokens; these words were dropped: {dropped!r}")
-    reported = set(dict.fromkeys(messages))
+    messages = prompt_fit_warnings(spec.base_model, [job.prompt for job in jobs], [job.negative_prompt for job in jobs]) or []
     if show:
-        for message in dict.fromkeys(messages):
+        for message in messages:
             typer.echo(f"Warning: {message}", err=True)
-    return reported
+    return set(messages)
 
 
 def counted(count: int, singular: str, plural: str | None = None) -> str:

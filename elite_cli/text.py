@@ -131,3 +131,34 @@ class PromptEncoder:
         """Hidden states for prompts without placeholders (the negative / unconditional branch)."""
         ids = self.tokenizer(texts, padding="max_length", max_length=self.window, truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(self.text_encoder.device))[0]
+
+
+def prompt_fit_warnings(base_model: str, prompts: list[str], negative_prompts: list[str]) -> list[str] | None:
+    """Tokenize prompts with the base model's tokenizer alone, before the models load.
+
+    A concept beyond the token window raises InputError (before any image is made); the words cut
+    from a prompt or negative prompt come back as warning messages, each once. None when the
+    tokenizer does not load: the model loading reports that, in its usual order.
+    """
+    from elite_cli.errors import ModelError
+    from elite_cli.models import load_pretrained
+
+    try:
+        from transformers import CLIPTokenizer
+
+        tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, base_model, "base model tokenizer", subfolder="tokenizer")
+    except ModelError:
+        return None
+    encoder = PromptEncoder(tokenizer, text_encoder=None)
+    messages: dict[str, None] = {}
+    for prompt in dict.fromkeys(prompts):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PromptTruncatedWarning)
+            encoder.tokenize(prompt)
+        messages.update((str(w.message), None) for w in caught if issubclass(w.category, PromptTruncatedWarning))
+    for negative in dict.fromkeys(negative_prompts):
+        dropped = encoder.dropped_negative_words(negative) if negative else None
+        if dropped:
+            messages[f"negative prompt {quoted_start(negative)} is longer than {encoder.window - 2} tokens; "
+                     f"these words were dropped: {dropped!r}"] = None
+    return list(messages)

@@ -372,3 +372,20 @@ def test_compare_shows_a_hand_edited_metric_as_missing(app, baseline, tmp_path):
     result = run(app, "--compare", first, second, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["rows"]["cat"]["dino"]["second"] is None
+
+
+def test_templates_longer_than_the_token_window(app, pictures, tmp_path):
+    (cat, _), _ = pictures
+    words = " ".join(f"w{i}" for i in range(100))
+    templates = tmp_path / "templates.txt"
+    templates.write_text(f"a {{}} on the beach\n{words} {{}}\n")
+    result = run(app, cat, "--prompts", templates, *FAST, "-o", tmp_path / "out")
+    assert isinstance(result.exception, InputError), result.output
+    assert "token window and <cat> falls outside it" in str(result.exception)
+    assert not (tmp_path / "out").exists()
+
+    templates.write_text(f"{{}} {words}\n")
+    result = CliRunner().invoke(app, ["eval", str(cat), "--prompts", str(templates), *FAST, "-o", str(tmp_path / "cut")])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "longer than" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("Warning: prompt '<cat> w0 w1"), result.stderr

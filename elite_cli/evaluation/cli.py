@@ -199,6 +199,13 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
     final_names = [subjects[name].name if name in subjects else picture_name(Path(name)) for name in names]
     check_unique(final_names)
     check_class_words(class_words, [*names, *final_names])
+    if settings.prompts is not None:  # a template too long for the text encoder fails before any image
+        from elite_cli.evaluation.runner import generation_prompt
+        from elite_cli.text import prompt_fit_warnings
+
+        prompts = [generation_prompt(template, name) for name in final_names for template in settings.prompts]
+        for message in prompt_fit_warnings(spec.base_model, prompts, [settings.negative_prompt]) or []:
+            typer.echo(f"Warning: {message}", err=True)
 
     console = Console(stderr=True, highlight=False)
     with console.status("Loading models (the first run downloads them)..."):
@@ -218,7 +225,12 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
             if name not in subjects:
                 subjects[name] = picture_subject(Path(name).expanduser(), encoder, class_words)
     ordered = [subjects[name] for name in names]
-    with progress_bar(console) as advance:
+    import warnings
+
+    from elite_cli.text import PromptTruncatedWarning
+
+    with progress_bar(console) as advance, warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptTruncatedWarning)  # reported above, once per prompt
         return EvalRunner(models, metric_models).run(ordered, settings, directory, progress=advance)
 
 
