@@ -79,7 +79,7 @@ def read_prompts_file(path: Path) -> list[str]:
     """One prompt per line; blank lines and lines starting with '#' are skipped."""
     check_file_exists(path, "prompts file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad) is not prompt text
     except UnicodeDecodeError:
         raise InputError(f"prompts file '{path}' is not UTF-8 text; save it as UTF-8, one prompt per line.") from None
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]

@@ -97,3 +97,19 @@ def test_again_with_other_models_than_the_run_warns(run_cli, use_tiny_models, ti
     assert other.exit_code == 0, other.output
     assert (f"Warning: {png} was made with other models, so the images may differ: base model "
             f"'{tiny_models.base_model}' (now '{copy}').") in other.stderr
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(run_cli, use_tiny_models, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("\ufeffa photo\r\n# note\r\na drawing\r\n".encode("utf-8"))
+    result = run_cli("gen", "--prompts", prompts, "-o", tmp_path / "out", "--json", *TINY)
+    assert result.exit_code == 0, result.output
+    assert [item["prompt"] for item in json.loads(result.stdout)] == ["a photo", "a drawing"]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_template(tmp_path):
+    from elite_cli.evaluation.runner import read_prompt_templates
+
+    templates = tmp_path / "templates.txt"
+    templates.write_bytes("\ufeff{} on the beach\n".encode("utf-8"))
+    assert read_prompt_templates(templates) == ("{} on the beach",)

@@ -105,7 +105,7 @@ def read_prompt_templates(path: Path) -> tuple[str, ...]:
     if not path.is_file():
         raise InputError(f"prompts file '{path}' does not exist; pass a text file with one template such as 'a {{}} on the beach' a line.")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad) is not template text
     except UnicodeDecodeError:
         raise InputError(f"prompts file '{path}' is not UTF-8 text; save it as UTF-8, one template a line.") from None
     templates = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
