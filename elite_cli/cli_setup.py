@@ -227,8 +227,11 @@ def doctor(as_json: JsonFlag = False) -> None:
         resolved = effective_settings()
     except InputError as error:
         # A bad setting is exactly what doctor is for: report it and check everything else.
-        findings = [Finding("settings", FAIL, str(error).rstrip("."),
-                            "change it with `elite config set KEY VALUE`, or fix the flag or environment variable named")]
+        message = str(error).rstrip(".")
+        # `elite config set` reads the config file first, so it cannot mend a broken one.
+        fix = ("edit that config file, or delete it to start from the defaults" if message.startswith("config file ")
+               else "change it with `elite config set KEY VALUE`, or fix the flag or environment variable named")
+        findings = [Finding("settings", FAIL, message, fix)]
         findings += environment_findings("auto")
     else:
         findings = environment_findings(resolved["device"].value)

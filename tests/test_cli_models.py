@@ -185,3 +185,14 @@ def test_models_tiny_into_a_file_names_the_file(run_cli, tmp_path: Path):
     assert result.exit_code == 1
     # It used to name a path inside the file: "'mycat.jpg/vocab' is not a folder".
     assert result.stderr == f"Error: '{picture}' is a file; pass a folder for the tiny models (it is created if missing).\n"
+
+
+def test_doctor_with_a_broken_config_file_says_to_edit_it(run_cli, elite_home: Path):
+    elite_home.mkdir(parents=True, exist_ok=True)
+    for text in ('base_model = "unclosed\n', 'colour = "red"\n'):
+        (elite_home / "config.toml").write_text(text)
+        result = run_cli("doctor", "--json")
+        assert result.exit_code == 1
+        finding = {finding["check"]: finding for finding in json.loads(result.stdout)}["settings"]
+        assert finding["status"] == "fail" and finding["detail"].startswith(f"config file '{elite_home / 'config.toml'}'")
+        assert finding["fix"] == "edit that config file, or delete it to start from the defaults"
