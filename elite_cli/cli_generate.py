@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -86,6 +87,15 @@ def read_prompts_file(path: Path) -> list[str]:
     if not prompts:
         raise InputError(f"prompts file '{path}' holds no prompts; write one prompt per line.")
     return prompts
+
+
+def repeated_prompts(prompts: list[str]) -> list[str]:
+    """Prompts a --prompts file holds more than once: every prompt starts at the same seed, so
+    the copies would only make the same images again."""
+    seen: dict[str, int] = {}
+    for prompt in prompts:
+        seen[prompt] = seen.get(prompt, 0) + 1
+    return [prompt for prompt, count in seen.items() if count > 1]
 
 
 # What a generated image records about the models that made it (PNG chunk and history rows).
@@ -300,6 +310,13 @@ def gen(
         jobs = jobs_from_png(Path(again)) if is_file else jobs_from_history(store, again)
     else:
         prompts = [prompt] if prompt is not None else read_prompts_file(prompts_file)
+        repeated = repeated_prompts(prompts)
+        if repeated and os.environ.get("RANK", "0") == "0":  # said once, by the first of several processes
+            from elite_cli.text import quoted_start
+
+            typer.echo(f"Warning: {prompts_file} holds {quoted_start(repeated[0])}"
+                       f"{f' (and {len(repeated) - 1} more)' if len(repeated) > 1 else ''} more than once; every prompt "
+                       "starts at the same seed, so the copies make the same images again.", err=True)
         first_seed = secrets.randbelow(max(1, SEED_LIMIT - number)) if seed is None else seed
         jobs = [
             GenerationJob(

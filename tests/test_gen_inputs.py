@@ -113,3 +113,15 @@ def test_a_byte_order_mark_is_not_part_of_the_first_template(tmp_path):
     templates = tmp_path / "templates.txt"
     templates.write_bytes("\ufeff{} on the beach\n".encode("utf-8"))
     assert read_prompt_templates(templates) == ("{} on the beach",)
+
+
+def test_a_prompt_repeated_in_a_prompts_file_is_warned_about(run_cli, use_tiny_models, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo\na drawing\na photo\n")
+    result = run_cli("gen", "--prompts", prompts, "-o", tmp_path / "out", *TINY)
+    assert result.exit_code == 0, result.output
+    assert (f"Warning: {prompts} holds 'a photo' more than once; every prompt starts at the same seed, so the "
+            "copies make the same images again.") in result.stderr
+    once = tmp_path / "once.txt"
+    once.write_text("a photo\na drawing\n")
+    assert "Warning" not in run_cli("gen", "--prompts", once, "-o", tmp_path / "out2", *TINY).stderr
