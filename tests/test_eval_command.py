@@ -389,3 +389,10 @@ def test_templates_longer_than_the_token_window(app, pictures, tmp_path):
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if "longer than" in line]
     assert len(warnings) == 1 and warnings[0].startswith("Warning: prompt '<cat> w0 w1"), result.stderr
+
+
+def test_a_prompts_folder_is_named_as_a_folder(app, pictures, tmp_path):
+    (cat, _), _ = pictures
+    result = run(app, cat, "--prompts", tmp_path, *FAST, "-o", tmp_path / "out")
+    assert isinstance(result.exception, InputError), result.output
+    assert str(result.exception).startswith(f"prompts file '{tmp_path}' is a folder; pass a text file")

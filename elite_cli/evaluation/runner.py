@@ -102,6 +102,8 @@ def check_template(template: str) -> None:
 
 def read_prompt_templates(path: Path) -> tuple[str, ...]:
     """One template a line; blank lines and lines starting with '#' are skipped."""
+    if path.is_dir():
+        raise InputError(f"prompts file '{path}' is a folder; pass a text file with one template such as 'a {{}} on the beach' a line.")
     if not path.is_file():
         raise InputError(f"prompts file '{path}' does not exist; pass a text file with one template such as 'a {{}} on the beach' a line.")
     try:
