@@ -396,3 +396,18 @@ def test_a_prompts_folder_is_named_as_a_folder(app, pictures, tmp_path):
     result = run(app, cat, "--prompts", tmp_path, *FAST, "-o", tmp_path / "out")
     assert isinstance(result.exception, InputError), result.output
     assert str(result.exception).startswith(f"prompts file '{tmp_path}' is a folder; pass a text file")
+
+
+def test_a_picture_file_that_does_not_decode_fails_before_the_models_load(app, pictures, tmp_path, monkeypatch):
+    (cat, _), prompts = pictures
+    broken = tmp_path / "broken.png"
+    broken.write_text("not a picture")
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("models loaded before the pictures were checked")
+
+    monkeypatch.setattr("elite_cli.models.load_models", no_models)
+    result = run(app, cat, broken, "--prompts", prompts, *FAST, "-o", tmp_path / "out")
+    assert isinstance(result.exception, InputError), result.output
+    assert str(result.exception) == f"image '{broken}' is not an image PIL can read; use PNG, JPEG or WebP."
+    assert not (tmp_path / "out").exists()

@@ -199,6 +199,11 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
     final_names = [subjects[name].name if name in subjects else picture_name(Path(name)) for name in names]
     check_unique(final_names)
     check_class_words(class_words, [*names, *final_names])
+    from elite_cli.images import prepare_image
+
+    for name in names:  # a picture file that does not decode fails before the models load, as in `elite add`
+        if name not in subjects:
+            prepare_image(Path(name).expanduser())
     if settings.prompts is not None:  # a template too long for the text encoder fails before any image
         from elite_cli.evaluation.runner import generation_prompt
         from elite_cli.text import prompt_fit_warnings
