@@ -76,7 +76,12 @@ def mapper_file_problem(path: Path, role: str) -> str | None:
         head = handle.read(9)
         is_zip, is_pickle = head.startswith(b"PK"), head[:1] == b"\x80"
         header_length = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
-        if is_zip or is_pickle:
+        if is_zip:
+            import zipfile
+
+            # A cut download keeps its first bytes but loses the zip directory at the end.
+            return None if zipfile.is_zipfile(path) else f"is a damaged or truncated PyTorch checkpoint ({size} bytes)"
+        if is_pickle:
             return None  # a PyTorch checkpoint; whether it holds a mapper shows when it loads
         if not (head[8:9] == b"{" and 8 + header_length <= size):
             return "is neither a PyTorch checkpoint nor a safetensors file"

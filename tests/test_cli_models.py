@@ -127,12 +127,15 @@ def test_doctor_fails_for_model_settings_that_point_at_the_wrong_kind_of_file(ru
 
     local_file = tmp_path / "l.safetensors"
     convert_reference_checkpoint(tiny_models.local_mapper, local_file, "local")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(Path(tiny_models.global_mapper).read_bytes()[:4096])
     cases = [
         ("ELITE_IMAGE_ENCODER", "image_encoder", cat_picture, f"{cat_picture} is a file, not a model folder"),
         ("ELITE_BASE_MODEL", "base_model", cat_picture, f"{cat_picture} is a file, not a model folder"),
         ("ELITE_GLOBAL_MAPPER", "global_mapper", cat_picture,
          f"{cat_picture} is neither a PyTorch checkpoint nor a safetensors file"),
         ("ELITE_GLOBAL_MAPPER", "global_mapper", tmp_path, f"{tmp_path} is a folder, not a mapper file"),
+        ("ELITE_GLOBAL_MAPPER", "global_mapper", cut, f"{cut} is a damaged or truncated PyTorch checkpoint (4096 bytes)"),
         ("ELITE_GLOBAL_MAPPER", "global_mapper", local_file, f"{local_file} is a local mapper (its metadata says so), not a global one"),
     ]
     for variable, check, value, detail in cases:
