@@ -181,7 +181,15 @@ def load_concepts(store: Any, jobs: list[GenerationJob], again: str | None = Non
                 continue
             concept_id = job.concept_ids.get(name)
             if concept_id is None:
-                concepts[name] = (store.get(name), store.load(name))
+                try:
+                    concepts[name] = (store.get(name), store.load(name))
+                except ConceptNotFound as error:
+                    if len(jobs) == 1:
+                        raise
+                    # In a prompts file, say which prompt names it.
+                    from elite_cli.text import quoted_start
+
+                    raise ConceptNotFound(f"the prompt {quoted_start(job.prompt)}: {error}") from None
                 continue
             try:
                 record = store.get(concept_id)

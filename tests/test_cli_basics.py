@@ -320,6 +320,15 @@ def test_empty_prompts_file(run_cli, tmp_path):
     assert result.stderr == f"Error: prompts file '{prompts}' holds no prompts; write one prompt per line.\n"
 
 
+def test_unknown_concept_in_a_prompts_file_names_its_prompt(run_cli, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a plain photo\n<nocat> on the beach\n")
+    result = run_cli("gen", "--prompts", prompts)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: the prompt '<nocat> on the beach': no concept named 'nocat'")
+    assert result.stderr.count("\n") == 1
+
+
 # --- top level ---------------------------------------------------------------------------------
 
 
