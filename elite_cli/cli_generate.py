@@ -32,6 +32,7 @@ from elite_cli.cli import (
 from elite_cli.errors import InputError
 from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SEED_LIMIT, check_image_settings
 from elite_cli.outputs import GenerationRecord, read_png_parameters, save_png
+from elite_cli.wording import counted
 
 
 @dataclass
@@ -475,11 +476,6 @@ def check_prompts_fit(spec: Any, jobs: list[GenerationJob], show: bool) -> set[s
         for message in messages:
             typer.echo(f"Warning: {message}", err=True)
     return set(messages)
-
-
-def counted(count: int, singular: str, plural: str | None = None) -> str:
-    """`1 image`, `2 images`: messages read as sentences."""
-    return f"{count} {singular if count == 1 else plural or singular + 's'}"
 
 
 def gpu_count(value: str) -> int:

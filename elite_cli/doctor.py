@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from elite_cli.config import Resolved
+from elite_cli.wording import counted
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -176,7 +177,7 @@ def library_findings(library: Path, open_store: Callable[[], Any]) -> list[Findi
             Finding(
                 "library",
                 FAIL,
-                f"{library}: {len(problems)} problem{'' if len(problems) == 1 else 's'}, e.g. {first}",
+                f"{library}: {counted(len(problems), 'problem')}, e.g. {first}",
                 "run `elite check --repair`",
             )
         ]

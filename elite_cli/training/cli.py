@@ -18,6 +18,7 @@ import typer
 
 from elite_cli.errors import EliteError
 from elite_cli.training.recipe import DEFAULT_BASE_MODEL, DEFAULT_IMAGE_ENCODER, TrainConfig
+from elite_cli.wording import counted
 
 train_app = typer.Typer(
     help="Train ELITE's global and local mapping networks (reference recipe, Hugging Face accelerate).\n\n"
@@ -100,12 +101,8 @@ def run_training(**values: Any) -> None:
     with TrainingDisplay() as display:
         result = train(config, display.update)
     if result.is_main_process:
-        typer.echo(f"Trained {config.stage} mapper: {result.mapper} ({plural(result.steps, 'step')}, "
+        typer.echo(f"Trained {config.stage} mapper: {result.mapper} ({counted(result.steps, 'step')}, "
                    f"last loss {result.last_loss:.4f})")
-
-
-def plural(count: int, singular: str, plural_form: str | None = None) -> str:
-    return f"{count} {singular if count == 1 else (plural_form or singular + 's')}"
 
 
 class TrainingDisplay:
@@ -130,8 +127,8 @@ class TrainingDisplay:
         if isinstance(event, RunStarted):
             # soft_wrap: one line however narrow the terminal (or 80 columns when piped to a log).
             self.console.print(
-                f"{plural(event.samples, 'sample')} ({event.skipped_at_scan} skipped), "
-                f"{plural(event.num_processes, 'process', 'processes')} on {event.device}, precision "
+                f"{counted(event.samples, 'sample')} ({event.skipped_at_scan} skipped), "
+                f"{counted(event.num_processes, 'process', 'processes')} on {event.device}, precision "
                 f"{event.mixed_precision}, total batch {event.total_batch}, lr {event.learning_rate:.3g}"
                 + (f", resuming at step {event.start_step}" if event.start_step else ""),
                 soft_wrap=True, highlight=False,

@@ -39,6 +39,7 @@ import torch
 from elite_cli import __version__
 from elite_cli.errors import InputError
 from elite_cli.training.recipe import TrainConfig
+from elite_cli.wording import counted
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -296,9 +297,8 @@ class Trainer:
                 )
         saved_processes = saved.get("num_processes", self.accelerator.num_processes)
         if saved_processes != self.accelerator.num_processes:
-            processes = "process" if saved_processes == 1 else "processes"
             raise InputError(
-                f"--resume '{checkpoint}' was made by {saved_processes} {processes} but this run has "
+                f"--resume '{checkpoint}' was made by {counted(saved_processes, 'process', 'processes')} but this run has "
                 f"{self.accelerator.num_processes}; each step's samples depend on it, so resume with "
                 f"{saved_processes}, or start a new run from its weights with --init."
             )
