@@ -45,8 +45,10 @@ def model_presence(key: str, value: str) -> tuple[str, str]:
         if path.is_dir():
             return FAIL, f"{path} is a folder, not a mapper file"
         if path.is_file():
+            from elite_cli.mapper_files import mapper_file_problem
+
             problem = mapper_file_problem(path, key.split("_")[0])
-            return (FAIL, f"{path} {problem}") if problem else (OK, f"file {path}")
+            return (FAIL, f"{path} {problem.what}") if problem else (OK, f"file {path}")
         return FAIL, f"missing file {path}"
     if path.is_file():
         return FAIL, f"{path} is a file, not a model folder"
@@ -65,38 +67,6 @@ def model_presence(key: str, value: str) -> tuple[str, str]:
             return OK, f"hub model {value} (downloaded)"
         return WARN, f"hub model {value} (not downloaded yet; the first run downloads it)"
     return FAIL, f"'{value}' is neither a folder nor a hub id"
-
-
-def mapper_file_problem(path: Path, role: str) -> str | None:
-    """What makes a mapper file unusable, read from its first bytes and safetensors header only
-    (no torch, no tensors): the same tests `mappers.load_mapper_state` starts with."""
-    import json
-
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(9)
-        is_zip, is_pickle = head.startswith(b"PK"), head[:1] == b"\x80"
-        header_length = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
-        if is_zip:
-            import zipfile
-
-            # A cut download keeps its first bytes but loses the zip directory at the end.
-            return None if zipfile.is_zipfile(path) else f"is a damaged or truncated PyTorch checkpoint ({size} bytes)"
-        if is_pickle:
-            return None  # a PyTorch checkpoint; whether it holds a mapper shows when it loads
-        if not (head[8:9] == b"{" and 8 + header_length <= size):
-            return "is neither a PyTorch checkpoint nor a safetensors file"
-        handle.seek(8)
-        try:
-            metadata = json.loads(handle.read(header_length)).get("__metadata__") or {}
-        except (ValueError, AttributeError):
-            return "is a damaged safetensors file"
-    if metadata.get("format") == "elite-concept":
-        return "is an elite concept bundle (from `elite export`), not a mapper"
-    recorded = metadata.get("mapper")
-    if recorded in ("global", "local") and recorded != role:
-        return f"is a {recorded} mapper (its metadata says so), not a {role} one"
-    return None
 
 
 MODEL_FIXES = {

@@ -16,6 +16,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from elite_cli.mapper_files import checkpoint_kind
+
 CACHE_NAME = "mapper-fingerprints.json"
 # safetensors dtype codes -> str(torch dtype), the spelling mappers.fingerprint hashes.
 _TORCH_DTYPES = {"F64": "torch.float64", "F32": "torch.float32", "F16": "torch.float16", "BF16": "torch.bfloat16"}
@@ -86,9 +88,7 @@ def mapper_fingerprint(home: Path, path: str | Path) -> str | None:
         cached = _read_cache(home).get(_cache_key(path))
         if cached:
             return cached
-        with open(path, "rb") as handle:
-            head = handle.read(2)
-        if path.suffix != ".safetensors" and (head[:2] == b"PK" or head[:1] == b"\x80"):
+        if checkpoint_kind(path) != "safetensors":
             return None  # a pickle: only torch reads it, and `elite list` must not import torch
         found = safetensors_fingerprint(path)
     except OSError:

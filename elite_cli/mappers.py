@@ -18,6 +18,7 @@ from torch import nn
 
 from elite_cli.concept import NUM_WORDS
 from elite_cli.errors import ModelError
+from elite_cli.mapper_files import checkpoint_kind, mapper_file_problem
 
 KV_SUFFIXES = ("_to_k.weight", "_to_v.weight")
 
@@ -181,40 +182,22 @@ def load_mapper_state(path: str | Path, what: str = "mapper checkpoint", role: s
     label = f"{what} '{path}'"
     if not path.is_file():
         raise ModelError(f"{label} does not exist; run `elite models import` or pass --global-mapper/--local-mapper.")
-    with path.open("rb") as handle:
-        head = handle.read(9)
-    size = path.stat().st_size
-    is_zip, is_pickle = head.startswith(b"PK"), head[:1] == b"\x80"
-    # A safetensors file starts with its header's length (8 bytes, little-endian) and the JSON header.
-    looks_safetensors = len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size
-    if not (is_zip or is_pickle or looks_safetensors or path.suffix == ".safetensors"):
-        raise ModelError(f"{label} is neither a PyTorch checkpoint nor a safetensors file; pass the ELITE "
-                         "global_mapper.pt / local_mapper.pt (or the .safetensors files `elite models import` writes).")
-    if not (is_zip or is_pickle):
-        from safetensors import SafetensorError, safe_open
+    # The file's kind, a cut download, a concept bundle and a swapped role show in its head.
+    problem = mapper_file_problem(path, role)
+    if problem is not None:
+        raise ModelError(f"{label} {problem.what}; {problem.fix}.")
+    if checkpoint_kind(path) == "safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             state = load_file(str(path))
-            with safe_open(str(path), "pt") as handle:
-                metadata = handle.metadata() or {}
         except (SafetensorError, OSError, ValueError) as error:
             raise ModelError(f"{label} is not a valid safetensors file ({error}).") from None
-        if metadata.get("format") == "elite-concept":
-            raise ModelError(f"{label} is an elite concept bundle (from `elite export`), not a mapper; "
-                             "add it with `elite import`.")
-        recorded_role = metadata.get("mapper")
-        if role and recorded_role in ("global", "local") and recorded_role != role:
-            raise ModelError(f"{label} is a {recorded_role} mapper (its metadata says so), not a {role} one; "
-                             f"pass it as the {recorded_role} mapper.")
     else:
         import pickle
-        import zipfile
 
         try:
-            if is_zip and not zipfile.is_zipfile(path):
-                raise ModelError(f"{label} is a damaged or truncated PyTorch checkpoint ({size} bytes); "
-                                 "download it again.")
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError,
                 KeyError, IndexError) as error:
