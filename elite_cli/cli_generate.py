@@ -60,7 +60,7 @@ class GenerationJob:
         from elite_cli.prompts import check_placeholders
 
         check_image_settings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.guidance_scale,
-                             llambda=self.llambda, seed=self.seed, num_images=self.num_images)
+                             llambda=self.llambda, seed=self.seed, num_images=self.num_images, scheduler=self.scheduler)
         if not self.prompt.strip():
             raise InputError('the prompt is empty; pass text such as "<mycat> on the beach".')
         check_placeholders(self.prompt)
@@ -350,11 +350,8 @@ def gen(
     check_output_folder(directory)
     concepts = load_concepts(store, jobs, again)
 
-    from elite_cli.generator import SCHEDULERS, Generator
+    from elite_cli.generator import Generator
 
-    for job in jobs:  # checked here too so that a typo does not wait for the models
-        if job.scheduler not in SCHEDULERS:
-            raise InputError(f"--scheduler '{job.scheduler}' is not supported; use one of {', '.join(SCHEDULERS)}.")
     spec = model_spec()
     workers = join_workers(spec.device)
     if workers.device is not None:

@@ -16,10 +16,18 @@ MAX_IMAGE_SIDE = 2048
 # lambda scales the local (detail) attention that is added to the usual one: 0 turns it off,
 # the reference's inference uses 0.6-0.8, and beyond ~2 it drowns the prompt in the picture's detail.
 LAMBDA_RANGE = (0.0, 2.0)
+# --scheduler names and the diffusers classes they stand for (the generator makes them).
+SCHEDULERS = {
+    "lms": "LMSDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+}
 
 
 def check_image_settings(*, width: int, height: int, steps: int, guidance_scale: float, llambda: float,
-                         seed: int, num_images: int) -> None:
+                         seed: int, num_images: int, scheduler: str) -> None:
     """Raise InputError naming the flag and what it accepts for the first value that cannot work."""
     for flag, value in (("--width", width), ("--height", height)):
         if value < 8 or value % 8:
@@ -35,6 +43,12 @@ def check_image_settings(*, width: int, height: int, steps: int, guidance_scale:
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise InputError(f"--guidance must be a number 0 or more (e.g. 5), not {guidance_scale:g}.")
     check_lambda(llambda)
+    check_scheduler(scheduler)
+
+
+def check_scheduler(name: str) -> None:
+    if name not in SCHEDULERS:
+        raise InputError(f"--scheduler '{name}' is not supported; use one of {', '.join(SCHEDULERS)}.")
 
 
 def check_lambda(llambda: float) -> None:

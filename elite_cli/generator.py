@@ -17,24 +17,16 @@ from PIL import Image
 from elite_cli.attention import LocalInjection
 from elite_cli.concept import Concept
 from elite_cli.errors import InputError
-from elite_cli.generation_limits import LAMBDA_RANGE
+from elite_cli.generation_limits import LAMBDA_RANGE, SCHEDULERS, check_scheduler
 from elite_cli.models import Models
 from elite_cli.text import PromptEncoder, TokenizedPrompt
 
 # The reference's LMS set-up; also used when a base model ships no scheduler config.
 REFERENCE_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
-SCHEDULERS = {
-    "lms": "LMSDiscreteScheduler",
-    "ddim": "DDIMScheduler",
-    "pndm": "PNDMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-}
 
 
 def make_scheduler(name: str, base_config: Mapping | None = None):
-    if name not in SCHEDULERS:
-        raise InputError(f"--scheduler {name!r} is not supported; use one of {', '.join(SCHEDULERS)}.")
+    check_scheduler(name)
     import diffusers
 
     config = dict(base_config or REFERENCE_SCHEDULER)

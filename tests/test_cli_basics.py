@@ -281,6 +281,7 @@ def test_errors_become_one_line(error, exit_code, stderr):
         (["gen", "<mycat> x", "--lambda", "nan"], "Error: --lambda must be a number from 0 to 2 (default 0.8;"),
         (["gen", "<mycat> x", "--lambda", "7"], "Error: --lambda must be a number from 0 to 2 (default 0.8; higher keeps more detail), not 7."),
         (["gen", "<mycat> x", "--lambda", "-0.5"], "Error: --lambda must be a number from 0 to 2"),
+        (["gen", "<mycat> x", "--scheduler", "bogus"], "Error: --scheduler 'bogus' is not supported; use one of lms, ddim, pndm, euler, dpm++."),
         (["gen", "<mycat on the beach"], "Error: the prompt '<mycat on the beach' has a '<' without a closing '>'; name concepts as <name>"),
         (["gen", "<my cat> on the beach"], "Error: the prompt '<my cat> on the beach' has '<my cat>', which is not a concept placeholder; name concepts as <name>"),
         (["gen", "mycat> on the beach"], "Error: the prompt 'mycat> on the beach' has a '>' without an opening '<';"),

@@ -114,10 +114,6 @@ def eval_command(
         width=width, height=height, scheduler=scheduler, negative_prompt=negative, batch_size=batch_size,
     )
     settings.check()
-    from elite_cli.generator import SCHEDULERS
-
-    if scheduler not in SCHEDULERS:  # checked here so that a typo does not wait for the models
-        raise InputError(f"--scheduler '{scheduler}' is not supported; use one of {', '.join(SCHEDULERS)}.")
     class_words = parse_class_words(class_word or [])
     directory = output_dir if output_dir is not None else Path(f"elite-eval-{datetime.now():%Y%m%d-%H%M%S}")
     from elite_cli.outputs import check_output_folder

@@ -75,7 +75,7 @@ class EvalSettings:
         from elite_cli.generation_limits import check_image_settings
 
         check_image_settings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.guidance_scale,
-                             llambda=self.llambda, seed=self.seed, num_images=self.num_images)
+                             llambda=self.llambda, seed=self.seed, num_images=self.num_images, scheduler=self.scheduler)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, not {self.batch_size}.")
         if self.prompts is not None:
