@@ -326,7 +326,8 @@ def check(
         repaired = store.repair()
     actions = repaired.actions if repaired else []
     quarantine = repaired.quarantine if repaired else None
-    report = store.check()
+    # A repair ends with a full check (every file's hash read): not a second one here.
+    report = repaired.after if repaired else store.check()
     if as_json:
         echo_json(
             {
