@@ -29,6 +29,12 @@ from elite_cli.errors import InputError, NameClash
 EXPORT_FORMATS = ("elite", "diffusers", "a1111")
 
 
+CropOption = Annotated[str, typer.Option(
+    "--crop", metavar="auto|object",
+    help="auto: a square picture whole (as the ELITE reference), others squared around the object; "
+         "object: the square around the object on any picture.")]
+
+
 @app.command()
 def add(
     images: Annotated[list[Path], typer.Argument(help="Picture(s) of the thing, object centred.", show_default=False)],
@@ -40,6 +46,7 @@ def add(
     ] = None,
     tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", metavar="<tag>", help="Tag to attach; repeatable.")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace a concept of the same name.")] = False,
+    crop: CropOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Encode pictures into concepts and store them in the library.
@@ -54,19 +61,20 @@ def add(
         check_file_exists(image, "image")
     if mask is not None:
         check_file_exists(mask, "mask")
-    from elite_cli.images import prepare_image
+    from elite_cli.images import check_crop, prepare_image
     from elite_cli.library import name_from_stem, validate_name
     from elite_cli.library.names import validate_tag
 
     for value in tag or ():
         validate_tag(value)
+    check_crop(crop)
     names = [validate_name(name)] if name else [name_from_stem(image.stem) for image in images]
     # Every picture (and the mask) is decoded and checked before the models load and before
     # anything is stored, so that a bad file among several adds none of them.
     # Only the hashes are kept: holding every decoded picture of a large batch would cost memory.
     source_hashes = []
     for image in images:
-        prepared = prepare_image(image, mask)
+        prepared = prepare_image(image, mask, crop)
         source_hashes.append((prepared.image_sha256, prepared.mask_sha256))
     store = open_store()
     # Name problems surface before the models load and before anything is stored, so a call
@@ -90,7 +98,7 @@ def add(
     added = []
     for image, wanted in zip(images, names):
         started = time.perf_counter()
-        concept = encoder.encode(image, mask=mask)
+        concept = encoder.encode(image, mask=mask, crop=crop)
         stored = store.add(
             concept, name=wanted, image_path=image, mask_path=mask, tags=tuple(tag or ()), replace=replace
         )
@@ -131,13 +139,27 @@ def list_concepts(
         [[stored.name, stored.short_id, stored.tags, short_time(stored.created),
           {True: "yes", False: "", None: "?"}[flag]] for stored, flag in zip(concepts, stale)],
     )
-    if any(stale):
-        count = sum(1 for flag in stale if flag)
+    mappers = _mapper_stale_flags(concepts)
+    count = sum(1 for flag in mappers if flag)
+    if count:
         typer.echo(f"{count} concept{'s were' if count > 1 else ' was'} encoded with other mappers than the configured "
                    "ones (stale); `elite gen` refuses them until you run `elite reencode`.", err=True)
+    count = sum(1 for stored in concepts if not stored.preprocessing_is_current())
+    if count:
+        typer.echo(f"{count} concept{'s were' if count > 1 else ' was'} encoded by an older elite that cropped square "
+                   "pictures (stale); `elite reencode` makes the reference's concept from the stored pictures.",
+                   err=True)
 
 
 def _stale_flags(concepts: list) -> list[bool | None]:
+    """Per concept: whether `elite reencode` would change it: encoded by other mappers than the
+    configured ones (which `elite gen` refuses) or with an older preprocessing of the picture;
+    None when only the mappers could tell and the configured mapper files cannot be read."""
+    return [True if not stored.preprocessing_is_current() else flag
+            for stored, flag in zip(concepts, _mapper_stale_flags(concepts))]
+
+
+def _mapper_stale_flags(concepts: list) -> list[bool | None]:
     """Per concept: encoded by other mappers than the configured ones (the test `elite gen`
     applies), or None for all when the configured mapper files cannot be read."""
     if not concepts:
@@ -371,14 +393,24 @@ def reencode(
     names: Annotated[
         Optional[list[str]], typer.Argument(help="Concepts to re-encode (default: all).", show_default=False)
     ] = None,
+    crop: Annotated[
+        Optional[str], typer.Option("--crop", metavar="auto|object", show_default=False,
+                                    help="Crop mode to encode with (default: each concept's own).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Encode concepts again from their stored source images with the configured models.
 
-    Needed after changing the mapper checkpoints: concepts encoded with other mappers are stale.
+    Needed after changing the mapper checkpoints (concepts encoded with other mappers are stale)
+    and for concepts made by an elite before 0.2, which cropped square pictures. Each concept
+    keeps its crop choice unless --crop is given.
 
     Example: elite reencode mycat
     """
+    if crop is not None:
+        from elite_cli.images import check_crop
+
+        check_crop(crop)
     store = open_store(create=False)
     # Resolve every name first: a typo fails before the models load.
     records = [store.get(name) for name in names] if names else store.list()
@@ -388,7 +420,8 @@ def reencode(
     if names:  # a named concept that cannot be re-encoded fails before the models load, too
         store.require_sources(records)
     image_encoder = setting("image_encoder")
-    if all(flag is False for flag in _stale_flags(records)) and all(r.image_encoder == image_encoder for r in records):
+    if all(flag is False for flag in _stale_flags(records)) and all(r.image_encoder == image_encoder for r in records) \
+            and all(crop in (None, r.crop) for r in records):
         # Every concept was made by the configured models (known without torch): nothing to load.
         done = [{**as_dict(record), "seconds": 0.0, "changed": False} for record in records]
         if as_json:
@@ -405,14 +438,17 @@ def reencode(
     for record in records:
         started = time.perf_counter()
         if record.mapper_matches(models.global_fingerprint, models.local_fingerprint) \
-                and record.image_encoder == image_encoder:
+                and record.image_encoder == image_encoder and record.preprocessing_is_current() \
+                and crop in (None, record.crop):
             stored, changed = record, False  # made by these models already: nothing to encode
         elif store.without_sources([record]):
             skipped.append(record)  # only without names (named ones were checked above)
             continue
         else:
-            stored = store.reencode(record.id, encoder)
-            changed = not stored.duplicate
+            stored = store.reencode(record.id, encoder, crop=crop)
+            # Equal tensors with an updated record (e.g. a non-square picture, which crops as
+            # before) still bring the concept up to date: it is not stale any more.
+            changed = not stored.duplicate or (stored.preprocessing, stored.crop) != (record.preprocessing, record.crop)
         summary = as_dict(stored)
         summary["seconds"] = round(time.perf_counter() - started, 3)
         summary["changed"] = changed

@@ -364,6 +364,12 @@ def gen(
 
         refuse_stale(((name, record.name, concept) for name, (record, concept) in concepts.items()),
                      models.global_fingerprint, models.local_fingerprint)
+    if workers.is_main:
+        from elite_cli.concept import outdated_preprocessing_warnings
+
+        for line in outdated_preprocessing_warnings((name, record.name, concept)
+                                                    for name, (record, concept) in concepts.items()):
+            typer.echo(line, err=True)
     generator = Generator(models)
     model_parameters = {
         "base_model": models.spec.base_model,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from elite_cli.concept import CROP_MODES, DEFAULT_CROP, PREPROCESSING_VERSION  # noqa: F401 (re-exported)
 from elite_cli.errors import InputError
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class PreparedImage:
     mask: np.ndarray  # bool [H, W], True = object
     image_sha256: str
     mask_sha256: str  # "" when the user gave no mask
+    crop: str = DEFAULT_CROP  # the CROP_MODES value used
 
 
 def _sha256(data: bytes) -> str:
@@ -110,8 +112,19 @@ def _mask_array(mask: Image.Image) -> np.ndarray:
     return np.asarray(mask.convert("L")) > MASK_THRESHOLD
 
 
-def square_box(mask: np.ndarray | None, width: int, height: int) -> tuple[int, int, int, int]:
-    """The square (left, top, right, bottom) to crop: around the object, or the centre square."""
+def check_crop(crop: str) -> str:
+    if crop not in CROP_MODES:
+        raise InputError(f"--crop {crop!r} is not a crop mode; use auto (square pictures whole, others squared "
+                         "around the object) or object (the square around the object on any picture).")
+    return crop
+
+
+def square_box(mask: np.ndarray | None, width: int, height: int, crop: str = DEFAULT_CROP) -> tuple[int, int, int, int]:
+    """The square (left, top, right, bottom) to crop: the whole square picture (crop "auto"),
+    else around the object, or the centre square without one."""
+    check_crop(crop)
+    if crop == "auto" and width == height:
+        return 0, 0, width, height
     side_limit = min(width, height)
     if mask is None or mask.all():
         centre_x, centre_y, side = width / 2, height / 2, side_limit
@@ -129,7 +142,7 @@ def square_box(mask: np.ndarray | None, width: int, height: int) -> tuple[int, i
     return left, top, left + side, top + side
 
 
-def prepare_image(image: ImageSource, mask: ImageSource | None = None) -> PreparedImage:
+def prepare_image(image: ImageSource, mask: ImageSource | None = None, crop: str = DEFAULT_CROP) -> PreparedImage:
     """Load, orient, convert and square-crop a concept picture and its object mask.
 
     - EXIF orientation is applied to both image and mask.
@@ -137,8 +150,11 @@ def prepare_image(image: ImageSource, mask: ImageSource | None = None) -> Prepar
     - Without a mask, an image with an alpha channel uses it (transparent = background);
       otherwise the whole picture is the object.
     - Mask pixels > 127 are object; the mask must be the image's size and not empty.
-    - Non-square pictures are cropped to a square around the object (or the centre square).
+    - crop "auto": a square picture is kept whole (the reference's preprocessing); a non-square
+      one is cropped to a square around the object (or the centre square). crop "object": the
+      square around the object on any picture.
     """
+    check_crop(crop)
     picture, image_sha = _open(image, "image")
     picture = ImageOps.exif_transpose(picture)
     rgb, alpha = _split_alpha(picture)
@@ -163,10 +179,11 @@ def prepare_image(image: ImageSource, mask: ImageSource | None = None) -> Prepar
         object_mask = np.ones((rgb.size[1], rgb.size[0]), dtype=bool)
     if not object_mask.any():
         raise InputError("the object mask is empty (no pixel above 127); paint the object white on black.")
-    box = square_box(object_mask, *rgb.size)
-    rgb = rgb.crop(box)
-    object_mask = object_mask[box[1] : box[3], box[0] : box[2]]
-    return PreparedImage(image=rgb, mask=object_mask, image_sha256=image_sha, mask_sha256=mask_sha)
+    box = square_box(object_mask, *rgb.size, crop=crop)
+    if box != (0, 0, *rgb.size):
+        rgb = rgb.crop(box)
+        object_mask = object_mask[box[1] : box[3], box[0] : box[2]]
+    return PreparedImage(image=rgb, mask=object_mask, image_sha256=image_sha, mask_sha256=mask_sha, crop=crop)
 
 
 def _clip_tensor(image: Image.Image, size: int) -> "torch.Tensor":

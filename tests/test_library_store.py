@@ -289,7 +289,7 @@ class FakeEncoder:
     def __init__(self, seed, global_fp):
         self.seed, self.global_fp, self.calls = seed, global_fp, []
 
-    def encode(self, image, mask=None):
+    def encode(self, image, mask=None, crop="auto"):
         self.calls.append((image, mask))
         return random_concept(self.seed, global_fp=self.global_fp)
 

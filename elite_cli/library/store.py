@@ -47,18 +47,20 @@ AMBIGUOUS_SHOWN = 5  # matches named in an "ambiguous id prefix" error
 # schema is current (every `elite list`) needs only the standard library's sqlite3: importing
 # sqlite-utils, which imports numpy, was a third of `elite list`'s wall time. A test keeps the
 # two lists equal; a new migration is appended to both.
-SCHEMA_MIGRATIONS = ("m001_concepts", "m002_generation_history", "m003_dedup_and_recent_indexes")
+SCHEMA_MIGRATIONS = ("m001_concepts", "m002_generation_history", "m003_dedup_and_recent_indexes",
+                     "m004_preprocessing")
 MIGRATION_SET = "elite-library"
 
 _CONCEPT_COLUMNS = """c.id, c.name, c.created, c.updated, c.file_sha256, c.text_width, c.grid, c.image_sha256,
-    c.mask_sha256, c.image_suffix, c.mask_suffix, m.global_mapper, m.local_mapper, m.base_model, m.image_encoder"""
+    c.mask_sha256, c.image_suffix, c.mask_suffix, m.global_mapper, m.local_mapper, m.base_model, m.image_encoder,
+    c.preprocessing, c.crop"""
 _CONCEPT_FROM = "concepts c JOIN model_sets m ON m.id = c.model_set"
 
 
 class ConceptEncoder(Protocol):
     """What `reencode` needs: elite_cli.encoder.Encoder fits."""
 
-    def encode(self, image, mask=None) -> "Concept": ...
+    def encode(self, image, mask=None, crop: str = "auto") -> "Concept": ...
 
 
 class ConceptStore(GenerationHistory):
@@ -186,14 +188,15 @@ class ConceptStore(GenerationHistory):
 
     def _record(self, row: sqlite3.Row | tuple, tags: tuple[str, ...], duplicate: bool = False) -> StoredConcept:
         (concept_id, name, created, updated, file_sha, width, grid, image_sha, mask_sha, image_suffix, mask_suffix,
-         global_mapper, local_mapper, base_model, image_encoder) = row
+         global_mapper, local_mapper, base_model, image_encoder, preprocessing, crop) = row
         return StoredConcept(
             id=concept_id, name=name, created=created, updated=updated, file_sha256=file_sha, text_width=width,
             grid=grid, global_mapper=global_mapper, local_mapper=local_mapper, base_model=base_model,
             image_encoder=image_encoder, image_sha256=image_sha, mask_sha256=mask_sha, tags=tags,
             file_path=self._file_path(concept_id), image_path=self._source_path(concept_id, "image", image_suffix),
             mask_path=self._source_path(concept_id, "mask", mask_suffix),
-            thumbnail_path=self._thumbnail_path(concept_id), duplicate=duplicate)
+            thumbnail_path=self._thumbnail_path(concept_id), duplicate=duplicate, preprocessing=int(preprocessing),
+            crop=crop)
 
     def _tags_of(self, ids: list[str]) -> dict[str, tuple[str, ...]]:
         tags: dict[str, list[str]] = {concept_id: [] for concept_id in ids}
@@ -319,14 +322,19 @@ class ConceptStore(GenerationHistory):
             candidates = self.names()
         return closest_names(name, candidates, limit)
 
-    def find_duplicate(self, image_sha256: str, mask_sha256: str, global_mapper: str,
-                       local_mapper: str) -> StoredConcept | None:
-        """The stored concept made from the same image, mask and mapper weights, if any.
+    def find_duplicate(self, image_sha256: str, mask_sha256: str, global_mapper: str, local_mapper: str,
+                       preprocessing: int | str | None = None, crop: str | None = None) -> StoredConcept | None:
+        """The stored concept made from the same image, mask and mapper weights (and, when given,
+        the same preprocessing version and crop), if any.
 
         The CLI can call this before encoding to skip the work; `add` calls it too.
         """
-        rows = self._find("c.image_sha256 = ? AND c.mask_sha256 = ? AND m.global_mapper = ? AND m.local_mapper = ?",
-                          [image_sha256, mask_sha256, global_mapper, local_mapper])
+        where = "c.image_sha256 = ? AND c.mask_sha256 = ? AND m.global_mapper = ? AND m.local_mapper = ?"
+        params: list = [image_sha256, mask_sha256, global_mapper, local_mapper]
+        if preprocessing is not None:
+            where += " AND c.preprocessing = ? AND c.crop = ?"
+            params += [int(preprocessing), crop or ""]
+        rows = self._find(where, params)
         return self._records(rows[:1])[0] if rows else None
 
     # --- writing helpers -------------------------------------------------------------------------
@@ -347,12 +355,13 @@ class ConceptStore(GenerationHistory):
                     mask_suffix: str | None, updated: str) -> None:
         """Insert the index row (and tags) of a concept file whose files are already in place."""
         concept_id = metadata["concept_id"]
+        provenance = cf.provenance_of(metadata)
         self.conn.execute(
             "INSERT INTO concepts (id, name, created, updated, file_sha256, text_width, grid, model_set, image_sha256,"
-            " mask_sha256, image_suffix, mask_suffix) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " mask_sha256, image_suffix, mask_suffix, preprocessing, crop) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [concept_id, metadata["name"], metadata["created"], updated, file_sha256, int(metadata["text_width"]),
              int(metadata["grid"]), self._model_set_id(metadata), metadata["image_sha256"], metadata["mask_sha256"],
-             image_suffix, mask_suffix])
+             image_suffix, mask_suffix, _preprocessing_number(provenance["preprocessing"]), provenance["crop"]])
         tags = json.loads(metadata.get("tags", "[]"))
         self.conn.executemany("INSERT OR IGNORE INTO concept_tags (tag, concept_id) VALUES (?, ?)",
                                  [(tag, concept_id) for tag in tags])
@@ -439,19 +448,36 @@ class ConceptStore(GenerationHistory):
                 # are not either, except when replacing that concept under its own name
                 # (re-encoding with non-deterministic kernels gives slightly different tensors).
                 same_tensors = self._find("c.id = ?", [concept_id])
+                if same_tensors and replace and same_tensors[0][1].lower() == name.lower():
+                    # Re-encoding gave the very tensors stored: only the record of how they were
+                    # made (models, preprocessing) may be news, and it must be kept, or the concept
+                    # would stay stale however often it is re-encoded.
+                    record = self._records(same_tensors)[0]
+                    self._update_provenance(record, metadata)
+                    return self._record(self._find("c.id = ?", [concept_id])[0], record.tags, duplicate=True)
+                provenance = cf.provenance_of(metadata)
                 same_sources = same_tensors or self._find(
-                    "c.image_sha256 = ? AND c.mask_sha256 = ? AND m.global_mapper = ? AND m.local_mapper = ?",
+                    "c.image_sha256 = ? AND c.mask_sha256 = ? AND m.global_mapper = ? AND m.local_mapper = ?"
+                    " AND c.preprocessing = ? AND c.crop = ?",
                     [metadata["image_sha256"], metadata["mask_sha256"], metadata["global_mapper"],
-                     metadata["local_mapper"]])
+                     metadata["local_mapper"], _preprocessing_number(provenance["preprocessing"]), provenance["crop"]])
                 if same_tensors or (same_sources and not (replace and same_sources[0][1].lower() == name.lower())):
                     row = same_sources[0]
                     return self._record(row, self._tags_of([row[0]])[row[0]], duplicate=True)
                 clash = self._find("c.name = ?", [name])
                 if clash and not replace and (clash[0][7], clash[0][8]) == (metadata["image_sha256"],
                                                                            metadata["mask_sha256"]):
-                    # The same picture, encoded before by other mappers (else it was a duplicate).
-                    raise NameClash(f"concept '{clash[0][1]}' was made from this picture by other mapper weights; "
-                                    f"run `elite reencode {clash[0][1]}` to encode it with the current ones.")
+                    # The same picture, encoded before by other mappers or preprocessing (else it was a duplicate).
+                    old = self._records(clash)[0]
+                    if not old.mapper_matches(metadata["global_mapper"], metadata["local_mapper"]):
+                        raise NameClash(f"concept '{old.name}' was made from this picture by other mapper weights; "
+                                        f"run `elite reencode {old.name}` to encode it with the current ones.")
+                    if old.preprocessing < _preprocessing_number(provenance["preprocessing"]):
+                        raise NameClash(f"concept '{old.name}' was made from this picture by an older elite, which "
+                                        f"cropped pictures differently; run `elite reencode {old.name}` to update it.")
+                    raise NameClash(f"concept '{old.name}' was made from this picture with --crop "
+                                    f"{old.crop or 'object'}; pass --replace to store it with --crop {provenance['crop']}, "
+                                    "or choose another --name.")
                 if clash and not replace:
                     raise NameClash(f"a concept named '{clash[0][1]}' already exists; choose another name or replace it.",
                                     taken=clash[0][1])
@@ -484,6 +510,20 @@ class ConceptStore(GenerationHistory):
         if retired is not None:
             self._discard(*retired)
         return self.get(concept_id)
+
+    def _update_provenance(self, record: StoredConcept, metadata: dict[str, str]) -> None:
+        """Inside a write transaction: record in the file and the row that `record`'s tensors were
+        (re)made by the models and preprocessing in `metadata` (its name and tags are kept)."""
+        new = {key: metadata[key] for key in cf.PROVENANCE_KEYS if key in metadata}
+        new["format_version"] = cf.FORMAT_VERSION  # the file now carries version 2's keys
+        current = cf.read_metadata(record.file_path)
+        if all(current.get(key) == value for key, value in new.items()):
+            return
+        provenance = cf.provenance_of(new)
+        self.conn.execute("UPDATE concepts SET model_set = ?, preprocessing = ?, crop = ? WHERE id = ?",
+                          [self._model_set_id(new), _preprocessing_number(provenance["preprocessing"]),
+                           provenance["crop"], record.id])
+        self._rewrite(record, **new)
 
     # --- edits -----------------------------------------------------------------------------------
 
@@ -568,15 +608,19 @@ class ConceptStore(GenerationHistory):
 
     # --- re-encoding -----------------------------------------------------------------------------
 
-    def reencode(self, name_or_id: str, encoder: ConceptEncoder) -> StoredConcept:
+    def reencode(self, name_or_id: str, encoder: ConceptEncoder, crop: str | None = None) -> StoredConcept:
         """Encode a concept again from its stored sources with `encoder` (the current mappers).
 
-        Keeps the name, tags and sources. Returns the record with duplicate=True when the
-        concept was already made by these mappers (nothing changes then).
+        Keeps the name, tags and sources, and the concept's crop choice unless `crop` is given
+        (concepts from before crops were recorded get the default). Returns the record with
+        duplicate=True when the encoding gave the tensors already stored (then only the record
+        of the models and preprocessing that made them is brought up to date).
         """
+        from elite_cli.concept import DEFAULT_CROP
+
         record = self.get(name_or_id)
         self.require_sources([record])
-        concept = encoder.encode(record.image_path, record.mask_path)
+        concept = encoder.encode(record.image_path, record.mask_path, crop=crop or record.crop or DEFAULT_CROP)
         return self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
                         tags=record.tags, replace=True)
 
@@ -665,6 +709,11 @@ def _source_suffix(path: Path) -> str:
     extension (check recognises `<hex>.image.<ext>`), else `.img`."""
     suffix = path.suffix.lower()
     return suffix if 1 < len(suffix) <= 9 and suffix[1:].isascii() and suffix[1:].isalnum() else ".img"
+
+
+def _preprocessing_number(value: str) -> int:
+    """The preprocessing version of a concept file's metadata as a number (0 when unknown)."""
+    return int(value) if value.isdigit() else 0
 
 
 def _like_escape(text: str) -> str:
