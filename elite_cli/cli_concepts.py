@@ -413,11 +413,22 @@ def reencode(
         else:
             stored = store.reencode(record.id, encoder)
             changed = not stored.duplicate
+        # Its new encoding was another concept's: the two merged under the other's name.
+        merged = stored.name.lower() != record.name.lower()
         summary = as_dict(stored)
         summary["seconds"] = round(time.perf_counter() - started, 3)
-        summary["changed"] = changed
+        summary["changed"] = changed or merged
+        if merged:
+            summary["merged_from"] = record.name
         done.append(summary)
-        if not as_json:
+        if as_json:
+            continue
+        if merged:
+            typer.echo(f"Merged <{record.name}> into <{stored.name}>: re-encoded, it is the same concept as "
+                       f"<{stored.name}> (the same picture, encoded by the current mappers); write <{stored.name}> "
+                       f"in prompts, or run `elite rename {stored.name} {record.name}` to keep the old name "
+                       f"({summary['seconds']:.2f}s)")
+        else:
             verb = "Re-encoded" if summary["changed"] else "Up to date:"
             typer.echo(f"{verb} <{stored.name}> ({summary['seconds']:.2f}s)")
     if as_json:

@@ -15,6 +15,7 @@ The core never prints; every problem is a typed EliteError.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -573,12 +574,36 @@ class ConceptStore(GenerationHistory):
 
         Keeps the name, tags and sources. Returns the record with duplicate=True when the
         concept was already made by these mappers (nothing changes then).
+
+        The library never holds the same picture and mask encoded by the same mappers twice, so
+        when the new encoding is another concept's (that picture was added again under another
+        name with the current mappers), the two merge: this concept is removed, the other one
+        keeps its name and gains this one's tags, and its record is returned (duplicate=True,
+        another name), so the caller can say which name to use now.
         """
         record = self.get(name_or_id)
         self.require_sources([record])
         concept = encoder.encode(record.image_path, record.mask_path)
-        return self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
-                        tags=record.tags, replace=True)
+        stored = self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
+                          tags=record.tags, replace=True)
+        if not stored.duplicate or stored.id == record.id:
+            return stored
+        retired = None
+        try:
+            with self._editing():
+                survivor, stale = self.get(stored.id), self.get(record.id)
+                tags = {tag.lower(): tag for tag in survivor.tags}
+                for tag in stale.tags:
+                    tags.setdefault(tag.lower(), tag)
+                if len(tags) != len(survivor.tags):
+                    self._rewrite(survivor, tags=json.dumps(sorted(tags.values())))
+                retired = self._retire(stale)
+        except BaseException:
+            if retired is not None and retired.exists():
+                os.replace(retired, record.file_path)
+            raise
+        self._discard(record, retired)
+        return dataclasses.replace(self.get(stored.id), duplicate=True)
 
     @staticmethod
     def without_sources(records: list[StoredConcept]) -> list[StoredConcept]:
