@@ -164,14 +164,44 @@ def show(
 
     Example: elite show mycat
     """
-    details = as_dict(open_store(create=False).get(name))
+    record = open_store(create=False).get(name)
+    details = {}
+    for key, value in as_dict(record).items():
+        details[key] = value
+        if key == "mask_path":
+            details["mask"] = _mask_origin(record)
     if as_json:
         echo_json(details)
         return
     details.pop("duplicate", None)
+    details["mask"] = MASK_ORIGINS[details["mask"]]
     width = max(len(key) for key in details)
     for key, value in details.items():
         typer.echo(f"{key.ljust(width)}  {format_cell(value)}")
+
+
+MASK_ORIGINS = {
+    "file": "from the mask file",
+    "alpha": "from the picture's alpha channel (transparent = background)",
+    "none": "none: the whole picture is the object",
+    None: "unknown (no stored picture)",
+}
+
+
+def _mask_origin(record) -> str | None:
+    """Where the concept's object mask came from: "file", "alpha" (no mask file, a picture with
+    transparency), "none", or None when no stored picture tells."""
+    if record.mask_sha256:
+        return "file"
+    if record.image_path is None or not record.image_path.is_file():
+        return None
+    from elite_cli.errors import EliteError
+    from elite_cli.images import alpha_marks_object
+
+    try:
+        return "alpha" if alpha_marks_object(record.image_path) else "none"
+    except EliteError:  # a stored picture that no longer decodes: `elite check` reports it
+        return None
 
 
 @app.command("rm")

@@ -146,7 +146,8 @@ class ConceptStore(GenerationHistory):
     def rebuild_index(cls, home: Path | str | None = None) -> tuple["ConceptStore", RepairReport]:
         """Recover from an unreadable library.db: move it aside, start a fresh index, and
         index every concept file (names and tags come from the files). The generation
-        history lived only in the old index; it stays in `library.db.broken-<time>`.
+        history lives only in the index: the rows the old file still gives are copied over,
+        and the report says what could not be (the old file stays as `library.db.broken-<time>`).
         """
         home = Path(home).expanduser() if home is not None else default_home()
         stamp = cf.utc_now().replace(":", "").replace(".", "")
@@ -159,8 +160,17 @@ class ConceptStore(GenerationHistory):
         store = cls(home)
         report = store.repair()
         if moved:
+            copied, complete = store.copy_history_from(home / moved[0])
+            images = f"{copied} image{'' if copied == 1 else 's'}"
+            if complete:
+                history = f"; the generation history ({images}) was copied into it" if copied else ""
+            elif copied:
+                history = (f"; only part of the generation history could be read from the damaged index: "
+                           f"{images} copied, the rest is lost")
+            else:
+                history = "; the generation history could not be read from the damaged index and is lost"
             report.actions.insert(0, f"kept the damaged index as {', '.join(moved)} and built a new one from the "
-                                     "concept files")
+                                     f"concept files{history}")
         return store, report
 
     def close(self) -> None:
