@@ -186,14 +186,44 @@ def show(
 
     Example: elite show mycat
     """
-    details = as_dict(open_store(create=False).get(name))
+    record = open_store(create=False).get(name)
+    details = {}
+    for key, value in as_dict(record).items():
+        details[key] = value
+        if key == "mask_path":
+            details["mask"] = _mask_origin(record)
     if as_json:
         echo_json(details)
         return
     details.pop("duplicate", None)
+    details["mask"] = MASK_ORIGINS[details["mask"]]
     width = max(len(key) for key in details)
     for key, value in details.items():
         typer.echo(f"{key.ljust(width)}  {format_cell(value)}")
+
+
+MASK_ORIGINS = {
+    "file": "from the mask file",
+    "alpha": "from the picture's alpha channel (transparent = background)",
+    "none": "none: the whole picture is the object",
+    None: "unknown (no stored picture)",
+}
+
+
+def _mask_origin(record) -> str | None:
+    """Where the concept's object mask came from: "file", "alpha" (no mask file, a picture with
+    transparency), "none", or None when no stored picture tells."""
+    if record.mask_sha256:
+        return "file"
+    if record.image_path is None or not record.image_path.is_file():
+        return None
+    from elite_cli.errors import EliteError
+    from elite_cli.images import alpha_marks_object
+
+    try:
+        return "alpha" if alpha_marks_object(record.image_path) else "none"
+    except EliteError:  # a stored picture that no longer decodes: `elite check` reports it
+        return None
 
 
 @app.command("rm")
@@ -449,11 +479,22 @@ def reencode(
             # Equal tensors with an updated record (e.g. a non-square picture, which crops as
             # before) still bring the concept up to date: it is not stale any more.
             changed = not stored.duplicate or (stored.preprocessing, stored.crop) != (record.preprocessing, record.crop)
+        # Its new encoding was another concept's: the two merged under the other's name.
+        merged = stored.name.lower() != record.name.lower()
         summary = as_dict(stored)
         summary["seconds"] = round(time.perf_counter() - started, 3)
-        summary["changed"] = changed
+        summary["changed"] = changed or merged
+        if merged:
+            summary["merged_from"] = record.name
         done.append(summary)
-        if not as_json:
+        if as_json:
+            continue
+        if merged:
+            typer.echo(f"Merged <{record.name}> into <{stored.name}>: re-encoded, it is the same concept as "
+                       f"<{stored.name}> (the same picture, encoded by the current mappers); write <{stored.name}> "
+                       f"in prompts, or run `elite rename {stored.name} {record.name}` to keep the old name "
+                       f"({summary['seconds']:.2f}s)")
+        else:
             verb = "Re-encoded" if summary["changed"] else "Up to date:"
             typer.echo(f"{verb} <{stored.name}> ({summary['seconds']:.2f}s)")
     if as_json:

@@ -58,6 +58,15 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def other_tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """A second tiny set with other random weights (built once per session): its mappers make
+    concepts encoded with `tiny_models` stale."""
+    from elite_cli.tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("other-tiny-models"), seed=1)
+
+
+@pytest.fixture(scope="session")
 def tiny_spec(tiny_models):
     from elite_cli.models import ModelSpec
 

@@ -15,6 +15,7 @@ The core never prints; every problem is a typed EliteError.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -147,7 +148,8 @@ class ConceptStore(GenerationHistory):
     def rebuild_index(cls, home: Path | str | None = None) -> tuple["ConceptStore", RepairReport]:
         """Recover from an unreadable library.db: move it aside, start a fresh index, and
         index every concept file (names and tags come from the files). The generation
-        history lived only in the old index; it stays in `library.db.broken-<time>`.
+        history lives only in the index: the rows the old file still gives are copied over,
+        and the report says what could not be (the old file stays as `library.db.broken-<time>`).
         """
         home = Path(home).expanduser() if home is not None else default_home()
         stamp = cf.utc_now().replace(":", "").replace(".", "")
@@ -160,8 +162,17 @@ class ConceptStore(GenerationHistory):
         store = cls(home)
         report = store.repair()
         if moved:
+            copied, complete = store.copy_history_from(home / moved[0])
+            images = f"{copied} image{'' if copied == 1 else 's'}"
+            if complete:
+                history = f"; the generation history ({images}) was copied into it" if copied else ""
+            elif copied:
+                history = (f"; only part of the generation history could be read from the damaged index: "
+                           f"{images} copied, the rest is lost")
+            else:
+                history = "; the generation history could not be read from the damaged index and is lost"
             report.actions.insert(0, f"kept the damaged index as {', '.join(moved)} and built a new one from the "
-                                     "concept files")
+                                     f"concept files{history}")
         return store, report
 
     def close(self) -> None:
@@ -615,14 +626,38 @@ class ConceptStore(GenerationHistory):
         (concepts from before crops were recorded get the default). Returns the record with
         duplicate=True when the encoding gave the tensors already stored (then only the record
         of the models and preprocessing that made them is brought up to date).
+
+        The library never holds the same picture and mask encoded by the same mappers twice, so
+        when the new encoding is another concept's (that picture was added again under another
+        name with the current mappers), the two merge: this concept is removed, the other one
+        keeps its name and gains this one's tags, and its record is returned (duplicate=True,
+        another name), so the caller can say which name to use now.
         """
         from elite_cli.concept import DEFAULT_CROP
 
         record = self.get(name_or_id)
         self.require_sources([record])
         concept = encoder.encode(record.image_path, record.mask_path, crop=crop or record.crop or DEFAULT_CROP)
-        return self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
-                        tags=record.tags, replace=True)
+        stored = self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
+                          tags=record.tags, replace=True)
+        if not stored.duplicate or stored.id == record.id:
+            return stored
+        retired = None
+        try:
+            with self._editing():
+                survivor, stale = self.get(stored.id), self.get(record.id)
+                tags = {tag.lower(): tag for tag in survivor.tags}
+                for tag in stale.tags:
+                    tags.setdefault(tag.lower(), tag)
+                if len(tags) != len(survivor.tags):
+                    self._rewrite(survivor, tags=json.dumps(sorted(tags.values())))
+                retired = self._retire(stale)
+        except BaseException:
+            if retired is not None and retired.exists():
+                os.replace(retired, record.file_path)
+            raise
+        self._discard(record, retired)
+        return dataclasses.replace(self.get(stored.id), duplicate=True)
 
     @staticmethod
     def without_sources(records: list[StoredConcept]) -> list[StoredConcept]:
