@@ -401,7 +401,13 @@ def fetch(plans: list[ModelPlan], on_file: FileStarted | None = None, on_bytes: 
     A download cut by Ctrl-C or the network keeps its `.incomplete` file in the cache and resumes
     from there the next time. Raises ModelError (one sentence) when the Hub refuses or goes away.
     """
+    import logging
+
     from huggingface_hub import hf_hub_download
+
+    # Its retry warnings ("Trying to resume download...") are not for our users: a cut that
+    # cannot be resumed ends in one error sentence.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
     class Bar:  # what huggingface_hub calls on a `tqdm_class`
         def __init__(self, *args, initial: int = 0, **kwargs):
