@@ -482,14 +482,38 @@ def converted_path(convert_dir: Path, role: str, source: Path) -> Path:
     return convert_dir / f"{role}_mapper-{source_key(source)}.safetensors"
 
 
+def cache_dir_from_environment() -> Path:
+    """The Hugging Face cache folder as huggingface_hub's constants.py computes it, without
+    importing huggingface_hub (which would cost `elite list` more than its own start-up)."""
+    default_home = os.path.join(os.getenv("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")),
+                                "huggingface")
+    home = os.path.expandvars(os.path.expanduser(os.getenv("HF_HOME", default_home)))
+    legacy = os.getenv("HUGGINGFACE_HUB_CACHE", os.path.join(home, "hub"))
+    return Path(os.path.expandvars(os.path.expanduser(os.getenv("HF_HUB_CACHE", legacy))))
+
+
+def cached_hub_file(hub_file: HubFile) -> Path | None:
+    """The cached copy of a hub file (the cache's refs/ and snapshots/ layout), or None."""
+    storage = cache_dir_from_environment() / f"models--{hub_file.repo_id.replace('/', '--')}"
+    commit = hub_file.revision
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        try:
+            commit = (storage / "refs" / hub_file.revision).read_text().strip()
+        except OSError:
+            return None
+    path = storage / "snapshots" / commit / hub_file.path
+    return path if path.is_file() else None
+
+
 def cached_converted_mapper(value: str, role: str, convert_dir: Path) -> Path | None:
     """The converted file of an hf:// mapper setting when both it and its source are here already;
-    no network, no torch (what `elite list` needs for its stale column)."""
-    plan = local_plan(f"{role}_mapper", value, "file")
-    if plan.state != "cached" or plan.location is None:
+    no network, no torch, no huggingface_hub (what `elite list` needs for its stale column)."""
+    hub_file = parse_hub_file(value)
+    source = cached_hub_file(hub_file) if hub_file else None
+    if source is None:
         return None
     try:
-        converted = converted_path(convert_dir, role, plan.location)
+        converted = converted_path(convert_dir, role, source)
     except OSError:
         return None
     return converted if converted.is_file() else None
