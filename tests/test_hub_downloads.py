@@ -168,27 +168,48 @@ def test_with_an_empty_cache_and_no_hub_add_fails_in_one_line_and_writes_nothing
     assert not (tmp_path / "library").exists()
 
 
-def test_models_download_lists_and_fetches_exactly_what_is_needed_and_survives_a_cut(hub_models, tmp_path):
+def test_models_download_fetches_exactly_what_is_needed_after_ctrl_c_and_a_cut(hub_models, tmp_path):
+    """Ctrl-C keeps the files already complete (huggingface_hub 2.x moves each into the cache when
+    done and drops the partial copy of the one it was fetching); a connection cut mid-file
+    resumes from the last chunk written, with a Range request."""
     repos = hub_repos(hub_models)
     server = HubServer(repos).start()
     weights = f"{CLIP}/model.safetensors"
-    server.cut_once(weights, after=DOWNLOAD_CHUNK + 65536)  # the connection drops once, mid-file
+    server.stall_once(weights, after=DOWNLOAD_CHUNK + 4096)
+    env = hub_env(tmp_path, server.url)
+    needed = needed_files(hub_models)
     try:
-        dry, real = run_elite(hub_env(tmp_path, server.url), ["models", "download", "--dry-run"], ["models", "download"])
+        process = subprocess.Popen([sys.executable, "-m", "elite_cli", "models", "download"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        try:
+            assert server.stalled.wait(120), "the download never reached the vision tower's weights"
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode == 130, stderr
+        assert stderr.splitlines()[-1] == "Interrupted"
+        total = sum(len(repos["/".join(name.split("/")[:2])].files[name.split("/", 2)[2]]) for name in needed)
+        assert f"To download: {total / 1e6:.1f} MB." in stdout  # the size is shown before anything is fetched
+        interrupted = served(server)
+        server.release()
+        server.cut_once(weights, after=DOWNLOAD_CHUNK + 65536)  # and now the connection drops once, mid-file
+        dry, real = run_elite(env, ["models", "download", "--dry-run"], ["models", "download"])
     finally:
         server.stop()
-    assert dry["exit_code"] == 0, dry["stderr"]
+    # One file at a time, in order: the base model and the vision config were complete.
+    kept = [name for name in needed if name.startswith(SD) or name == f"{CLIP}/config.json"]
+    assert interrupted == sorted(kept + [weights])
     listed = sorted(line.split()[0] for line in dry["stdout"].splitlines() if line.startswith((SD, CLIP, ELITE)))
-    assert listed == needed_files(hub_models)
-    total = sum(len(repos["/".join(name.split("/")[:2])].files[name.split("/", 2)[2]]) for name in listed)
-    assert f"To download: {total / 1e6:.1f} MB." in dry["stdout"]
+    assert listed == sorted(set(needed) - set(kept))
     assert real["exit_code"] == 0, real["stderr"]
     assert "Every model loads" in real["stdout"]
-    # Only the cut file was asked for twice, the second time from the last chunk written.
-    assert served(server) == sorted(needed_files(hub_models) + [weights])
-    ranges = [entry.range for entry in server.log if entry.method == "GET" and entry.path.endswith("/model.safetensors")
-              and entry.path.startswith(f"/{CLIP}/")]
-    assert ranges == [None, f"bytes={DOWNLOAD_CHUNK}-"]
+    # Nothing kept was fetched again; the weights three times: stopped, cut, resumed from the cut.
+    assert served(server) == sorted(needed + [weights, weights])
+    ranges = [entry.range for entry in server.log if entry.method == "GET" and entry.path.startswith(f"/{CLIP}/")
+              and entry.path.endswith("/model.safetensors")]
+    assert ranges == [None, None, f"bytes={DOWNLOAD_CHUNK}-"]
     cached = next((tmp_path / "hf" / "hub").glob("models--openai--clip-vit-large-patch14/snapshots/*/model.safetensors"))
     assert cached.read_bytes() == repos[CLIP].files["model.safetensors"]
 
@@ -205,38 +226,3 @@ def test_a_gated_model_names_the_licence_and_the_login(hub_models, tmp_path):
         f"Error: the base model '{SD}' is gated on {server.url}: accept its licence on {server.url}/{SD}, then run "
         "`hf auth login` or set HF_TOKEN."]
     assert allowed["exit_code"] == 0, allowed["stderr"]  # HF_TOKEN is sent
-
-
-def test_ctrl_c_during_a_download_keeps_the_finished_files(hub_models, tmp_path):
-    """huggingface_hub 2.x moves each file into the cache once complete and drops a cut file's
-    partial copy, so a second run fetches the interrupted file again, and only what is missing."""
-    repos = hub_repos(hub_models)
-    server = HubServer(repos).start()
-    weights = f"{CLIP}/model.safetensors"
-    server.stall_once(weights, after=DOWNLOAD_CHUNK + 4096)
-    env = hub_env(tmp_path, server.url)
-    try:
-        process = subprocess.Popen([sys.executable, "-m", "elite_cli", "models", "download"], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-        try:
-            assert server.stalled.wait(120), "the download never reached the vision tower's weights"
-            process.send_signal(signal.SIGINT)
-            _, stderr = process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        assert process.returncode == 130, stderr
-        assert stderr.splitlines()[-1] == "Interrupted"
-        first_run = served(server)
-        server.release()
-        (resumed,) = run_elite(env, ["models", "download"])
-    finally:
-        server.stop()
-    assert resumed["exit_code"] == 0, resumed["stderr"]
-    # One file at a time, in order: the base model and the vision config were complete.
-    kept = [name for name in needed_files(hub_models) if name.startswith(SD) or name == f"{CLIP}/config.json"]
-    assert first_run == sorted(kept + [weights])
-    mappers = [name for name in needed_files(hub_models) if name.startswith(ELITE)]
-    assert served(server) == sorted(first_run + [weights] + mappers)  # nothing kept is fetched again
-    cached = next((tmp_path / "hf" / "hub").glob("models--openai--clip-vit-large-patch14/snapshots/*/model.safetensors"))
-    assert cached.read_bytes() == repos[CLIP].files["model.safetensors"]
