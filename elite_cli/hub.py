@@ -12,8 +12,10 @@ load never goes to the network on its own and cannot half-succeed (transformers 
 empty tokenizer instead of raising when asked for a hub tokenizer that is not cached).
 
 huggingface_hub does the HTTP: HF_ENDPOINT (mirrors), HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE,
-HF_TOKEN and the usual proxy variables apply as they do for every Hugging Face tool, and a cut
-download resumes from its `.incomplete` file the next time. No torch here.
+HF_TOKEN and the usual proxy variables apply as they do for every Hugging Face tool. A connection
+cut mid-file resumes where it stopped (a Range request); after Ctrl-C the files already complete
+stay in the cache and the next run fetches the rest (huggingface_hub 2.x drops the partial copy
+of the file it was fetching). No torch here.
 """
 
 from __future__ import annotations
@@ -398,8 +400,8 @@ BytesDone = Callable[[int], None]
 def fetch(plans: list[ModelPlan], on_file: FileStarted | None = None, on_bytes: BytesDone | None = None) -> None:
     """Download every file the plans lack into the Hugging Face cache, one at a time.
 
-    A download cut by Ctrl-C or the network keeps its `.incomplete` file in the cache and resumes
-    from there the next time. Raises ModelError (one sentence) when the Hub refuses or goes away.
+    Each file enters the cache once complete, so after Ctrl-C the next call fetches only the rest.
+    Raises ModelError (one sentence) when the Hub refuses or goes away.
     """
     import logging
 
