@@ -17,7 +17,9 @@ from elite_cli.cli import (
     echo_json,
     format_cell,
     library_dir,
+    fetch_missing_models,
     load_models_with_status,
+    model_spec,
     library_exists,
     open_store,
     print_rows,
@@ -76,6 +78,8 @@ def add(
     for image in images:
         prepared = prepare_image(image, mask, crop)
         source_hashes.append((prepared.image_sha256, prepared.mask_sha256))
+    # The first run downloads the models; a failed download leaves no library behind.
+    fetch_missing_models(model_spec())
     store = open_store()
     # Name problems surface before the models load and before anything is stored, so a call
     # with several images adds all of them or (for these errors) none.

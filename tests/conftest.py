@@ -9,12 +9,17 @@ random weights, real on-disk layouts), `tiny_spec`/`loaded_models`, or `use_tiny
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# An empty Hugging Face cache of the tests' own (read once, when huggingface_hub is imported):
+# what the developer has downloaded must not change what the tests see.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="elite-tests-hf-")
+os.environ.pop("HF_HUB_CACHE", None)
 
 REPO = Path(__file__).resolve().parent.parent
 
