@@ -179,8 +179,11 @@ def test_models_download_fetches_exactly_what_is_needed_after_ctrl_c_and_a_cut(h
     env = hub_env(tmp_path, server.url)
     needed = needed_files(hub_models)
     try:
+        # Ctrl-C as in a terminal: a test run started in the background ignores SIGINT, and so would
+        # its children (Python installs its KeyboardInterrupt handler only where SIGINT is not ignored).
         process = subprocess.Popen([sys.executable, "-m", "elite_cli", "models", "download"], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert server.stalled.wait(120), "the download never reached the vision tower's weights"
             process.send_signal(signal.SIGINT)
