@@ -71,7 +71,7 @@ def add(
     mask_file = parse_mask_option(mask)
     mask_file = mask_file if isinstance(mask_file, Path) else None
     if len(images) > 1 and (name or mask_file):
-        raise InputError("--name and --mask FILE apply to one image; add images with their own name or mask one at a time.")
+        raise InputError("--name and --mask apply to one image; add images with their own name or mask one at a time.")
     for image in images:
         check_file_exists(image, "image")
     if mask_file is not None:
