@@ -19,7 +19,7 @@ from elite_cli.wording import counted
 OK, WARN, FAIL = "ok", "warn", "fail"
 
 # The file whose presence says a hub model is complete enough to load.
-HUB_MARKER_FILES = {"base_model": "model_index.json", "image_encoder": "config.json"}
+HUB_MARKER_FILES = {"base_model": "model_index.json", "image_encoder": "config.json", "segmenter": "config.json"}
 
 
 @dataclass
@@ -74,12 +74,13 @@ MODEL_FIXES = {
     "image_encoder": "pass --image-encoder or set ELITE_IMAGE_ENCODER to a CLIP ViT-L/14 folder or hub id",
     "global_mapper": "download the ELITE checkpoints and run `elite models import global_mapper.pt local_mapper.pt`",
     "local_mapper": "download the ELITE checkpoints and run `elite models import global_mapper.pt local_mapper.pt`",
+    "segmenter": "set ELITE_SEGMENTER (or `elite config set segmenter`) to a CLIPSeg folder or hub id",
 }
 
 
 def model_findings(settings: dict[str, Resolved]) -> list[Finding]:
     findings = []
-    for key in ("base_model", "image_encoder", "global_mapper", "local_mapper"):
+    for key in ("base_model", "image_encoder", "global_mapper", "local_mapper", "segmenter"):
         status, detail = model_presence(key, settings[key].value)
         fix = MODEL_FIXES[key] if status != OK else ""
         if status == WARN:
