@@ -3,6 +3,7 @@ reencode. Registered on `elite_cli.cli.app` when that module is imported."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -25,6 +26,7 @@ from elite_cli.cli import (
     print_rows,
     setting,
     short_time,
+    stderr_console,
 )
 from elite_cli.errors import InputError, NameClash
 
@@ -44,7 +46,14 @@ def add(
         Optional[str], typer.Option("--name", "-N", metavar="<name>", help="Concept name (default: the file name). One image only.")
     ] = None,
     mask: Annotated[
-        Optional[Path], typer.Option("--mask", "-m", help="Object mask, white = object. One image only.")
+        Optional[str], typer.Option(
+            "--mask", "-m", metavar="FILE|auto|none",
+            help="Object mask file (white = object; one image only), auto (find the object: the default for a "
+                 "picture without transparency) or none (the whole picture).")
+    ] = None,
+    object_text: Annotated[
+        Optional[str], typer.Option("--object", metavar="<text>",
+                                    help="What the automatic mask looks for, e.g. 'a cat' (default: the main object).")
     ] = None,
     tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", metavar="<tag>", help="Tag to attach; repeatable.")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace a concept of the same name.")] = False,
@@ -53,17 +62,23 @@ def add(
 ) -> None:
     """Encode pictures into concepts and store them in the library.
 
-    Several images are added with one model load. A PNG with transparency needs no mask.
+    Several images are added with one model load. Without a mask, the object is found
+    automatically (a PNG with transparency uses its transparency); `elite add` prints where the
+    preview of the object on the picture is.
 
-    Example: elite add mycat.jpg --mask mycat-mask.png --tag pets
+    Example: elite add mycat.jpg --object "a black cat" --tag pets
     """
-    if len(images) > 1 and (name or mask):
+    from elite_cli.masks import MaskChooser, parse_mask_option
+
+    mask_file = parse_mask_option(mask)
+    mask_file = mask_file if isinstance(mask_file, Path) else None
+    if len(images) > 1 and (name or mask_file):
         raise InputError("--name and --mask apply to one image; add images with their own name or mask one at a time.")
     for image in images:
         check_file_exists(image, "image")
-    if mask is not None:
-        check_file_exists(mask, "mask")
-    from elite_cli.images import check_crop, prepare_image
+    if mask_file is not None:
+        check_file_exists(mask_file, "mask")
+    from elite_cli.images import check_crop
     from elite_cli.library import name_from_stem, validate_name
     from elite_cli.library.names import validate_tag
 
@@ -71,13 +86,17 @@ def add(
         validate_tag(value)
     check_crop(crop)
     names = [validate_name(name)] if name else [name_from_stem(image.stem) for image in images]
-    # Every picture (and the mask) is decoded and checked before the models load and before
-    # anything is stored, so that a bad file among several adds none of them.
+    # Every picture (and the mask) is decoded, and its object found, before the models load and
+    # before anything is stored, so that a bad file among several adds none of them.
     # Only the hashes are kept: holding every decoded picture of a large batch would cost memory.
-    source_hashes = []
-    for image in images:
-        prepared = prepare_image(image, mask, crop)
-        source_hashes.append((prepared.image_sha256, prepared.mask_sha256))
+    masks = MaskChooser(mask, object_text, setting("segmenter"), setting("device"), setting("dtype"))
+    with stderr_console().status("Finding the object (the first run downloads the segmenter)...") \
+            if masks.may_segment else contextlib.nullcontext():
+        chosen = [masks.choose(image) for image in images]
+    for choice in chosen:
+        if choice.warning:
+            typer.echo(f"Warning: {choice.warning}", err=True)
+    source_hashes = [(choice.image_sha256, choice.mask_sha256) for choice in chosen]
     # The first run downloads the models; a failed download leaves no library behind.
     fetch_missing_models(model_spec())
     store = open_store()
@@ -100,20 +119,26 @@ def add(
     models, load_seconds = load_models_with_status()
     encoder = Encoder(models)
     added = []
-    for image, wanted in zip(images, names):
+    for image, wanted, choice in zip(images, names, chosen):
         started = time.perf_counter()
-        concept = encoder.encode(image, mask=mask, crop=crop)
+        concept = encoder.encode(image, mask=choice.path, crop=crop)
+        concept.provenance.update(choice.provenance)  # an automatic mask is more than "a mask file"
         stored = store.add(
-            concept, name=wanted, image_path=image, mask_path=mask, tags=tuple(tag or ()), replace=replace
+            concept, name=wanted, image_path=image, mask_path=choice.path, tags=tuple(tag or ()), replace=replace
         )
+        preview = stored.preview_path if stored.preview_path.exists() else None
         summary = as_dict(stored)
-        summary["seconds"] = round(time.perf_counter() - started, 3)
+        summary.update(seconds=round(time.perf_counter() - started, 3), mask_source=choice.source,
+                       preview_path=str(preview) if preview else None)
         added.append(summary)
         if not as_json:
             if stored.duplicate:
                 typer.echo(already_stored(stored, name, "added"))
             else:
                 typer.echo(f"Added <{stored.name}> (id {stored.short_id}) in {summary['seconds']:.2f}s")
+            if preview:
+                typer.echo(f"  preview: {preview}")
+    masks.close()
     if as_json:
         echo_json({"added": added, "model_load_seconds": round(load_seconds, 3)})
 
@@ -190,44 +215,23 @@ def show(
 
     Example: elite show mycat
     """
-    record = open_store(create=False).get(name)
-    details = {}
-    for key, value in as_dict(record).items():
-        details[key] = value
-        if key == "mask_path":
-            details["mask"] = _mask_origin(record)
+    store = open_store(create=False)
+    record = store.get(name)
+    details = as_dict(record)
+    from elite_cli.masks import describe_mask_source
+
+    origin = store.mask_origin(record)
+    preview = record.preview_path if record.preview_path.exists() else None
     if as_json:
+        details.update(origin, preview_path=str(preview) if preview else None)
         echo_json(details)
         return
+    details.update(mask_source=describe_mask_source(origin), preview_path=preview)
     details.pop("duplicate", None)
-    details["mask"] = MASK_ORIGINS[details["mask"]]
     width = max(len(key) for key in details)
     for key, value in details.items():
         typer.echo(f"{key.ljust(width)}  {format_cell(value)}")
 
-
-MASK_ORIGINS = {
-    "file": "from the mask file",
-    "alpha": "from the picture's alpha channel (transparent = background)",
-    "none": "none: the whole picture is the object",
-    None: "unknown (no stored picture)",
-}
-
-
-def _mask_origin(record) -> str | None:
-    """Where the concept's object mask came from: "file", "alpha" (no mask file, a picture with
-    transparency), "none", or None when no stored picture tells."""
-    if record.mask_sha256:
-        return "file"
-    if record.image_path is None or not record.image_path.is_file():
-        return None
-    from elite_cli.errors import EliteError
-    from elite_cli.images import alpha_marks_object
-
-    try:
-        return "alpha" if alpha_marks_object(record.image_path) else "none"
-    except EliteError:  # a stored picture that no longer decodes: `elite check` reports it
-        return None
 
 
 @app.command("rm")

@@ -229,6 +229,7 @@ def models_tiny(
         "image_encoder": str(Path(tiny.image_encoder).resolve()),
         "global_mapper": str(Path(tiny.global_mapper).resolve()),
         "local_mapper": str(Path(tiny.local_mapper).resolve()),
+        "segmenter": str(Path(tiny.segmenter).resolve()),
     }
     if use:
         for key, value in values.items():

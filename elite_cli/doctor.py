@@ -19,7 +19,7 @@ from elite_cli.wording import counted
 OK, WARN, FAIL = "ok", "warn", "fail"
 
 # The file whose presence says a hub model is complete enough to load.
-HUB_MARKER_FILES = {"base_model": "model_index.json", "image_encoder": "config.json"}
+HUB_MARKER_FILES = {"base_model": "model_index.json", "image_encoder": "config.json", "segmenter": "config.json"}
 
 
 @dataclass
@@ -104,6 +104,7 @@ MODEL_FIXES = {
                      "`elite models import global_mapper.pt local_mapper.pt` for downloaded ones",
     "local_mapper": "`elite config unset local_mapper` for the ELITE file on the Hub, or "
                     "`elite models import global_mapper.pt local_mapper.pt` for downloaded ones",
+    "segmenter": "set ELITE_SEGMENTER (or `elite config set segmenter`) to a CLIPSeg folder or hub id",
 }
 HUB_FIXES = {
     WARN: "none needed with internet; `elite models download` fetches it now (to work offline later)",
@@ -116,7 +117,7 @@ def model_findings(settings: dict[str, Resolved]) -> list[Finding]:
     from elite_cli.hub import is_hub_file, is_hub_id
 
     findings = []
-    for key in ("base_model", "image_encoder", "global_mapper", "local_mapper"):
+    for key in ("base_model", "image_encoder", "global_mapper", "local_mapper", "segmenter"):
         value = settings[key].value
         status, detail = model_presence(key, value)
         from_hub = is_hub_file(value) or key in HUB_MARKER_FILES and is_hub_id(value)

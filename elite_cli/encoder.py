@@ -41,7 +41,8 @@ class Encoder:
         flat_mask = grid_mask.reshape(-1, 1).to(device=local.device, dtype=local.dtype)
         provenance = models.provenance()
         provenance.update(image_sha256=prepared.image_sha256, mask_sha256=prepared.mask_sha256,
-                          preprocessing=str(PREPROCESSING_VERSION), crop=prepared.crop)
+                          preprocessing=str(PREPROCESSING_VERSION), crop=prepared.crop,
+                          mask_source=prepared.mask_source)
         return Concept(
             words=words.float().cpu(),
             local=(local * flat_mask).float().cpu(),

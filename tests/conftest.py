@@ -29,6 +29,7 @@ ELITE_ENVIRONMENT = (
     "ELITE_IMAGE_ENCODER",
     "ELITE_GLOBAL_MAPPER",
     "ELITE_LOCAL_MAPPER",
+    "ELITE_SEGMENTER",
     "ELITE_DEVICE",
     "ELITE_DTYPE",
     "ELITE_OUTPUT_DIR",
@@ -56,7 +57,7 @@ def elite_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """Paths of the tiny model set (real on-disk layouts), built once per test session:
-    `.base_model`, `.image_encoder`, `.global_mapper`, `.local_mapper`."""
+    `.base_model`, `.image_encoder`, `.global_mapper`, `.local_mapper`, `.segmenter`."""
     from elite_cli.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
@@ -99,6 +100,8 @@ def use_tiny_models(tiny_models, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ELITE_IMAGE_ENCODER", str(tiny_models.image_encoder))
     monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(tiny_models.global_mapper))
     monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(tiny_models.local_mapper))
+    # `elite add` without a mask finds the object with this (random, deterministic) CLIPSeg.
+    monkeypatch.setenv("ELITE_SEGMENTER", str(tiny_models.segmenter))
     monkeypatch.setenv("ELITE_DEVICE", "cpu")
     return tiny_models
 

@@ -17,13 +17,14 @@ def test_models_tiny_use_points_the_config_at_them(run_cli, tiny_models, elite_h
     assert shown["base_model"]["value"] == str(Path(tiny_models.base_model).resolve())
     assert shown["global_mapper"]["source"] == f"config {elite_home / 'config.toml'}"
     status = json.loads(run_cli("models", "--json").stdout)
-    assert [finding["status"] for finding in status] == ["ok", "ok", "ok", "ok"]
+    assert [finding["status"] for finding in status] == ["ok"] * 5  # the segmenter too
 
 
 def test_models_tiny_prints_exports_without_use(run_cli, tiny_models):
     result = run_cli("models", "tiny", Path(tiny_models.base_model).parent)
     assert result.exit_code == 0
     assert f"export ELITE_LOCAL_MAPPER={Path(tiny_models.local_mapper).resolve()}" in result.stdout.splitlines()
+    assert f"export ELITE_SEGMENTER={Path(tiny_models.segmenter).resolve()}" in result.stdout.splitlines()
 
 
 def test_models_shows_the_hub_defaults_and_what_offline_lacks(run_cli, elite_home: Path):

@@ -49,6 +49,7 @@ def cat_library_template(tmp_path_factory, tiny_models) -> tuple[Path, Path]:
             ("ELITE_IMAGE_ENCODER", tiny_models.image_encoder),
             ("ELITE_GLOBAL_MAPPER", tiny_models.global_mapper),
             ("ELITE_LOCAL_MAPPER", tiny_models.local_mapper),
+            ("ELITE_SEGMENTER", tiny_models.segmenter),
             ("ELITE_DEVICE", "cpu"),
         ):
             patch.setenv(variable, str(value))
@@ -76,7 +77,11 @@ def test_add_list_show(run_cli, use_tiny_models, loaded_models, cat_picture, dog
     other = draw_object_picture(cat_picture.with_name("other.png"), color=(20, 160, 20))
     plain = run_cli("add", other, "--name", "tom")
     assert plain.exit_code == 0
-    assert re.match(r"^Added <tom> \(id [0-9a-f]{12}\) in \d+\.\d\ds$", plain.stdout.strip())
+    # Without a mask the object is found automatically, and the preview of it is named.
+    added_line, preview_line = plain.stdout.splitlines()
+    assert re.match(r"^Added <tom> \(id [0-9a-f]{12}\) in \d+\.\d\ds$", added_line)
+    assert re.fullmatch(r"  preview: .+\.preview\.png", preview_line)
+    assert Path(preview_line.split(": ", 1)[1]).is_file()
     assert listed_names(run_cli) == ["mycat", "mydog", "tom"]
     # The same picture again is recognised, not stored twice.
     same = run_cli("add", cat_picture, "--name", "again")

@@ -69,6 +69,7 @@ def elite_environment(tiny_models, home: Path) -> dict[str, str]:
         ELITE_IMAGE_ENCODER=str(tiny_models.image_encoder),
         ELITE_GLOBAL_MAPPER=str(tiny_models.global_mapper),
         ELITE_LOCAL_MAPPER=str(tiny_models.local_mapper),
+        ELITE_SEGMENTER=str(tiny_models.segmenter),
         ELITE_DEVICE="cpu",
         OMP_NUM_THREADS="1",
     )

@@ -43,11 +43,24 @@ PROVENANCE_KEYS = ("global_mapper", "local_mapper", "base_model", "image_encoder
 VERSION_1_DEFAULTS = {"preprocessing": "1", "crop": ""}
 REQUIRED_METADATA = ("format", "format_version", "concept_id", "name", "created", "text_width", "grid", "num_words",
                      *PROVENANCE_KEYS)
+# Where the object mask came from (FORMAT.md 2.1). Optional: files written before elite recorded
+# it lack them, which reads as "" (not recorded); a key is written only when it has a value.
+MASK_KEYS = ("mask_source", "mask_model", "mask_object")
+MASK_SOURCES = ("file", "alpha", "auto", "none")
 
 
 def provenance_of(metadata: dict[str, str]) -> dict[str, str]:
-    """The provenance keys of a concept file's metadata, a version-1 file's missing ones filled in."""
-    return {key: metadata.get(key, VERSION_1_DEFAULTS.get(key, "")) for key in PROVENANCE_KEYS}
+    """The provenance keys of a concept file's metadata (mask keys included), missing ones filled in."""
+    provenance = {key: metadata.get(key, VERSION_1_DEFAULTS.get(key, "")) for key in PROVENANCE_KEYS}
+    provenance.update({key: metadata.get(key, "") for key in MASK_KEYS})
+    return provenance
+
+
+def recorded_keys(provenance: dict[str, str]) -> dict[str, str]:
+    """The provenance a concept file records: every PROVENANCE_KEYS value and the mask keys that are set."""
+    recorded = {key: str(provenance[key]) for key in PROVENANCE_KEYS if key in provenance}
+    recorded.update({key: str(provenance[key]) for key in MASK_KEYS if provenance.get(key)})
+    return recorded
 
 _PICKLE_HINT = "only elite concept .safetensors files are accepted"
 TRUNCATED_HINT = "copy it again, or write it again with `elite export`"
@@ -137,6 +150,7 @@ def concept_metadata(concept: Concept, tensors: dict[str, "torch.Tensor"], *, na
     """Build the metadata block for a concept; missing provenance keys become '' (unknown)."""
     words, mask = tensors["words"], tensors["mask"]
     metadata = {key: str(concept.provenance.get(key, "")) for key in PROVENANCE_KEYS}
+    metadata.update({key: str(concept.provenance[key]) for key in MASK_KEYS if concept.provenance.get(key)})
     metadata.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, concept_id=concept_id_of(tensors), name=name,
                     created=created, text_width=str(words.shape[1]), grid=str(mask.shape[0]),
                     num_words=str(words.shape[0]), tags=json.dumps(sorted(set(tags))))
@@ -237,6 +251,9 @@ def _check_metadata(metadata: dict[str, str], label: str) -> None:
     missing = [key for key in required if key not in metadata]
     if missing:
         raise FormatError(f"'{label}' lacks the metadata keys {', '.join(missing)}, which every concept file has.")
+    if metadata.get("mask_source", "") not in ("", *MASK_SOURCES):
+        raise FormatError(f"'{label}' has mask_source {metadata['mask_source']!r}; accepted are "
+                          f"{', '.join(MASK_SOURCES)}.")
 
 
 def _expect(condition: bool, label: str, problem: str) -> None:

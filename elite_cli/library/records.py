@@ -40,6 +40,12 @@ class StoredConcept:
     crop: str = ""
 
     @property
+    def preview_path(self) -> Path:
+        """Where the preview of the object on the picture is (`<hex>.preview.png`, written for
+        concepts with a marked object; check it exists)."""
+        return self.thumbnail_path.with_name(self.thumbnail_path.name.replace(".thumb.png", ".preview.png"))
+
+    @property
     def short_id(self) -> str:
         """The first 12 hex digits, enough to name a concept in a library of millions."""
         return self.id.split(":", 1)[-1][:12]

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol
 
-from elite_cli.errors import ConceptNotFound, IndexUnreadable, InputError, LibraryError, NameClash
+from elite_cli.errors import ConceptNotFound, FormatError, IndexUnreadable, InputError, LibraryError, NameClash
 from elite_cli.library import conceptfile as cf
 from elite_cli.library.history import GenerationHistory
 from elite_cli.library.names import closest_names, name_from_stem, validate_name, validate_tag
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 DB_NAME = "library.db"
 CONCEPTS_DIR = "concepts"
 KEPT_SOURCES_DIR = "kept-sources"
+PREVIEW_SUFFIX = ".preview.png"
 BUSY_TIMEOUT_S = 60.0
 # Shorter hex strings are too likely to be meant as names (and to match many ids).
 MIN_ID_PREFIX = 4
@@ -192,6 +193,9 @@ class ConceptStore(GenerationHistory):
     def _thumbnail_path(self, concept_id: str) -> Path:
         return self.concepts_dir / f"{cf.hex_of(concept_id)}.thumb.png"
 
+    def _preview_path(self, concept_id: str) -> Path:
+        return self.concepts_dir / f"{cf.hex_of(concept_id)}{PREVIEW_SUFFIX}"
+
     def _source_path(self, concept_id: str, role: str, suffix: str | None) -> Path | None:
         return self.concepts_dir / f"{cf.hex_of(concept_id)}.{role}{suffix}" if suffix is not None else None
 
@@ -255,6 +259,35 @@ class ConceptStore(GenerationHistory):
             raise ConceptNotFound(f"{what} in the library{did_you_mean}; give a name or an id prefix of at least "
                                   f"{MIN_ID_PREFIX} hex digits, as `elite list` shows them.")
         return self._records(rows)[0]
+
+    def mask_origin(self, record: StoredConcept) -> dict[str, str]:
+        """Where a concept's object mask came from: its file's mask_source, mask_model and
+        mask_object ("" when not recorded, or when the file cannot be read; `check` reports that)."""
+        try:
+            origin = {key: value for key, value in cf.provenance_of(cf.read_metadata(record.file_path)).items()
+                      if key in cf.MASK_KEYS}
+        except (OSError, FormatError):
+            origin = {key: "" for key in cf.MASK_KEYS}
+        if not origin["mask_source"]:
+            # Not recorded (a concept from before elite recorded it): the stored sources tell.
+            origin["mask_source"] = self._mask_source_from_sources(record)
+        return origin
+
+    @staticmethod
+    def _mask_source_from_sources(record: StoredConcept) -> str:
+        """"file", "alpha" (no mask file, a picture with transparency) or "none"; "" when no
+        stored picture tells."""
+        if record.mask_sha256:
+            return "file"
+        if record.image_path is None or not record.image_path.is_file():
+            return ""
+        from elite_cli.errors import EliteError
+        from elite_cli.images import alpha_marks_object
+
+        try:
+            return "alpha" if alpha_marks_object(record.image_path) else "none"
+        except EliteError:  # a stored picture that no longer decodes: `check` reports it
+            return ""
 
     def exists(self, name: str) -> bool:
         return bool(self.conn.execute("SELECT 1 FROM concepts WHERE name = ?", [name]).fetchone())
@@ -400,6 +433,7 @@ class ConceptStore(GenerationHistory):
             else:
                 path.unlink(missing_ok=True)
         record.thumbnail_path.unlink(missing_ok=True)
+        record.preview_path.unlink(missing_ok=True)
         retired.unlink(missing_ok=True)
         return kept
 
@@ -408,7 +442,9 @@ class ConceptStore(GenerationHistory):
     def add(self, concept: "Concept", *, image_path: Path | str, mask_path: Path | str | None = None,
             name: str | None = None, tags: tuple[str, ...] | list[str] = (), replace: bool = False,
             keep_sources: bool = True) -> StoredConcept:
-        """Store an encoded concept with copies of its source image and mask and a thumbnail.
+        """Store an encoded concept with copies of its source image and mask, a thumbnail, and, when
+        its object is marked (a mask file, the picture's transparency or an automatic mask: the
+        provenance's mask_source), a preview of the object on the picture (`<hex>.preview.png`).
 
         name defaults to the image file stem made valid. If the same image + mask + mappers (or
         the very same tensors) are already stored, the existing record is returned with
@@ -435,19 +471,24 @@ class ConceptStore(GenerationHistory):
                 raise InputError(f"the concept has no {key} fingerprint; encode it with elite's Encoder, which records it.")
         tensors = cf.disk_tensors(concept)
         metadata = cf.concept_metadata(concept, tensors, name=name, created=cf.utc_now(), tags=tags)
-        metadata.update({key: provenance[key] for key in cf.PROVENANCE_KEYS if key in provenance})
+        metadata.update(cf.recorded_keys(provenance))
         data = cf.serialize(tensors, metadata)
         cf.load_bytes(data, name)  # the same checks an import gets: shapes, finite values
         thumbnail = thumbnail_png(image_path)
+        preview = None
+        if provenance.get("mask_source") in ("file", "alpha", "auto"):
+            from elite_cli.library.thumbnails import preview_png
+
+            preview = preview_png(image_path, mask_path, provenance.get("crop") or "auto")
         sources = [("image", image_path, _source_suffix(image_path))]
         if mask_path is not None:
             sources.append(("mask", mask_path, _source_suffix(mask_path)))
         if not keep_sources:
             sources = []
-        return self._store(data, metadata, thumbnail, sources, replace)
+        return self._store(data, metadata, thumbnail, sources, replace, preview)
 
     def _store(self, data: bytes, metadata: dict[str, str], thumbnail: bytes,
-               sources: list[tuple[str, Path, str]], replace: bool) -> StoredConcept:
+               sources: list[tuple[str, Path, str]], replace: bool, preview: bytes | None = None) -> StoredConcept:
         concept_id, name = metadata["concept_id"], metadata["name"]
         final_file = self._file_path(concept_id)
         placed: list[Path] = []
@@ -497,9 +538,13 @@ class ConceptStore(GenerationHistory):
                 for role, source, suffix in sources:
                     temps.append(cf.write_temp(self._source_path(concept_id, role, suffix), source.read_bytes()))
                 temps.append(cf.write_temp(self._thumbnail_path(concept_id), thumbnail))
-                temps.append(cf.write_temp(final_file, data))
                 finals = [self._source_path(concept_id, role, suffix) for role, _, suffix in sources]
-                finals += [self._thumbnail_path(concept_id), final_file]
+                finals.append(self._thumbnail_path(concept_id))
+                if preview is not None:
+                    temps.append(cf.write_temp(self._preview_path(concept_id), preview))
+                    finals.append(self._preview_path(concept_id))
+                temps.append(cf.write_temp(final_file, data))
+                finals.append(final_file)
                 for temp, final in zip(temps, finals):
                     os.replace(temp, final)
                     placed.append(final)
@@ -525,7 +570,7 @@ class ConceptStore(GenerationHistory):
     def _update_provenance(self, record: StoredConcept, metadata: dict[str, str]) -> None:
         """Inside a write transaction: record in the file and the row that `record`'s tensors were
         (re)made by the models and preprocessing in `metadata` (its name and tags are kept)."""
-        new = {key: metadata[key] for key in cf.PROVENANCE_KEYS if key in metadata}
+        new = {key: metadata[key] for key in (*cf.PROVENANCE_KEYS, *cf.MASK_KEYS) if key in metadata}
         new["format_version"] = cf.FORMAT_VERSION  # the file now carries version 2's keys
         current = cf.read_metadata(record.file_path)
         if all(current.get(key) == value for key, value in new.items()):
@@ -638,6 +683,11 @@ class ConceptStore(GenerationHistory):
         record = self.get(name_or_id)
         self.require_sources([record])
         concept = encoder.encode(record.image_path, record.mask_path, crop=crop or record.crop or DEFAULT_CROP)
+        # The encoder sees the stored mask as a mask file; where that file came from (an
+        # automatic mask, say) is the concept's own record, and stays.
+        before = cf.provenance_of(cf.read_metadata(record.file_path))
+        if before["mask_source"]:
+            concept.provenance.update({key: before[key] for key in cf.MASK_KEYS})
         stored = self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
                           tags=record.tags, replace=True)
         if not stored.duplicate or stored.id == record.id:
