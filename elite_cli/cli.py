@@ -251,15 +251,17 @@ def model_spec() -> "ModelSpec":
     )
 
 
-def fetch_missing_models(spec: "ModelSpec", encoding: bool = True, show: bool = True) -> None:
+def fetch_missing_models(spec: "ModelSpec", encoding: bool = True, show: bool = True,
+                         segmenter: str | None = None) -> None:
     """Download what the models of `spec` lack in the Hugging Face cache, with a progress display
     (nothing to do, and no network, when everything is there). encoding: the command encodes
-    pictures and needs the image encoder's weights too."""
+    pictures and needs the image encoder's weights too; segmenter: it also finds objects with
+    this segmenter (automatic masks)."""
     from elite_cli.cli_setup import download_with_progress, prefers_fp16
     from elite_cli.hub import hub_plan, plans_for
 
     values = {"base_model": spec.base_model, "image_encoder": spec.image_encoder,
-              "global_mapper": spec.global_mapper, "local_mapper": spec.local_mapper}
+              "global_mapper": spec.global_mapper, "local_mapper": spec.local_mapper, "segmenter": segmenter or ""}
     missing = [plan for plan in plans_for(values, encoding) if plan.needs_fetch]
     if not missing:
         return

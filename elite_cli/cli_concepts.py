@@ -90,15 +90,15 @@ def add(
     # before anything is stored, so that a bad file among several adds none of them.
     # Only the hashes are kept: holding every decoded picture of a large batch would cost memory.
     masks = MaskChooser(mask, object_text, setting("segmenter"), setting("device"), setting("dtype"))
-    with stderr_console().status("Finding the object (the first run downloads the segmenter)...") \
-            if masks.may_segment else contextlib.nullcontext():
+    # The first run downloads the models (the segmenter too, when a picture may need an automatic
+    # mask), with one progress display; a failed download leaves no library behind.
+    fetch_missing_models(model_spec(), segmenter=setting("segmenter") if masks.may_segment else None)
+    with stderr_console().status("Finding the object...") if masks.may_segment else contextlib.nullcontext():
         chosen = [masks.choose(image) for image in images]
     for choice in chosen:
         if choice.warning:
             typer.echo(f"Warning: {choice.warning}", err=True)
     source_hashes = [(choice.image_sha256, choice.mask_sha256) for choice in chosen]
-    # The first run downloads the models; a failed download leaves no library behind.
-    fetch_missing_models(model_spec())
     store = open_store()
     # Name problems surface before the models load and before anything is stored, so a call
     # with several images adds all of them or (for these errors) none.

@@ -20,6 +20,7 @@ from elite_cli.cli import (
     models_app,
     open_store,
     print_rows,
+    setting,
 )
 from elite_cli.errors import InputError
 
@@ -115,6 +116,7 @@ def models_download(
 
     spec = model_spec()
     values = {key: getattr(spec, key) for key in ("base_model", "image_encoder", "global_mapper", "local_mapper")}
+    values["segmenter"] = setting("segmenter")  # `elite add` finds objects with it (automatic masks)
     plans = plans_for(values, encoding=True)
     if any(plan.needs_fetch for plan in plans):
         fp16 = prefers_fp16(spec.device, spec.dtype)
@@ -141,6 +143,9 @@ def models_download(
 
     models, _ = load_models_with_status(spec)
     models.image_encoder  # the weights `elite add` needs load on first use: check them too
+    from elite_cli.segment import load_segmenter
+
+    load_segmenter(values["segmenter"], spec.device, spec.dtype)
     typer.echo("Every model loads; `elite add` and `elite gen` can now run offline (HF_HUB_OFFLINE=1).")
 
 

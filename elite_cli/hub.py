@@ -524,7 +524,10 @@ def cached_converted_mapper(value: str, role: str, convert_dir: Path) -> Path | 
 def plans_for(settings: dict[str, str], encoding: bool = True) -> list[ModelPlan]:
     """Where each model setting stands, without network. encoding: the command encodes pictures
     (`elite add`, `reencode`), so it needs the image encoder's weights; `elite gen` needs only
-    its config."""
+    its config. A setting missing from `settings` (the segmenter, say) is left out."""
     kinds = {"base_model": "base_model", "image_encoder": "image_encoder" if encoding else "image_encoder_config",
-             "global_mapper": "file", "local_mapper": "file"}
-    return [local_plan(key, settings[key], kind) for key, kind in kinds.items()]
+             "global_mapper": "file", "local_mapper": "file",
+             # Only when asked: the segmenter (CLIPSeg, model and processor files at the root) is
+             # needed by `elite add` for pictures without a mask, and by `elite models download`.
+             "segmenter": "transformers"}
+    return [local_plan(key, settings[key], kind) for key, kind in kinds.items() if settings.get(key)]

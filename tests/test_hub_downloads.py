@@ -25,6 +25,7 @@ from PIL import Image
 from hub_server import HubRepo, HubServer, folder_files
 
 SD, CLIP, ELITE = "CompVis/stable-diffusion-v1-4", "openai/clip-vit-large-patch14", "ELITE-library/ELITE"
+SEGMENTER = "CIDAS/clipseg-rd64-refined"
 DRIVER = Path(__file__).with_name("elite_commands.py")
 # huggingface_hub writes a download to disk in chunks of this size: a cut resumes from the last one.
 DOWNLOAD_CHUNK = 10 * 1024 * 1024
@@ -62,15 +63,20 @@ def hub_repos(models, gated: bool = False) -> dict[str, HubRepo]:
                  "vocab.json": b"{}", "merges.txt": b"", "preprocessor_config.json": b"{}"})
     elite = {"checkpoints/global_mapper.pt": Path(models.global_mapper).read_bytes(),
              "checkpoints/local_mapper.pt": Path(models.local_mapper).read_bytes(), "README.md": b"# ELITE"}
-    return {SD: HubRepo(sd, gated=gated), CLIP: HubRepo(clip), ELITE: HubRepo(elite)}
+    segmenter = folder_files(Path(models.segmenter))
+    segmenter.update({"pytorch_model.bin": JUNK, "README.md": b"# CLIPSeg"})
+    return {SD: HubRepo(sd, gated=gated), CLIP: HubRepo(clip), ELITE: HubRepo(elite), SEGMENTER: HubRepo(segmenter)}
 
 
 def needed_files(models) -> list[str]:
     """What elite loads: every file of the tiny SD folder (it has nothing else), the vision
-    tower's config and safetensors weights, and the two mapper checkpoints."""
+    tower's config and safetensors weights, the two mapper checkpoints, and every file of the tiny
+    segmenter folder (config, safetensors weights, processor and tokenizer files: `elite add` of a
+    picture without a mask finds the object with it)."""
     return sorted([f"{SD}/{name}" for name in folder_files(Path(models.base_model))]
                   + [f"{CLIP}/config.json", f"{CLIP}/model.safetensors",
-                     f"{ELITE}/checkpoints/global_mapper.pt", f"{ELITE}/checkpoints/local_mapper.pt"])
+                     f"{ELITE}/checkpoints/global_mapper.pt", f"{ELITE}/checkpoints/local_mapper.pt"]
+                  + [f"{SEGMENTER}/{name}" for name in folder_files(Path(models.segmenter))])
 
 
 def served(server: HubServer) -> list[str]:
@@ -123,7 +129,7 @@ def test_a_first_run_downloads_what_elite_loads_then_runs_from_the_cache(hub_mod
     finally:
         server.stop()
     assert add["exit_code"] == 0, add["stderr"]
-    assert "Added <mycat>" in add["stdout"] and "Downloading 14 files" in add["stderr"]
+    assert "Added <mycat>" in add["stdout"] and f"Downloading {len(needed_files(hub_models))} files" in add["stderr"]
     assert served(server) == needed_files(hub_models)  # each once; nothing elite does not load
     first = written_png(gen)
     # `elite list` finds the converted hub mappers' fingerprints without loading anything.
@@ -138,6 +144,7 @@ def test_a_first_run_downloads_what_elite_loads_then_runs_from_the_cache(hub_mod
     # The same weights as local folders, with the mappers brought in by `elite models import`.
     monkeypatch.setenv("ELITE_BASE_MODEL", str(hub_models.base_model))
     monkeypatch.setenv("ELITE_IMAGE_ENCODER", str(hub_models.image_encoder))
+    monkeypatch.setenv("ELITE_SEGMENTER", str(hub_models.segmenter))
     monkeypatch.setenv("ELITE_DEVICE", "cpu")
     imported = run_cli("models", "import", hub_models.global_mapper, hub_models.local_mapper)
     assert imported.exit_code == 0, imported.output
@@ -204,7 +211,7 @@ def test_models_download_fetches_exactly_what_is_needed_after_ctrl_c_and_a_cut(h
     # One file at a time, in order: the base model and the vision config were complete.
     kept = [name for name in needed if name.startswith(SD) or name == f"{CLIP}/config.json"]
     assert interrupted == sorted(kept + [weights])
-    listed = sorted(line.split()[0] for line in dry["stdout"].splitlines() if line.startswith((SD, CLIP, ELITE)))
+    listed = sorted(line.split()[0] for line in dry["stdout"].splitlines() if line.startswith((SD, CLIP, ELITE, SEGMENTER)))
     assert listed == sorted(set(needed) - set(kept))
     assert real["exit_code"] == 0, real["stderr"]
     assert "Every model loads" in real["stdout"]
