@@ -180,6 +180,7 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
     """Library look-ups first (typos fail before minutes of model loading), then models, then the run."""
     from rich.console import Console
 
+    from elite_cli.cli import loading_message
     from elite_cli.evaluation.subjects import (
         check_class_words,
         check_unique,
@@ -209,7 +210,8 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
             typer.echo(f"Warning: {message}", err=True)
 
     console = Console(stderr=True, highlight=False)
-    with console.status("Loading models (the first run downloads them)..."):
+    with console.status(loading_message(spec.base_model, spec.image_encoder, spec.global_mapper, spec.local_mapper,
+                                        clip_model, dino_model)):
         from elite_cli.evaluation.metrics import load_metric_models
         from elite_cli.evaluation.runner import EvalRunner, check_fresh
         from elite_cli.models import load_models
