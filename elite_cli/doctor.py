@@ -75,15 +75,17 @@ MODEL_FIXES = {
     "global_mapper": "download the ELITE checkpoints and run `elite models import global_mapper.pt local_mapper.pt`",
     "local_mapper": "download the ELITE checkpoints and run `elite models import global_mapper.pt local_mapper.pt`",
 }
+# Where a model is missing, the offline route: random tiny models that run every command.
+TRY_OFFLINE = "; or try elite offline with `elite models tiny ./tiny --use`"
 
 
 def model_findings(settings: dict[str, Resolved]) -> list[Finding]:
     findings = []
     for key in ("base_model", "image_encoder", "global_mapper", "local_mapper"):
         status, detail = model_presence(key, settings[key].value)
-        fix = MODEL_FIXES[key] if status != OK else ""
+        fix = MODEL_FIXES[key] + TRY_OFFLINE if status != OK else ""
         if status == WARN:
-            fix = "needs internet once; or point it at a local folder"
+            fix = "needs internet once; or point it at a local folder" + TRY_OFFLINE
         findings.append(Finding(key, status, f"{detail} [{settings[key].source}]", fix))
     return findings
 

@@ -250,7 +250,7 @@ def load_models(spec: ModelSpec) -> Models:
     dtype = resolve_dtype(spec.dtype, device)
     backend = resolve_backend(spec.attention, device)
     if not spec.global_mapper or not spec.local_mapper:
-        raise ModelError("no mapper checkpoints are configured; run `elite models import global_mapper.pt local_mapper.pt` or set ELITE_GLOBAL_MAPPER/ELITE_LOCAL_MAPPER.")
+        raise ModelError("no mapper checkpoints are configured; run `elite models import global_mapper.pt local_mapper.pt` or set ELITE_GLOBAL_MAPPER/ELITE_LOCAL_MAPPER, or try elite offline with `elite models tiny ./tiny --use`.")
 
     # Mappers first: they are small and the most likely to be wrong.
     global_state = load_mapper_state(spec.global_mapper, "global mapper", role="global")
