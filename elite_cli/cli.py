@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -53,10 +54,11 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as error:  # a command may add how to carry on (`gen`: --resume)
             if options.verbose:
                 traceback.print_exc(file=sys.stderr)
-            typer.echo("Interrupted", err=True)
+            hint = str(error) if isinstance(error, KeyboardInterrupt) else ""
+            typer.echo(f"Interrupted; {hint}." if hint else "Interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (typer.Exit, typer.Abort):
             raise
@@ -157,12 +159,15 @@ def print_rows(columns: list[str], rows: list[list[Any]], cut_column: str | None
     from rich.text import Text
 
     console = stdout_console()
-    cells = [[cell if isinstance(cell, Text) else Text(format_cell(cell)) for cell in row] for row in rows]
+    cells = [[cell if isinstance(cell, Text) else Text(shorten_home(format_cell(cell))) for cell in row] for row in rows]
     widths = [max([len(column), *(row[number].cell_len for row in cells)]) for number, column in enumerate(columns)]
     table = Table(show_edge=False, header_style="bold")
+    layout = column_widths(cells, columns, widths, console.width) if cut_column is None else None
+    if layout:
+        cells = [[break_long_words(cell, width) for cell, width in zip(row, layout)] for row in cells]
     for number, column in enumerate(columns):
         if cut_column is None:
-            table.add_column(column, overflow="fold")
+            table.add_column(column, overflow="fold", width=layout[number] if layout else None)
         else:
             table.add_column(column, no_wrap=True, min_width=widths[number] if column != cut_column else None)
     if cut_column is not None:
@@ -176,6 +181,50 @@ def print_rows(columns: list[str], rows: list[list[Any]], cut_column: str | None
     for row in cells:
         table.add_row(*row)
     console.print(table)
+
+
+def column_widths(cells: list[list[Any]], columns: list[str], widths: list[int], terminal: int) -> list[int] | None:
+    """Widths for a table wider than the terminal that make lines break between words: each
+    column gets its longest word (a path) first while there is room, then a share of the rest in
+    proportion to what it still needs. None when the table fits as it is."""
+    room = terminal - 3 * len(columns) - 1  # one space of padding either side, one rule between
+    if sum(widths) <= room:
+        return None
+    words = [max([len(column), *(len(word) for row in cells for word in row[number].plain.split())])
+             for number, column in enumerate(columns)]
+    while sum(words) > room and max(words) > 12:  # not even the words fit: the widest ones fold
+        widest = words.index(max(words))
+        words[widest] = max(12, room - (sum(words) - words[widest]))
+    wanted = [max(0, width - word) for width, word in zip(widths, words)]
+    spare = max(0, room - sum(words))
+    shares = [spare * want // max(1, sum(wanted)) for want in wanted]
+    return [word + share for word, share in zip(words, shares)]
+
+
+def break_long_words(cell: Any, width: int) -> Any:
+    """A path wider than its column is broken after a `/` (rich would cut it anywhere)."""
+    from rich.text import Text
+
+    if all(len(word) <= width for word in cell.plain.split()):
+        return cell
+    words = []
+    for word in cell.plain.split(" "):
+        lines, line = [], ""
+        for part in re.split(r"(?<=/)", word) if len(word) > width else [word]:
+            if line and len(line) + len(part) > width:
+                lines.append(line)
+                line = ""
+            line += part
+        words.append("\n".join([*lines, line]))
+    return Text(" ".join(words), style=cell.style)
+
+
+def shorten_home(text: str) -> str:
+    """`/home/ann/models/sd` -> `~/models/sd` in what a table shows (--json keeps full paths)."""
+    home = str(Path.home())
+    if len(home) <= 1:
+        return text
+    return re.sub(rf"(?<!\S){re.escape(home)}(?=/|\s|$)", "~", text)
 
 
 def format_cell(value: Any) -> str:
@@ -249,6 +298,13 @@ def model_spec() -> "ModelSpec":
         compile=options.compile_unet,
         mapper_cache=str(library_dir() / settings_module.MODELS_DIR_NAME / settings_module.HUB_MAPPERS_DIR),
     )
+
+
+def loading_message(*models: str) -> str:
+    """The spinner's words: downloads are mentioned only when some model is not a local path."""
+    if all(Path(str(model)).expanduser().exists() for model in models):
+        return "Loading models..."
+    return "Loading models (the first run downloads hub models)..."
 
 
 def fetch_missing_models(spec: "ModelSpec", encoding: bool = True, show: bool = True,

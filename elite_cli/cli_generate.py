@@ -6,10 +6,11 @@ import dataclasses
 import os
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
@@ -32,8 +33,8 @@ from elite_cli.cli import (
 )
 from elite_cli.errors import InputError
 from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SEED_LIMIT, check_image_settings
-from elite_cli.outputs import GenerationRecord, read_png_parameters, save_png
-from elite_cli.wording import counted
+from elite_cli.outputs import GenerationRecord, code_keys, read_png_parameters, save_png
+from elite_cli.wording import counted, speed
 
 
 @dataclass
@@ -149,7 +150,8 @@ def jobs_from_history(store: Any, run_id: str) -> list[GenerationJob]:
     jobs: dict[tuple, tuple[int, GenerationJob]] = {}
     for entry in store.get_run(run_id):
         first_seed = entry.seed - entry.image_index
-        settings = {key: entry.parameters[key] for key in GenerationJob("").settings() if key in entry.parameters}
+        parameters = code_keys(entry.parameters)
+        settings = {key: parameters[key] for key in GenerationJob("").settings() if key in parameters}
         number = int(entry.parameters.get("job", len(jobs)))
         key = (number, entry.prompt, entry.negative_prompt, first_seed, tuple(sorted(settings.items())))
         # Rows written before the image count was recorded: the highest finished index tells.
@@ -401,7 +403,8 @@ def gen(
     # The paths really written: a name reserved in the plan can still be taken by another
     # program before we save, and save_png then picks the next free suffix.
     saved: list[tuple[int, int, str]] = []
-    with GenerationProgress(plan, jobs, directory, show=workers.is_main and not as_json) as progress:
+    with say_how_to_resume(first_seed if again is None and seed is None else None, saved if workers.world == 1 else None), \
+            GenerationProgress(plan, jobs, directory, show=workers.is_main and not as_json) as progress:
         for batch in plan.share(workers.rank, workers.world):
             batch_jobs = [jobs[image.job] for image in batch]
             wanted = {name: concepts[name] for job in batch_jobs for name in concept_names(job.prompt)}
@@ -466,10 +469,25 @@ def gen(
     seeds = sorted({job.seed for job in jobs})
     note = " (image i uses seed + i)" if any(job.num_images > 1 for job in jobs) else ""
     typer.echo(f"Seed: {', '.join(map(str, seeds))}{note}; run {plan.run_id[:8]} (repeat: elite gen --again {plan.run_id[:8]})", err=True)
-    rate = len(plan.images) / seconds / workers.world if seconds > 0 else 0.0
     skipped = f", {plan.skipped} already there (--resume)" if plan.skipped else ""
     typer.echo(f"{counted(len(plan.images), 'image')} in {seconds:.1f} s on {counted(workers.world, 'process', 'processes')}: "
-               f"{rate:.2f} images/s per process{skipped}.", err=True)
+               f"{speed(len(plan.images), seconds * workers.world)} per process{skipped}.", err=True)
+
+
+@contextmanager
+def say_how_to_resume(drawn_seed: int | None, saved: list | None) -> Iterator[None]:
+    """Ctrl-C while images are made: the `Interrupted` line says how to make only the missing ones.
+
+    A seed elite drew itself (`drawn_seed`) is printed only at the end, so the hint carries it
+    (`--resume` needs the run's seed). `saved`: this process's saved images (None: several
+    processes, each knowing only its own share).
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        seed = f" --seed {drawn_seed}" if drawn_seed is not None else ""
+        done = f"{counted(len(saved), 'image')} saved; " if saved is not None else ""
+        raise KeyboardInterrupt(f"{done}to make only the missing ones, run the same command with{seed} --resume") from None
 
 
 def check_prompts_fit(spec: Any, jobs: list[GenerationJob], show: bool) -> set[str]:

@@ -222,19 +222,24 @@ def models_tiny(
 ) -> None:
     """Build a tiny random model set (seconds, offline) to try every command without downloads.
 
-    The images it makes are noise: it is for smoke tests, not pictures.
+    Also builds tiny metric models for `elite eval` (in DIRECTORY/metrics). The images it makes
+    are noise and the scores meaningless: it is for smoke tests, not pictures.
 
     Example: elite models tiny ./tiny --use
     """
+    from elite_cli.evaluation.tiny_metric_models import build_tiny_metric_models
     from elite_cli.tiny import build_tiny_models
 
     tiny = build_tiny_models(directory)
+    metrics = build_tiny_metric_models(Path(directory) / "metrics")
     values = {
         "base_model": str(Path(tiny.base_model).resolve()),
         "image_encoder": str(Path(tiny.image_encoder).resolve()),
         "global_mapper": str(Path(tiny.global_mapper).resolve()),
         "local_mapper": str(Path(tiny.local_mapper).resolve()),
         "segmenter": str(Path(tiny.segmenter).resolve()),
+        "eval_clip_model": str(metrics.clip.resolve()),
+        "eval_dino_model": str(metrics.dino.resolve()),
     }
     if use:
         for key, value in values.items():

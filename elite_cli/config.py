@@ -52,6 +52,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("device", "ELITE_DEVICE", "where models run", choices=DEVICES),
     Setting("dtype", "ELITE_DTYPE", "weight precision", choices=DTYPES),
     Setting("output_dir", "ELITE_OUTPUT_DIR", "where `elite gen` writes PNG files", is_path=True),
+    Setting("eval_clip_model", "ELITE_EVAL_CLIP_MODEL", "CLIP of `elite eval`'s CLIP-T/CLIP-I: hub id or folder"),
+    Setting("eval_dino_model", "ELITE_EVAL_DINO_MODEL", "DINO ViT of `elite eval`'s DINO score: hub id or folder"),
 )
 SETTINGS_BY_KEY = {setting.key: setting for setting in SETTINGS}
 
@@ -68,6 +70,8 @@ class Resolved:
 def defaults(library: Path) -> dict[str, str]:
     """The built-in values. The mappers: the pair `elite models import` wrote into the library's
     models folder when both files are there, else the ELITE authors' files on the Hub."""
+    from elite_cli.evaluation import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL  # constants only, no torch
+
     models_dir = library / MODELS_DIR_NAME
     imported = (models_dir / GLOBAL_MAPPER_FILE, models_dir / LOCAL_MAPPER_FILE)
     use_imported = all(path.is_file() for path in imported)
@@ -80,6 +84,8 @@ def defaults(library: Path) -> dict[str, str]:
         "device": "auto",
         "dtype": "auto",
         "output_dir": "elite-out",
+        "eval_clip_model": DEFAULT_CLIP_MODEL,
+        "eval_dino_model": DEFAULT_DINO_MODEL,
     }
 
 

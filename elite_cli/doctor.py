@@ -109,8 +109,11 @@ MODEL_FIXES = {
 HUB_FIXES = {
     WARN: "none needed with internet; `elite models download` fetches it now (to work offline later)",
     FAIL: "unset HF_HUB_OFFLINE and run `elite models download`, or copy a Hugging Face cache that has it "
-          "(HF_HOME / HF_HUB_CACHE), or point the setting at a local folder or file",
+          "(HF_HOME / HF_HUB_CACHE), or point the setting at a local folder or file; or try elite offline with "
+          "`elite models tiny ./tiny --use`",
 }
+# Where a model is missing, the offline route: random tiny models that run every command.
+TRY_OFFLINE = "; or try elite offline with `elite models tiny ./tiny --use`"
 
 
 def model_findings(settings: dict[str, Resolved]) -> list[Finding]:
@@ -126,7 +129,7 @@ def model_findings(settings: dict[str, Resolved]) -> list[Finding]:
         elif from_hub and (status == WARN or "HF_HUB_OFFLINE" in detail):
             fix = HUB_FIXES[status]
         else:
-            fix = MODEL_FIXES[key]
+            fix = MODEL_FIXES[key] + TRY_OFFLINE
         findings.append(Finding(key, status, f"{detail} [{settings[key].source}]", fix))
     return findings
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from elite_cli.outputs import ELITE_CHUNK, image_file_name
+from elite_cli.outputs import ELITE_CHUNK, code_keys, image_file_name
 
 # The settings that make two images the same image (with prompt, negative prompt and seed).
 SETTING_KEYS = ("steps", "guidance_scale", "llambda", "width", "height", "scheduler")
@@ -68,6 +68,7 @@ def finished_images(directory: Path) -> set[str]:
         except (OSError, ValueError, SyntaxError):
             continue
         if isinstance(record, dict):
+            record = code_keys(record)
             try:
                 found.add(identity(record["prompt"], record["negative_prompt"], record["seed"], record, record))
             except KeyError:

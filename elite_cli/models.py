@@ -276,7 +276,7 @@ def load_models(spec: ModelSpec) -> Models:
     backend = resolve_backend(spec.attention, device)
     if not spec.global_mapper or not spec.local_mapper:
         raise ModelError("no mapper checkpoints are configured; run `elite config unset global_mapper` (and "
-                         "local_mapper) for the ELITE files from the Hub, or `elite models import global_mapper.pt local_mapper.pt`.")
+                         "local_mapper) for the ELITE files from the Hub, or `elite models import global_mapper.pt local_mapper.pt`, or try elite offline with `elite models tiny ./tiny --use`.")
 
     # Mappers first: they are small and the most likely to be wrong.
     convert_dir = mapper_cache_dir(spec)

@@ -62,7 +62,19 @@ class GenerationRecord:
     elite_version: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        return json.dumps(user_keys(asdict(self)), ensure_ascii=False, sort_keys=True)
+
+
+# `lambda` is the user's word (`--lambda`) but a Python keyword, so the code's name is `llambda`.
+# Files, history rows and --json say `lambda`; those written before said `llambda` and still read.
+def user_keys(parameters: dict[str, Any]) -> dict[str, Any]:
+    """`llambda` -> `lambda`, for what users see and what is stored."""
+    return {("lambda" if key == "llambda" else key): value for key, value in parameters.items()}
+
+
+def code_keys(parameters: dict[str, Any]) -> dict[str, Any]:
+    """`lambda` (or an old file's `llambda`) -> `llambda`, the name elite's functions take."""
+    return {("llambda" if key == "lambda" else key): value for key, value in parameters.items()}
 
 
 def a1111_parameters(record: GenerationRecord) -> str:
@@ -223,7 +235,8 @@ def check_output_folder(directory: Path, empty: bool = False) -> None:
 
 
 def read_png_parameters(path: Path) -> dict[str, Any]:
-    """The `elite` JSON chunk of a PNG written by `save_png` (for tests and `gen --again FILE`).
+    """The `elite` JSON chunk of a PNG written by `save_png` (for tests and `gen --again FILE`),
+    with the code's key names (`llambda`, see `code_keys`).
 
     Anything else (another image format, a file that is no image, a chunk another program
     damaged or a chunk without a field `gen --again` needs) is an InputError naming the file.
@@ -249,6 +262,7 @@ def read_png_parameters(path: Path) -> dict[str, Any]:
         parameters = None
     if not isinstance(parameters, dict):
         raise InputError(f"'{path}' has a damaged elite parameters chunk (not a JSON object); {accepted}.")
+    parameters = code_keys(parameters)
     missing = [key for key in REQUIRED_PARAMETERS if key not in parameters]
     if missing:
         raise InputError(f"'{path}' has an elite parameters chunk without {', '.join(missing)}; {accepted}.")

@@ -25,6 +25,26 @@ def listed_names(run_cli) -> list[str]:
     return sorted(row["name"] for row in json.loads(result.stdout))
 
 
+def elite_chunk(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.info["elite"]
+
+
+def rewrite_elite_chunk(path: Path, text: str) -> None:
+    """The same pixels and A1111 text, another `elite` chunk (as an older elite wrote it)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    with Image.open(path) as image:
+        image.load()
+        info = PngInfo()
+        info.add_text("parameters", image.info["parameters"])
+        info.add_text("elite", text)
+        image.save(path, format="PNG", pnginfo=info)
+
+
 def pixels(path: Path) -> bytes:
     """The RGB bytes of an image file (8-bit levels)."""
     from PIL import Image
@@ -117,12 +137,15 @@ def test_gen_writes_reproducible_pngs_and_history(run_cli, library_with_cat, tmp
         assert parameters["seed"] == 5 + index and parameters["index"] == index
         assert (parameters["steps"], parameters["width"], parameters["llambda"]) == (2, 64, 0.8)
         assert list(parameters["concepts"]) == ["mycat"]
+        chunk = json.loads(elite_chunk(path))  # the user's word, not the code's `llambda`
+        assert chunk["lambda"] == 0.8 and "llambda" not in chunk
     assert pixels(paths[0]) != pixels(paths[1])  # different seeds, different images
 
     runs = json.loads(run_cli("history", "--json").stdout)
     assert len(runs) == 1
     run_id = str(written[0]["run_id"])
     assert runs[0]["run_id"] == run_id and runs[0]["seed"] == 5
+    assert runs[0]["images"][0]["parameters"]["lambda"] == 0.8 and "llambda" not in runs[0]["images"][0]["parameters"]
     assert [image["output_path"] for image in runs[0]["images"]] == [str(path.resolve()) for path in paths]
     assert "<mycat> on the beach" in run_cli("history").stdout
 
@@ -133,6 +156,8 @@ def test_gen_writes_reproducible_pngs_and_history(run_cli, library_with_cat, tmp
     assert [pixels(path) for path in repeated] == [pixels(path) for path in paths]
     assert len(json.loads(run_cli("history", "--json").stdout)) == 2
 
+    # A PNG written before the chunk said `lambda` (it said `llambda`) is repeated all the same.
+    rewrite_elite_chunk(paths[1], elite_chunk(paths[1]).replace('"lambda"', '"llambda"'))
     from_png = run_cli("gen", "--again", paths[1], "-o", out, "--json")
     assert from_png.exit_code == 0, from_png.output
     (single,) = json.loads(from_png.stdout)

@@ -29,11 +29,13 @@ class GenerationHistory:
                           duration_s: float | None) -> int:
         """Record one generated image; returns the history row id.
 
-        parameters: every other setting (steps, guidance_scale, llambda, width, height,
+        parameters: every other setting (steps, guidance_scale, lambda, width, height,
         scheduler, models...) as JSON-serialisable values. concept_ids: {prompt name: id}.
         """
+        from elite_cli.outputs import user_keys
+
         try:
-            parameters_json = json.dumps(parameters, sort_keys=True)
+            parameters_json = json.dumps(user_keys(parameters), sort_keys=True)
         except TypeError as error:
             raise InputError(f"generation parameters must be JSON values ({error}).") from None
         with self._write():

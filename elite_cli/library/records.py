@@ -127,9 +127,11 @@ class HistoryEntry:
 
     @classmethod
     def from_row(cls, row: dict) -> "HistoryEntry":
+        from elite_cli.outputs import user_keys  # rows written before say `llambda`
+
         return cls(id=row["id"], run_id=row["run_id"], created=row["created"], prompt=row["prompt"],
                    negative_prompt=row["negative_prompt"], seed=row["seed"], image_index=row["image_index"],
-                   parameters=json.loads(row["parameters"]), concept_ids=json.loads(row["concept_ids"]),
+                   parameters=user_keys(json.loads(row["parameters"])), concept_ids=json.loads(row["concept_ids"]),
                    output_path=row["output_path"], duration_s=row["duration_s"])
 
     def preprocessing_is_current(self) -> bool:
