@@ -247,13 +247,32 @@ def model_spec() -> "ModelSpec":
         dtype=values["dtype"].value,
         low_vram=options.low_vram,
         compile=options.compile_unet,
+        mapper_cache=str(library_dir() / settings_module.MODELS_DIR_NAME / settings_module.HUB_MAPPERS_DIR),
     )
 
 
-def load_models_with_status(spec: "ModelSpec" | None = None):
-    """Load (or reuse) the models, with a spinner on stderr; returns (models, seconds)."""
+def fetch_missing_models(spec: "ModelSpec", encoding: bool = True, show: bool = True) -> None:
+    """Download what the models of `spec` lack in the Hugging Face cache, with a progress display
+    (nothing to do, and no network, when everything is there). encoding: the command encodes
+    pictures and needs the image encoder's weights too."""
+    from elite_cli.cli_setup import download_with_progress, prefers_fp16
+    from elite_cli.hub import hub_plan, plans_for
+
+    values = {"base_model": spec.base_model, "image_encoder": spec.image_encoder,
+              "global_mapper": spec.global_mapper, "local_mapper": spec.local_mapper}
+    missing = [plan for plan in plans_for(values, encoding) if plan.needs_fetch]
+    if not missing:
+        return
+    fp16 = prefers_fp16(spec.device, spec.dtype)
+    download_with_progress([hub_plan(plan, fp16) for plan in missing], show=show)
+
+
+def load_models_with_status(spec: "ModelSpec" | None = None, encoding: bool = True):
+    """Download what is missing, then load (or reuse) the models with a spinner on stderr; returns
+    (models, seconds)."""
     spec = spec or model_spec()
-    with stderr_console().status("Loading models (the first run downloads them)..."):
+    fetch_missing_models(spec, encoding)
+    with stderr_console().status("Loading models..."):
         from elite_cli.models import load_models
 
         started = time.perf_counter()

@@ -18,7 +18,9 @@ from elite_cli.cli import (
     echo_json,
     format_cell,
     library_dir,
+    fetch_missing_models,
     load_models_with_status,
+    model_spec,
     library_exists,
     open_store,
     print_rows,
@@ -95,6 +97,8 @@ def add(
         if choice.warning:
             typer.echo(f"Warning: {choice.warning}", err=True)
     source_hashes = [(choice.image_sha256, choice.mask_sha256) for choice in chosen]
+    # The first run downloads the models; a failed download leaves no library behind.
+    fetch_missing_models(model_spec())
     store = open_store()
     # Name problems surface before the models load and before anything is stored, so a call
     # with several images adds all of them or (for these errors) none.
@@ -227,6 +231,7 @@ def show(
     width = max(len(key) for key in details)
     for key, value in details.items():
         typer.echo(f"{key.ljust(width)}  {format_cell(value)}")
+
 
 
 @app.command("rm")
@@ -482,11 +487,22 @@ def reencode(
             # Equal tensors with an updated record (e.g. a non-square picture, which crops as
             # before) still bring the concept up to date: it is not stale any more.
             changed = not stored.duplicate or (stored.preprocessing, stored.crop) != (record.preprocessing, record.crop)
+        # Its new encoding was another concept's: the two merged under the other's name.
+        merged = stored.name.lower() != record.name.lower()
         summary = as_dict(stored)
         summary["seconds"] = round(time.perf_counter() - started, 3)
-        summary["changed"] = changed
+        summary["changed"] = changed or merged
+        if merged:
+            summary["merged_from"] = record.name
         done.append(summary)
-        if not as_json:
+        if as_json:
+            continue
+        if merged:
+            typer.echo(f"Merged <{record.name}> into <{stored.name}>: re-encoded, it is the same concept as "
+                       f"<{stored.name}> (the same picture, encoded by the current mappers); write <{stored.name}> "
+                       f"in prompts, or run `elite rename {stored.name} {record.name}` to keep the old name "
+                       f"({summary['seconds']:.2f}s)")
+        else:
             verb = "Re-encoded" if summary["changed"] else "Up to date:"
             typer.echo(f"{verb} <{stored.name}> ({summary['seconds']:.2f}s)")
     if as_json:

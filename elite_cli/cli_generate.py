@@ -20,6 +20,7 @@ from elite_cli.cli import (
     as_dict,
     check_file_exists,
     echo_json,
+    fetch_missing_models,
     load_models_with_status,
     model_spec,
     library_exists,
@@ -356,9 +357,11 @@ def gen(
     workers = join_workers(spec.device)
     if workers.device is not None:
         spec = dataclasses.replace(spec, device=workers.device)
+    # The first run downloads the models (generation needs the image encoder's config only).
+    fetch_missing_models(spec, encoding=False, show=workers.is_main)
     # Prompts that do not fit the text encoder fail (or warn) now, not after some images exist.
     reported_warnings = check_prompts_fit(spec, jobs, show=workers.is_main)
-    models, _ = load_models_with_status(spec)
+    models, _ = load_models_with_status(spec, encoding=False)
     if not allow_stale:
         from elite_cli.concept import refuse_stale
 

@@ -53,6 +53,97 @@ def models_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         print_findings(findings, first="setting")  # rows are settings here, as in `elite config`
 
 
+def prefers_fp16(device: str, dtype: str) -> bool:
+    """Whether the weights will run in float16 (so the fp16 variant, where a repo has one, is the
+    one to download): the --device/--dtype settings as the model loading resolves them."""
+    if dtype in ("float16", "fp16"):
+        return True
+    if dtype not in ("auto", "", None) or device == "cpu":
+        return False  # float32/bfloat16, or the CPU's automatic float32: no need to import torch
+    from elite_cli.models import resolve_device, resolve_dtype
+
+    import torch
+
+    return resolve_dtype(dtype, resolve_device(device)) == torch.float16
+
+
+def download_with_progress(plans: list, show: bool = True) -> None:
+    """Fetch what the plans lack, with the total size first and a progress bar on stderr."""
+    from elite_cli.cli import stderr_console
+    from elite_cli.doctor import human_size
+    from elite_cli.hub import cache_dir, endpoint, fetch
+
+    plans = [plan for plan in plans if plan.to_fetch]
+    if not plans:
+        return
+    total = sum(plan.fetch_bytes for plan in plans)
+    count = sum(len(plan.to_fetch) for plan in plans)
+    console = stderr_console()
+    if not show:
+        fetch(plans)
+        return
+    parts = ", ".join(f"{plan.label} {plan.repo_id} ({human_size(plan.fetch_bytes)})" for plan in plans)
+    console.print(f"Downloading {count} file{'s' if count != 1 else ''} ({human_size(total)}) from {endpoint()} "
+                  f"into {cache_dir()}: {parts}", markup=False, soft_wrap=True)
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("Downloading", total=total)
+
+        def on_file(plan, item) -> None:
+            progress.update(task, description=f"{plan.label}: {item.path}")
+
+        fetch(plans, on_file, lambda size: progress.advance(task, size))
+
+
+@models_app.command("download")
+def models_download(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be downloaded.")] = False,
+) -> None:
+    """Download every model the settings name into the Hugging Face cache, then check they load.
+
+    Fetches only what elite loads (no safety checker, one copy of the weights: safetensors, the
+    fp16 variant where the weights run in fp16). Ctrl-C stops it; run it again to resume.
+
+    Example: elite models download
+    """
+    from elite_cli.cli import model_spec
+    from elite_cli.doctor import human_size
+    from elite_cli.hub import hub_plan, plans_for
+
+    spec = model_spec()
+    values = {key: getattr(spec, key) for key in ("base_model", "image_encoder", "global_mapper", "local_mapper")}
+    plans = plans_for(values, encoding=True)
+    if any(plan.needs_fetch for plan in plans):
+        fp16 = prefers_fp16(spec.device, spec.dtype)
+        plans = [hub_plan(plan, fp16) for plan in plans]
+    rows = []
+    for plan in plans:
+        if plan.state == "folder":
+            rows.append([plan.key, plan.value, "local", "", ""])
+        elif not plan.needs_fetch:
+            rows.append([plan.key, plan.value, "cached", human_size(plan.cached_bytes), ""])
+        else:
+            rows.append([plan.key, plan.value, "download", human_size(plan.fetch_bytes),
+                         f"{len(plan.to_fetch)} of {len(plan.files)}"])
+    print_rows(["setting", "value", "source", "size", "files to fetch"], rows)
+    total = sum(plan.fetch_bytes for plan in plans)
+    typer.echo(f"To download: {human_size(total)}." if total else "Nothing to download.")
+    if dry_run:
+        for plan in plans:
+            for item in plan.to_fetch:
+                typer.echo(f"{plan.repo_id}/{item.path}  {human_size(item.size or 0)}")
+        return
+    download_with_progress(plans)
+    from elite_cli.cli import load_models_with_status
+
+    models, _ = load_models_with_status(spec)
+    models.image_encoder  # the weights `elite add` needs load on first use: check them too
+    typer.echo("Every model loads; `elite add` and `elite gen` can now run offline (HF_HUB_OFFLINE=1).")
+
+
 @models_app.command("import")
 def models_import(
     global_checkpoint: Annotated[

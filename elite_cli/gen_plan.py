@@ -79,6 +79,10 @@ def plan_generation(jobs: Sequence[Any], directory: Path, run_id: str, batch_siz
                     resume: bool = False, when: datetime | None = None) -> GenerationPlan:
     """Name and batch every image of `jobs` (objects with prompt, negative_prompt, seed, num_images, settings())."""
     when = when or datetime.now()
+    if resume:
+        from elite_cli.outputs import remove_abandoned_partials
+
+        remove_abandoned_partials(directory)  # what the killed run was saving is made again
     done = finished_images(directory) if resume else set()
     taken = {path.name for path in directory.glob("*.png")} if directory.is_dir() else set()
     images: list[PlannedImage] = []

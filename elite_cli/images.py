@@ -239,3 +239,11 @@ def clip_inputs(prepared: PreparedImage, size: int, grid: int) -> tuple["torch.T
     mask = torch.from_numpy(prepared.mask.astype(np.float32))[None, None]
     grid_mask = F.interpolate(mask, size=(grid, grid), mode="nearest")[0, 0]
     return pixels, grid_mask
+
+
+def alpha_marks_object(image: ImageSource) -> bool:
+    """Whether `prepare_image` without a mask takes this picture's object from its alpha channel
+    (it has one, and it leaves some pixel transparent)."""
+    picture, _ = _open(image, "image")
+    _, alpha = _split_alpha(ImageOps.exif_transpose(picture))
+    return alpha is not None and not alpha.all()

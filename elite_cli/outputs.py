@@ -130,7 +130,7 @@ def save_png(image: "Image.Image", directory: Path, record: GenerationRecord, wh
     info.add_text(ELITE_CHUNK, record.to_json())
     from elite_cli.paths import usual_file_mode
 
-    handle, temporary_name = tempfile.mkstemp(prefix=".elite-partial-", suffix=".png", dir=directory)
+    handle, temporary_name = tempfile.mkstemp(prefix=partial_prefix(), suffix=".png", dir=directory)
     temporary = Path(temporary_name)
     try:
         if hasattr(os, "fchmod"):  # POSIX; Windows files have no such modes
@@ -157,6 +157,45 @@ def save_png(image: "Image.Image", directory: Path, record: GenerationRecord, wh
                 return final
     finally:
         temporary.unlink(missing_ok=True)
+
+
+# `.elite-partial-<pid>@<host>.<random>.png`: the owner is in the name so that a later run can
+# tell a save cut short by a kill (owner gone) from one still in progress in another process.
+PARTIAL_NAME = re.compile(r"^\.elite-partial-(\d+)@(.+)\.[^.]+\.png$")
+
+
+def partial_prefix() -> str:
+    import socket
+
+    return f".elite-partial-{os.getpid()}@{socket.gethostname()}."
+
+
+def remove_abandoned_partials(directory: Path) -> int:
+    """Delete the temporary files of saves whose process died (a kill mid-save); returns how many.
+
+    Only files of processes on this host that no longer run are removed; on systems without a
+    harmless "is this process alive" probe (Windows) nothing is.
+    """
+    import socket
+
+    if os.name != "posix" or not directory.is_dir():
+        return 0
+    host = socket.gethostname()
+    removed = 0
+    for path in directory.glob(".elite-partial-*.png"):
+        match = PARTIAL_NAME.match(path.name)
+        if not match or match.group(2) != host:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # still running (maybe saving right now)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue  # alive under another user, or not a pid at all
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def check_output_folder(directory: Path, empty: bool = False) -> None:

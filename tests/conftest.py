@@ -9,12 +9,17 @@ random weights, real on-disk layouts), `tiny_spec`/`loaded_models`, or `use_tiny
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# An empty Hugging Face cache of the tests' own (read once, when huggingface_hub is imported):
+# what the developer has downloaded must not change what the tests see.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="elite-tests-hf-")
+os.environ.pop("HF_HUB_CACHE", None)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,6 +61,15 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     from elite_cli.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """A second tiny set with other random weights (built once per session): its mappers make
+    concepts encoded with `tiny_models` stale."""
+    from elite_cli.tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("other-tiny-models"), seed=1)
 
 
 @pytest.fixture(scope="session")

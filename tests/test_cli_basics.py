@@ -33,8 +33,9 @@ def test_defaults_when_nothing_is_set(tmp_path: Path):
     resolved = settings.resolve(tmp_path, environ={})
     assert resolved["base_model"].value == "CompVis/stable-diffusion-v1-4"
     assert resolved["image_encoder"].value == "openai/clip-vit-large-patch14"
-    assert resolved["global_mapper"].value == str(tmp_path / "models" / "global_mapper.safetensors")
-    assert resolved["local_mapper"].value == str(tmp_path / "models" / "local_mapper.safetensors")
+    # The ELITE authors' files on the Hub, until `elite models import` puts a pair in models/.
+    assert resolved["global_mapper"].value == "hf://ELITE-library/ELITE/checkpoints/global_mapper.pt"
+    assert resolved["local_mapper"].value == "hf://ELITE-library/ELITE/checkpoints/local_mapper.pt"
     assert {item.source for item in resolved.values()} == {"default"}
 
 

@@ -27,12 +27,27 @@ def test_models_tiny_prints_exports_without_use(run_cli, tiny_models):
     assert f"export ELITE_SEGMENTER={Path(tiny_models.segmenter).resolve()}" in result.stdout.splitlines()
 
 
-def test_models_shows_missing_mappers_with_the_fix(run_cli, elite_home: Path):
+def test_models_shows_the_hub_defaults_and_what_offline_lacks(run_cli, elite_home: Path):
+    # The tests run with HF_HUB_OFFLINE=1 and an empty cache: nothing can be downloaded.
     result = run_cli("models", "--json")
     findings = {finding["check"]: finding for finding in json.loads(result.stdout)}
-    assert findings["global_mapper"]["status"] == "fail"
-    assert str(elite_home / "models" / "global_mapper.safetensors") in findings["global_mapper"]["detail"]
-    assert "elite models import" in findings["global_mapper"]["fix"]
+    for key in ("base_model", "image_encoder", "global_mapper", "local_mapper"):
+        assert findings[key]["status"] == "fail", findings[key]
+        assert "HF_HUB_OFFLINE is set" in findings[key]["detail"] and "`elite models download`" in findings[key]["fix"]
+    assert findings["global_mapper"]["detail"].startswith("hf://ELITE-library/ELITE/checkpoints/global_mapper.pt: ")
+
+
+def test_an_imported_pair_wins_over_the_hub_mappers(run_cli, tiny_models, elite_home: Path):
+    from elite_cli.config import resolve
+
+    assert resolve(elite_home)["global_mapper"].value == "hf://ELITE-library/ELITE/checkpoints/global_mapper.pt"
+    assert run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper).exit_code == 0
+    settings = resolve(elite_home)
+    assert settings["global_mapper"].value == str(elite_home / "models" / "global_mapper.safetensors")
+    assert settings["local_mapper"].value == str(elite_home / "models" / "local_mapper.safetensors")
+    (elite_home / "models" / "local_mapper.safetensors").unlink()  # half a pair is no pair
+    assert resolve(elite_home)["local_mapper"].value == "hf://ELITE-library/ELITE/checkpoints/local_mapper.pt"
+    assert resolve(elite_home)["global_mapper"].value == "hf://ELITE-library/ELITE/checkpoints/global_mapper.pt"
 
 
 def test_models_import_converts_and_refuses_to_overwrite(run_cli, tiny_models, elite_home: Path):

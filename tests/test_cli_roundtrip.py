@@ -263,7 +263,7 @@ def test_import_under_a_taken_name_names_the_flags(run_cli, library_with_cat, tm
 
 
 def test_reencode_all_skips_current_concepts_and_imported_ones_do_not_stop_the_rest(
-        run_cli, library_with_cat, dog_picture, tiny_models, tmp_path, monkeypatch):
+        run_cli, library_with_cat, dog_picture, other_tiny_models, tmp_path, monkeypatch):
     # <imported> has no source picture (it came from a bundle); <mydog> has one.
     bundle = tmp_path / "mycat.elite.safetensors"
     assert run_cli("export", "mycat", "-o", bundle).exit_code == 0
@@ -284,9 +284,7 @@ def test_reencode_all_skips_current_concepts_and_imported_ones_do_not_stop_the_r
     assert {item["name"]: item["changed"] for item in json.loads(current.stdout)} == {"imported": False, "mydog": False}
 
     # Other mappers: <mydog> is re-encoded, then the imported one is named in one line (exit 1).
-    from elite_cli.tiny import build_tiny_models
-
-    other = build_tiny_models(tmp_path / "other-tiny", seed=1)
+    other = other_tiny_models
     monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(other.global_mapper))
     monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(other.local_mapper))
     stale = run_cli("reencode")
@@ -356,11 +354,9 @@ def test_import_under_another_name_of_a_stored_concept_says_how_to_rename(run_cl
     assert listed_names(run_cli) == ["tom"]
 
 
-def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, tiny_models, tmp_path, monkeypatch):
-    # Other mapper weights: the tiny set built with another seed.
-    from elite_cli.tiny import build_tiny_models
-
-    other = build_tiny_models(tmp_path / "other-tiny", seed=1)
+def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, other_tiny_models, tmp_path,
+                                                    monkeypatch):
+    other = other_tiny_models  # other mapper weights: the tiny set built with another seed
     monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(other.global_mapper))
     monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(other.local_mapper))
     # These mappers are .pt pickles no command has loaded yet: list cannot tell without torch.
@@ -385,6 +381,30 @@ def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, t
     assert run_cli("gen", "<mycat> on the beach", "-o", out, *FAST).exit_code == 0
     assert [row["stale"] for row in json.loads(run_cli("list", "--json").stdout)] == [False]
     assert "yes" not in run_cli("list").stdout
+
+
+def test_reencode_onto_a_concept_already_stored_merges_the_two(run_cli, library_with_cat, other_tiny_models, tmp_path,
+                                                              monkeypatch):
+    """The stale <mycat>'s picture was added again (as <coffee>) with the current mappers: its new
+    encoding is <coffee>'s, and the library never stores one encoding twice, so they merge."""
+    monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(other_tiny_models.global_mapper))
+    monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(other_tiny_models.local_mapper))
+    assert run_cli("add", library_with_cat, "--name", "coffee", "--tag", "drinks").exit_code == 0
+    out = tmp_path / "out"
+    refused = run_cli("gen", "<mycat> on the beach", "-o", out, *FAST)
+    assert refused.exit_code == 1 and "run `elite reencode mycat`" in refused.stderr
+    merged = run_cli("reencode", "mycat")
+    assert merged.exit_code == 0, merged.output
+    assert re.fullmatch(r"Merged <mycat> into <coffee>: re-encoded, it is the same concept as <coffee> .*"
+                        r"write <coffee> in prompts, or run `elite rename coffee mycat` to keep the old name "
+                        r"\(\d+\.\d\ds\)\n", merged.stdout), merged.stdout
+    listed = json.loads(run_cli("list", "--json").stdout)
+    assert [(row["name"], row["tags"], row["stale"]) for row in listed] == [("coffee", ["drinks", "pets"], False)]
+    assert run_cli("check").exit_code == 0
+    assert run_cli("rename", "coffee", "mycat").exit_code == 0  # the advice works, and so does gen then
+    assert run_cli("gen", "<mycat> on the beach", "-o", out, *FAST).exit_code == 0
+    again = json.loads(run_cli("reencode", "mycat", "--json").stdout)
+    assert [(item["name"], item["changed"], "merged_from" in item) for item in again] == [("mycat", False, False)]
 
 
 def test_list_stale_flag_is_unknown_without_readable_mappers(run_cli, library_with_cat, tmp_path, monkeypatch):

@@ -76,6 +76,11 @@ def elite_environment(tiny_models, home: Path) -> dict[str, str]:
     return env
 
 
+def finished_pngs(directory: Path) -> list[Path]:
+    """The PNGs `elite gen` finished: Path.glob("*") also matches the hidden `.elite-partial-*` files."""
+    return [path for path in directory.glob("*.png") if not path.name.startswith(".")]
+
+
 def images_by_seed(directory: Path) -> dict[tuple[str, int], np.ndarray]:
     found = {}
     for path in sorted(directory.glob("*.png")):
@@ -149,18 +154,18 @@ def test_resume_after_a_killed_run_writes_only_what_is_missing(run_cli, use_tiny
     env = elite_environment(use_tiny_models, elite_home)
     process = subprocess.Popen([sys.executable, *arguments], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(list(output.glob("*.png"))) < 2 and process.poll() is None:
+    while time.monotonic() < deadline and len(finished_pngs(output)) < 2 and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    before = {path.name: path.stat().st_ino for path in output.glob("*.png")}
+    before = {path.name: path.stat().st_ino for path in finished_pngs(output)}
     assert 2 <= len(before) < 5, "the run was not killed part-way"
 
     resumed = run_cli("gen", "<mycat> on the beach", "-n", "5", "--seed", "11", "--batch-size", "1",
                       "--width", "64", "--height", "64", "--steps", "16", "-o", output, "--resume")
     assert resumed.exit_code == 0, resumed.stderr
     assert f"{len(before)} already there" in resumed.stderr
-    after = {path.name: path.stat().st_ino for path in output.glob("*.png")}
+    after = {path.name: path.stat().st_ino for path in finished_pngs(output)}
     assert all(after[name] == inode for name, inode in before.items())  # untouched
     assert len(after) == 5
     assert sorted(seed for _, seed in images_by_seed(output)) == list(range(11, 16))
@@ -238,3 +243,19 @@ def test_resume_ignores_temporary_and_truncated_files(tmp_path):
     (tmp_path / ".elite-partial-abc.png").write_bytes(data)  # a save killed before its rename
     saved.write_bytes(data[: len(data) // 2])  # a file cut short inside its image data
     assert finished_images(tmp_path) == set()
+
+
+def test_resume_removes_only_the_partial_files_of_dead_processes(tmp_path):
+    from elite_cli.outputs import partial_prefix, remove_abandoned_partials
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    mine = tmp_path / f"{partial_prefix()}abc123.png"
+    dead = tmp_path / f"{partial_prefix().replace(f'-{os.getpid()}@', f'-{dead_pid}@')}x_y9z.png"
+    other_host = tmp_path / f".elite-partial-{dead_pid}@another-host.example.qwerty.png"
+    for path in (mine, dead, other_host):
+        path.write_bytes(b"half a png")
+    if os.name != "posix":
+        pytest.skip("no harmless liveness probe off POSIX: nothing is removed")
+    assert remove_abandoned_partials(tmp_path) == 1
+    assert not dead.exists() and mine.exists() and other_host.exists()

@@ -182,7 +182,11 @@ def repair(store: "ConceptStore") -> RepairReport:
                 # The user's own picture or mask: never deleted, so it can be added again.
                 quarantine.move(subject, actions, "the source picture of a concept whose file is gone or damaged; "
                                 "add it again with `elite add`")
-            elif kind in ("temp-file", "orphan-companion"):
+            elif kind == "orphan-companion":
+                # A lost concept's thumbnail and preview go with its picture: a repair deletes nothing of a concept.
+                role = "preview" if _FILE.fullmatch(subject)["role"] == "preview.png" else "thumbnail"
+                quarantine.move(subject, actions, f"the {role} of a concept whose file is gone or damaged")
+            elif kind == "temp-file":
                 (store.concepts_dir / subject).unlink(missing_ok=True)
                 actions.append(f"deleted {subject} ({problem.detail})")
             elif kind == "stray-file":

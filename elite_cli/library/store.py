@@ -15,6 +15,7 @@ The core never prints; every problem is a typed EliteError.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -148,7 +149,8 @@ class ConceptStore(GenerationHistory):
     def rebuild_index(cls, home: Path | str | None = None) -> tuple["ConceptStore", RepairReport]:
         """Recover from an unreadable library.db: move it aside, start a fresh index, and
         index every concept file (names and tags come from the files). The generation
-        history lived only in the old index; it stays in `library.db.broken-<time>`.
+        history lives only in the index: the rows the old file still gives are copied over,
+        and the report says what could not be (the old file stays as `library.db.broken-<time>`).
         """
         home = Path(home).expanduser() if home is not None else default_home()
         stamp = cf.utc_now().replace(":", "").replace(".", "")
@@ -161,8 +163,17 @@ class ConceptStore(GenerationHistory):
         store = cls(home)
         report = store.repair()
         if moved:
+            copied, complete = store.copy_history_from(home / moved[0])
+            images = f"{copied} image{'' if copied == 1 else 's'}"
+            if complete:
+                history = f"; the generation history ({images}) was copied into it" if copied else ""
+            elif copied:
+                history = (f"; only part of the generation history could be read from the damaged index: "
+                           f"{images} copied, the rest is lost")
+            else:
+                history = "; the generation history could not be read from the damaged index and is lost"
             report.actions.insert(0, f"kept the damaged index as {', '.join(moved)} and built a new one from the "
-                                     "concept files")
+                                     f"concept files{history}")
         return store, report
 
     def close(self) -> None:
@@ -254,9 +265,29 @@ class ConceptStore(GenerationHistory):
         mask_object ("" when not recorded, or when the file cannot be read; `check` reports that)."""
         try:
             metadata = cf.read_metadata(record.file_path)
-            return {key: metadata.get(key, "") for key in cf.MASK_KEYS}
+            origin = {key: metadata.get(key, "") for key in cf.MASK_KEYS}
         except (OSError, FormatError):
-            return {key: "" for key in cf.MASK_KEYS}
+            origin = {key: "" for key in cf.MASK_KEYS}
+        if not origin["mask_source"]:
+            # Not recorded (a concept from before elite recorded it): the stored sources tell.
+            origin["mask_source"] = self._mask_source_from_sources(record)
+        return origin
+
+    @staticmethod
+    def _mask_source_from_sources(record: StoredConcept) -> str:
+        """"file", "alpha" (no mask file, a picture with transparency) or "none"; "" when no
+        stored picture tells."""
+        if record.mask_sha256:
+            return "file"
+        if record.image_path is None or not record.image_path.is_file():
+            return ""
+        from elite_cli.errors import EliteError
+        from elite_cli.images import alpha_marks_object
+
+        try:
+            return "alpha" if alpha_marks_object(record.image_path) else "none"
+        except EliteError:  # a stored picture that no longer decodes: `check` reports it
+            return ""
 
     def exists(self, name: str) -> bool:
         return bool(self.conn.execute("SELECT 1 FROM concepts WHERE name = ?", [name]).fetchone())
@@ -640,6 +671,12 @@ class ConceptStore(GenerationHistory):
         (concepts from before crops were recorded get the default). Returns the record with
         duplicate=True when the encoding gave the tensors already stored (then only the record
         of the models and preprocessing that made them is brought up to date).
+
+        The library never holds the same picture and mask encoded by the same mappers twice, so
+        when the new encoding is another concept's (that picture was added again under another
+        name with the current mappers), the two merge: this concept is removed, the other one
+        keeps its name and gains this one's tags, and its record is returned (duplicate=True,
+        another name), so the caller can say which name to use now.
         """
         from elite_cli.concept import DEFAULT_CROP
 
@@ -651,8 +688,26 @@ class ConceptStore(GenerationHistory):
         before = cf.read_metadata(record.file_path)
         if before.get("mask_source"):
             concept.provenance.update({key: before.get(key, "") for key in cf.MASK_KEYS})
-        return self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
-                        tags=record.tags, replace=True)
+        stored = self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
+                          tags=record.tags, replace=True)
+        if not stored.duplicate or stored.id == record.id:
+            return stored
+        retired = None
+        try:
+            with self._editing():
+                survivor, stale = self.get(stored.id), self.get(record.id)
+                tags = {tag.lower(): tag for tag in survivor.tags}
+                for tag in stale.tags:
+                    tags.setdefault(tag.lower(), tag)
+                if len(tags) != len(survivor.tags):
+                    self._rewrite(survivor, tags=json.dumps(sorted(tags.values())))
+                retired = self._retire(stale)
+        except BaseException:
+            if retired is not None and retired.exists():
+                os.replace(retired, record.file_path)
+            raise
+        self._discard(record, retired)
+        return dataclasses.replace(self.get(stored.id), duplicate=True)
 
     @staticmethod
     def without_sources(records: list[StoredConcept]) -> list[StoredConcept]:
