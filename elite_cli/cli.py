@@ -183,6 +183,9 @@ def print_rows(columns: list[str], rows: list[list[Any]], cut_column: str | None
     console.print(table)
 
 
+SHORT_COLUMN = 24
+
+
 def column_widths(cells: list[list[Any]], columns: list[str], widths: list[int], terminal: int) -> list[int] | None:
     """Widths for a table wider than the terminal that make lines break between words: each
     column gets its longest word (a path) first while there is room, then a share of the rest in
@@ -190,8 +193,13 @@ def column_widths(cells: list[list[Any]], columns: list[str], widths: list[int],
     room = terminal - 3 * len(columns) - 1  # one space of padding either side, one rule between
     if sum(widths) <= room:
         return None
-    words = [max([len(column), *(len(word) for row in cells for word in row[number].plain.split())])
-             for number, column in enumerate(columns)]
+    # A short column (a status, a source like "env ELITE_BASE_MODEL") is kept whole: only the
+    # long ones (paths, details) are worth breaking.
+    # A path's "words" are its parts after each `/`, where break_long_words breaks it.
+    words = [width if width <= SHORT_COLUMN else
+             max([len(column), *(len(part) for row in cells for word in row[number].plain.split()
+                                 for part in re.split(r"(?<=/)", word))])
+             for number, (column, width) in enumerate(zip(columns, widths))]
     while sum(words) > room and max(words) > 12:  # not even the words fit: the widest ones fold
         widest = words.index(max(words))
         words[widest] = max(12, room - (sum(words) - words[widest]))

@@ -70,8 +70,9 @@ def hub_presence(key: str, value: str) -> tuple[str, str]:
     from elite_cli.hub import cache_dir, local_plan, offline
 
     try:
-        plan = local_plan(key, value, "image_encoder" if key == "image_encoder" else
-                          "base_model" if key == "base_model" else "file")
+        # What elite loads of each: the segmenter is a transformers model with its processor files.
+        kind = {"image_encoder": "image_encoder", "base_model": "base_model", "segmenter": "transformers"}.get(key, "file")
+        plan = local_plan(key, value, kind)
     except InputError as error:
         return FAIL, str(error).rstrip(".")
     if plan.state == "cached":
