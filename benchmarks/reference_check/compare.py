@@ -58,6 +58,8 @@ def compare(reference_dir: Path, elite_dir: Path) -> dict:
         "local_fp32": ("local.npy", "local_fp32.npy"),
         "words": ("words.npy", "words.npy"),
         "local": ("local.npy", "local.npy"),
+        "text_context": ("text_context.npy", "text_context.npy"),
+        "uncond_context": ("uncond_context.npy", "uncond_context.npy"),
     }
     for name, (ref_name, elite_name) in pairs.items():
         if (reference_dir / ref_name).exists() and (elite_dir / elite_name).exists():
@@ -82,7 +84,8 @@ def compare(reference_dir: Path, elite_dir: Path) -> dict:
 def table(figures: dict) -> str:
     lines = [f"reference: {figures['reference']}", f"elite:     {figures['elite']} ({figures.get('elite_commit', '?')})",
              "", "| what | max abs | range | max rel | mean abs |", "|---|---|---|---|---|"]
-    for name in ("clip_full", "clip_object", "grid_mask", "words_fp32", "local_fp32", "words", "local"):
+    for name in ("clip_full", "clip_object", "grid_mask", "words_fp32", "local_fp32", "words", "local",
+                 "text_context", "uncond_context"):
         row = figures.get(name)
         if row is None:
             continue

@@ -66,7 +66,7 @@ def checkout_commit(checkout: str) -> str:
     return head.stdout.strip() + (" (+ uncommitted changes)" if dirty else "")
 
 
-def dump_preprocessing(picture: str, mask: str, out: Path) -> None:
+def dump_preprocessing(picture: str, mask: str, out: Path, name: str, prompt: str) -> None:
     """In a child process with the checkout on sys.path: elite's own CLIP inputs and fp32 concept."""
     import torch
 
@@ -87,6 +87,16 @@ def dump_preprocessing(picture: str, mask: str, out: Path) -> None:
         concept = Encoder(models).encode(picture, mask)
     np.save(out / "words_fp32.npy", concept.words.numpy())
     np.save(out / "local_fp32.npy", concept.local.numpy())
+    # The text contexts elite's generator builds (the stored fp16 w0 injected), beside the reference's.
+    from elite_cli.text import PromptEncoder
+
+    prompt_encoder = PromptEncoder(models.tokenizer, models.text_encoder)
+    with torch.no_grad():
+        stored_w0 = torch.from_numpy(np.load(out / "words.npy")[0])
+        conditional = prompt_encoder.encode([prompt_encoder.tokenize(prompt)], {name: stored_w0})
+        unconditional = prompt_encoder.encode_plain([""])
+    np.save(out / "text_context.npy", conditional[0].float().numpy())
+    np.save(out / "uncond_context.npy", unconditional[0].float().numpy())
     (out / "prepared.json").write_text(json.dumps({"prepared_size": list(prepared.image.size)}))
 
 
@@ -111,8 +121,9 @@ def main() -> None:
 
     out = Path(args.out)
     picture, mask = Path(args.input) / f"{args.name}.png", Path(args.input) / f"{args.name}_bg.png"
+    prompt = args.template.format(f"<{args.name}>")
     if args._dump:
-        dump_preprocessing(str(picture), str(mask), out)
+        dump_preprocessing(str(picture), str(mask), out, args.name, prompt)
         return
 
     commit_at_start = checkout_commit(args.checkout)
@@ -131,9 +142,9 @@ def main() -> None:
             np.save(out / f"{name}.npy", stored.get_tensor(name).astype(np.float32))
         metadata = stored.metadata()
     subprocess.run([sys.executable, str(HERE), "--_dump", "--input", args.input, "--name", args.name,
+                    "--template", args.template,
                     "--out", str(out), "--models", args.models, "--mappers", args.mappers, "--checkout", args.checkout],
                    env=env, check=True)
-    prompt = args.template.format(f"<{args.name}>")
     if not args.arrays_only:
         for llambda in args.llambda:
             folder = out / f"gen-lambda{llambda:g}"
