@@ -253,10 +253,19 @@ def load_models(train_local, models: Path, mappers: Path | None):
     return vae, unet, text_encoder, tokenizer, image_encoder, mapper, mapper_local
 
 
-def make_mappers(train_local, models: Path, out: Path, seed: int) -> None:
-    """Random reference-format mapper files, saved like the reference's save_progress (state_dict)."""
+def make_mappers(train_local, models: Path, out: Path, seed: int, local_kv_gain: float = 1.0) -> None:
+    """Random reference-format mapper files, saved like the reference's save_progress (state_dict).
+
+    local_kv_gain scales the local mapper's key/value projections: with default-initialised
+    random weights the local branch barely moves a tiny UNet's image, so an image figure would
+    not tell a right local injection from a wrong one.
+    """
     torch.manual_seed(seed)
     _, _, _, _, _, mapper, mapper_local = load_models(train_local, models, mappers=None)
+    with torch.no_grad():
+        for name, parameter in mapper_local.named_parameters():
+            if name.endswith(("_to_k.weight", "_to_v.weight")):
+                parameter.mul_(local_kv_gain)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(mapper.state_dict(), out / "global_mapper.pt")
     torch.save(mapper_local.state_dict(), out / "local_mapper.pt")
@@ -354,6 +363,8 @@ def main() -> None:
     parser.add_argument("--llambda", type=float, nargs="+", default=[0.8],
                         help="one image per value; 0 gives the image without the local branch")
     parser.add_argument("--arrays-only", action="store_true", help="stop once words and local tokens are written")
+    parser.add_argument("--local-kv-gain", type=float, default=1.0,
+                        help="scale of the local mapper's random key/value weights (mappers)")
     parser.add_argument("--mapper-seed", type=int, default=1234)
     args = parser.parse_args()
     if args.command == "convert":
@@ -361,7 +372,8 @@ def main() -> None:
         return
     train_local = import_reference(Path(args.ref_code))
     if args.command == "mappers":
-        make_mappers(train_local, Path(args.models), Path(args.out or args.mappers), args.mapper_seed)
+        make_mappers(train_local, Path(args.models), Path(args.out or args.mappers), args.mapper_seed,
+                     args.local_kv_gain)
     else:
         run(train_local, args)
 
