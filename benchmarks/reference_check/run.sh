@@ -4,13 +4,13 @@
 # CHECKOUT: the elite checkout to check (e.g. /work/main); OUT: results folder;
 # MODELS: a folder made by make_models.py (default /work/refcheck-tiny-cheap, made if missing).
 # Set ARRAYS_ONLY=1 to skip generation (words and local tokens only: about a minute).
-# LOCAL_KV_GAIN (default 10) scales the random local key/value weights (see README.md).
+# LOCAL_KV_GAIN (default 30) scales the random local key/value weights (see README.md).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 checkout="$1"; out="$2"; models="${3:-/work/refcheck-tiny-cheap}"
 REF_VENV="${REF_VENV:-/work/venv-ref}"; ELITE_VENV="${ELITE_VENV:-/work/venv-refcheck}"
 REF_CODE="${REF_CODE:-/work/elite-ref}"; INPUT="${INPUT:-/work/refcheck-input}"
-gain="${LOCAL_KV_GAIN:-10}"; mappers="$models/mappers-h1024-gain$gain"
+gain="${LOCAL_KV_GAIN:-30}"; mappers="$models/mappers-h1024-gain$gain"
 arrays_only=(); [[ "${ARRAYS_ONLY:-0}" == 1 ]] && arrays_only=(--arrays-only)
 # One thread each: the reference and elite sides may run side by side on a small shared machine.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
