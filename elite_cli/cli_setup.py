@@ -1,5 +1,5 @@
 """Set-up commands: `elite models`, `elite config`, `elite doctor`.
-Registered on `elite_cli.cli.app` when that module is imported."""
+Registered on the apps of `elite_cli.cli_common`; `elite_cli.cli` imports this module."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 
 from elite_cli import config as settings_module
-from elite_cli.cli import (
+from elite_cli.cli_common import (
     JsonFlag,
     app,
+    check_file_exists,
     config_app,
     echo_json,
     effective_settings,
@@ -67,8 +68,6 @@ def models_import(
 
     Example: elite models import global_mapper.pt local_mapper.pt
     """
-    from elite_cli.cli import check_file_exists
-
     check_file_exists(global_checkpoint, "global mapper checkpoint")
     check_file_exists(local_checkpoint, "local mapper checkpoint")
     models_dir = library_dir() / settings_module.MODELS_DIR_NAME
@@ -178,7 +177,7 @@ def _library_source() -> str:
     """Where the library folder came from, in the words config sources use ('env VAR', ...)."""
     import os
 
-    from elite_cli.cli import options
+    from elite_cli.cli_common import options
 
     if options.library is not None:
         return "flag"
