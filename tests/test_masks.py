@@ -264,7 +264,7 @@ def test_a_user_mask_outside_the_trained_range_is_added_with_a_warning(run_cli, 
     assert shown["mask_source"] == "file" and Path(shown["preview_path"]).is_file()
 
 
-def test_concept_files_without_mask_keys_read_as_not_recorded(tmp_path):
+def test_concept_files_without_mask_keys_tell_from_their_sources(tmp_path):
     from elite_cli.errors import FormatError
     from elite_cli.library import conceptfile as cf
     from elite_cli.masks import describe_mask_source
@@ -276,9 +276,12 @@ def test_concept_files_without_mask_keys_read_as_not_recorded(tmp_path):
     record = store.add(random_concept(1), image_path=picture, name="old")
     metadata = cf.read_metadata(record.file_path)
     assert not set(cf.MASK_KEYS) & set(metadata)  # nothing recorded: no key written
-    assert store.mask_origin(record) == {"mask_source": "", "mask_model": "", "mask_object": ""}
-    assert describe_mask_source(store.mask_origin(record)) == "not recorded"
+    # Not recorded: the stored sources tell (no mask file, an opaque picture: the whole picture).
+    assert store.mask_origin(record) == {"mask_source": "none", "mask_model": "", "mask_object": ""}
+    assert describe_mask_source(store.mask_origin(record)) == "none (the whole picture)"
     assert not record.preview_path.exists()
+    record.image_path.unlink()  # nothing left to tell
+    assert describe_mask_source(store.mask_origin(record)) == "not recorded"
     data = record.file_path.read_bytes()
     stored = cf.load_bytes(data, "old")
     bad = cf.serialize({name: stored.tensors[name] for name in cf.CONCEPT_TENSORS},

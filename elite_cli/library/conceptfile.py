@@ -50,9 +50,10 @@ MASK_SOURCES = ("file", "alpha", "auto", "none")
 
 
 def provenance_of(metadata: dict[str, str]) -> dict[str, str]:
-    """The provenance keys of a concept file's metadata (mask keys included), missing ones filled in."""
+    """The provenance keys of a concept file's metadata, missing ones filled in, and the mask keys
+    it records (as the encoder's provenance has them: only those with a value)."""
     provenance = {key: metadata.get(key, VERSION_1_DEFAULTS.get(key, "")) for key in PROVENANCE_KEYS}
-    provenance.update({key: metadata.get(key, "") for key in MASK_KEYS})
+    provenance.update({key: metadata[key] for key in MASK_KEYS if metadata.get(key)})
     return provenance
 
 

@@ -264,8 +264,8 @@ class ConceptStore(GenerationHistory):
         """Where a concept's object mask came from: its file's mask_source, mask_model and
         mask_object ("" when not recorded, or when the file cannot be read; `check` reports that)."""
         try:
-            origin = {key: value for key, value in cf.provenance_of(cf.read_metadata(record.file_path)).items()
-                      if key in cf.MASK_KEYS}
+            metadata = cf.read_metadata(record.file_path)
+            origin = {key: metadata.get(key, "") for key in cf.MASK_KEYS}
         except (OSError, FormatError):
             origin = {key: "" for key in cf.MASK_KEYS}
         if not origin["mask_source"]:
@@ -685,9 +685,9 @@ class ConceptStore(GenerationHistory):
         concept = encoder.encode(record.image_path, record.mask_path, crop=crop or record.crop or DEFAULT_CROP)
         # The encoder sees the stored mask as a mask file; where that file came from (an
         # automatic mask, say) is the concept's own record, and stays.
-        before = cf.provenance_of(cf.read_metadata(record.file_path))
-        if before["mask_source"]:
-            concept.provenance.update({key: before[key] for key in cf.MASK_KEYS})
+        before = cf.read_metadata(record.file_path)
+        if before.get("mask_source"):
+            concept.provenance.update({key: before.get(key, "") for key in cf.MASK_KEYS})
         stored = self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
                           tags=record.tags, replace=True)
         if not stored.duplicate or stored.id == record.id:
