@@ -1,36 +1,32 @@
 """Commands over the concept library: add, list, show, rm, rename, tag, export, import, check,
-reencode. Registered on `elite_cli.cli.app` when that module is imported."""
+reencode. Each parses, calls the API (`elite_cli.api.Session`), prints. Registered on
+`elite_cli.cli_common.app`; `elite_cli.cli` imports this module."""
 
 from __future__ import annotations
 
-import contextlib
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from elite_cli.cli import (
+from elite_cli.api import EXPORT_FORMATS  # noqa: F401  (where the CLI kept it before)
+from elite_cli.cli_common import (
     JsonFlag,
     app,
     as_dict,
-    check_file_exists,
     echo_json,
     format_cell,
-    library_dir,
-    fetch_missing_models,
     load_models_with_status,
-    model_spec,
-    library_exists,
-    open_store,
+    open_session,
     print_rows,
-    setting,
     short_time,
-    stderr_console,
 )
-from elite_cli.errors import InputError, NameClash
+from elite_cli.errors import InputError
 
-EXPORT_FORMATS = ("elite", "diffusers", "a1111")
+
+def session_with_spinner():
+    """The session, its models loaded behind the spinner (looked up here at call time)."""
+    return open_session(model_loader=lambda spec: load_models_with_status(spec)[0])
 
 
 CropOption = Annotated[str, typer.Option(
@@ -68,68 +64,21 @@ def add(
 
     Example: elite add mycat.jpg --object "a black cat" --tag pets
     """
-    from elite_cli.masks import MaskChooser, parse_mask_option
+    from elite_cli.masks import parse_mask_option
 
     mask_file = parse_mask_option(mask)
     mask_file = mask_file if isinstance(mask_file, Path) else None
     if len(images) > 1 and (name or mask_file):
         raise InputError("--name and --mask apply to one image; add images with their own name or mask one at a time.")
-    for image in images:
-        check_file_exists(image, "image")
-    if mask_file is not None:
-        check_file_exists(mask_file, "mask")
-    from elite_cli.images import check_crop
-    from elite_cli.library import name_from_stem, validate_name
-    from elite_cli.library.names import validate_tag
-
-    for value in tag or ():
-        validate_tag(value)
-    check_crop(crop)
-    names = [validate_name(name)] if name else [name_from_stem(image.stem) for image in images]
-    # Every picture (and the mask) is decoded, and its object found, before the models load and
-    # before anything is stored, so that a bad file among several adds none of them.
-    # Only the hashes are kept: holding every decoded picture of a large batch would cost memory.
-    masks = MaskChooser(mask, object_text, setting("segmenter"), setting("device"), setting("dtype"))
-    # The first run downloads the models (the segmenter too, when a picture may need an automatic
-    # mask), with one progress display; a failed download leaves no library behind.
-    fetch_missing_models(model_spec(), segmenter=setting("segmenter") if masks.may_segment else None)
-    with stderr_console().status("Finding the object...") if masks.may_segment else contextlib.nullcontext():
-        chosen = [masks.choose(image) for image in images]
-    for choice in chosen:
-        if choice.warning:
-            typer.echo(f"Warning: {choice.warning}", err=True)
-    source_hashes = [(choice.image_sha256, choice.mask_sha256) for choice in chosen]
-    store = open_store()
-    # Name problems surface before the models load and before anything is stored, so a call
-    # with several images adds all of them or (for these errors) none.
-    if not replace:
-        for wanted, hashes in zip(names, source_hashes):
-            if not store.exists(wanted):
-                continue
-            existing = store.get(wanted)
-            # The same picture again under its default name is the concept already stored:
-            # `store.add` recognises it (or names the fix when the mappers changed since).
-            if (existing.image_sha256, existing.mask_sha256) != hashes:
-                raise NameClash(f"a concept named '{existing.name}' already exists; pass --replace or choose --name.")
-    repeated = sorted({wanted for wanted in names if names.count(wanted) > 1})
-    if repeated:
-        raise InputError(f"several images would be named '{repeated[0]}'; add them one at a time with --name.")
-    from elite_cli.encoder import Encoder
-
-    models, load_seconds = load_models_with_status()
-    encoder = Encoder(models)
+    session = session_with_spinner()
     added = []
-    for image, wanted, choice in zip(images, names, chosen):
-        started = time.perf_counter()
-        concept = encoder.encode(image, mask=choice.path, crop=crop)
-        concept.provenance.update(choice.provenance)  # an automatic mask is more than "a mask file"
-        stored = store.add(
-            concept, name=wanted, image_path=image, mask_path=choice.path, tags=tuple(tag or ()), replace=replace
-        )
+    chosen = []
+
+    def report(stored, seconds: float) -> None:
+        choice = chosen[len(added)]
         preview = stored.preview_path if stored.preview_path.exists() else None
         summary = as_dict(stored)
-        summary.update(seconds=round(time.perf_counter() - started, 3), mask_source=choice.source,
-                       preview_path=str(preview) if preview else None)
+        summary.update(seconds=round(seconds, 3), mask_source=choice.source, preview_path=str(preview) if preview else None)
         added.append(summary)
         if not as_json:
             if stored.duplicate:
@@ -138,9 +87,12 @@ def add(
                 typer.echo(f"Added <{stored.name}> (id {stored.short_id}) in {summary['seconds']:.2f}s")
             if preview:
                 typer.echo(f"  preview: {preview}")
-    masks.close()
+
+    session.add_concepts(images, masks=[mask] * len(images), names=[name] * len(images), tags=tag or (),
+                         replace=replace, crop=crop, object_text=object_text, on_added=report,
+                         on_mask=chosen.append, on_warning=lambda message: typer.echo(f"Warning: {message}", err=True))
     if as_json:
-        echo_json({"added": added, "model_load_seconds": round(load_seconds, 3)})
+        echo_json({"added": added, "model_load_seconds": round(session.model_load_seconds or 0.0, 3)})
 
 
 @app.command("list")
@@ -155,8 +107,9 @@ def list_concepts(
 
     Example: elite list --tag pets
     """
-    concepts = open_store().list(tag=tag, pattern=pattern) if library_exists() else []
-    stale = _stale_flags(concepts)
+    session = open_session()
+    concepts = session.concepts(tag=tag, pattern=pattern)
+    stale = session.stale_flags(concepts)
     if as_json:
         echo_json([{**as_dict(stored), "stale": flag} for stored, flag in zip(concepts, stale)])
         return
@@ -168,7 +121,7 @@ def list_concepts(
         [[stored.name, stored.short_id, stored.tags, short_time(stored.created),
           {True: "yes", False: "", None: "?"}[flag]] for stored, flag in zip(concepts, stale)],
     )
-    mappers = _mapper_stale_flags(concepts)
+    mappers = session.mapper_stale_flags(concepts)
     count = sum(1 for flag in mappers if flag)
     if count:
         typer.echo(f"{count} concept{'s were' if count > 1 else ' was'} encoded with other mappers than the configured "
@@ -180,32 +133,6 @@ def list_concepts(
                    err=True)
 
 
-def _stale_flags(concepts: list) -> list[bool | None]:
-    """Per concept: whether `elite reencode` would change it: encoded by other mappers than the
-    configured ones (which `elite gen` refuses) or with an older preprocessing of the picture;
-    None when only the mappers could tell and the configured mapper files cannot be read."""
-    return [True if not stored.preprocessing_is_current() else flag
-            for stored, flag in zip(concepts, _mapper_stale_flags(concepts))]
-
-
-def _mapper_stale_flags(concepts: list) -> list[bool | None]:
-    """Per concept: encoded by other mappers than the configured ones (the test `elite gen`
-    applies), or None for all when the configured mapper files cannot be read."""
-    if not concepts:
-        return []
-    from elite_cli.fingerprints import configured_fingerprints
-
-    from elite_cli.errors import EliteError
-
-    try:
-        current = configured_fingerprints(library_dir(), setting("global_mapper"), setting("local_mapper"))
-    except EliteError:  # a bad config file: listing still works, staleness is unknown
-        current = None
-    if current is None:
-        return [None] * len(concepts)
-    return [not stored.mapper_matches(*current) for stored in concepts]
-
-
 @app.command()
 def show(
     name: Annotated[str, typer.Argument(help="Concept name or id.", show_default=False)],
@@ -215,12 +142,12 @@ def show(
 
     Example: elite show mycat
     """
-    store = open_store(create=False)
-    record = store.get(name)
+    session = open_session()
+    record = session.concept(name)
     details = as_dict(record)
     from elite_cli.masks import describe_mask_source
 
-    origin = store.mask_origin(record)
+    origin = session.mask_origin(record)
     preview = record.preview_path if record.preview_path.exists() else None
     if as_json:
         details.update(origin, preview_path=str(preview) if preview else None)
@@ -245,11 +172,9 @@ def remove(
 
     Example: elite rm mycat oldcat
     """
-    store = open_store(create=False)
-    records = [store.get(name) for name in names]  # every name must exist before anything is removed
-    for record in records:
-        kept = store.remove(record.id, keep_sources=keep_sources)
-        typer.echo(f"Removed <{record.name}>" + (f"; sources kept in {kept[0].parent}" if kept else ""))
+    for removed in open_session().remove(names, keep_sources=keep_sources):
+        kept = removed.kept_sources
+        typer.echo(f"Removed <{removed.concept.name}>" + (f"; sources kept in {kept[0].parent}" if kept else ""))
 
 
 @app.command()
@@ -261,9 +186,9 @@ def rename(
 
     Example: elite rename mycat tom
     """
-    store = open_store(create=False)
-    before = store.get(old)
-    renamed = store.rename(before.id, new)
+    session = open_session()
+    before = session.concept(old)
+    renamed = session.rename(before.id, new)
     if renamed.name == before.name:
         typer.echo(f"<{before.name}> already has that name; nothing changed")
     else:
@@ -280,9 +205,9 @@ def tag_concept(
 
     Example: elite tag mycat pets black
     """
-    store = open_store(create=False)
-    had = {value.lower() for value in store.get(name).tags}
-    record = store.untag(name, *tags) if remove_tags else store.tag(name, *tags)
+    session = open_session()
+    had = {value.lower() for value in session.concept(name).tags}
+    record = session.untag(name, *tags) if remove_tags else session.tag(name, *tags)
     # Like `rm -f`/`chmod`, asking for the state a concept is already in succeeds, but is said.
     unchanged = sorted({value for value in tags if (value.lower() in had) != remove_tags}, key=str.lower)
     if unchanged:
@@ -310,9 +235,7 @@ def export_concept(
 
     Example: elite export mycat -o mycat.elite.safetensors
     """
-    if format not in EXPORT_FORMATS:
-        raise InputError(f"--format '{format}' is not one of {', '.join(EXPORT_FORMATS)}.")
-    result = open_store(create=False).export(name, output, format, token=token, overwrite=overwrite)
+    result = open_session().export(name, output, format, token=token, overwrite=overwrite)
     typer.echo(f"Exported <{name}> to {result.path} ({result.format})")
     if result.note:
         typer.echo(f"Note: {result.note}.", err=True)
@@ -337,17 +260,7 @@ def import_concept(
 
     Example: elite import mycat.elite.safetensors --name tom
     """
-    check_file_exists(file, "concept file")
-    from elite_cli.library.sharing import read_bundle
-
-    read_bundle(file, name)  # a refused file fails before the library is opened (or created)
-    try:
-        stored = open_store().import_concept(file, name=name, replace=replace)
-    except NameClash as clash:
-        if clash.taken is None:
-            raise
-        raise NameClash(f"a concept named '{clash.taken}' already exists; pass --name to import it under another "
-                        "name, or --replace to replace that one.", taken=clash.taken) from None
+    stored = open_session().import_concept(file, name=name, replace=replace)
     if as_json:
         echo_json(as_dict(stored))
     elif stored.duplicate:
@@ -365,29 +278,8 @@ def check(
 
     Example: elite check --repair
     """
-    from elite_cli.errors import IndexUnreadable
-
-    repaired = None
-    try:
-        store = open_store(create=False)
-        if repair and _index_is_corrupt(store):
-            store.close()
-            store = None
-    except IndexUnreadable:
-        if not repair:
-            raise
-        store = None
-    if store is None:
-        from elite_cli.store import ConceptStore
-
-        # The concept files describe themselves, so a new index can be built from them alone.
-        store, repaired = ConceptStore.rebuild_index(library_dir())
-    elif repair:
-        repaired = store.repair()
-    actions = repaired.actions if repaired else []
-    quarantine = repaired.quarantine if repaired else None
-    # A repair ends with a full check (every file's hash read): not a second one here.
-    report = repaired.after if repaired else store.check()
+    outcome = open_session().check(repair=repair)
+    report, actions, quarantine = outcome.report, outcome.repaired, outcome.quarantine
     if as_json:
         echo_json(
             {
@@ -416,16 +308,6 @@ def check(
         raise typer.Exit(1)
 
 
-def _index_is_corrupt(store) -> bool:
-    """Whether library.db is damaged beyond an in-place repair (SQLite's quick_check fails)."""
-    import sqlite3
-
-    try:
-        return any(problem.kind == "index-corrupt" for problem in store.check(verify_hashes=False).problems)
-    except sqlite3.DatabaseError:
-        return True
-
-
 @app.command()
 def reencode(
     names: Annotated[
@@ -445,67 +327,32 @@ def reencode(
 
     Example: elite reencode mycat
     """
-    if crop is not None:
-        from elite_cli.images import check_crop
+    done = []
 
-        check_crop(crop)
-    store = open_store(create=False)
-    # Resolve every name first: a typo fails before the models load.
-    records = [store.get(name) for name in names] if names else store.list()
-    if not records:
-        typer.echo("No concepts to re-encode.")
-        return
-    if names:  # a named concept that cannot be re-encoded fails before the models load, too
-        store.require_sources(records)
-    image_encoder = setting("image_encoder")
-    if all(flag is False for flag in _stale_flags(records)) and all(r.image_encoder == image_encoder for r in records) \
-            and all(crop in (None, r.crop) for r in records):
-        # Every concept was made by the configured models (known without torch): nothing to load.
-        done = [{**as_dict(record), "seconds": 0.0, "changed": False} for record in records]
-        if as_json:
-            echo_json(done)
-        else:
-            for record in records:
-                typer.echo(f"Up to date: <{record.name}>")
-        return
-    from elite_cli.encoder import Encoder
-
-    models, _ = load_models_with_status()
-    encoder = Encoder(models)
-    done, skipped = [], []
-    for record in records:
-        started = time.perf_counter()
-        if record.mapper_matches(models.global_fingerprint, models.local_fingerprint) \
-                and record.image_encoder == image_encoder and record.preprocessing_is_current() \
-                and crop in (None, record.crop):
-            stored, changed = record, False  # made by these models already: nothing to encode
-        elif store.without_sources([record]):
-            skipped.append(record)  # only without names (named ones were checked above)
-            continue
-        else:
-            stored = store.reencode(record.id, encoder, crop=crop)
-            # Equal tensors with an updated record (e.g. a non-square picture, which crops as
-            # before) still bring the concept up to date: it is not stale any more.
-            changed = not stored.duplicate or (stored.preprocessing, stored.crop) != (record.preprocessing, record.crop)
-        # Its new encoding was another concept's: the two merged under the other's name.
-        merged = stored.name.lower() != record.name.lower()
-        summary = as_dict(stored)
-        summary["seconds"] = round(time.perf_counter() - started, 3)
-        summary["changed"] = changed or merged
-        if merged:
-            summary["merged_from"] = record.name
+    def report(item) -> None:
+        stored = item.concept
+        summary = {**as_dict(stored), "seconds": round(item.seconds or 0.0, 3), "changed": item.changed}
+        if item.merged_from:
+            summary["merged_from"] = item.merged_from
         done.append(summary)
         if as_json:
-            continue
-        if merged:
-            typer.echo(f"Merged <{record.name}> into <{stored.name}>: re-encoded, it is the same concept as "
+            return
+        if item.seconds is None:
+            typer.echo(f"Up to date: <{stored.name}>")
+        elif item.merged_from:
+            typer.echo(f"Merged <{item.merged_from}> into <{stored.name}>: re-encoded, it is the same concept as "
                        f"<{stored.name}> (the same picture, encoded by the current mappers); write <{stored.name}> "
-                       f"in prompts, or run `elite rename {stored.name} {record.name}` to keep the old name "
+                       f"in prompts, or run `elite rename {stored.name} {item.merged_from}` to keep the old name "
                        f"({summary['seconds']:.2f}s)")
         else:
-            verb = "Re-encoded" if summary["changed"] else "Up to date:"
+            verb = "Re-encoded" if item.changed else "Up to date:"
             typer.echo(f"{verb} <{stored.name}> ({summary['seconds']:.2f}s)")
+
+    result = session_with_spinner().reencode(names, crop=crop, on_reencoded=report)
+    if not result.done and not result.skipped:
+        typer.echo("No concepts to re-encode.")
+        return
     if as_json:
         echo_json(done)
     # The others are done; a stale concept without a source picture still needs the user.
-    store.require_sources(skipped)
+    result.require_sources()

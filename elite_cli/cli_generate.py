@@ -1,209 +1,36 @@
-"""`elite gen` and `elite history`. Registered on `elite_cli.cli.app` when that module is imported."""
+"""`elite gen` and `elite history`: parse, call the API (`Session.generate`/`repeat`/`history`),
+print. Registered on `elite_cli.cli_common.app`; `elite_cli.cli` imports this module."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import secrets
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from elite_cli import __version__
-from elite_cli.cli import (
+from elite_cli.cli_common import (
     JsonFlag,
     app,
     as_dict,
-    check_file_exists,
     echo_json,
-    fetch_missing_models,
-    load_models_with_status,
-    model_spec,
-    library_exists,
-    open_store,
+    open_session,
     print_rows,
     short_time,
-    setting,
     stderr_console,
 )
 from elite_cli.errors import InputError
-from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SEED_LIMIT, check_image_settings
-from elite_cli.outputs import GenerationRecord, code_keys, read_png_parameters, save_png
+from elite_cli.gen_jobs import (  # noqa: F401  (GenerationJob, jobs_from_*: re-exported for older imports)
+    GenerationJob,
+    jobs_from_history,
+    jobs_from_png,
+    read_prompts_file,
+    repeated_prompts,
+)
+from elite_cli.gen_run import GenerationListener, GenerationResult, check_run_options
+from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE
 from elite_cli.wording import counted, speed
-
-
-@dataclass
-class GenerationJob:
-    """One prompt's images in an `elite gen` call; image i uses seed + i."""
-
-    prompt: str
-    negative_prompt: str = ""
-    seed: int = 0
-    steps: int = 50
-    guidance_scale: float = 5.0
-    llambda: float = 0.8
-    width: int = 512
-    height: int = 512
-    scheduler: str = "lms"
-    num_images: int = 1
-    # {name in the prompt: library id} when repeating a run: the concept it really used, even
-    # if that name was renamed or given to another concept since.
-    concept_ids: dict[str, str] = field(default_factory=dict)
-    # The models a repeated run recorded (base_model, image_encoder, mapper fingerprints).
-    recorded_models: dict[str, str] = field(default_factory=dict)
-
-    def check(self) -> None:
-        """Fail before any model loads if a parameter cannot work."""
-        from elite_cli.prompts import check_placeholders
-
-        check_image_settings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.guidance_scale,
-                             llambda=self.llambda, seed=self.seed, num_images=self.num_images, scheduler=self.scheduler)
-        if not self.prompt.strip():
-            raise InputError('the prompt is empty; pass text such as "<mycat> on the beach".')
-        check_placeholders(self.prompt)
-
-    def settings(self) -> dict[str, Any]:
-        """What the history keeps besides prompt, negative prompt and seed."""
-        return {
-            "steps": self.steps,
-            "guidance_scale": self.guidance_scale,
-            "llambda": self.llambda,
-            "width": self.width,
-            "height": self.height,
-            "scheduler": self.scheduler,
-        }
-
-
-def read_prompts_file(path: Path) -> list[str]:
-    """One prompt per line; blank lines and lines starting with '#' are skipped."""
-    check_file_exists(path, "prompts file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad) is not prompt text
-    except UnicodeDecodeError:
-        raise InputError(f"prompts file '{path}' is not UTF-8 text; save it as UTF-8, one prompt per line.") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise InputError(f"prompts file '{path}' holds no prompts; write one prompt per line.")
-    return prompts
-
-
-def repeated_prompts(prompts: list[str]) -> list[str]:
-    """Prompts a --prompts file holds more than once: every prompt starts at the same seed, so
-    the copies would only make the same images again."""
-    seen: dict[str, int] = {}
-    for prompt in prompts:
-        seen[prompt] = seen.get(prompt, 0) + 1
-    return [prompt for prompt, count in seen.items() if count > 1]
-
-
-# What a generated image records about the models that made it (PNG chunk and history rows).
-MODEL_KEYS = {"base_model": "base model", "image_encoder": "image encoder", "global_mapper": "global mapper",
-              "local_mapper": "local mapper"}
-
-
-def model_changes(jobs: list[GenerationJob], current: dict[str, Any]) -> list[str]:
-    """`--again` with other models than the run's makes other images: the settings that differ."""
-    changed = []
-    for key, label in MODEL_KEYS.items():
-        recorded = {job.recorded_models[key] for job in jobs if key in job.recorded_models}
-        if recorded and recorded != {str(current[key])}:
-            changed.append(f"{label} {sorted(recorded)[0]!r} (now {current[key]!r})")
-    return changed
-
-
-def jobs_from_png(path: Path) -> list[GenerationJob]:
-    """A PNG written by `elite gen` describes one image: repeat exactly that one."""
-    check_file_exists(path, "PNG")
-    parameters = read_png_parameters(path)
-    try:
-        return [
-            GenerationJob(
-                prompt=str(parameters["prompt"]),
-                negative_prompt=str(parameters["negative_prompt"]),
-                seed=int(parameters["seed"]),
-                num_images=1,
-                concept_ids={str(name): str(concept_id) for name, concept_id in (parameters.get("concepts") or {}).items()},
-                steps=int(parameters["steps"]),
-                guidance_scale=float(parameters["guidance_scale"]),
-                llambda=float(parameters["llambda"]),
-                width=int(parameters["width"]),
-                height=int(parameters["height"]),
-                scheduler=str(parameters["scheduler"]),
-                recorded_models={key: str(parameters[key]) for key in MODEL_KEYS if parameters.get(key)},
-            )
-        ]
-    except (TypeError, ValueError, AttributeError) as error:
-        raise InputError(f"'{path}' has a damaged elite parameters chunk ({error}); pass a PNG written by `elite gen`.") from None
-
-
-def jobs_from_history(store: Any, run_id: str) -> list[GenerationJob]:
-    """The jobs of an earlier run, from its history rows (one row per image), in their order.
-
-    Rows record their job's number and image count, so a run that was interrupted before some
-    images were made is rebuilt whole (and `--again RUN --resume` makes what is missing).
-    """
-    jobs: dict[tuple, tuple[int, GenerationJob]] = {}
-    for entry in store.get_run(run_id):
-        first_seed = entry.seed - entry.image_index
-        parameters = code_keys(entry.parameters)
-        settings = {key: parameters[key] for key in GenerationJob("").settings() if key in parameters}
-        number = int(entry.parameters.get("job", len(jobs)))
-        key = (number, entry.prompt, entry.negative_prompt, first_seed, tuple(sorted(settings.items())))
-        # Rows written before the image count was recorded: the highest finished index tells.
-        count = int(entry.parameters.get("num_images", entry.image_index + 1))
-        if key in jobs:
-            jobs[key][1].num_images = max(jobs[key][1].num_images, count)
-        else:
-            job = GenerationJob(
-                prompt=entry.prompt,
-                negative_prompt=entry.negative_prompt,
-                seed=first_seed,
-                num_images=count,
-                concept_ids=dict(entry.concept_ids),
-                recorded_models={key: str(entry.parameters[key]) for key in MODEL_KEYS if entry.parameters.get(key)},
-                **settings,
-            )
-            jobs[key] = (number, job)
-    return [job for _, job in sorted(jobs.values(), key=lambda item: item[0])]
-
-
-def load_concepts(store: Any, jobs: list[GenerationJob], again: str | None = None) -> dict[str, tuple[Any, Any]]:
-    """{name: (record, concept)} for every concept the prompts mention, loaded before the models
-    so that a typo fails fast. A repeated run's concepts are found by the ids it recorded."""
-    from elite_cli.errors import ConceptNotFound
-    from elite_cli.prompts import concept_names
-
-    concepts: dict[str, tuple[Any, Any]] = {}
-    for job in jobs:
-        for name in concept_names(job.prompt):
-            if name in concepts:
-                continue
-            concept_id = job.concept_ids.get(name)
-            if concept_id is None:
-                try:
-                    concepts[name] = (store.get(name), store.load(name))
-                except ConceptNotFound as error:
-                    if len(jobs) == 1:
-                        raise
-                    # In a prompts file, say which prompt names it.
-                    from elite_cli.text import quoted_start
-
-                    raise ConceptNotFound(f"the prompt {quoted_start(job.prompt)}: {error}") from None
-                continue
-            try:
-                record = store.get(concept_id)
-            except ConceptNotFound:
-                raise ConceptNotFound(
-                    f"concept <{name}> that {again or 'this run'} used (id {concept_id[:19]}) is no longer in the library "
-                    "(removed or re-encoded); add it again and generate with a new prompt instead of --again."
-                ) from None
-            concepts[name] = (record, store.load(record.id))
-    return concepts
 
 
 def check_gpus_value(value: str | None) -> str | None:
@@ -292,7 +119,7 @@ def gen(
 
     Example: elite gen --prompts prompts.txt -n 8 --seed 1 --gpus all --resume
     """
-    from elite_cli.workers import join_workers, launch_command, launched_world_size, without_gpus_option
+    from elite_cli.workers import launched_world_size
 
     sources = [value for value in (prompt, prompts_file, again) if value is not None]
     if len(sources) != 1:
@@ -303,203 +130,91 @@ def gen(
             raise InputError(f"--again repeats the run with its own settings, so it cannot be combined with "
                              f"{', '.join(clashing)}; drop {'it' if len(clashing) == 1 else 'them'}, or start a new run "
                              "from the prompt instead.")
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, not {batch_size}.")
-    if resume and seed is None and again is None:
-        raise InputError("--resume needs the seed of the run to resume; pass the same --seed (or use --again RUN).")
+    check_run_options(batch_size=batch_size, resume=resume, seed_known=seed is not None or again is not None)
     if gpus is not None and launched_world_size() <= 1:
-        processes = gpu_count(gpus)
-        if processes > 1:
-            import subprocess
-            import sys
+        launch_on_gpus(gpus)
+    session = open_session()
+    where = dict(output_dir=output_dir, batch_size=batch_size, resume=resume, allow_stale=allow_stale)
+    with CliGenerationListener(as_json) as listener, say_how_to_resume(listener, seed_drawn=again is None and seed is None):
+        if again is not None:
+            result = session.repeat(again, **where, listener=listener)
+        else:
+            prompts = [prompt] if prompt is not None else read_prompts_file(prompts_file)
+            warn_about_repeated_prompts(prompts, prompts_file)
+            result = session.generate(prompts, n=number, seed=seed, steps=steps, guidance=guidance, lambda_=llambda,
+                                      negative_prompt=negative, width=width, height=height, scheduler=scheduler,
+                                      **where, listener=listener)
+    if result.is_main:
+        report_generation(result, as_json)
 
-            # accelerate starts one copy of this command per GPU; each finds its share by rank.
-            raise typer.Exit(subprocess.call(launch_command(processes, without_gpus_option(sys.argv[1:]))))
-    store = open_store()
-    if again is not None:
-        # A file (a PNG, or a picture that is not one: said so, not "no such run") or a run id.
-        is_file = again.lower().endswith((".png", ".jpg", ".jpeg", ".webp")) or Path(again).is_file()
-        jobs = jobs_from_png(Path(again)) if is_file else jobs_from_history(store, again)
-    else:
-        prompts = [prompt] if prompt is not None else read_prompts_file(prompts_file)
-        repeated = repeated_prompts(prompts)
-        if repeated and os.environ.get("RANK", "0") == "0":  # said once, by the first of several processes
-            from elite_cli.text import quoted_start
 
-            typer.echo(f"Warning: {prompts_file} holds {quoted_start(repeated[0])}"
-                       f"{f' (and {len(repeated) - 1} more)' if len(repeated) > 1 else ''} more than once; every prompt "
-                       "starts at the same seed, so the copies make the same images again.", err=True)
-        first_seed = secrets.randbelow(max(1, SEED_LIMIT - number)) if seed is None else seed
-        jobs = [
-            GenerationJob(
-                prompt=text,
-                negative_prompt=negative,
-                seed=first_seed,
-                steps=steps,
-                guidance_scale=guidance,
-                llambda=llambda,
-                width=width,
-                height=height,
-                scheduler=scheduler,
-                num_images=number,
-            )
-            for text in prompts
-        ]
-    for job in jobs:
-        job.check()
-    directory = output_dir if output_dir is not None else Path(setting("output_dir"))
-    from elite_cli.outputs import check_output_folder
+def launch_on_gpus(gpus: str) -> None:
+    """Run this very command once per GPU under accelerate and exit with its status (one GPU: return)."""
+    from elite_cli.workers import launch_command, without_gpus_option
 
-    check_output_folder(directory)
-    concepts = load_concepts(store, jobs, again)
+    processes = gpu_count(gpus)
+    if processes > 1:
+        import subprocess
+        import sys
 
-    from elite_cli.generator import Generator
+        # accelerate starts one copy of this command per GPU; each finds its share by rank.
+        raise typer.Exit(subprocess.call(launch_command(processes, without_gpus_option(sys.argv[1:]))))
 
-    spec = model_spec()
-    workers = join_workers(spec.device)
-    if workers.device is not None:
-        spec = dataclasses.replace(spec, device=workers.device)
-    # The first run downloads the models (generation needs the image encoder's config only).
-    fetch_missing_models(spec, encoding=False, show=workers.is_main)
-    # Prompts that do not fit the text encoder fail (or warn) now, not after some images exist.
-    reported_warnings = check_prompts_fit(spec, jobs, show=workers.is_main)
-    models, _ = load_models_with_status(spec, encoding=False)
-    if not allow_stale:
-        from elite_cli.concept import refuse_stale
 
-        refuse_stale(((name, record.name, concept) for name, (record, concept) in concepts.items()),
-                     models.global_fingerprint, models.local_fingerprint)
-    if workers.is_main:
-        from elite_cli.concept import outdated_preprocessing_warnings
+def warn_about_repeated_prompts(prompts: list[str], prompts_file: Path | None) -> None:
+    repeated = repeated_prompts(prompts)
+    if repeated and os.environ.get("RANK", "0") == "0":  # said once, by the first of several processes
+        from elite_cli.text import quoted_start
 
-        for line in outdated_preprocessing_warnings((name, record.name, concept)
-                                                    for name, (record, concept) in concepts.items()):
-            typer.echo(line, err=True)
-    generator = Generator(models)
-    model_parameters = {
-        "base_model": models.spec.base_model,
-        "image_encoder": models.spec.image_encoder,
-        "global_mapper": models.global_fingerprint,
-        "local_mapper": models.local_fingerprint,
-        "elite_version": __version__,
-    }
-    if again is not None and workers.is_main:
-        changed = model_changes(jobs, model_parameters)
-        if changed:
-            typer.echo(f"Warning: {again} was made with other models, so the images may differ: {'; '.join(changed)}.",
-                       err=True)
-    started = time.perf_counter()
-    # Every process must cut the same batches: take the size that fits the fullest GPU.
-    agreed_batch_size = workers.smallest(batch_size or default_batch_size(models, jobs))
-    plan = None
-    if workers.is_main:
-        from elite_cli.gen_plan import plan_generation
-
-        plan = plan_generation(jobs, directory, store.new_run_id(), agreed_batch_size, model_parameters, resume=resume)
-    plan = workers.share(plan)
-
-    from elite_cli.prompts import concept_names
-
-    # The paths really written: a name reserved in the plan can still be taken by another
-    # program before we save, and save_png then picks the next free suffix.
-    saved: list[tuple[int, int, str]] = []
-    with say_how_to_resume(first_seed if again is None and seed is None else None, saved if workers.world == 1 else None), \
-            GenerationProgress(plan, jobs, directory, show=workers.is_main and not as_json) as progress:
-        for batch in plan.share(workers.rank, workers.world):
-            batch_jobs = [jobs[image.job] for image in batch]
-            wanted = {name: concepts[name] for job in batch_jobs for name in concept_names(job.prompt)}
-            batch_started = time.perf_counter()
-            images = generate_batch(generator, batch, batch_jobs, {name: concept for name, (_, concept) in wanted.items()},
-                                    progress, reported_warnings)
-            seconds_per_image = (time.perf_counter() - batch_started) / len(images)
-            for image, planned, job in zip(images, batch, batch_jobs):
-                concept_ids = {name: concepts[name][0].id for name in concept_names(job.prompt)}
-                record = GenerationRecord(
-                    prompt=job.prompt,
-                    negative_prompt=job.negative_prompt,
-                    seed=planned.seed,
-                    index=planned.index,
-                    concepts=concept_ids,
-                    run_id=plan.run_id,
-                    **job.settings(),
-                    **model_parameters,
-                )
-                path = save_png(image, directory, record, plan.when, first_suffix=planned.suffix)
-                saved.append((planned.job, planned.index, str(path)))
-                # One history row per saved image, right after its file: an interruption leaves
-                # complete files with complete rows. SQLite's WAL lets every process write.
-                store.record_generation(
-                    run_id=plan.run_id,
-                    prompt=job.prompt,
-                    negative_prompt=job.negative_prompt,
-                    seed=planned.seed,
-                    image_index=planned.index,
-                    parameters={**job.settings(), **model_parameters, "job": planned.job, "num_images": job.num_images},
-                    concept_ids=concept_ids,
-                    output_path=path.resolve(),
-                    duration_s=round(seconds_per_image, 3),
-                )
-                if workers.world == 1 and not as_json:
-                    typer.echo(str(path))
-            progress.images_done()
-        saved = workers.collect(saved)
-    if not workers.is_main:
-        return
-    seconds = time.perf_counter() - started
-    paths = {(job, index): path for job, index, path in saved}
-    written = [
-        {"path": paths[(image.job, image.index)], "prompt": jobs[image.job].prompt, "seed": image.seed,
-         "run_id": plan.run_id}
-        for image in plan.images
-    ]
-    if not plan.images:
-        # Nothing was generated, so no history rows carry this run id: printing it would point
-        # `--again` at a run that does not exist.
-        if as_json:
-            echo_json(written)
-        what = "the image of this command is" if plan.skipped == 1 else f"all {plan.skipped} images of this command are"
-        typer.echo(f"Nothing left to make: {what} already in '{directory}' (--resume).", err=True)
-        return
-    if as_json:
-        echo_json(written)
-        return
-    if workers.world > 1:
-        for item in written:
-            typer.echo(item["path"])
-    seeds = sorted({job.seed for job in jobs})
-    note = " (image i uses seed + i)" if any(job.num_images > 1 for job in jobs) else ""
-    typer.echo(f"Seed: {', '.join(map(str, seeds))}{note}; run {plan.run_id[:8]} (repeat: elite gen --again {plan.run_id[:8]})", err=True)
-    skipped = f", {plan.skipped} already there (--resume)" if plan.skipped else ""
-    typer.echo(f"{counted(len(plan.images), 'image')} in {seconds:.1f} s on {counted(workers.world, 'process', 'processes')}: "
-               f"{speed(len(plan.images), seconds * workers.world)} per process{skipped}.", err=True)
+        typer.echo(f"Warning: {prompts_file} holds {quoted_start(repeated[0])}"
+                   f"{f' (and {len(repeated) - 1} more)' if len(repeated) > 1 else ''} more than once; every prompt "
+                   "starts at the same seed, so the copies make the same images again.", err=True)
 
 
 @contextmanager
-def say_how_to_resume(drawn_seed: int | None, saved: list | None) -> Iterator[None]:
+def say_how_to_resume(listener: "CliGenerationListener", seed_drawn: bool) -> Iterator[None]:
     """Ctrl-C while images are made: the `Interrupted` line says how to make only the missing ones.
 
-    A seed elite drew itself (`drawn_seed`) is printed only at the end, so the hint carries it
-    (`--resume` needs the run's seed). `saved`: this process's saved images (None: several
-    processes, each knowing only its own share).
+    A seed elite drew itself (`seed_drawn`) is printed only at the end, so the hint carries it
+    (`--resume` needs the run's seed). One process counts the images it saved; several each know
+    only their own share. Before the plan (models loading), Ctrl-C is a plain interruption.
     """
     try:
         yield
     except KeyboardInterrupt:
-        seed = f" --seed {drawn_seed}" if drawn_seed is not None else ""
-        done = f"{counted(len(saved), 'image')} saved; " if saved is not None else ""
+        if listener.plan is None:
+            raise
+        seed = f" --seed {listener.jobs[0].seed}" if seed_drawn and listener.jobs else ""
+        done = f"{counted(listener.saved, 'image')} saved; " if listener.processes == 1 else ""
         raise KeyboardInterrupt(f"{done}to make only the missing ones, run the same command with{seed} --resume") from None
 
 
-def check_prompts_fit(spec: Any, jobs: list[GenerationJob], show: bool) -> set[str]:
-    """Every prompt checked against the text encoder's window before the models load (see
-    `text.prompt_fit_warnings`); the warnings printed are returned so generation does not repeat them."""
-    from elite_cli.text import prompt_fit_warnings
-
-    messages = prompt_fit_warnings(spec.base_model, [job.prompt for job in jobs], [job.negative_prompt for job in jobs]) or []
-    if show:
-        for message in messages:
-            typer.echo(f"Warning: {message}", err=True)
-    return set(messages)
+def report_generation(result: GenerationResult, as_json: bool) -> None:
+    """What the main process prints once every image is made: JSON, or the seed and speed lines."""
+    written = [{"path": str(image.path), "prompt": image.prompt, "seed": image.seed, "run_id": result.run_id}
+               for image in result.images]
+    if not result.images:
+        # Nothing was generated, so no history rows carry this run id: printing it would point
+        # `--again` at a run that does not exist.
+        if as_json:
+            echo_json(written)
+        what = "the image of this command is" if result.skipped == 1 else f"all {result.skipped} images of this command are"
+        typer.echo(f"Nothing left to make: {what} already in '{result.output_dir}' (--resume).", err=True)
+        return
+    if as_json:
+        echo_json(written)
+        return
+    if result.processes > 1:
+        for item in written:
+            typer.echo(item["path"])
+    note = " (image i uses seed + i)" if any(job.num_images > 1 for job in result.jobs) else ""
+    run = result.run_id[:8]
+    typer.echo(f"Seed: {', '.join(map(str, result.seeds))}{note}; run {run} (repeat: elite gen --again {run})", err=True)
+    seconds = result.seconds
+    skipped = f", {result.skipped} already there (--resume)" if result.skipped else ""
+    typer.echo(f"{counted(len(result.images), 'image')} in {seconds:.1f} s on "
+               f"{counted(result.processes, 'process', 'processes')}: "
+               f"{speed(len(result.images), seconds * result.processes)} per process{skipped}.", err=True)
 
 
 def gpu_count(value: str) -> int:
@@ -516,79 +231,49 @@ def gpu_count(value: str) -> int:
     return int(value)
 
 
-def default_batch_size(models: Any, jobs: list[GenerationJob]) -> int:
-    """How many images to denoise together: what fits the GPU's free memory, 1 elsewhere."""
-    import torch
-
-    if models.device.type != "cuda":
-        return 1
-    free, _ = torch.cuda.mem_get_info(models.device)
-    # About 1.2 GB per 512x512 image in flight (two guidance branches, fp16, attention and
-    # VAE decoding included) besides the weights that are already loaded.
-    pixels = max(job.width * job.height for job in jobs)
-    per_image = 1.2e9 * pixels / (512 * 512) * (2 if models.dtype == torch.float32 else 1)
-    return max(1, min(8, int(free * 0.8 // per_image)))
-
-
-def generate_batch(generator: Any, batch: list[Any], jobs: list[GenerationJob], concepts: dict[str, Any], progress: Any,
-                   reported: set[str]) -> list[Any]:
-    """One batch of images; each prompt-truncation warning is printed once per command (`reported`)."""
-    from elite_cli.generator import Job
-
-    import warnings
-
-    from elite_cli.text import PromptTruncatedWarning
-
-    first = jobs[0]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PromptTruncatedWarning)
-        images = generator.generate_batch(
-            [Job(job.prompt, image.seed, job.negative_prompt) for image, job in zip(batch, jobs)],
-            concepts,
-            steps=first.steps,
-            guidance_scale=first.guidance_scale,
-            llambda=first.llambda,
-            width=first.width,
-            height=first.height,
-            scheduler=first.scheduler,
-            progress=progress.step,
-        )
-    for warning in caught:
-        message = str(warning.message)
-        if issubclass(warning.category, PromptTruncatedWarning) and message not in reported:
-            reported.add(message)
-            typer.echo(f"Warning: {message}", err=True)
-    return images
-
-
-class GenerationProgress:
-    """Rich bars on stderr (main process only): images done across all processes, and steps of
+class CliGenerationListener(GenerationListener):
+    """gen's output while the API generates: warnings and (one process) each path on their lines,
+    and rich bars on stderr (main process only): images done across all processes, and steps of
     the current batch. Other processes' progress is read from the files they have written."""
 
-    def __init__(self, plan: Any, jobs: list[GenerationJob], directory: Path, show: bool):
-        self.plan, self.jobs, self.directory, self.show = plan, jobs, directory, show
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
         self.progress = None
+        self.processes = 1
+        self.plan, self.jobs = None, []
+        self.saved = 0  # images this process saved (the Ctrl-C hint counts them)
 
-    def __enter__(self) -> "GenerationProgress":
-        if self.show:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-            self.progress = Progress(*columns, console=stderr_console(), transient=True)
-            self.progress.__enter__()
-            self.images = self.progress.add_task("images", total=len(self.plan.images))
-            self.steps = self.progress.add_task("steps", total=None)
+    def __enter__(self) -> "CliGenerationListener":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
+    def warning(self, message: str) -> None:
+        typer.echo(f"Warning: {message}", err=True)
+
+    def planned(self, plan: Any, jobs: list[GenerationJob], directory: Path, processes: int, is_main: bool) -> None:
+        self.plan, self.jobs, self.directory, self.processes = plan, jobs, directory, processes
+        if is_main and not self.as_json:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self.progress = Progress(*columns, console=stderr_console(), transient=True)
+            self.progress.__enter__()
+            self.images = self.progress.add_task("images", total=len(plan.images))
+            self.steps = self.progress.add_task("steps", total=None)
+
     def step(self, step: int, total: int) -> None:
         if self.progress is not None:
             self.progress.update(self.steps, completed=step, total=total)
 
-    def images_done(self) -> None:
+    def image_saved(self, image: Any) -> None:
+        self.saved += 1
+        if self.processes == 1 and not self.as_json:
+            typer.echo(str(image.path))
+
+    def batch_done(self) -> None:
         if self.progress is not None:
             from elite_cli.gen_plan import planned_path
 
@@ -607,17 +292,7 @@ def history(
 
     Example: elite history --limit 5
     """
-    summaries = []
-    for images in (open_store().list_runs(limit=None if limit == 0 else limit) if library_exists() else []):
-        summaries.append(
-            {
-                "run_id": images[0].run_id,
-                "created": images[0].created,
-                "prompts": list(dict.fromkeys(image.prompt for image in images)),
-                "seed": min(image.seed - image.image_index for image in images),
-                "images": [as_dict(image) for image in images],
-            }
-        )
+    summaries = [run.to_dict() for run in open_session().history(limit=None if limit == 0 else limit)]
     if as_json:
         echo_json(summaries)
         return

@@ -1,5 +1,5 @@
 """Set-up commands: `elite models`, `elite config`, `elite doctor`.
-Registered on `elite_cli.cli.app` when that module is imported."""
+Registered on the apps of `elite_cli.cli_common`; `elite_cli.cli` imports this module."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 
 from elite_cli import config as settings_module
-from elite_cli.cli import (
+from elite_cli.cli_common import (
     JsonFlag,
     app,
+    check_file_exists,
     config_app,
     echo_json,
     effective_settings,
@@ -23,6 +24,7 @@ from elite_cli.cli import (
     setting,
 )
 from elite_cli.errors import InputError
+from elite_cli.hub import prefers_fp16  # noqa: F401  (moved to hub.py; the API fetches too)
 
 STATUS_STYLES = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "bold red")}
 
@@ -54,23 +56,9 @@ def models_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         print_findings(findings, first="setting")  # rows are settings here, as in `elite config`
 
 
-def prefers_fp16(device: str, dtype: str) -> bool:
-    """Whether the weights will run in float16 (so the fp16 variant, where a repo has one, is the
-    one to download): the --device/--dtype settings as the model loading resolves them."""
-    if dtype in ("float16", "fp16"):
-        return True
-    if dtype not in ("auto", "", None) or device == "cpu":
-        return False  # float32/bfloat16, or the CPU's automatic float32: no need to import torch
-    from elite_cli.models import resolve_device, resolve_dtype
-
-    import torch
-
-    return resolve_dtype(dtype, resolve_device(device)) == torch.float16
-
-
 def download_with_progress(plans: list, show: bool = True) -> None:
     """Fetch what the plans lack, with the total size first and a progress bar on stderr."""
-    from elite_cli.cli import stderr_console
+    from elite_cli.cli_common import stderr_console
     from elite_cli.doctor import human_size
     from elite_cli.hub import cache_dir, endpoint, fetch
 
@@ -110,7 +98,7 @@ def models_download(
 
     Example: elite models download
     """
-    from elite_cli.cli import model_spec
+    from elite_cli.cli_common import model_spec
     from elite_cli.doctor import human_size
     from elite_cli.hub import hub_plan, plans_for
 
@@ -139,7 +127,7 @@ def models_download(
                 typer.echo(f"{plan.repo_id}/{item.path}  {human_size(item.size or 0)}")
         return
     download_with_progress(plans)
-    from elite_cli.cli import load_models_with_status
+    from elite_cli.cli_common import load_models_with_status
 
     models, _ = load_models_with_status(spec)
     models.image_encoder  # the weights `elite add` needs load on first use: check them too
@@ -163,8 +151,6 @@ def models_import(
 
     Example: elite models import global_mapper.pt local_mapper.pt
     """
-    from elite_cli.cli import check_file_exists
-
     check_file_exists(global_checkpoint, "global mapper checkpoint")
     check_file_exists(local_checkpoint, "local mapper checkpoint")
     models_dir = library_dir() / settings_module.MODELS_DIR_NAME
@@ -280,7 +266,7 @@ def _library_source() -> str:
     """Where the library folder came from, in the words config sources use ('env VAR', ...)."""
     import os
 
-    from elite_cli.cli import options
+    from elite_cli.cli_common import options
 
     if options.library is not None:
         return "flag"

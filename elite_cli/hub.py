@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from elite_cli.config import HF_SCHEME
 from elite_cli.errors import InputError, ModelError
@@ -531,3 +531,31 @@ def plans_for(settings: dict[str, str], encoding: bool = True) -> list[ModelPlan
              # needed by `elite add` for pictures without a mask, and by `elite models download`.
              "segmenter": "transformers"}
     return [local_plan(key, settings[key], kind) for key, kind in kinds.items() if settings.get(key)]
+
+
+def prefers_fp16(device: str, dtype: str) -> bool:
+    """Whether the weights will run in float16 (so the fp16 variant, where a repo has one, is the
+    one to download): the --device/--dtype settings as the model loading resolves them."""
+    if dtype in ("float16", "fp16"):
+        return True
+    if dtype not in ("auto", "", None) or device == "cpu":
+        return False  # float32/bfloat16, or the CPU's automatic float32: no need to import torch
+    from elite_cli.models import resolve_device, resolve_dtype
+
+    import torch
+
+    return resolve_dtype(dtype, resolve_device(device)) == torch.float16
+
+
+def missing_downloads(spec: Any, encoding: bool = True, segmenter: str | None = None) -> list[ModelPlan]:
+    """What the models of `spec` (a ModelSpec) lack in the Hugging Face cache, as plans ready for
+    `fetch` (empty, without any network, when everything is there). encoding: the caller encodes
+    pictures and needs the image encoder's weights too; segmenter: it also finds objects with this
+    segmenter (automatic masks)."""
+    values = {"base_model": spec.base_model, "image_encoder": spec.image_encoder,
+              "global_mapper": spec.global_mapper, "local_mapper": spec.local_mapper, "segmenter": segmenter or ""}
+    missing = [plan for plan in plans_for(values, encoding) if plan.needs_fetch]
+    if not missing:
+        return []
+    fp16 = prefers_fp16(spec.device, spec.dtype)
+    return [hub_plan(plan, fp16) for plan in missing]

@@ -20,7 +20,6 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("elite", appauthor=False))
 
 
-
 def usual_file_mode() -> int:
     """The permissions a new file gets from the user's umask (0644 under the common 022).
 
@@ -31,3 +30,13 @@ def usual_file_mode() -> int:
     umask = os.umask(0)  # the only way to read it; set straight back
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def check_file_exists(path: Path, what: str) -> None:
+    """Fail before loading models when a path the user gave is missing."""
+    from elite_cli.errors import InputError
+
+    if not path.exists():
+        raise InputError(f"{what} '{path}' does not exist; check the path.")
+    if path.is_dir():
+        raise InputError(f"{what} '{path}' is a folder; pass a file.")

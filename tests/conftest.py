@@ -48,9 +48,9 @@ def elite_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ELITE_HOME", str(home))
     # The global flags of the last command run in this process (e.g. --library) must not leak
     # into a test that calls a command without the main callback (eval's own Typer app).
-    import elite_cli.cli
+    import elite_cli.cli_common
 
-    monkeypatch.setattr(elite_cli.cli, "options", elite_cli.cli.GlobalOptions())
+    monkeypatch.setattr(elite_cli.cli_common, "options", elite_cli.cli_common.GlobalOptions())
     return home
 
 

@@ -199,7 +199,7 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
     """Library look-ups first (typos fail before minutes of model loading), then models, then the run."""
     from rich.console import Console
 
-    from elite_cli.cli import loading_message
+    from elite_cli.cli_common import loading_message
     from elite_cli.evaluation.subjects import (
         check_class_words,
         check_unique,

@@ -98,7 +98,7 @@ def run_training(**values: Any) -> None:
     values["device"] = "cpu" if values.pop("cpu") else "auto"
     for key in ("base_model", "image_encoder"):
         if values[key] is None:  # the same settings every other command uses (flag, env, config.toml, default)
-            from elite_cli.cli import setting
+            from elite_cli.cli_common import setting
 
             values[key] = setting(key)
     for key in ("data", "output", "init", "global_mapper"):
