@@ -70,15 +70,17 @@ def hub_presence(key: str, value: str) -> tuple[str, str]:
     from elite_cli.hub import cache_dir, local_plan, offline
 
     try:
-        plan = local_plan(key, value, "image_encoder" if key == "image_encoder" else
-                          "base_model" if key == "base_model" else "file")
+        # The segmenter is a transformers model with its processor files at the root.
+        plan = local_plan(key, value, {"image_encoder": "image_encoder", "base_model": "base_model",
+                                       "segmenter": "transformers"}.get(key, "file"))
     except InputError as error:
         return FAIL, str(error).rstrip(".")
     if plan.state == "cached":
         return OK, f"{value}: cached ({human_size(plan.cached_bytes)} in {cache_dir()})"
     # What each command fetches of it on first use.
-    users = "`elite add` and `elite gen` download it" if key != "image_encoder" else \
-        "`elite add` downloads it (`elite gen` only its config)"
+    users = {"image_encoder": "`elite add` downloads it (`elite gen` only its config)",
+             "segmenter": "the first `elite add` that needs an automatic mask downloads it"}.get(
+        key, "`elite add` and `elite gen` download it")
     if plan.state == "partial":
         more = f" and {len(plan.lacking) - 1} more" if len(plan.lacking) > 1 else ""
         what = f"{value}: partly cached, lacks {plan.lacking[0]}{more}; {users.replace(' it', ' the rest')}"
