@@ -143,20 +143,22 @@ def history_cells(entry: "HistoryEntry") -> list[Any]:
 
 
 def describe(entry: "HistoryEntry") -> str:
-    """The parameters of one history image, as the page lists them under it."""
+    """The parameters of one history image as Markdown (user text escaped: `<name>` is no HTML tag)."""
+    from html import escape
+
     parameters = entry.parameters
-    lines = [f"**{entry.prompt}**", "",
+    lines = [f"**{escape(entry.prompt)}**", "",
              f"- seed {entry.seed}, {parameters.get('steps')} steps, guidance {parameters.get('guidance_scale')}, "
              f"lambda {parameters.get('llambda')}, scheduler {parameters.get('scheduler')}, "
              f"{parameters.get('width')}x{parameters.get('height')}"]
     if entry.negative_prompt:
-        lines.append(f"- negative prompt: {entry.negative_prompt}")
+        lines.append(f"- negative prompt: {escape(entry.negative_prompt)}")
     if entry.concept_ids:
-        lines.append("- concepts: " + ", ".join(f"<{name}> {concept_id.split(':')[-1][:12]}"
+        lines.append("- concepts: " + ", ".join(f"&lt;{name}&gt; {concept_id.split(':')[-1][:12]}"
                                                 for name, concept_id in entry.concept_ids.items()))
     lines.append(f"- run {entry.run_id[:12]}, made {entry.created}")
     if entry.output_path:
-        lines.append(f"- file {entry.output_path}")
+        lines.append(f"- file {escape(entry.output_path)}")
     return "\n".join(lines)
 
 

@@ -208,8 +208,9 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
                     yield shown, message_html(update.error)
                 elif update.result is not None:
                     result = update.result
-                    seeds = ", ".join(str(value) for value in result.seeds)
-                    text = (f"Made {len(result.images)} image{'s' * (len(result.images) != 1)} (seed {seeds}) "
+                    made = len(result.images)
+                    seeds = ", ".join(str(image.seed) for image in result.images)
+                    text = (f"Made {made} image{'s' * (made != 1)} (seed{'s' * (made != 1)} {seeds}) "
                             f"in {result.seconds:.1f} s, run {result.run_id[:12]}; saved in "
                             f"{result.paths[0].parent if result.paths else 'nothing'}.")
                     if warnings:
