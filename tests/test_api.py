@@ -170,3 +170,23 @@ def test_history_rows_serialise_like_the_cli_json(session, cat_picture, tmp_path
     (run,) = session.history()
     data = json.loads(json.dumps(run.to_dict()))
     assert data["prompts"] == ["<mycat> a", "<mycat> b"] and len(data["images"]) == 2
+
+
+def test_the_readme_example_runs_as_written(use_tiny_models, elite_home, tmp_path, monkeypatch, capsys):
+    import re
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    section = re.search(r"^## Python API\n(.*?)^## ", (repo / "README.md").read_text(encoding="utf-8"),
+                        re.DOTALL | re.MULTILINE)
+    assert section is not None, "README lacks the Python API section"
+    code = re.search(r"```python\n(.*?)```", section.group(1), re.DOTALL).group(1)
+    # The example's paths are relative to a checkout; its images go to ./elite-out.
+    shutil.copytree(repo / "library" / "samples", tmp_path / "library" / "samples")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith("['chelsea'] True")
+    assert len(list((tmp_path / "elite-out").glob("*.png"))) == 2
+    assert "step " in printed
