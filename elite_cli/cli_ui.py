@@ -13,15 +13,19 @@ from elite_cli.failures import internal_message, user_message
 
 @app.command("ui")
 def ui_command(
-    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 lets other machines in (with a warning).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 7860,
+    host: Annotated[str, typer.Option(
+        metavar="<address>", help="Address to listen on; 0.0.0.0 lets other machines in (with a warning).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="<port>", help="Port to listen on (0: any free port).")] = 7860,
     auth: Annotated[Optional[str], typer.Option(
         metavar="user:password", envvar="ELITE_UI_AUTH",
         help="Ask for this user and password in the browser (env ELITE_UI_AUTH keeps it out of `ps`).")] = None,
 ) -> None:
     """Open elite in the browser: paint a mask, add concepts, generate, browse the history.
 
-    Needs the `ui` extra (pip install 'elite-cli[ui]'). The models load once, when it starts.
+    Needs the `ui` extra (pip install 'elite-cli[ui]'). The models load once, when it starts;
+    it listens on 127.0.0.1 only unless --host says otherwise.
+
+    Example: elite ui --port 7860 then open http://127.0.0.1:7860/
     """
     from elite_cli.ui.server import is_loopback, parse_auth, require_gradio, serve_until_stopped, start
 
