@@ -9,6 +9,7 @@ Element ids (elem_id) are part of the page's contract: the browser tests find co
 import hashlib
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 MASK_CHOICES = [("Paint it", MASK_PAINT), ("Mask file", MASK_FILE), ("Whole picture", MASK_NONE)]
 MAX_IMAGES_PER_CLICK = 8
+PROGRESS_INTERVAL_S = 0.1
 CSS = """
 #add-message p, #library-message p, #run-info p, #history-message p { margin: 0.25em 0; }
 .elite-error { color: var(--error-text-color); }
@@ -194,10 +196,16 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
 
         def follow(updates, progress):
             shown, warnings = [], []
+            last_reported = 0.0
             yield [], ""
             for update in updates:
                 if update.step is not None:
-                    progress(update.step, desc="Denoising", unit="steps")
+                    # A page redraws its bar at most ~10 times a second: more messages only take
+                    # time from the generation (the steps of a small image come faster than that).
+                    step, total = update.step
+                    if step == total or time.monotonic() - last_reported >= PROGRESS_INTERVAL_S:
+                        last_reported = time.monotonic()
+                        progress(update.step, desc="Denoising", unit="steps")
                 elif update.image is not None:
                     shown.append((files.servable(update.image.path), f"seed {update.image.seed}"))
                     yield shown, ""

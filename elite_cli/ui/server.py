@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import gradio as gr
 
     from elite_cli.api import Session
+    from elite_cli.ui.worker import SessionWorker
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -85,6 +86,7 @@ class RunningUi:
     url: str
     port: int
     page: "gr.Blocks"
+    worker: "SessionWorker"
     stop_callbacks: list[Callable[[], None]] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -121,7 +123,7 @@ def start(session: "Session", *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
                 pwa=False)
     shown_host = host if is_loopback(host) or host not in ("0.0.0.0", "::") else "127.0.0.1"
     url = f"http://{f'[{shown_host}]' if ':' in shown_host else shown_host}:{port}/"
-    return RunningUi(url=url, port=port, page=page, stop_callbacks=[worker.close, files.close])
+    return RunningUi(url=url, port=port, page=page, worker=worker, stop_callbacks=[worker.close, files.close])
 
 
 def serve_until_stopped(running: RunningUi) -> None:
