@@ -52,6 +52,7 @@ print(json.dumps({"total_s": time.perf_counter() - started, "load_s": session.mo
 
 
 def parse(argv: list[str] | None):
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="benchmarks/api_reuse.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1, help="repeat both sides this many times (medians; default 1)")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps per image (default 10)")

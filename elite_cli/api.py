@@ -8,7 +8,8 @@
     result.paths                              # the PNGs written, each with its history row
 
 A `Session` holds one library and the models, loaded on first need and then kept: ten
-`generate` calls load them once. Methods never print; they raise the typed errors of
+`generate` calls load them once. Threads may share a session (each gets its own connection to
+the library; generating and encoding take turns on the models). Methods never print; they raise the typed errors of
 `elite_cli.errors` (one sentence each, as the CLI prints them after `Error: `). Importing this
 module is cheap (torch loads with the models).
 
@@ -55,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,7 +154,10 @@ class Session:
         self.model_load_seconds: float | None = None
         self._settings: dict[str, settings_module.Resolved] | None = None
         self._models: dict["ModelSpec", "Models"] = {}
-        self._store: "ConceptStore | None" = None
+        # SQLite connections belong to the thread that opened them: one store per thread (a web
+        # server's handlers), while the models are shared. One thread at a time loads or runs them.
+        self._threads = threading.local()
+        self._model_lock = threading.RLock()
 
     # --- settings, models, library ---------------------------------------------------------------
 
@@ -181,6 +186,10 @@ class Session:
 
     def load_models(self, spec: "ModelSpec") -> "Models":
         """The models for `spec` (this session's, or one made for a GPU of several): loaded once."""
+        with self._model_lock:
+            return self._load_models(spec)
+
+    def _load_models(self, spec: "ModelSpec") -> "Models":
         if spec not in self._models:
             from elite_cli.fingerprints import remember
 
@@ -199,13 +208,21 @@ class Session:
 
     @property
     def store(self) -> "ConceptStore":
-        """The concept library, created on first use."""
-        if self._store is None:
+        """The concept library (this thread's connection to it), created on first use."""
+        if self._open_store is None:
             from elite_cli.library import ConceptStore
 
             self._check_library_folder()
-            self._store = ConceptStore(self.library)
-        return self._store
+            self._open_store = ConceptStore(self.library)
+        return self._open_store
+
+    @property
+    def _open_store(self) -> "ConceptStore | None":
+        return getattr(self._threads, "store", None)
+
+    @_open_store.setter
+    def _open_store(self, store: "ConceptStore | None") -> None:
+        self._threads.store = store
 
     def library_exists(self) -> bool:
         """Whether the library folder is there (reading must not create it)."""
@@ -215,7 +232,7 @@ class Session:
     def existing_store(self) -> "ConceptStore":
         """The library for reading or changing what it holds: a library folder that does not exist is
         an error instead of being made, so a mistyped path does not leave an empty library behind."""
-        if self._store is None and not self.library_exists():
+        if self._open_store is None and not self.library_exists():
             raise LibraryError(f"there is no concept library in '{self.library}' yet (`elite add` makes one); "
                                "check --library or ELITE_HOME.")
         return self.store
@@ -227,9 +244,10 @@ class Session:
                              "at a folder (it is created on first `elite add`).")
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        """Close this thread's connection to the library (the models stay loaded)."""
+        if self._open_store is not None:
+            self._open_store.close()
+            self._open_store = None
 
     def __enter__(self) -> "Session":
         return self
@@ -316,7 +334,8 @@ class Session:
         added = []
         for image, mask, wanted in zip(images, masks, names):
             started = time.perf_counter()
-            concept = encoder.encode(image, mask=mask)
+            with self._model_lock:
+                concept = encoder.encode(image, mask=mask)
             stored = self.store.add(concept, name=wanted, image_path=image, mask_path=mask, tags=tags, replace=replace)
             added.append(stored)
             if on_added is not None:
@@ -380,8 +399,9 @@ class Session:
 
         store = self.store
         directory = Path(output_dir) if output_dir is not None else Path(self.setting("output_dir"))
-        return run_generation(store, jobs, directory, self.spec, self.load_models, listener, again=again,
-                              batch_size=batch_size, resume=resume, allow_stale=allow_stale)
+        with self._model_lock:  # one generation at a time on the shared models
+            return run_generation(store, jobs, directory, self.spec, self.load_models, listener, again=again,
+                                  batch_size=batch_size, resume=resume, allow_stale=allow_stale)
 
     # --- the library -----------------------------------------------------------------------------
 
@@ -477,7 +497,7 @@ class Session:
             store = None
         if store is None:
             # The concept files describe themselves, so a new index can be built from them alone.
-            self._store, repaired = ConceptStore.rebuild_index(self.library)
+            self._open_store, repaired = ConceptStore.rebuild_index(self.library)
         elif repair:
             repaired = store.repair()
         # A repair ends with a full check (every file's hash read): not a second one here.

@@ -190,3 +190,15 @@ def test_the_readme_example_runs_as_written(use_tiny_models, elite_home, tmp_pat
     assert printed.rstrip().endswith("['chelsea'] True")
     assert len(list((tmp_path / "elite-out").glob("*.png"))) == 2
     assert "step " in printed
+
+
+def test_threads_can_share_a_session(session, cat_picture):
+    """A web server's handler threads share one session: each gets its own library connection."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    session.add_concept(cat_picture, name="mycat")
+    with ThreadPoolExecutor(2) as pool:
+        listed = list(pool.map(lambda _: [concept.name for concept in session.concepts()], range(4)))
+        renamed = pool.submit(session.rename, "mycat", "tom").result()
+    assert listed == [["mycat"]] * 4 and renamed.name == "tom"
+    assert [concept.name for concept in session.concepts()] == ["tom"]
