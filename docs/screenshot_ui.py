@@ -47,18 +47,23 @@ def main() -> None:
                 expect.set_options(timeout=300_000)
                 page.goto(running.url)
                 expect(page.locator("#picker")).to_contain_text("<chelsea>")
-                page.locator("#picker").get_by_text("<chelsea>").click()
                 prompt = page.locator("#prompt textarea")
-                prompt.fill(prompt.input_value() + " and ")
+                # A click in the gallery puts the concept at the end of the prompt (on the server).
+                page.locator("#picker").get_by_text("<chelsea>").click()
+                expect(prompt).to_have_value("<chelsea>")
+                prompt.fill("<chelsea> and")
+                prompt.press("Tab")
                 page.locator("#picker").get_by_text("<coffee>").click()
-                prompt.fill(prompt.input_value() + " on a beach, oil painting")
-                for element, value in (("#count", 2), ("#seed", 42), ("#steps", 20)):
+                expect(prompt).to_have_value("<chelsea> and <coffee>")
+                prompt.fill("<chelsea> and <coffee> on a beach, oil painting")
+                for element, value in (("#count", 2), ("#seed", 42), ("#steps", 4)):
                     box = page.locator(f"{element} input[type=number]").first
                     box.fill(str(value))
                     box.press("Tab")
                 page.locator("#generate").click()
                 expect(page.locator("#run-info")).to_contain_text("Made 2 images")
                 page.mouse.move(0, 0)
+                page.evaluate("window.scrollTo(0, 0)")
                 target = REPO / "docs" / "ui.png"
                 page.screenshot(path=str(target))
                 browser.close()
