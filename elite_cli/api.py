@@ -17,16 +17,21 @@ Public signatures (stable: new keyword options may be added, none removed):
 
     Session(library=None, *, base_model=None, image_encoder=None, global_mapper=None,
             local_mapper=None, device=None, dtype=None, output_dir=None, low_vram=False,
-            compile=False, model_loader=None)
+            compile=False, model_loader=None, downloader=None, activity=None)
     session.library -> Path;  session.settings -> {key: Resolved};  session.setting(key) -> str
     session.spec -> ModelSpec;  session.models -> Models (loaded once);  session.model_load_seconds
     session.store -> ConceptStore (creates the library);  session.close() / `with Session() as s:`
 
-    session.add_concept(image, mask=None, *, name=None, tags=(), replace=False) -> StoredConcept
-    session.add_concepts(images, *, masks=None, names=None, tags=(), replace=False,
-                         on_added=None) -> list[StoredConcept]         # on_added(stored, seconds)
+    session.fetch_missing_models(spec=None, *, encoding=True, segmenter=None)  # hub downloads
+    session.add_concept(image, mask=None, *, name=None, tags=(), replace=False, crop="auto",
+                        object_text=None) -> StoredConcept
+    session.add_concepts(images, *, masks=None, names=None, tags=(), replace=False, crop="auto",
+                         object_text=None, on_added=None, on_mask=None, on_warning=None)
+        -> list[StoredConcept]      # on_added(stored, seconds); on_mask(ChosenMask); on_warning(text)
         image: a file path, a PIL image or an HxW(x3|4) uint8 array; mask: a file path, a PIL
-        image, an HxW array (bool, 0-255, or 0-1 floats; painted white = object) or None.
+        image, an HxW array (bool, 0-255, or 0-1 floats; painted white = object), "auto" (found
+        by the segmenter), "none" (the whole picture) or None (the picture's transparency, else
+        automatic). crop: "auto" or "object"; object_text: what the automatic mask looks for.
     session.generate(prompt=None, *, jobs=None, n=1, seed=None, steps=50, guidance=5.0,
                      lambda_=0.8, negative_prompt="", width=512, height=512, scheduler="lms",
                      output_dir=None, batch_size=None, resume=False, allow_stale=False,
@@ -36,8 +41,10 @@ Public signatures (stable: new keyword options may be added, none removed):
                    allow_stale=False, progress=None, on_image=None, on_warning=None,
                    listener=None) -> GenerationResult
     session.concepts(tag=None, pattern=None) -> list[StoredConcept]
-    session.stale_flags(concepts) -> list[bool | None]
+    session.stale_flags(concepts) -> list[bool | None]     # reencode would change it
+    session.mapper_stale_flags(concepts) -> list[bool | None]  # generate refuses it
     session.concept(name_or_id) -> StoredConcept
+    session.mask_origin(name_or_concept) -> {mask_source, mask_model, mask_object}
     session.rename(name_or_id, new_name) -> StoredConcept
     session.tag(name_or_id, *tags) -> StoredConcept;  session.untag(name_or_id, *tags) -> StoredConcept
     session.remove(names, *, keep_sources=False) -> list[Removed]
@@ -45,7 +52,7 @@ Public signatures (stable: new keyword options may be added, none removed):
     session.export(name_or_id, path, format="elite", *, token=None, overwrite=False) -> ExportResult
     session.import_concept(path, *, name=None, replace=False) -> StoredConcept
     session.check(repair=False) -> LibraryCheck
-    session.reencode(names=None, *, on_reencoded=None) -> ReencodeResult   # .done, .skipped
+    session.reencode(names=None, *, crop=None, on_reencoded=None) -> ReencodeResult   # .done, .skipped
 
 `GenerationResult` (run_id, images: [GeneratedImage(path, prompt, seed, index, parameters, ...)],
 skipped, seconds, paths, seeds) and `GenerationListener` come from elite_cli/gen_run.py.
@@ -70,6 +77,7 @@ from elite_cli.gen_run import (CallbackListener, GeneratedImage, GenerationListe
 
 if TYPE_CHECKING:
     from elite_cli.library import CheckReport, ConceptStore, ExportResult, HistoryEntry, StoredConcept
+    from elite_cli.masks import ChosenMask
     from elite_cli.models import Models, ModelSpec
 
 __all__ = ["Session", "GenerationJob", "GenerationResult", "GeneratedImage", "GenerationListener", "GenerationWarning",
@@ -115,6 +123,9 @@ class Reencoded:
     concept: "StoredConcept"
     changed: bool  # False: the configured models had made it already
     seconds: float | None  # None: known to be up to date without loading the models
+    # The name it had when its new encoding turned out to be another concept's: the two merged
+    # under that other concept's name (`concept.name`), which prompts must use now.
+    merged_from: str | None = None
 
 
 @dataclass
@@ -133,14 +144,20 @@ class Session:
 
     Settings come, like the CLI's, from the keyword arguments here, then the ELITE_* environment,
     then the library's config.toml, then the defaults. `model_loader(spec) -> Models` replaces
-    `elite_cli.models.load_models` (the CLI wraps it in a spinner).
+    `elite_cli.models.load_models` (the CLI wraps it in a spinner). Models missing from the
+    Hugging Face cache are downloaded before they are needed by `downloader(plans, main_process)`
+    (default: `elite_cli.hub.fetch`, quietly; the CLI shows progress). `activity(text)` returns a
+    context manager around slow steps that have no progress of their own (finding objects; the
+    CLI shows a spinner).
     """
 
     def __init__(self, library: str | Path | None = None, *, base_model: str | None = None,
                  image_encoder: str | None = None, global_mapper: str | None = None, local_mapper: str | None = None,
                  device: str | None = None, dtype: str | None = None, output_dir: str | Path | None = None,
                  low_vram: bool = False, compile: bool = False,
-                 model_loader: Callable[["ModelSpec"], "Models"] | None = None):
+                 model_loader: Callable[["ModelSpec"], "Models"] | None = None,
+                 downloader: Callable[[list, bool], None] | None = None,
+                 activity: Callable[[str], Any] | None = None):
         if library is None:
             from elite_cli.paths import default_home
 
@@ -151,6 +168,8 @@ class Session:
                       "output_dir": None if output_dir is None else str(output_dir)}
         self.low_vram, self.compile = low_vram, compile
         self.model_loader = model_loader
+        self.downloader = downloader
+        self.activity = activity
         self.model_load_seconds: float | None = None
         self._settings: dict[str, settings_module.Resolved] | None = None
         self._models: dict["ModelSpec", "Models"] = {}
@@ -177,7 +196,29 @@ class Session:
         from elite_cli.models import ModelSpec
 
         values = {key: self.setting(key) for key in MODEL_SETTINGS}
-        return ModelSpec(**values, low_vram=self.low_vram, compile=self.compile)
+        mapper_cache = self.library / settings_module.MODELS_DIR_NAME / settings_module.HUB_MAPPERS_DIR
+        return ModelSpec(**values, low_vram=self.low_vram, compile=self.compile, mapper_cache=str(mapper_cache))
+
+    def fetch_missing_models(self, spec: "ModelSpec | None" = None, *, encoding: bool = True,
+                             segmenter: str | None = None, main_process: bool = True) -> None:
+        """Download what the models of `spec` (default: this session's) lack in the Hugging Face
+        cache; nothing, and no network, when everything is there. encoding=False: generation only,
+        which needs the image encoder's config but not its weights; segmenter: also the automatic
+        masks' segmenter. Raises ModelError when the Hub refuses or cannot be reached."""
+        from elite_cli.hub import fetch, missing_downloads
+
+        plans = missing_downloads(spec or self.spec, encoding, segmenter)
+        if not plans:
+            return
+        if self.downloader is not None:
+            self.downloader(plans, main_process)
+        else:
+            fetch(plans)
+
+    def _activity(self, text: str) -> Any:
+        import contextlib
+
+        return self.activity(text) if self.activity is not None else contextlib.nullcontext()
 
     @property
     def models(self) -> "Models":
@@ -258,23 +299,33 @@ class Session:
     # --- adding concepts -------------------------------------------------------------------------
 
     def add_concept(self, image: Any, mask: Any = None, *, name: str | None = None, tags: Iterable[str] = (),
-                    replace: bool = False) -> "StoredConcept":
+                    replace: bool = False, crop: str = "auto", object_text: str | None = None) -> "StoredConcept":
         """Encode one picture (and its object mask) into a concept and store it; see add_concepts."""
-        return self.add_concepts([image], masks=[mask], names=[name], tags=tags, replace=replace)[0]
+        return self.add_concepts([image], masks=[mask], names=[name], tags=tags, replace=replace, crop=crop,
+                                 object_text=object_text)[0]
 
     def add_concepts(self, images: Sequence[Any], *, masks: Sequence[Any] | None = None,
                      names: Sequence[str | None] | None = None, tags: Iterable[str] = (), replace: bool = False,
-                     on_added: Callable[["StoredConcept", float], None] | None = None) -> list["StoredConcept"]:
+                     crop: str = "auto", object_text: str | None = None,
+                     on_added: Callable[["StoredConcept", float], None] | None = None,
+                     on_mask: Callable[["ChosenMask"], None] | None = None,
+                     on_warning: Callable[[str], None] | None = None) -> list["StoredConcept"]:
         """Encode pictures into concepts with one model load; all or (for bad input) none are stored.
 
-        Every picture, mask, tag and name is checked before the models load. A picture already in
-        the library comes back with `.duplicate` set instead of being stored twice. names default
-        to the file names (a picture given as an image object needs one). on_added(stored, seconds)
-        is called after each concept is stored.
+        Every picture, mask, tag and name is checked, and each picture's object found (elite_cli/
+        masks.py: a mask file, else the picture's transparency, else the segmenter's automatic
+        mask; "none": the whole picture), before the models load. A picture already in the
+        library comes back with `.duplicate` set instead of being stored twice. names default to
+        the file names (a picture given as an image object needs one). crop: "auto" or "object"
+        (elite_cli/images.py). on_mask(ChosenMask) hears each picture's mask (its source, its
+        file) once chosen; advice (an object covering under 2% or over 80% of its picture) goes
+        to on_warning(message), else to Python's warnings; on_added(stored, seconds) is called
+        after each concept is stored.
         """
-        from elite_cli.images import prepare_image
+        from elite_cli.images import check_crop
         from elite_cli.library import name_from_stem, validate_name
         from elite_cli.library.names import validate_tag
+        from elite_cli.masks import MASK_MODES
         from elite_cli.paths import check_file_exists
 
         images = list(images)
@@ -284,30 +335,66 @@ class Session:
             raise InputError(f"{len(images)} pictures need as many masks and names (None where there is none), "
                              f"not {len(masks)} masks and {len(wanted_names)} names.")
         tags = tuple(tags)
+        choosers: list[Any] = []
         with tempfile.TemporaryDirectory(prefix="elite-add-") as scratch:
-            images = [as_image_file(image, Path(scratch) / f"picture-{number}.png", "image")
-                      for number, image in enumerate(images)]
-            masks = [as_image_file(mask, Path(scratch) / f"mask-{number}.png", "mask")
-                     for number, mask in enumerate(masks)]
-            for image, mask, wanted in zip(images, masks, wanted_names):
-                if image.parent == Path(scratch) and not wanted:
-                    raise InputError("a picture given as an image object (not a file) needs a name; pass name=...")
-                check_file_exists(image, "image")
-                if mask is not None:
-                    check_file_exists(mask, "mask")
-            for value in tags:
-                validate_tag(value)
-            final_names = [validate_name(wanted) if wanted else name_from_stem(image.stem)
-                           for image, wanted in zip(images, wanted_names)]
-            # Every picture (and mask) is decoded and checked before the models load and before
-            # anything is stored, so that a bad file among several adds none of them.
-            # Only the hashes are kept: holding every decoded picture of a large batch would cost memory.
-            source_hashes = []
-            for image, mask in zip(images, masks):
-                prepared = prepare_image(image, mask)
-                source_hashes.append((prepared.image_sha256, prepared.mask_sha256))
-            self._check_new_names(final_names, source_hashes, replace)
-            return self._encode_and_store(images, masks, final_names, tags, replace, on_added)
+            try:
+                images = [as_image_file(image, Path(scratch) / f"picture-{number}.png", "image")
+                          for number, image in enumerate(images)]
+                masks = [mask if isinstance(mask, str) and mask in MASK_MODES
+                         else as_image_file(mask, Path(scratch) / f"mask-{number}.png", "mask")
+                         for number, mask in enumerate(masks)]
+                for image, mask, wanted in zip(images, masks, wanted_names):
+                    if image.parent == Path(scratch) and not wanted:
+                        raise InputError("a picture given as an image object (not a file) needs a name; pass name=...")
+                    check_file_exists(image, "image")
+                    if isinstance(mask, Path):
+                        check_file_exists(mask, "mask")
+                for value in tags:
+                    validate_tag(value)
+                check_crop(crop)
+                final_names = [validate_name(wanted) if wanted else name_from_stem(image.stem)
+                               for image, wanted in zip(images, wanted_names)]
+                chosen = self._choose_masks(images, masks, object_text, choosers, on_mask, on_warning)
+                # Only the hashes are kept: holding every decoded picture of a large batch would cost memory.
+                self._check_new_names(final_names, [(choice.image_sha256, choice.mask_sha256) for choice in chosen],
+                                      replace)
+                return self._encode_and_store(images, chosen, final_names, tags, replace, crop, on_added)
+            finally:
+                for chooser in choosers:
+                    chooser.close()
+
+    def _choose_masks(self, images: list[Path], masks: list[Any], object_text: str | None, choosers: list[Any],
+                      on_mask: Callable[["ChosenMask"], None] | None,
+                      on_warning: Callable[[str], None] | None) -> list["ChosenMask"]:
+        """Every picture (and its mask) decoded, and its object found, before the models load and
+        before anything is stored, so that a bad file among several adds none of them. The first
+        run downloads the models first (the segmenter too, when a picture may need it), so that a
+        failed download leaves no library behind."""
+        import contextlib
+        import warnings
+
+        from elite_cli.masks import MaskChooser
+
+        segmenter, device, dtype = self.setting("segmenter"), self.setting("device"), self.setting("dtype")
+        by_option: dict[str, Any] = {}
+        for mask in masks:  # one chooser per way of choosing ("auto", "none", None, each file)
+            key = str(mask)
+            if key not in by_option:
+                by_option[key] = MaskChooser(mask, object_text, segmenter, device, dtype)
+                choosers.append(by_option[key])
+        may_segment = any(chooser.may_segment for chooser in choosers)
+        self.fetch_missing_models(encoding=True, segmenter=segmenter if may_segment else None)
+        with self._activity("Finding the object...") if may_segment else contextlib.nullcontext():
+            chosen = [by_option[str(mask)].choose(image) for image, mask in zip(images, masks)]
+        for choice in chosen:
+            if on_mask is not None:
+                on_mask(choice)
+            if choice.warning:
+                if on_warning is not None:
+                    on_warning(choice.warning)
+                else:
+                    warnings.warn(choice.warning, UserWarning, stacklevel=4)
+        return chosen
 
     def _check_new_names(self, names: list[str], source_hashes: list[tuple[str, str]], replace: bool) -> None:
         """Name problems surface before the models load and before anything is stored, so a call
@@ -326,17 +413,20 @@ class Session:
         if repeated:
             raise InputError(f"several images would be named '{repeated[0]}'; add them one at a time with --name.")
 
-    def _encode_and_store(self, images: list[Path], masks: list[Path | None], names: list[str], tags: tuple[str, ...],
-                          replace: bool, on_added: Callable[["StoredConcept", float], None] | None) -> list["StoredConcept"]:
+    def _encode_and_store(self, images: list[Path], chosen: list["ChosenMask"], names: list[str],
+                          tags: tuple[str, ...], replace: bool, crop: str,
+                          on_added: Callable[["StoredConcept", float], None] | None) -> list["StoredConcept"]:
         from elite_cli.encoder import Encoder
 
         encoder = Encoder(self.models)
         added = []
-        for image, mask, wanted in zip(images, masks, names):
+        for image, choice, wanted in zip(images, chosen, names):
             started = time.perf_counter()
             with self._model_lock:
-                concept = encoder.encode(image, mask=mask)
-            stored = self.store.add(concept, name=wanted, image_path=image, mask_path=mask, tags=tags, replace=replace)
+                concept = encoder.encode(image, mask=choice.path, crop=crop)
+            concept.provenance.update(choice.provenance)  # an automatic mask is more than "a mask file"
+            stored = self.store.add(concept, name=wanted, image_path=image, mask_path=choice.path, tags=tags,
+                                    replace=replace)
             added.append(stored)
             if on_added is not None:
                 on_added(stored, time.perf_counter() - started)
@@ -401,7 +491,12 @@ class Session:
         directory = Path(output_dir) if output_dir is not None else Path(self.setting("output_dir"))
         with self._model_lock:  # one generation at a time on the shared models
             return run_generation(store, jobs, directory, self.spec, self.load_models, listener, again=again,
-                                  batch_size=batch_size, resume=resume, allow_stale=allow_stale)
+                                  batch_size=batch_size, resume=resume, allow_stale=allow_stale,
+                                  fetch_models=self._fetch_for_generation)
+
+    def _fetch_for_generation(self, spec: "ModelSpec", main_process: bool) -> None:
+        # Generation needs the image encoder's config only: its weights are not downloaded.
+        self.fetch_missing_models(spec, encoding=False, main_process=main_process)
 
     # --- the library -----------------------------------------------------------------------------
 
@@ -411,6 +506,14 @@ class Session:
         return self.store.list(tag=tag, pattern=pattern) if self.library_exists() else []
 
     def stale_flags(self, concepts: Sequence["StoredConcept"]) -> list[bool | None]:
+        """Per concept: whether `reencode` would change it: encoded by other mappers than the
+        configured ones (which `generate` refuses) or with an older preprocessing of the picture;
+        None when only the mappers could tell and the configured mapper files cannot be read.
+        Known without loading the models."""
+        return [True if not stored.preprocessing_is_current() else flag
+                for stored, flag in zip(concepts, self.mapper_stale_flags(concepts))]
+
+    def mapper_stale_flags(self, concepts: Sequence["StoredConcept"]) -> list[bool | None]:
         """Per concept: encoded by other mappers than the configured ones (`generate` refuses those
         unless allow_stale), or None for all when the configured mapper files cannot be read.
         Known without loading the models."""
@@ -429,6 +532,12 @@ class Session:
 
     def concept(self, name_or_id: str) -> "StoredConcept":
         return self.existing_store().get(name_or_id)
+
+    def mask_origin(self, concept: "str | StoredConcept") -> dict[str, str]:
+        """Where a concept's mask came from: {mask_source ("file", "alpha", "auto", "none" or "" when
+        not recorded), mask_model, mask_object} (`elite_cli.masks.describe_mask_source` words it)."""
+        store = self.existing_store()
+        return store.mask_origin(store.get(concept) if isinstance(concept, str) else concept)
 
     def rename(self, name_or_id: str, new_name: str) -> "StoredConcept":
         return self.existing_store().rename(name_or_id, new_name)
@@ -505,13 +614,20 @@ class Session:
         return LibraryCheck(report=report, repaired=list(repaired.actions) if repaired else [],
                             quarantine=Path(repaired.quarantine) if repaired and repaired.quarantine else None)
 
-    def reencode(self, names: Sequence[str] | None = None, *,
+    def reencode(self, names: Sequence[str] | None = None, *, crop: str | None = None,
                  on_reencoded: Callable[["Reencoded"], None] | None = None) -> "ReencodeResult":
         """Encode concepts again from their stored source pictures with the configured models (all
-        of them without names); concepts those models made already are left as they are, and when
-        all are, the models are not even loaded. A named concept without source pictures fails
-        before anything loads; without names, such stale concepts end up in `result.skipped`
-        (`result.require_sources()` raises for them). on_reencoded(item) follows each concept."""
+        of them without names); concepts those models made already, with the current preprocessing
+        (and `crop`, when given), are left as they are, and when all are, the models are not even
+        loaded. Each concept keeps its crop mode unless `crop` ("auto" or "object") is given. A
+        named concept without source pictures fails before anything loads; without names, such
+        stale concepts end up in `result.skipped` (`result.require_sources()` raises for them).
+        A concept whose new encoding is another concept's merges into that one (`merged_from`).
+        on_reencoded(item) follows each concept."""
+        if crop is not None:
+            from elite_cli.images import check_crop
+
+            check_crop(crop)
         store = self.existing_store()
         # Resolve every name first: a typo fails before the models load.
         records = [store.get(name) for name in names] if names else store.list()
@@ -521,7 +637,8 @@ class Session:
         if names:  # a named concept that cannot be re-encoded fails before the models load, too
             store.require_sources(records)
         image_encoder = self.setting("image_encoder")
-        if all(flag is False for flag in self.stale_flags(records)) and all(r.image_encoder == image_encoder for r in records):
+        if all(flag is False for flag in self.stale_flags(records)) and all(r.image_encoder == image_encoder for r in records) \
+                and all(crop in (None, r.crop) for r in records):
             # Every concept was made by the configured models (known without torch): nothing to load.
             for record in records:
                 result.done.append(Reencoded(record, changed=False, seconds=None))
@@ -530,20 +647,28 @@ class Session:
             return result
         from elite_cli.encoder import Encoder
 
+        self.fetch_missing_models(encoding=True)
         models = self.models
         encoder = Encoder(models)
         for record in records:
             started = time.perf_counter()
             if record.mapper_matches(models.global_fingerprint, models.local_fingerprint) \
-                    and record.image_encoder == image_encoder:
+                    and record.image_encoder == image_encoder and record.preprocessing_is_current() \
+                    and crop in (None, record.crop):
                 stored, changed = record, False  # made by these models already: nothing to encode
             elif store.without_sources([record]):
                 result.skipped.append(record)  # only without names (named ones were checked above)
                 continue
             else:
-                stored = store.reencode(record.id, encoder)
-                changed = not stored.duplicate
-            result.done.append(Reencoded(stored, changed=changed, seconds=time.perf_counter() - started))
+                with self._model_lock:
+                    stored = store.reencode(record.id, encoder, crop=crop)
+                # Equal tensors with an updated record (e.g. a non-square picture, which crops as
+                # before) still bring the concept up to date: it is not stale any more.
+                changed = not stored.duplicate or (stored.preprocessing, stored.crop) != (record.preprocessing, record.crop)
+            # Its new encoding was another concept's: the two merged under the other's name.
+            merged = stored.name.lower() != record.name.lower()
+            result.done.append(Reencoded(stored, changed=changed or merged, seconds=time.perf_counter() - started,
+                                         merged_from=record.name if merged else None))
             if on_reencoded is not None:
                 on_reencoded(result.done[-1])
         return result

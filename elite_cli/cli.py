@@ -29,9 +29,12 @@ from elite_cli.cli_common import (  # noqa: F401  (re-exported: `from elite_cli.
     config_app,
     echo_json,
     effective_settings,
+    fetch_missing_models,
+    format_cell,
     library_dir,
     library_exists,
     load_models_with_status,
+    loading_message,
     model_spec,
     models_app,
     new_app,
@@ -40,6 +43,9 @@ from elite_cli.cli_common import (  # noqa: F401  (re-exported: `from elite_cli.
     print_rows,
     report_errors,
     setting,
+    shorten_home,
+    stderr_console,
+    stdout_console,
 )
 from elite_cli import cli_concepts as _concepts  # noqa: E402,F401  (registers commands)
 from elite_cli import cli_generate as _generate  # noqa: E402,F401

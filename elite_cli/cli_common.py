@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -56,10 +57,11 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as error:  # a command may add how to carry on (`gen`: --resume)
             if options.verbose:
                 traceback.print_exc(file=sys.stderr)
-            typer.echo("Interrupted", err=True)
+            hint = str(error) if isinstance(error, KeyboardInterrupt) else ""
+            typer.echo(f"Interrupted; {hint}." if hint else "Interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (typer.Exit, typer.Abort):
             raise
@@ -160,12 +162,15 @@ def print_rows(columns: list[str], rows: list[list[Any]], cut_column: str | None
     from rich.text import Text
 
     console = stdout_console()
-    cells = [[cell if isinstance(cell, Text) else Text(format_cell(cell)) for cell in row] for row in rows]
+    cells = [[cell if isinstance(cell, Text) else Text(shorten_home(format_cell(cell))) for cell in row] for row in rows]
     widths = [max([len(column), *(row[number].cell_len for row in cells)]) for number, column in enumerate(columns)]
     table = Table(show_edge=False, header_style="bold")
+    layout = column_widths(cells, columns, widths, console.width) if cut_column is None else None
+    if layout:
+        cells = [[break_long_words(cell, width) for cell, width in zip(row, layout)] for row in cells]
     for number, column in enumerate(columns):
         if cut_column is None:
-            table.add_column(column, overflow="fold")
+            table.add_column(column, overflow="fold", width=layout[number] if layout else None)
         else:
             table.add_column(column, no_wrap=True, min_width=widths[number] if column != cut_column else None)
     if cut_column is not None:
@@ -179,6 +184,50 @@ def print_rows(columns: list[str], rows: list[list[Any]], cut_column: str | None
     for row in cells:
         table.add_row(*row)
     console.print(table)
+
+
+def column_widths(cells: list[list[Any]], columns: list[str], widths: list[int], terminal: int) -> list[int] | None:
+    """Widths for a table wider than the terminal that make lines break between words: each
+    column gets its longest word (a path) first while there is room, then a share of the rest in
+    proportion to what it still needs. None when the table fits as it is."""
+    room = terminal - 3 * len(columns) - 1  # one space of padding either side, one rule between
+    if sum(widths) <= room:
+        return None
+    words = [max([len(column), *(len(word) for row in cells for word in row[number].plain.split())])
+             for number, column in enumerate(columns)]
+    while sum(words) > room and max(words) > 12:  # not even the words fit: the widest ones fold
+        widest = words.index(max(words))
+        words[widest] = max(12, room - (sum(words) - words[widest]))
+    wanted = [max(0, width - word) for width, word in zip(widths, words)]
+    spare = max(0, room - sum(words))
+    shares = [spare * want // max(1, sum(wanted)) for want in wanted]
+    return [word + share for word, share in zip(words, shares)]
+
+
+def break_long_words(cell: Any, width: int) -> Any:
+    """A path wider than its column is broken after a `/` (rich would cut it anywhere)."""
+    from rich.text import Text
+
+    if all(len(word) <= width for word in cell.plain.split()):
+        return cell
+    words = []
+    for word in cell.plain.split(" "):
+        lines, line = [], ""
+        for part in re.split(r"(?<=/)", word) if len(word) > width else [word]:
+            if line and len(line) + len(part) > width:
+                lines.append(line)
+                line = ""
+            line += part
+        words.append("\n".join([*lines, line]))
+    return Text(" ".join(words), style=cell.style)
+
+
+def shorten_home(text: str) -> str:
+    """`/home/ann/models/sd` -> `~/models/sd` in what a table shows (--json keeps full paths)."""
+    home = str(Path.home())
+    if len(home) <= 1:
+        return text
+    return re.sub(rf"(?<!\S){re.escape(home)}(?=/|\s|$)", "~", text)
 
 
 def format_cell(value: Any) -> str:
@@ -250,26 +299,65 @@ def model_spec() -> "ModelSpec":
         dtype=values["dtype"].value,
         low_vram=options.low_vram,
         compile=options.compile_unet,
+        mapper_cache=str(library_dir() / settings_module.MODELS_DIR_NAME / settings_module.HUB_MAPPERS_DIR),
     )
 
 
-def load_models_with_status(spec: "ModelSpec" | None = None):
-    """Load (or reuse) the models, with a spinner on stderr; returns (models, seconds)."""
+def loading_message(*models: str) -> str:
+    """The spinner's words: downloads are mentioned only when some model is not a local path."""
+    if all(Path(str(model)).expanduser().exists() for model in models):
+        return "Loading models..."
+    return "Loading models (the first run downloads hub models)..."
+
+
+def download_plans(plans: list, main_process: bool = True) -> None:
+    """The API's downloader (Session(downloader=...)): the progress display on stderr, shown by
+    the main process only (others download quietly)."""
+    from elite_cli.cli_setup import download_with_progress
+
+    download_with_progress(plans, show=main_process)
+
+
+def fetch_missing_models(spec: "ModelSpec", encoding: bool = True, show: bool = True,
+                         segmenter: str | None = None) -> None:
+    """Download what the models of `spec` lack in the Hugging Face cache, with a progress display
+    (nothing to do, and no network, when everything is there); see hub.missing_downloads."""
+    from elite_cli.hub import missing_downloads
+
+    plans = missing_downloads(spec, encoding, segmenter)
+    if plans:
+        download_plans(plans, show)
+
+
+def load_models_with_status(spec: "ModelSpec" | None = None, encoding: bool = True):
+    """Download what is missing, then load (or reuse) the models with a spinner on stderr; returns
+    (models, seconds). encoding=False: generation, which needs the image encoder's config only."""
     spec = spec or model_spec()
-    with stderr_console().status("Loading models (the first run downloads them)..."):
+    fetch_missing_models(spec, encoding)
+    with stderr_console().status("Loading models..."):
         from elite_cli.models import load_models
 
         started = time.perf_counter()
         models = load_models(spec)
-    return models, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    from elite_cli.fingerprints import remember
+
+    # So that `elite list` can tell stale concepts without loading (or importing) anything.
+    remember(library_dir(), spec.global_mapper, models.global_fingerprint)
+    remember(library_dir(), spec.local_mapper, models.local_fingerprint)
+    return models, seconds
 
 
 def open_session(model_loader: Callable[["ModelSpec"], Any] | None = None) -> "Session":
-    """The API session the global options describe; models load behind the spinner above."""
+    """The API session the global options describe: models load behind the spinner above, hub
+    downloads show their progress, long steps (finding objects) a spinner."""
     from elite_cli.api import Session
 
+    # The session fetches what each call needs before it loads (gen: not the vision weights), so
+    # the loader's own check finds nothing left to download.
     return Session(library_dir(), **options.flags, low_vram=options.low_vram, compile=options.compile_unet,
-                   model_loader=model_loader or (lambda spec: load_models_with_status(spec)[0]))
+                   model_loader=model_loader or (lambda spec: load_models_with_status(spec, encoding=False)[0]),
+                   downloader=download_plans, activity=lambda text: stderr_console().status(text))
 
 
 def as_dict(record: Any) -> dict[str, Any]:

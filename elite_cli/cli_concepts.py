@@ -29,6 +29,12 @@ def session_with_spinner():
     return open_session(model_loader=lambda spec: load_models_with_status(spec)[0])
 
 
+CropOption = Annotated[str, typer.Option(
+    "--crop", metavar="auto|object",
+    help="auto: a square picture whole (as the ELITE reference), others squared around the object; "
+         "object: the square around the object on any picture.")]
+
+
 @app.command()
 def add(
     images: Annotated[list[Path], typer.Argument(help="Picture(s) of the thing, object centred.", show_default=False)],
@@ -36,35 +42,55 @@ def add(
         Optional[str], typer.Option("--name", "-N", metavar="<name>", help="Concept name (default: the file name). One image only.")
     ] = None,
     mask: Annotated[
-        Optional[Path], typer.Option("--mask", "-m", help="Object mask, white = object. One image only.")
+        Optional[str], typer.Option(
+            "--mask", "-m", metavar="FILE|auto|none",
+            help="Object mask file (white = object; one image only), auto (find the object: the default for a "
+                 "picture without transparency) or none (the whole picture).")
+    ] = None,
+    object_text: Annotated[
+        Optional[str], typer.Option("--object", metavar="<text>",
+                                    help="What the automatic mask looks for, e.g. 'a cat' (default: the main object).")
     ] = None,
     tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", metavar="<tag>", help="Tag to attach; repeatable.")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace a concept of the same name.")] = False,
+    crop: CropOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Encode pictures into concepts and store them in the library.
 
-    Several images are added with one model load. A PNG with transparency needs no mask.
+    Several images are added with one model load. Without a mask, the object is found
+    automatically (a PNG with transparency uses its transparency); `elite add` prints where the
+    preview of the object on the picture is.
 
-    Example: elite add mycat.jpg --mask mycat-mask.png --tag pets
+    Example: elite add mycat.jpg --object "a black cat" --tag pets
     """
-    if len(images) > 1 and (name or mask):
+    from elite_cli.masks import parse_mask_option
+
+    mask_file = parse_mask_option(mask)
+    mask_file = mask_file if isinstance(mask_file, Path) else None
+    if len(images) > 1 and (name or mask_file):
         raise InputError("--name and --mask apply to one image; add images with their own name or mask one at a time.")
     session = session_with_spinner()
     added = []
+    chosen = []
 
     def report(stored, seconds: float) -> None:
+        choice = chosen[len(added)]
+        preview = stored.preview_path if stored.preview_path.exists() else None
         summary = as_dict(stored)
-        summary["seconds"] = round(seconds, 3)
+        summary.update(seconds=round(seconds, 3), mask_source=choice.source, preview_path=str(preview) if preview else None)
         added.append(summary)
         if not as_json:
             if stored.duplicate:
                 typer.echo(already_stored(stored, name, "added"))
             else:
                 typer.echo(f"Added <{stored.name}> (id {stored.short_id}) in {summary['seconds']:.2f}s")
+            if preview:
+                typer.echo(f"  preview: {preview}")
 
     session.add_concepts(images, masks=[mask] * len(images), names=[name] * len(images), tags=tag or (),
-                         replace=replace, on_added=report)
+                         replace=replace, crop=crop, object_text=object_text, on_added=report,
+                         on_mask=chosen.append, on_warning=lambda message: typer.echo(f"Warning: {message}", err=True))
     if as_json:
         echo_json({"added": added, "model_load_seconds": round(session.model_load_seconds or 0.0, 3)})
 
@@ -95,10 +121,16 @@ def list_concepts(
         [[stored.name, stored.short_id, stored.tags, short_time(stored.created),
           {True: "yes", False: "", None: "?"}[flag]] for stored, flag in zip(concepts, stale)],
     )
-    if any(stale):
-        count = sum(1 for flag in stale if flag)
+    mappers = session.mapper_stale_flags(concepts)
+    count = sum(1 for flag in mappers if flag)
+    if count:
         typer.echo(f"{count} concept{'s were' if count > 1 else ' was'} encoded with other mappers than the configured "
                    "ones (stale); `elite gen` refuses them until you run `elite reencode`.", err=True)
+    count = sum(1 for stored in concepts if not stored.preprocessing_is_current())
+    if count:
+        typer.echo(f"{count} concept{'s were' if count > 1 else ' was'} encoded by an older elite that cropped square "
+                   "pictures (stale); `elite reencode` makes the reference's concept from the stored pictures.",
+                   err=True)
 
 
 @app.command()
@@ -110,14 +142,23 @@ def show(
 
     Example: elite show mycat
     """
-    details = as_dict(open_session().concept(name))
+    session = open_session()
+    record = session.concept(name)
+    details = as_dict(record)
+    from elite_cli.masks import describe_mask_source
+
+    origin = session.mask_origin(record)
+    preview = record.preview_path if record.preview_path.exists() else None
     if as_json:
+        details.update(origin, preview_path=str(preview) if preview else None)
         echo_json(details)
         return
+    details.update(mask_source=describe_mask_source(origin), preview_path=preview)
     details.pop("duplicate", None)
     width = max(len(key) for key in details)
     for key, value in details.items():
         typer.echo(f"{key.ljust(width)}  {format_cell(value)}")
+
 
 
 @app.command("rm")
@@ -272,27 +313,42 @@ def reencode(
     names: Annotated[
         Optional[list[str]], typer.Argument(help="Concepts to re-encode (default: all).", show_default=False)
     ] = None,
+    crop: Annotated[
+        Optional[str], typer.Option("--crop", metavar="auto|object", show_default=False,
+                                    help="Crop mode to encode with (default: each concept's own).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Encode concepts again from their stored source images with the configured models.
 
-    Needed after changing the mapper checkpoints: concepts encoded with other mappers are stale.
+    Needed after changing the mapper checkpoints (concepts encoded with other mappers are stale)
+    and for concepts made by an elite before 0.2, which cropped square pictures. Each concept
+    keeps its crop choice unless --crop is given.
 
     Example: elite reencode mycat
     """
     done = []
 
     def report(item) -> None:
-        summary = {**as_dict(item.concept), "seconds": round(item.seconds or 0.0, 3), "changed": item.changed}
+        stored = item.concept
+        summary = {**as_dict(stored), "seconds": round(item.seconds or 0.0, 3), "changed": item.changed}
+        if item.merged_from:
+            summary["merged_from"] = item.merged_from
         done.append(summary)
-        if not as_json:
-            if item.seconds is None:
-                typer.echo(f"Up to date: <{item.concept.name}>")
-            else:
-                verb = "Re-encoded" if item.changed else "Up to date:"
-                typer.echo(f"{verb} <{item.concept.name}> ({summary['seconds']:.2f}s)")
+        if as_json:
+            return
+        if item.seconds is None:
+            typer.echo(f"Up to date: <{stored.name}>")
+        elif item.merged_from:
+            typer.echo(f"Merged <{item.merged_from}> into <{stored.name}>: re-encoded, it is the same concept as "
+                       f"<{stored.name}> (the same picture, encoded by the current mappers); write <{stored.name}> "
+                       f"in prompts, or run `elite rename {stored.name} {item.merged_from}` to keep the old name "
+                       f"({summary['seconds']:.2f}s)")
+        else:
+            verb = "Re-encoded" if item.changed else "Up to date:"
+            typer.echo(f"{verb} <{stored.name}> ({summary['seconds']:.2f}s)")
 
-    result = session_with_spinner().reencode(names, on_reencoded=report)
+    result = session_with_spinner().reencode(names, crop=crop, on_reencoded=report)
     if not result.done and not result.skipped:
         typer.echo("No concepts to re-encode.")
         return

@@ -4,8 +4,9 @@ print. Registered on `elite_cli.cli_common.app`; `elite_cli.cli` imports this mo
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
@@ -29,7 +30,7 @@ from elite_cli.gen_jobs import (  # noqa: F401  (GenerationJob, jobs_from_*: re-
 )
 from elite_cli.gen_run import GenerationListener, GenerationResult, check_run_options
 from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE
-from elite_cli.wording import counted
+from elite_cli.wording import counted, speed
 
 
 def check_gpus_value(value: str | None) -> str | None:
@@ -134,7 +135,7 @@ def gen(
         launch_on_gpus(gpus)
     session = open_session()
     where = dict(output_dir=output_dir, batch_size=batch_size, resume=resume, allow_stale=allow_stale)
-    with CliGenerationListener(as_json) as listener:
+    with CliGenerationListener(as_json) as listener, say_how_to_resume(listener, seed_drawn=again is None and seed is None):
         if again is not None:
             result = session.repeat(again, **where, listener=listener)
         else:
@@ -170,6 +171,24 @@ def warn_about_repeated_prompts(prompts: list[str], prompts_file: Path | None) -
                    "starts at the same seed, so the copies make the same images again.", err=True)
 
 
+@contextmanager
+def say_how_to_resume(listener: "CliGenerationListener", seed_drawn: bool) -> Iterator[None]:
+    """Ctrl-C while images are made: the `Interrupted` line says how to make only the missing ones.
+
+    A seed elite drew itself (`seed_drawn`) is printed only at the end, so the hint carries it
+    (`--resume` needs the run's seed). One process counts the images it saved; several each know
+    only their own share. Before the plan (models loading), Ctrl-C is a plain interruption.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if listener.plan is None:
+            raise
+        seed = f" --seed {listener.jobs[0].seed}" if seed_drawn and listener.jobs else ""
+        done = f"{counted(listener.saved, 'image')} saved; " if listener.processes == 1 else ""
+        raise KeyboardInterrupt(f"{done}to make only the missing ones, run the same command with{seed} --resume") from None
+
+
 def report_generation(result: GenerationResult, as_json: bool) -> None:
     """What the main process prints once every image is made: JSON, or the seed and speed lines."""
     written = [{"path": str(image.path), "prompt": image.prompt, "seed": image.seed, "run_id": result.run_id}
@@ -192,10 +211,10 @@ def report_generation(result: GenerationResult, as_json: bool) -> None:
     run = result.run_id[:8]
     typer.echo(f"Seed: {', '.join(map(str, result.seeds))}{note}; run {run} (repeat: elite gen --again {run})", err=True)
     seconds = result.seconds
-    rate = len(result.images) / seconds / result.processes if seconds > 0 else 0.0
     skipped = f", {result.skipped} already there (--resume)" if result.skipped else ""
     typer.echo(f"{counted(len(result.images), 'image')} in {seconds:.1f} s on "
-               f"{counted(result.processes, 'process', 'processes')}: {rate:.2f} images/s per process{skipped}.", err=True)
+               f"{counted(result.processes, 'process', 'processes')}: "
+               f"{speed(len(result.images), seconds * result.processes)} per process{skipped}.", err=True)
 
 
 def gpu_count(value: str) -> int:
@@ -221,6 +240,8 @@ class CliGenerationListener(GenerationListener):
         self.as_json = as_json
         self.progress = None
         self.processes = 1
+        self.plan, self.jobs = None, []
+        self.saved = 0  # images this process saved (the Ctrl-C hint counts them)
 
     def __enter__(self) -> "CliGenerationListener":
         return self
@@ -248,6 +269,7 @@ class CliGenerationListener(GenerationListener):
             self.progress.update(self.steps, completed=step, total=total)
 
     def image_saved(self, image: Any) -> None:
+        self.saved += 1
         if self.processes == 1 and not self.as_json:
             typer.echo(str(image.path))
 

@@ -21,8 +21,10 @@ from elite_cli.cli_common import (
     models_app,
     open_store,
     print_rows,
+    setting,
 )
 from elite_cli.errors import InputError
+from elite_cli.hub import prefers_fp16  # noqa: F401  (moved to hub.py; the API fetches too)
 
 STATUS_STYLES = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "bold red")}
 
@@ -52,6 +54,87 @@ def models_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         echo_json([asdict(finding) for finding in findings])
     else:
         print_findings(findings, first="setting")  # rows are settings here, as in `elite config`
+
+
+def download_with_progress(plans: list, show: bool = True) -> None:
+    """Fetch what the plans lack, with the total size first and a progress bar on stderr."""
+    from elite_cli.cli_common import stderr_console
+    from elite_cli.doctor import human_size
+    from elite_cli.hub import cache_dir, endpoint, fetch
+
+    plans = [plan for plan in plans if plan.to_fetch]
+    if not plans:
+        return
+    total = sum(plan.fetch_bytes for plan in plans)
+    count = sum(len(plan.to_fetch) for plan in plans)
+    console = stderr_console()
+    if not show:
+        fetch(plans)
+        return
+    parts = ", ".join(f"{plan.label} {plan.repo_id} ({human_size(plan.fetch_bytes)})" for plan in plans)
+    console.print(f"Downloading {count} file{'s' if count != 1 else ''} ({human_size(total)}) from {endpoint()} "
+                  f"into {cache_dir()}: {parts}", markup=False, soft_wrap=True)
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("Downloading", total=total)
+
+        def on_file(plan, item) -> None:
+            progress.update(task, description=f"{plan.label}: {item.path}")
+
+        fetch(plans, on_file, lambda size: progress.advance(task, size))
+
+
+@models_app.command("download")
+def models_download(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be downloaded.")] = False,
+) -> None:
+    """Download every model the settings name into the Hugging Face cache, then check they load.
+
+    Fetches only what elite loads (no safety checker, one copy of the weights: safetensors, the
+    fp16 variant where the weights run in fp16). Ctrl-C stops it; run it again to resume.
+
+    Example: elite models download
+    """
+    from elite_cli.cli_common import model_spec
+    from elite_cli.doctor import human_size
+    from elite_cli.hub import hub_plan, plans_for
+
+    spec = model_spec()
+    values = {key: getattr(spec, key) for key in ("base_model", "image_encoder", "global_mapper", "local_mapper")}
+    values["segmenter"] = setting("segmenter")  # `elite add` finds objects with it (automatic masks)
+    plans = plans_for(values, encoding=True)
+    if any(plan.needs_fetch for plan in plans):
+        fp16 = prefers_fp16(spec.device, spec.dtype)
+        plans = [hub_plan(plan, fp16) for plan in plans]
+    rows = []
+    for plan in plans:
+        if plan.state == "folder":
+            rows.append([plan.key, plan.value, "local", "", ""])
+        elif not plan.needs_fetch:
+            rows.append([plan.key, plan.value, "cached", human_size(plan.cached_bytes), ""])
+        else:
+            rows.append([plan.key, plan.value, "download", human_size(plan.fetch_bytes),
+                         f"{len(plan.to_fetch)} of {len(plan.files)}"])
+    print_rows(["setting", "value", "source", "size", "files to fetch"], rows)
+    total = sum(plan.fetch_bytes for plan in plans)
+    typer.echo(f"To download: {human_size(total)}." if total else "Nothing to download.")
+    if dry_run:
+        for plan in plans:
+            for item in plan.to_fetch:
+                typer.echo(f"{plan.repo_id}/{item.path}  {human_size(item.size or 0)}")
+        return
+    download_with_progress(plans)
+    from elite_cli.cli_common import load_models_with_status
+
+    models, _ = load_models_with_status(spec)
+    models.image_encoder  # the weights `elite add` needs load on first use: check them too
+    from elite_cli.segment import load_segmenter
+
+    load_segmenter(values["segmenter"], spec.device, spec.dtype)
+    typer.echo("Every model loads; `elite add` and `elite gen` can now run offline (HF_HUB_OFFLINE=1).")
 
 
 @models_app.command("import")
@@ -125,18 +208,24 @@ def models_tiny(
 ) -> None:
     """Build a tiny random model set (seconds, offline) to try every command without downloads.
 
-    The images it makes are noise: it is for smoke tests, not pictures.
+    Also builds tiny metric models for `elite eval` (in DIRECTORY/metrics). The images it makes
+    are noise and the scores meaningless: it is for smoke tests, not pictures.
 
     Example: elite models tiny ./tiny --use
     """
+    from elite_cli.evaluation.tiny_metric_models import build_tiny_metric_models
     from elite_cli.tiny import build_tiny_models
 
     tiny = build_tiny_models(directory)
+    metrics = build_tiny_metric_models(Path(directory) / "metrics")
     values = {
         "base_model": str(Path(tiny.base_model).resolve()),
         "image_encoder": str(Path(tiny.image_encoder).resolve()),
         "global_mapper": str(Path(tiny.global_mapper).resolve()),
         "local_mapper": str(Path(tiny.local_mapper).resolve()),
+        "segmenter": str(Path(tiny.segmenter).resolve()),
+        "eval_clip_model": str(metrics.clip.resolve()),
+        "eval_dino_model": str(metrics.dino.resolve()),
     }
     if use:
         for key, value in values.items():

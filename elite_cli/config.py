@@ -19,6 +19,12 @@ CONFIG_FILE_NAME = "config.toml"
 MODELS_DIR_NAME = "models"
 GLOBAL_MAPPER_FILE = "global_mapper.safetensors"
 LOCAL_MAPPER_FILE = "local_mapper.safetensors"
+# Under the models folder: the safetensors form of mappers downloaded from hf:// settings.
+HUB_MAPPERS_DIR = "hub"
+# The mappers the ELITE authors publish on the Hub (hf://owner/repo/path, see elite_cli/hub.py).
+HUB_GLOBAL_MAPPER = "hf://ELITE-library/ELITE/checkpoints/global_mapper.pt"
+HUB_LOCAL_MAPPER = "hf://ELITE-library/ELITE/checkpoints/local_mapper.pt"
+HF_SCHEME = "hf://"
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -40,11 +46,14 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("base_model", "ELITE_BASE_MODEL", "Stable Diffusion 1.x: hub id or diffusers folder"),
     Setting("image_encoder", "ELITE_IMAGE_ENCODER", "CLIP ViT-L/14 vision tower: hub id or folder"),
-    Setting("global_mapper", "ELITE_GLOBAL_MAPPER", "global mapper checkpoint (.safetensors or reference .pt)", is_path=True),
-    Setting("local_mapper", "ELITE_LOCAL_MAPPER", "local mapper checkpoint (.safetensors or reference .pt)", is_path=True),
+    Setting("global_mapper", "ELITE_GLOBAL_MAPPER", "global mapper checkpoint (.safetensors or reference .pt file, or hf://owner/repo/path)", is_path=True),
+    Setting("local_mapper", "ELITE_LOCAL_MAPPER", "local mapper checkpoint (.safetensors or reference .pt file, or hf://owner/repo/path)", is_path=True),
+    Setting("segmenter", "ELITE_SEGMENTER", "CLIPSeg model that finds the object for automatic masks: hub id or folder"),
     Setting("device", "ELITE_DEVICE", "where models run", choices=DEVICES),
     Setting("dtype", "ELITE_DTYPE", "weight precision", choices=DTYPES),
     Setting("output_dir", "ELITE_OUTPUT_DIR", "where `elite gen` writes PNG files", is_path=True),
+    Setting("eval_clip_model", "ELITE_EVAL_CLIP_MODEL", "CLIP of `elite eval`'s CLIP-T/CLIP-I: hub id or folder"),
+    Setting("eval_dino_model", "ELITE_EVAL_DINO_MODEL", "DINO ViT of `elite eval`'s DINO score: hub id or folder"),
 )
 SETTINGS_BY_KEY = {setting.key: setting for setting in SETTINGS}
 
@@ -59,15 +68,24 @@ class Resolved:
 
 
 def defaults(library: Path) -> dict[str, str]:
+    """The built-in values. The mappers: the pair `elite models import` wrote into the library's
+    models folder when both files are there, else the ELITE authors' files on the Hub."""
+    from elite_cli.evaluation import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL  # constants only, no torch
+
     models_dir = library / MODELS_DIR_NAME
+    imported = (models_dir / GLOBAL_MAPPER_FILE, models_dir / LOCAL_MAPPER_FILE)
+    use_imported = all(path.is_file() for path in imported)
     return {
         "base_model": "CompVis/stable-diffusion-v1-4",
         "image_encoder": "openai/clip-vit-large-patch14",
-        "global_mapper": str(models_dir / GLOBAL_MAPPER_FILE),
-        "local_mapper": str(models_dir / LOCAL_MAPPER_FILE),
+        "global_mapper": str(imported[0]) if use_imported else HUB_GLOBAL_MAPPER,
+        "local_mapper": str(imported[1]) if use_imported else HUB_LOCAL_MAPPER,
+        "segmenter": "CIDAS/clipseg-rd64-refined",
         "device": "auto",
         "dtype": "auto",
         "output_dir": "elite-out",
+        "eval_clip_model": DEFAULT_CLIP_MODEL,
+        "eval_dino_model": DEFAULT_DINO_MODEL,
     }
 
 
@@ -115,13 +133,13 @@ def resolve(
             value, source = environ[setting.env], f"env {setting.env}"
         elif setting.key in from_file:
             value, source = from_file[setting.key], f"config {config_path(library)}"
-            if setting.is_path:
+            if setting.is_path and not value.startswith(HF_SCHEME):
                 value = str(library / Path(value).expanduser())
         else:
             value, source = builtin[setting.key], "default"
         if not is_valid_choice(setting, value):
             raise InputError(f"{setting.key} '{value}' (from {source}) is not one of {accepted_values(setting)}.")
-        if setting.is_path:
+        if setting.is_path and not value.startswith(HF_SCHEME):  # a Hub file is no path ('//' would fold)
             value = str(Path(value).expanduser())
         resolved[setting.key] = Resolved(setting.key, value, source)
     return resolved

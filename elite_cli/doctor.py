@@ -19,7 +19,7 @@ from elite_cli.wording import counted
 OK, WARN, FAIL = "ok", "warn", "fail"
 
 # The file whose presence says a hub model is complete enough to load.
-HUB_MARKER_FILES = {"base_model": "model_index.json", "image_encoder": "config.json"}
+HUB_MARKER_FILES = {"base_model": "model_index.json", "image_encoder": "config.json", "segmenter": "config.json"}
 
 
 @dataclass
@@ -39,7 +39,11 @@ def package_version(name: str) -> str | None:
 
 
 def model_presence(key: str, value: str) -> tuple[str, str]:
-    """(status, detail) for one configured model: a local path, a cached hub model, or neither."""
+    """(status, detail) for one configured model: a local path, a hub model (cached or not), or neither."""
+    from elite_cli.hub import is_hub_file, is_hub_id
+
+    if is_hub_file(value) or key in HUB_MARKER_FILES and is_hub_id(value):
+        return hub_presence(key, value)
     path = Path(value).expanduser()
     if key in ("global_mapper", "local_mapper"):
         if path.is_dir():
@@ -57,33 +61,75 @@ def model_presence(key: str, value: str) -> tuple[str, str]:
         if (path / marker).is_file():
             return OK, f"folder {path}"
         return FAIL, f"folder {path} has no {marker}"
-    if value.count("/") == 1 and not value.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover - huggingface_hub comes with diffusers
-            return WARN, f"hub model {value} (cache not inspectable)"
-        cached = try_to_load_from_cache(value, HUB_MARKER_FILES[key])
-        if isinstance(cached, str):
-            return OK, f"hub model {value} (downloaded)"
-        return WARN, f"hub model {value} (not downloaded yet; the first run downloads it)"
     return FAIL, f"'{value}' is neither a folder nor a hub id"
+
+
+def hub_presence(key: str, value: str) -> tuple[str, str]:
+    """A hub model or hf:// file: cached (its size), partly cached, or to download; without network."""
+    from elite_cli.errors import InputError
+    from elite_cli.hub import cache_dir, local_plan, offline
+
+    try:
+        plan = local_plan(key, value, "image_encoder" if key == "image_encoder" else
+                          "base_model" if key == "base_model" else "file")
+    except InputError as error:
+        return FAIL, str(error).rstrip(".")
+    if plan.state == "cached":
+        return OK, f"{value}: cached ({human_size(plan.cached_bytes)} in {cache_dir()})"
+    # What each command fetches of it on first use.
+    users = "`elite add` and `elite gen` download it" if key != "image_encoder" else \
+        "`elite add` downloads it (`elite gen` only its config)"
+    if plan.state == "partial":
+        more = f" and {len(plan.lacking) - 1} more" if len(plan.lacking) > 1 else ""
+        what = f"{value}: partly cached, lacks {plan.lacking[0]}{more}; {users.replace(' it', ' the rest')}"
+    else:
+        what = f"{value}: not downloaded yet; {users} from the Hub on first use"
+    if offline():
+        return FAIL, f"{value}: not (completely) in the Hugging Face cache and HF_HUB_OFFLINE is set"
+    return WARN, what
+
+
+def human_size(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"  # pragma: no cover
 
 
 MODEL_FIXES = {
     "base_model": "pass --base-model or set ELITE_BASE_MODEL to a Stable Diffusion 1.x folder or hub id",
     "image_encoder": "pass --image-encoder or set ELITE_IMAGE_ENCODER to a CLIP ViT-L/14 folder or hub id",
-    "global_mapper": "download the ELITE checkpoints and run `elite models import global_mapper.pt local_mapper.pt`",
-    "local_mapper": "download the ELITE checkpoints and run `elite models import global_mapper.pt local_mapper.pt`",
+    "global_mapper": "`elite config unset global_mapper` for the ELITE file on the Hub, or "
+                     "`elite models import global_mapper.pt local_mapper.pt` for downloaded ones",
+    "local_mapper": "`elite config unset local_mapper` for the ELITE file on the Hub, or "
+                    "`elite models import global_mapper.pt local_mapper.pt` for downloaded ones",
+    "segmenter": "set ELITE_SEGMENTER (or `elite config set segmenter`) to a CLIPSeg folder or hub id",
 }
+HUB_FIXES = {
+    WARN: "none needed with internet; `elite models download` fetches it now (to work offline later)",
+    FAIL: "unset HF_HUB_OFFLINE and run `elite models download`, or copy a Hugging Face cache that has it "
+          "(HF_HOME / HF_HUB_CACHE), or point the setting at a local folder or file; or try elite offline with "
+          "`elite models tiny ./tiny --use`",
+}
+# Where a model is missing, the offline route: random tiny models that run every command.
+TRY_OFFLINE = "; or try elite offline with `elite models tiny ./tiny --use`"
 
 
 def model_findings(settings: dict[str, Resolved]) -> list[Finding]:
+    from elite_cli.hub import is_hub_file, is_hub_id
+
     findings = []
-    for key in ("base_model", "image_encoder", "global_mapper", "local_mapper"):
-        status, detail = model_presence(key, settings[key].value)
-        fix = MODEL_FIXES[key] if status != OK else ""
-        if status == WARN:
-            fix = "needs internet once; or point it at a local folder"
+    for key in ("base_model", "image_encoder", "global_mapper", "local_mapper", "segmenter"):
+        value = settings[key].value
+        status, detail = model_presence(key, value)
+        from_hub = is_hub_file(value) or key in HUB_MARKER_FILES and is_hub_id(value)
+        if status == OK:
+            fix = ""
+        elif from_hub and (status == WARN or "HF_HUB_OFFLINE" in detail):
+            fix = HUB_FIXES[status]
+        else:
+            fix = MODEL_FIXES[key] + TRY_OFFLINE
         findings.append(Finding(key, status, f"{detail} [{settings[key].source}]", fix))
     return findings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from elite_cli.concept import Concept
-from elite_cli.images import ImageSource, clip_inputs, prepare_image
+from elite_cli.images import DEFAULT_CROP, PREPROCESSING_VERSION, ImageSource, clip_inputs, prepare_image
 from elite_cli.models import Models
 
 # Which vision hidden states feed word i (ELITE_SPEC.md section 1): the encoder output first,
@@ -25,9 +25,10 @@ class Encoder:
         self.models = models
 
     @torch.no_grad()
-    def encode(self, image: ImageSource, mask: ImageSource | None = None) -> Concept:
+    def encode(self, image: ImageSource, mask: ImageSource | None = None, crop: str = DEFAULT_CROP) -> Concept:
+        """crop: how the picture is made square (elite_cli.images.CROP_MODES); recorded in the provenance."""
         models = self.models
-        prepared = prepare_image(image, mask)
+        prepared = prepare_image(image, mask, crop)
         models.prepare_encoding()
         pixels, grid_mask = clip_inputs(prepared, models.image_size, models.grid)
         pixels = pixels.to(device=models.device, dtype=models.dtype)
@@ -39,7 +40,9 @@ class Encoder:
         local = models.local_mapper([level[1:] for level in features])[0]
         flat_mask = grid_mask.reshape(-1, 1).to(device=local.device, dtype=local.dtype)
         provenance = models.provenance()
-        provenance.update(image_sha256=prepared.image_sha256, mask_sha256=prepared.mask_sha256)
+        provenance.update(image_sha256=prepared.image_sha256, mask_sha256=prepared.mask_sha256,
+                          preprocessing=str(PREPROCESSING_VERSION), crop=prepared.crop,
+                          mask_source=prepared.mask_source)
         return Concept(
             words=words.float().cpu(),
             local=(local * flat_mask).float().cpu(),

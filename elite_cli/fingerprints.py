@@ -7,7 +7,10 @@ same test `elite gen` applies before refusing them, but must stay fast and torch
 - a safetensors file is hashed here from its raw bytes, exactly as `mappers.fingerprint`
   hashes the loaded tensors;
 - a reference `.pt` that no command has loaded yet is unknown (None): unpickling it needs
-  torch, which would cost `elite list` seconds; the next `elite add`/`gen` fills the cache.
+  torch, which would cost `elite list` seconds; the next `elite add`/`gen` fills the cache;
+- an `hf://` setting is the safetensors form the first load converted it to (library's
+  models/hub folder, named by the downloaded file's hash), found through the Hugging Face cache
+  without network; unknown (None) until a command has downloaded and converted it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from elite_cli.config import HF_SCHEME
 from elite_cli.mapper_files import checkpoint_kind
 
 CACHE_NAME = "mapper-fingerprints.json"
@@ -78,9 +82,17 @@ def safetensors_fingerprint(path: Path) -> str | None:
     return "sha256:" + digest.hexdigest()
 
 
-def mapper_fingerprint(home: Path, path: str | Path) -> str | None:
+def mapper_fingerprint(home: Path, path: str | Path, role: str = "global") -> str | None:
     """The fingerprint `elite gen` would compute for this mapper file, or None when it cannot be read
     without torch (a missing file, or a `.pt` no command has loaded since it last changed)."""
+    if str(path).startswith(HF_SCHEME):
+        from elite_cli.config import HUB_MAPPERS_DIR, MODELS_DIR_NAME
+        from elite_cli.hub import cached_converted_mapper
+
+        converted = cached_converted_mapper(str(path), role, home / MODELS_DIR_NAME / HUB_MAPPERS_DIR)
+        if converted is None:
+            return None
+        path = converted
     path = Path(path).expanduser()
     if not path.is_file():
         return None
@@ -102,7 +114,7 @@ def configured_fingerprints(home: Path, global_mapper: str | None, local_mapper:
     """(global, local) fingerprints of the configured mappers, or None when either is not known."""
     if not global_mapper or not local_mapper:
         return None
-    found = (mapper_fingerprint(home, global_mapper), mapper_fingerprint(home, local_mapper))
+    found = (mapper_fingerprint(home, global_mapper, "global"), mapper_fingerprint(home, local_mapper, "local"))
     return found if all(found) else None  # type: ignore[return-value]
 
 

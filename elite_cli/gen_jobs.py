@@ -11,7 +11,7 @@ from typing import Any
 
 from elite_cli.errors import InputError
 from elite_cli.generation_limits import check_image_settings
-from elite_cli.outputs import read_png_parameters
+from elite_cli.outputs import code_keys, read_png_parameters
 from elite_cli.paths import check_file_exists
 
 
@@ -128,7 +128,8 @@ def jobs_from_history(store: Any, run_id: str) -> list[GenerationJob]:
     jobs: dict[tuple, tuple[int, GenerationJob]] = {}
     for entry in store.get_run(run_id):
         first_seed = entry.seed - entry.image_index
-        settings = {key: entry.parameters[key] for key in GenerationJob("").settings() if key in entry.parameters}
+        parameters = code_keys(entry.parameters)  # `lambda` (newer rows) or `llambda` (older ones)
+        settings = {key: parameters[key] for key in GenerationJob("").settings() if key in parameters}
         number = int(entry.parameters.get("job", len(jobs)))
         key = (number, entry.prompt, entry.negative_prompt, first_seed, tuple(sorted(settings.items())))
         # Rows written before the image count was recorded: the highest finished index tells.

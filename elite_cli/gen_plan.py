@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from elite_cli.outputs import ELITE_CHUNK, image_file_name
+from elite_cli.outputs import ELITE_CHUNK, code_keys, image_file_name
 
 # The settings that make two images the same image (with prompt, negative prompt and seed).
 SETTING_KEYS = ("steps", "guidance_scale", "llambda", "width", "height", "scheduler")
@@ -68,6 +68,7 @@ def finished_images(directory: Path) -> set[str]:
         except (OSError, ValueError, SyntaxError):
             continue
         if isinstance(record, dict):
+            record = code_keys(record)
             try:
                 found.add(identity(record["prompt"], record["negative_prompt"], record["seed"], record, record))
             except KeyError:
@@ -79,6 +80,10 @@ def plan_generation(jobs: Sequence[Any], directory: Path, run_id: str, batch_siz
                     resume: bool = False, when: datetime | None = None) -> GenerationPlan:
     """Name and batch every image of `jobs` (objects with prompt, negative_prompt, seed, num_images, settings())."""
     when = when or datetime.now()
+    if resume:
+        from elite_cli.outputs import remove_abandoned_partials
+
+        remove_abandoned_partials(directory)  # what the killed run was saving is made again
     done = finished_images(directory) if resume else set()
     taken = {path.name for path in directory.glob("*.png")} if directory.is_dir() else set()
     images: list[PlannedImage] = []

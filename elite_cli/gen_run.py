@@ -146,9 +146,11 @@ def check_run_options(*, batch_size: int | None, resume: bool, seed_known: bool)
 def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: Path, spec: "ModelSpec",
                    load_models: Callable[["ModelSpec"], "Models"], listener: GenerationListener, *,
                    again: str | None = None, batch_size: int | None = None, resume: bool = False,
-                   allow_stale: bool = False) -> GenerationResult:
+                   allow_stale: bool = False,
+                   fetch_models: Callable[["ModelSpec", bool], None] | None = None) -> GenerationResult:
     """Make every image of `jobs` into `directory` (see the module docstring). `again` names the run
-    or PNG the jobs repeat (for messages). Raises InputError/ModelError/LibraryError before any image."""
+    or PNG the jobs repeat (for messages). fetch_models(spec, is_main_process) downloads what the
+    models lack before anything reads them. Raises InputError/ModelError/LibraryError before any image."""
     from elite_cli.gen_plan import plan_generation
     from elite_cli.generator import Generator
     from elite_cli.outputs import check_output_folder
@@ -162,6 +164,8 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
     workers = join_workers(spec.device)
     if workers.device is not None:
         spec = dataclasses.replace(spec, device=workers.device)
+    if fetch_models is not None:  # the first run downloads the models
+        fetch_models(spec, workers.is_main)
     # Prompts that do not fit the text encoder fail (or warn) now, not after some images exist.
     reported_warnings = check_prompts_fit(spec, jobs, listener if workers.is_main else None)
     models = load_models(spec)
@@ -170,6 +174,12 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
 
         refuse_stale(((name, record.name, concept) for name, (record, concept) in concepts.items()),
                      models.global_fingerprint, models.local_fingerprint)
+    if workers.is_main:
+        from elite_cli.concept import outdated_preprocessing_warnings
+
+        for line in outdated_preprocessing_warnings((name, record.name, concept)
+                                                    for name, (record, concept) in concepts.items()):
+            listener.warning(line.removeprefix("Warning: "))
     generator = Generator(models)
     model_parameters = {
         "base_model": models.spec.base_model,

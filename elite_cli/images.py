@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from elite_cli.concept import CROP_MODES, DEFAULT_CROP, PREPROCESSING_VERSION  # noqa: F401 (re-exported)
 from elite_cli.errors import InputError
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ class PreparedImage:
     mask: np.ndarray  # bool [H, W], True = object
     image_sha256: str
     mask_sha256: str  # "" when the user gave no mask
+    crop: str = DEFAULT_CROP  # the CROP_MODES value used
+    mask_source: str = "none"  # where the mask came from: "file", "alpha" or "none" (whole picture)
 
 
 def _sha256(data: bytes) -> str:
@@ -110,8 +113,19 @@ def _mask_array(mask: Image.Image) -> np.ndarray:
     return np.asarray(mask.convert("L")) > MASK_THRESHOLD
 
 
-def square_box(mask: np.ndarray | None, width: int, height: int) -> tuple[int, int, int, int]:
-    """The square (left, top, right, bottom) to crop: around the object, or the centre square."""
+def check_crop(crop: str) -> str:
+    if crop not in CROP_MODES:
+        raise InputError(f"--crop {crop!r} is not a crop mode; use auto (square pictures whole, others squared "
+                         "around the object) or object (the square around the object on any picture).")
+    return crop
+
+
+def square_box(mask: np.ndarray | None, width: int, height: int, crop: str = DEFAULT_CROP) -> tuple[int, int, int, int]:
+    """The square (left, top, right, bottom) to crop: the whole square picture (crop "auto"),
+    else around the object, or the centre square without one."""
+    check_crop(crop)
+    if crop == "auto" and width == height:
+        return 0, 0, width, height
     side_limit = min(width, height)
     if mask is None or mask.all():
         centre_x, centre_y, side = width / 2, height / 2, side_limit
@@ -129,7 +143,52 @@ def square_box(mask: np.ndarray | None, width: int, height: int) -> tuple[int, i
     return left, top, left + side, top + side
 
 
-def prepare_image(image: ImageSource, mask: ImageSource | None = None) -> PreparedImage:
+@dataclass
+class Picture:
+    """A concept picture decoded and upright: RGB, its transparency as a mask (None without one)."""
+
+    rgb: Image.Image
+    alpha: np.ndarray | None  # bool [H, W], True = opaque
+    sha256: str  # of the file's bytes
+
+
+def load_picture(image: ImageSource) -> Picture:
+    """Open a picture, apply its EXIF orientation and convert it to 8-bit RGB (alpha kept apart)."""
+    picture, image_sha = _open(image, "image")
+    rgb, alpha = _split_alpha(ImageOps.exif_transpose(picture))
+    return Picture(rgb=rgb, alpha=alpha, sha256=image_sha)
+
+
+def object_mask(picture: Picture, mask: ImageSource | None = None) -> tuple[np.ndarray, str, str]:
+    """The picture's object mask at full size: (bool [H, W], the mask file's sha256 or "", its source).
+
+    The source is "file" (the mask given), "alpha" (the picture's transparency) or "none" (the
+    whole picture).
+    """
+    if mask is not None:
+        mask_image, mask_sha = _open(mask, "mask")
+        mask_image = ImageOps.exif_transpose(mask_image)
+        if mask_image.size != picture.rgb.size:
+            raise InputError(
+                f"mask is {mask_image.size[0]}x{mask_image.size[1]} but the image is "
+                f"{picture.rgb.size[0]}x{picture.rgb.size[1]}; the mask must have the image's size (white = object)."
+            )
+        found, source = _mask_array(mask_image), "file"
+    elif picture.alpha is not None:
+        found, mask_sha, source = picture.alpha, "", "alpha"
+        if not found.any():
+            raise InputError(
+                "the picture is fully transparent, and without --mask its transparency marks the object; "
+                "pass a mask (white = object) or save the picture without transparency."
+            )
+    else:
+        found, mask_sha, source = np.ones((picture.rgb.size[1], picture.rgb.size[0]), dtype=bool), "", "none"
+    if not found.any():
+        raise InputError("the object mask is empty (no pixel above 127); paint the object white on black.")
+    return found, mask_sha, source
+
+
+def prepare_image(image: ImageSource, mask: ImageSource | None = None, crop: str = DEFAULT_CROP) -> PreparedImage:
     """Load, orient, convert and square-crop a concept picture and its object mask.
 
     - EXIF orientation is applied to both image and mask.
@@ -137,36 +196,20 @@ def prepare_image(image: ImageSource, mask: ImageSource | None = None) -> Prepar
     - Without a mask, an image with an alpha channel uses it (transparent = background);
       otherwise the whole picture is the object.
     - Mask pixels > 127 are object; the mask must be the image's size and not empty.
-    - Non-square pictures are cropped to a square around the object (or the centre square).
+    - crop "auto": a square picture is kept whole (the reference's preprocessing); a non-square
+      one is cropped to a square around the object (or the centre square). crop "object": the
+      square around the object on any picture.
     """
-    picture, image_sha = _open(image, "image")
-    picture = ImageOps.exif_transpose(picture)
-    rgb, alpha = _split_alpha(picture)
-    mask_sha = ""
-    if mask is not None:
-        mask_image, mask_sha = _open(mask, "mask")
-        mask_image = ImageOps.exif_transpose(mask_image)
-        if mask_image.size != rgb.size:
-            raise InputError(
-                f"mask is {mask_image.size[0]}x{mask_image.size[1]} but the image is "
-                f"{rgb.size[0]}x{rgb.size[1]}; the mask must have the image's size (white = object)."
-            )
-        object_mask = _mask_array(mask_image)
-    elif alpha is not None:
-        object_mask = alpha
-        if not object_mask.any():
-            raise InputError(
-                "the picture is fully transparent, and without --mask its transparency marks the object; "
-                "pass a mask (white = object) or save the picture without transparency."
-            )
-    else:
-        object_mask = np.ones((rgb.size[1], rgb.size[0]), dtype=bool)
-    if not object_mask.any():
-        raise InputError("the object mask is empty (no pixel above 127); paint the object white on black.")
-    box = square_box(object_mask, *rgb.size)
-    rgb = rgb.crop(box)
-    object_mask = object_mask[box[1] : box[3], box[0] : box[2]]
-    return PreparedImage(image=rgb, mask=object_mask, image_sha256=image_sha, mask_sha256=mask_sha)
+    check_crop(crop)
+    picture = load_picture(image)
+    found, mask_sha, source = object_mask(picture, mask)
+    rgb = picture.rgb
+    box = square_box(found, *rgb.size, crop=crop)
+    if box != (0, 0, *rgb.size):
+        rgb = rgb.crop(box)
+        found = found[box[1] : box[3], box[0] : box[2]]
+    return PreparedImage(image=rgb, mask=found, image_sha256=picture.sha256, mask_sha256=mask_sha, crop=crop,
+                         mask_source=source)
 
 
 def _clip_tensor(image: Image.Image, size: int) -> "torch.Tensor":
@@ -196,3 +239,11 @@ def clip_inputs(prepared: PreparedImage, size: int, grid: int) -> tuple["torch.T
     mask = torch.from_numpy(prepared.mask.astype(np.float32))[None, None]
     grid_mask = F.interpolate(mask, size=(grid, grid), mode="nearest")[0, 0]
     return pixels, grid_mask
+
+
+def alpha_marks_object(image: ImageSource) -> bool:
+    """Whether `prepare_image` without a mask takes this picture's object from its alpha channel
+    (it has one, and it leaves some pixel transparent)."""
+    picture, _ = _open(image, "image")
+    _, alpha = _split_alpha(ImageOps.exif_transpose(picture))
+    return alpha is not None and not alpha.all()

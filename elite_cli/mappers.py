@@ -181,7 +181,8 @@ def load_mapper_state(path: str | Path, what: str = "mapper checkpoint", role: s
     path = Path(path)
     label = f"{what} '{path}'"
     if not path.is_file():
-        raise ModelError(f"{label} does not exist; run `elite models import` or pass --global-mapper/--local-mapper.")
+        raise ModelError(f"{label} does not exist; run `elite models import` or pass --global-mapper/--local-mapper, "
+                         "or try elite offline with `elite models tiny ./tiny --use`.")
     # The file's kind, a cut download, a concept bundle and a swapped role show in its head.
     problem = mapper_file_problem(path, role)
     if problem is not None:

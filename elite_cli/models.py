@@ -9,7 +9,6 @@ our `.safetensors`). Half precision on CUDA, float32 elsewhere unless asked othe
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,8 @@ class ModelSpec:
     low_vram: bool = False
     # torch.compile the UNet (with the ELITE processors; they trace without graph breaks).
     compile: bool = False
+    # Where the safetensors form of hf:// mapper checkpoints is kept (the library's models/hub).
+    mapper_cache: str = ""
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -169,63 +170,87 @@ def _disable_progress_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def load_pretrained(load, source: str, what: str, **kwargs):
-    """Call a from_pretrained and turn every failure into one ModelError sentence.
+def load_pretrained(load, source: str, what: str, *, kind: str = "transformers", subfolder: str = "",
+                    weights: bool = False, prefer_fp16: bool = False, **kwargs):
+    """Call a from_pretrained on a complete local folder and turn every failure into one ModelError.
 
-    Folders and models already in the Hugging Face cache load without a network request; the
-    hub is asked only for a model that is not cached, and not at all when it cannot be reached,
-    where the hub client would print its retry warnings for about 20 seconds before failing.
+    `source` is a folder or a hub id. A hub id is found in the Hugging Face cache, or its missing
+    files are downloaded first (`elite_cli.hub`): from_pretrained itself never goes to the network,
+    so it cannot return a half-loaded model (transformers 5 gives an empty tokenizer rather than an
+    error for a hub tokenizer that is not cached). kind: what elite loads of the model (see
+    `hub.select_files`); weights: the call loads weights, so the variant chosen is passed on.
     """
+    from elite_cli.hub import ensure_local, is_hub_id, weights_variant
+
     local = Path(source).expanduser()
-    if local.exists():
-        source = str(local)
-    elif source.startswith((".", "/", "~")) or os.sep in source and source.count("/") > 1:
+    if not local.exists() and not is_hub_id(source):
         raise ModelError(f"{what} folder '{source}' does not exist; pass a diffusers/transformers folder or a hub id.")
     # Library chatter (progress bars, "some weights were not used", hub retries) is not for our users.
     for name in ("transformers", "diffusers", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     _disable_progress_bars()
+    setting = {"base_model": "base_model", "image_encoder": "image_encoder", "image_encoder_config": "image_encoder"}
+    folder = local if local.exists() else ensure_local(setting.get(kind, what), source, kind, prefer_fp16)
+    target = folder / subfolder if subfolder else folder
+    if weights:
+        variant = weights_variant(target, prefer_fp16)
+        if variant:
+            kwargs["variant"] = variant
     try:
-        try:
-            return load(source, local_files_only=True, **kwargs)
-        except (OSError, ValueError, EnvironmentError):
-            if local.exists() or hub_unreachable():
-                raise
-        return load(source, **kwargs)
+        loaded = load(str(target), local_files_only=True, **kwargs)
     except (OSError, ValueError, EnvironmentError) as error:
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise ModelError(
-            f"could not load the {what} from '{source}' ({reason}); pass a local folder, or download the hub "
-            "model once with network access so it is in the Hugging Face cache."
-        ) from None
+        raise ModelError(f"could not load the {what} from '{target}' ({reason}); pass a complete "
+                         "diffusers/transformers folder or a hub id.") from None
+    check_tokenizer(loaded, what, target)
+    return loaded
 
 
-def hub_unreachable() -> bool:
-    """True when HF_HUB_OFFLINE is set or the hub's host name does not resolve (no network).
-
-    Behind a proxy the local resolver may know nothing, so there the download is simply tried.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return True
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return False
-    try:
-        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname or "huggingface.co", 443)
-    except OSError:
-        return True
-    return False
+def check_tokenizer(loaded, what: str, where: Path) -> None:
+    """A tokenizer without its vocabulary loads without an error: refuse it here, by name."""
+    if not hasattr(loaded, "model_max_length") or not hasattr(loaded, "__len__"):
+        return
+    if len(loaded) <= 2 or not 0 < int(min(loaded.model_max_length, 1 << 40)) < 100_000:
+        raise ModelError(f"the {what} in '{where}' has no usable vocabulary ({len(loaded)} tokens, a "
+                         f"{loaded.model_max_length}-token window): its vocab.json or merges.txt is missing or damaged.")
 
 
 def load_image_encoder(source: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import CLIPVisionModel
 
-    image_encoder = load_pretrained(CLIPVisionModel.from_pretrained, source, "image encoder")
+    image_encoder = load_pretrained(CLIPVisionModel.from_pretrained, source, "image encoder", kind="image_encoder",
+                                    weights=True, prefer_fp16=dtype == torch.float16)
     return image_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def mapper_cache_dir(spec: ModelSpec) -> Path:
+    """Where converted hf:// mappers go: the spec's folder, else the default library's models/hub."""
+    if spec.mapper_cache:
+        return Path(spec.mapper_cache)
+    from elite_cli.config import HUB_MAPPERS_DIR, MODELS_DIR_NAME
+    from elite_cli.paths import default_home
+
+    return default_home() / MODELS_DIR_NAME / HUB_MAPPERS_DIR
+
+
+def resolve_mapper(value: str, role: str, convert_dir: Path) -> str:
+    """The local file of a mapper setting: the path itself, or for an hf:// file its safetensors
+    form, converted once from the downloaded reference checkpoint (downloaded first if needed).
+
+    The conversion copies the tensors bit-exactly, so the fingerprint is the one `elite models
+    import` of the same file gives, and concepts do not depend on the route the weights took.
+    """
+    from elite_cli.hub import converted_path, ensure_local, is_hub_file
+
+    if not is_hub_file(value):
+        return value
+    source = ensure_local(f"{role}_mapper", value, "file")
+    converted = converted_path(convert_dir, role, source)
+    if not converted.is_file():
+        from elite_cli.mappers import convert_reference_checkpoint
+
+        convert_reference_checkpoint(source, converted, role)
+    return str(converted)
 
 
 def forget_models(spec: ModelSpec | None = None) -> None:
@@ -250,21 +275,31 @@ def load_models(spec: ModelSpec) -> Models:
     dtype = resolve_dtype(spec.dtype, device)
     backend = resolve_backend(spec.attention, device)
     if not spec.global_mapper or not spec.local_mapper:
-        raise ModelError("no mapper checkpoints are configured; run `elite models import global_mapper.pt local_mapper.pt` or set ELITE_GLOBAL_MAPPER/ELITE_LOCAL_MAPPER.")
+        raise ModelError("no mapper checkpoints are configured; run `elite config unset global_mapper` (and "
+                         "local_mapper) for the ELITE files from the Hub, or `elite models import global_mapper.pt local_mapper.pt`, or try elite offline with `elite models tiny ./tiny --use`.")
 
     # Mappers first: they are small and the most likely to be wrong.
-    global_state = load_mapper_state(spec.global_mapper, "global mapper", role="global")
-    local_state = load_mapper_state(spec.local_mapper, "local mapper", role="local")
+    convert_dir = mapper_cache_dir(spec)
+    global_file = resolve_mapper(spec.global_mapper, "global", convert_dir)
+    local_file = resolve_mapper(spec.local_mapper, "local", convert_dir)
+    global_state = load_mapper_state(global_file, "global mapper", role="global")
+    local_state = load_mapper_state(local_file, "local mapper", role="local")
     global_mapper = GlobalMapper.from_state_dict(global_state, f"global mapper '{spec.global_mapper}'")
     local_mapper = LocalMapper.from_state_dict(local_state, f"local mapper '{spec.local_mapper}'")
 
     base = spec.base_model
-    tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, base, "base model tokenizer", subfolder="tokenizer")
-    text_encoder = load_pretrained(CLIPTextModel.from_pretrained, base, "base model text encoder", subfolder="text_encoder")
-    unet = load_pretrained(UNet2DConditionModel.from_pretrained, base, "base model UNet", subfolder="unet")
-    vae = load_pretrained(AutoencoderKL.from_pretrained, base, "base model VAE", subfolder="vae")
+    fp16 = dtype == torch.float16
+    tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, base, "base model tokenizer", kind="base_model",
+                                subfolder="tokenizer")
+    text_encoder = load_pretrained(CLIPTextModel.from_pretrained, base, "base model text encoder", kind="base_model",
+                                   subfolder="text_encoder", weights=True, prefer_fp16=fp16)
+    unet = load_pretrained(UNet2DConditionModel.from_pretrained, base, "base model UNet", kind="base_model",
+                           subfolder="unet", weights=True, prefer_fp16=fp16)
+    vae = load_pretrained(AutoencoderKL.from_pretrained, base, "base model VAE", kind="base_model", subfolder="vae",
+                          weights=True, prefer_fp16=fp16)
     # Only the config now (the checks below need it); the weights load on first encode.
-    image_encoder_config = load_pretrained(CLIPVisionConfig.from_pretrained, spec.image_encoder, "image encoder")
+    image_encoder_config = load_pretrained(CLIPVisionConfig.from_pretrained, spec.image_encoder, "image encoder",
+                                           kind="image_encoder_config")
 
     unet_kv = {module_key(name): tuple(module.to_k.weight.shape) for name, module in cross_attention_modules(unet).items()}
     check_against_unet(global_mapper, unet_kv, f"global mapper '{spec.global_mapper}'")
@@ -296,8 +331,9 @@ def load_models(spec: ModelSpec) -> Models:
     try:
         from diffusers import LMSDiscreteScheduler
 
-        scheduler_config = dict(LMSDiscreteScheduler.load_config(base, subfolder="scheduler"))
-    except (OSError, ValueError, EnvironmentError):
+        scheduler_config = dict(load_pretrained(LMSDiscreteScheduler.load_config, base, "base model scheduler",
+                                                kind="base_model", subfolder="scheduler"))
+    except (ModelError, OSError, ValueError, EnvironmentError):
         pass  # fall back to the reference's betas in the generator
 
     models = Models(

@@ -62,7 +62,19 @@ class GenerationRecord:
     elite_version: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        return json.dumps(user_keys(asdict(self)), ensure_ascii=False, sort_keys=True)
+
+
+# `lambda` is the user's word (`--lambda`) but a Python keyword, so the code's name is `llambda`.
+# Files, history rows and --json say `lambda`; those written before said `llambda` and still read.
+def user_keys(parameters: dict[str, Any]) -> dict[str, Any]:
+    """`llambda` -> `lambda`, for what users see and what is stored."""
+    return {("lambda" if key == "llambda" else key): value for key, value in parameters.items()}
+
+
+def code_keys(parameters: dict[str, Any]) -> dict[str, Any]:
+    """`lambda` (or an old file's `llambda`) -> `llambda`, the name elite's functions take."""
+    return {("llambda" if key == "lambda" else key): value for key, value in parameters.items()}
 
 
 def a1111_parameters(record: GenerationRecord) -> str:
@@ -130,7 +142,7 @@ def save_png(image: "Image.Image", directory: Path, record: GenerationRecord, wh
     info.add_text(ELITE_CHUNK, record.to_json())
     from elite_cli.paths import usual_file_mode
 
-    handle, temporary_name = tempfile.mkstemp(prefix=".elite-partial-", suffix=".png", dir=directory)
+    handle, temporary_name = tempfile.mkstemp(prefix=partial_prefix(), suffix=".png", dir=directory)
     temporary = Path(temporary_name)
     try:
         if hasattr(os, "fchmod"):  # POSIX; Windows files have no such modes
@@ -159,6 +171,45 @@ def save_png(image: "Image.Image", directory: Path, record: GenerationRecord, wh
         temporary.unlink(missing_ok=True)
 
 
+# `.elite-partial-<pid>@<host>.<random>.png`: the owner is in the name so that a later run can
+# tell a save cut short by a kill (owner gone) from one still in progress in another process.
+PARTIAL_NAME = re.compile(r"^\.elite-partial-(\d+)@(.+)\.[^.]+\.png$")
+
+
+def partial_prefix() -> str:
+    import socket
+
+    return f".elite-partial-{os.getpid()}@{socket.gethostname()}."
+
+
+def remove_abandoned_partials(directory: Path) -> int:
+    """Delete the temporary files of saves whose process died (a kill mid-save); returns how many.
+
+    Only files of processes on this host that no longer run are removed; on systems without a
+    harmless "is this process alive" probe (Windows) nothing is.
+    """
+    import socket
+
+    if os.name != "posix" or not directory.is_dir():
+        return 0
+    host = socket.gethostname()
+    removed = 0
+    for path in directory.glob(".elite-partial-*.png"):
+        match = PARTIAL_NAME.match(path.name)
+        if not match or match.group(2) != host:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # still running (maybe saving right now)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue  # alive under another user, or not a pid at all
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def check_output_folder(directory: Path, empty: bool = False) -> None:
     """Refuse an -o folder that cannot be written before any model loads (nothing is created here).
 
@@ -184,7 +235,8 @@ def check_output_folder(directory: Path, empty: bool = False) -> None:
 
 
 def read_png_parameters(path: Path) -> dict[str, Any]:
-    """The `elite` JSON chunk of a PNG written by `save_png` (for tests and `gen --again FILE`).
+    """The `elite` JSON chunk of a PNG written by `save_png` (for tests and `gen --again FILE`),
+    with the code's key names (`llambda`, see `code_keys`).
 
     Anything else (another image format, a file that is no image, a chunk another program
     damaged or a chunk without a field `gen --again` needs) is an InputError naming the file.
@@ -210,6 +262,7 @@ def read_png_parameters(path: Path) -> dict[str, Any]:
         parameters = None
     if not isinstance(parameters, dict):
         raise InputError(f"'{path}' has a damaged elite parameters chunk (not a JSON object); {accepted}.")
+    parameters = code_keys(parameters)
     missing = [key for key in REQUIRED_PARAMETERS if key not in parameters]
     if missing:
         raise InputError(f"'{path}' has an elite parameters chunk without {', '.join(missing)}; {accepted}.")

@@ -1,7 +1,8 @@
 """A tiny, random, offline stand-in for every model elite loads.
 
 Same on-disk layouts as the real models (a diffusers Stable Diffusion folder, a transformers
-CLIP vision folder, reference-layout `global_mapper.pt` / `local_mapper.pt`), so tests and
+CLIP vision folder, reference-layout `global_mapper.pt` / `local_mapper.pt`, a transformers
+CLIPSeg folder with its processor for automatic masks), so tests and
 `elite models tiny DIR` exercise exactly the loading code real users run. The CLIP tokenizer
 is built from a small local BPE vocabulary (bytes plus a few merged words), so no download is
 ever needed. Images generated with these models are noise; they prove the plumbing, not art.
@@ -20,7 +21,8 @@ from elite_cli.errors import InputError
 TINY_WORDS = ("a", "photo", "of", "the", "on", "in", "beach", "next", "to", "s", "cat", "dog", "red", "blue")
 TINY_WIDTH = 32
 MARKER = "elite-tiny.json"
-TINY_VERSION = 1
+# 2: the CLIPSeg segmenter joined the set.
+TINY_VERSION = 2
 
 
 @dataclass
@@ -29,6 +31,7 @@ class TinyModels:
     image_encoder: Path
     global_mapper: Path
     local_mapper: Path
+    segmenter: Path
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -88,7 +91,7 @@ def build_tiny_models(directory: str | Path, seed: int = 0) -> TinyModels:
 
     directory = Path(directory)
     paths = TinyModels(directory / "stable-diffusion", directory / "clip-vision",
-                       directory / "global_mapper.pt", directory / "local_mapper.pt")
+                       directory / "global_mapper.pt", directory / "local_mapper.pt", directory / "clipseg")
     marker = directory / MARKER
     if marker.is_file() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
         return paths
@@ -130,5 +133,33 @@ def build_tiny_models(directory: str | Path, seed: int = 0) -> TinyModels:
         mapper = cls(TINY_WIDTH, 64, TINY_WIDTH, kv_shapes)
         # Plain dict of tensors, reference key layout, saved like the reference's torch.save.
         torch.save({name: tensor.clone() for name, tensor in mapper.state_dict().items()}, path)
+    build_tiny_segmenter(paths.segmenter, tokenizer)
     marker.write_text(json.dumps({"version": TINY_VERSION}))
     return paths
+
+
+def build_tiny_segmenter(directory: Path, tokenizer) -> None:
+    """A random CLIPSeg in the layout of CIDAS/clipseg-rd64-refined (config.json, safetensors
+    weights, preprocessor_config.json and the CLIP tokenizer files), 64 px input instead of 352.
+
+    Its masks are random, like its weights, but deterministic: about 60% of a picture passes the
+    automatic-mask threshold (a pattern of the random decoder), and its probabilities saturate at
+    0 and 1, so that a threshold of 1.0 gives the empty mask the tests need.
+    """
+    import torch
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+
+    config = CLIPSegConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=TINY_WIDTH, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=TINY_WIDTH, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           image_size=64, patch_size=16),
+        projection_dim=TINY_WIDTH, extract_layers=[1, 2], reduce_dim=16, decoder_num_attention_heads=2,
+        decoder_intermediate_size=32, conditional_layer=0, use_complex_transposed_convolution=True,
+    )
+    model = CLIPSegForImageSegmentation(config).eval()
+    model.save_pretrained(directory)
+    image_processor = ViTImageProcessor(do_resize=True, size={"height": 64, "width": 64}, resample=2,
+                                        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)

@@ -9,12 +9,17 @@ random weights, real on-disk layouts), `tiny_spec`/`loaded_models`, or `use_tiny
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# An empty Hugging Face cache of the tests' own (read once, when huggingface_hub is imported):
+# what the developer has downloaded must not change what the tests see.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="elite-tests-hf-")
+os.environ.pop("HF_HUB_CACHE", None)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,6 +29,7 @@ ELITE_ENVIRONMENT = (
     "ELITE_IMAGE_ENCODER",
     "ELITE_GLOBAL_MAPPER",
     "ELITE_LOCAL_MAPPER",
+    "ELITE_SEGMENTER",
     "ELITE_DEVICE",
     "ELITE_DTYPE",
     "ELITE_OUTPUT_DIR",
@@ -51,10 +57,19 @@ def elite_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """Paths of the tiny model set (real on-disk layouts), built once per test session:
-    `.base_model`, `.image_encoder`, `.global_mapper`, `.local_mapper`."""
+    `.base_model`, `.image_encoder`, `.global_mapper`, `.local_mapper`, `.segmenter`."""
     from elite_cli.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """A second tiny set with other random weights (built once per session): its mappers make
+    concepts encoded with `tiny_models` stale."""
+    from elite_cli.tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("other-tiny-models"), seed=1)
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +100,8 @@ def use_tiny_models(tiny_models, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ELITE_IMAGE_ENCODER", str(tiny_models.image_encoder))
     monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(tiny_models.global_mapper))
     monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(tiny_models.local_mapper))
+    # `elite add` without a mask finds the object with this (random, deterministic) CLIPSeg.
+    monkeypatch.setenv("ELITE_SEGMENTER", str(tiny_models.segmenter))
     monkeypatch.setenv("ELITE_DEVICE", "cpu")
     return tiny_models
 

@@ -202,3 +202,21 @@ def test_threads_can_share_a_session(session, cat_picture):
         renamed = pool.submit(session.rename, "mycat", "tom").result()
     assert listed == [["mycat"]] * 4 and renamed.name == "tom"
     assert [concept.name for concept in session.concepts()] == ["tom"]
+
+
+def test_masks_and_crops_as_elite_add_takes_them(session, cat_picture, dog_picture):
+    heard, advice = [], []
+    whole, = session.add_concepts([cat_picture], masks=["none"], names=["whole"], crop="object",
+                                  on_mask=heard.append, on_warning=advice.append)
+    assert [choice.source for choice in heard] == ["none"] and heard[0].path is None
+    assert session.mask_origin("whole")["mask_source"] == "none" and whole.crop == "object"
+    assert advice == []  # the whole picture: no coverage advice
+    with pytest.raises(InputError, match="--object names the object"):
+        session.add_concept(dog_picture, "none", name="dog", object_text="a dog")
+    with pytest.raises(InputError, match="--crop 'sideways' is not a crop mode"):
+        session.add_concept(dog_picture, name="dog", crop="sideways")
+    assert [concept.name for concept in session.concepts()] == ["whole"]
+    # Re-encoding with another crop changes the concept; its own crop again is up to date.
+    assert [item.changed for item in session.reencode(["whole"], crop="auto").done] == [True]
+    assert session.concept("whole").crop == "auto"
+    assert [(item.changed, item.seconds) for item in session.reencode(["whole"]).done] == [(False, None)]

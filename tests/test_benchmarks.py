@@ -58,9 +58,12 @@ def test_encode_smoke(tiny_models, tmp_path):
         assert measurement["runs"] == 2 and 0 < measurement["min_s"] <= measurement["median_s"]
         assert measurement["peak_bytes"] is None  # no CUDA: no memory figure rather than a wrong one
     parts = document["results"]
-    assert set(parts) >= {"encode (end to end)", "CLIP vision pass, batch of 2", "global + local mappers"}
-    # The target is reported but does not count on a CPU smoke run.
-    assert [entry["met"] for entry in document["targets"]] == [None]
+    assert set(parts) >= {"encode (end to end)", "CLIP vision pass, batch of 2", "global + local mappers",
+                          "automatic mask (CLIPSeg, from the PNG file)"}
+    assert document["automatic_mask_over_encode"] == pytest.approx(
+        parts["automatic mask (CLIPSeg, from the PNG file)"]["median_s"] / parts["encode (end to end)"]["median_s"])
+    # The targets are reported but do not count on a CPU smoke run.
+    assert [entry["met"] for entry in document["targets"]] == [None, None]
 
 
 def test_generate_smoke_compares_three_loops_that_make_the_same_image(tiny_models, tmp_path):

@@ -33,8 +33,9 @@ def test_defaults_when_nothing_is_set(tmp_path: Path):
     resolved = settings.resolve(tmp_path, environ={})
     assert resolved["base_model"].value == "CompVis/stable-diffusion-v1-4"
     assert resolved["image_encoder"].value == "openai/clip-vit-large-patch14"
-    assert resolved["global_mapper"].value == str(tmp_path / "models" / "global_mapper.safetensors")
-    assert resolved["local_mapper"].value == str(tmp_path / "models" / "local_mapper.safetensors")
+    # The ELITE authors' files on the Hub, until `elite models import` puts a pair in models/.
+    assert resolved["global_mapper"].value == "hf://ELITE-library/ELITE/checkpoints/global_mapper.pt"
+    assert resolved["local_mapper"].value == "hf://ELITE-library/ELITE/checkpoints/local_mapper.pt"
     assert {item.source for item in resolved.values()} == {"default"}
 
 
@@ -256,6 +257,7 @@ def app_that_raises(error: BaseException) -> EliteTyper:
     [
         (InputError("--width must be a multiple of 8."), 1, "Error: --width must be a multiple of 8.\n"),
         (KeyboardInterrupt(), 130, "Interrupted\n"),
+        (KeyboardInterrupt("to go on, run it with --resume"), 130, "Interrupted; to go on, run it with --resume.\n"),
         (RuntimeError("kaput"), 1, "Error: unexpected RuntimeError: kaput; rerun with -v for the traceback and report it.\n"),
     ],
 )
@@ -422,3 +424,39 @@ def test_bare_elite_shows_the_commands(run_cli):
     result = run_cli()
     assert result.exit_code == 2
     assert "Commands:" in result.output and "Missing command" not in result.output
+
+
+# --- words users see ---------------------------------------------------------------------------
+
+def test_speed_below_one_image_a_second_is_seconds_per_image():
+    from elite_cli.wording import speed
+
+    assert speed(5, 2.0) == "2.50 images/s"
+    assert speed(1, 3.24) == "3.2 s per image"  # not "0.31 images/s"
+    assert speed(3, 300.0) == "100.0 s per image"
+
+
+def test_loading_spinner_mentions_downloads_only_for_hub_models(tmp_path):
+    from elite_cli.cli import loading_message
+
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "mapper.safetensors").write_bytes(b"x")
+    assert loading_message(tmp_path / "sd", tmp_path / "mapper.safetensors") == "Loading models..."
+    assert "downloads" in loading_message(tmp_path / "sd", "CompVis/stable-diffusion-v1-4")
+
+
+def test_tables_break_long_paths_between_words_at_80_columns(run_cli, tmp_path, monkeypatch):
+    folder = tmp_path / "a-folder-with-many-models" / "stable-diffusion-v1-4-original"
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    monkeypatch.setenv("ELITE_BASE_MODEL", str(folder))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for command in ("models", "doctor"):
+        result = run_cli(command, env={"COLUMNS": "80"})
+        lines = result.stdout.splitlines()
+        assert max(len(line) for line in lines) <= 80, result.stdout
+        # The path under the home folder is shown as ~/...; too long for its column, it breaks
+        # after a `/`, never inside a name.
+        for part in ("~/", "a-folder-with-many-models/", "stable-diffusion-v1-4-original"):
+            assert any(part in line for line in lines), result.stdout
+        assert str(tmp_path) not in result.stdout

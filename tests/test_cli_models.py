@@ -17,21 +17,84 @@ def test_models_tiny_use_points_the_config_at_them(run_cli, tiny_models, elite_h
     assert shown["base_model"]["value"] == str(Path(tiny_models.base_model).resolve())
     assert shown["global_mapper"]["source"] == f"config {elite_home / 'config.toml'}"
     status = json.loads(run_cli("models", "--json").stdout)
-    assert [finding["status"] for finding in status] == ["ok", "ok", "ok", "ok"]
+    assert [finding["status"] for finding in status] == ["ok"] * 5  # the segmenter too
+    # The metric models of `elite eval` too: its offline route.
+    assert shown["eval_clip_model"]["value"] == str((directory / "metrics" / "clip").resolve())
+    assert shown["eval_dino_model"]["source"] == f"config {elite_home / 'config.toml'}"
+    picture = tmp_path / "cat.png"
+    from conftest import draw_object_picture
+
+    draw_object_picture(picture)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a {} on the beach\n")
+    evaluated = run_cli("eval", picture, "--prompts", prompts, "-n", "1", "--steps", "2", "--width", "64", "--height", "64",
+                        "-o", tmp_path / "eval", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["models"]["clip_model"] == shown["eval_clip_model"]["value"]
 
 
 def test_models_tiny_prints_exports_without_use(run_cli, tiny_models):
     result = run_cli("models", "tiny", Path(tiny_models.base_model).parent)
     assert result.exit_code == 0
     assert f"export ELITE_LOCAL_MAPPER={Path(tiny_models.local_mapper).resolve()}" in result.stdout.splitlines()
+    assert f"export ELITE_SEGMENTER={Path(tiny_models.segmenter).resolve()}" in result.stdout.splitlines()
 
 
-def test_models_shows_missing_mappers_with_the_fix(run_cli, elite_home: Path):
+def test_models_shows_the_hub_defaults_and_what_offline_lacks(run_cli, elite_home: Path):
+    # The tests run with HF_HUB_OFFLINE=1 and an empty cache: nothing can be downloaded.
     result = run_cli("models", "--json")
     findings = {finding["check"]: finding for finding in json.loads(result.stdout)}
-    assert findings["global_mapper"]["status"] == "fail"
-    assert str(elite_home / "models" / "global_mapper.safetensors") in findings["global_mapper"]["detail"]
-    assert "elite models import" in findings["global_mapper"]["fix"]
+    for key in ("base_model", "image_encoder", "global_mapper", "local_mapper"):
+        assert findings[key]["status"] == "fail", findings[key]
+        assert "HF_HUB_OFFLINE is set" in findings[key]["detail"] and "`elite models download`" in findings[key]["fix"]
+    assert "`elite models tiny ./tiny --use`" in findings["global_mapper"]["fix"]  # the offline route
+    doctor = {finding["check"]: finding for finding in json.loads(run_cli("doctor", "--json").stdout)}
+    assert "`elite models tiny ./tiny --use`" in doctor["local_mapper"]["fix"]
+    assert findings["global_mapper"]["detail"].startswith("hf://ELITE-library/ELITE/checkpoints/global_mapper.pt: ")
+
+
+def test_an_imported_pair_wins_over_the_hub_mappers(run_cli, tiny_models, elite_home: Path):
+    from elite_cli.config import resolve
+
+    assert resolve(elite_home)["global_mapper"].value == "hf://ELITE-library/ELITE/checkpoints/global_mapper.pt"
+    assert run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper).exit_code == 0
+    settings = resolve(elite_home)
+    assert settings["global_mapper"].value == str(elite_home / "models" / "global_mapper.safetensors")
+    assert settings["local_mapper"].value == str(elite_home / "models" / "local_mapper.safetensors")
+    (elite_home / "models" / "local_mapper.safetensors").unlink()  # half a pair is no pair
+    assert resolve(elite_home)["local_mapper"].value == "hf://ELITE-library/ELITE/checkpoints/local_mapper.pt"
+    assert resolve(elite_home)["global_mapper"].value == "hf://ELITE-library/ELITE/checkpoints/global_mapper.pt"
+
+
+def test_a_missing_mapper_file_points_to_the_offline_route_too(tmp_path):
+    from elite_cli.errors import ModelError
+    from elite_cli.mappers import load_mapper_state
+
+    with pytest.raises(ModelError, match=r"run `elite models import` .* or try elite offline with `elite models tiny ./tiny --use`"):
+        load_mapper_state(tmp_path / "global_mapper.safetensors")
+
+
+def test_train_takes_its_models_from_the_settings_like_every_command(run_cli, tiny_models, elite_home, tmp_path,
+                                                                     monkeypatch):
+    from elite_cli.training import components
+
+    loaded = []
+
+    def record(base_model, image_encoder):
+        loaded.append((base_model, image_encoder))
+        raise KeyboardInterrupt  # enough: the run stops here, before any training
+
+    monkeypatch.setattr(components, "load_frozen_models", record)
+    assert run_cli("config", "set", "base_model", tiny_models.base_model).exit_code == 0
+    monkeypatch.setenv("ELITE_IMAGE_ENCODER", str(tiny_models.image_encoder))
+    data = tmp_path / "data"
+    data.mkdir()
+    from conftest import draw_object_picture
+
+    draw_object_picture(data / "object.png")
+    result = run_cli("train", "global", "-d", data, "-o", tmp_path / "run", "--cpu", "--resolution", "64")
+    assert result.exit_code == 130, result.output
+    assert loaded == [(str(tiny_models.base_model), str(tiny_models.image_encoder))]
 
 
 def test_models_import_converts_and_refuses_to_overwrite(run_cli, tiny_models, elite_home: Path):

@@ -25,6 +25,26 @@ def listed_names(run_cli) -> list[str]:
     return sorted(row["name"] for row in json.loads(result.stdout))
 
 
+def elite_chunk(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.info["elite"]
+
+
+def rewrite_elite_chunk(path: Path, text: str) -> None:
+    """The same pixels and A1111 text, another `elite` chunk (as an older elite wrote it)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    with Image.open(path) as image:
+        image.load()
+        info = PngInfo()
+        info.add_text("parameters", image.info["parameters"])
+        info.add_text("elite", text)
+        image.save(path, format="PNG", pnginfo=info)
+
+
 def pixels(path: Path) -> bytes:
     """The RGB bytes of an image file (8-bit levels)."""
     from PIL import Image
@@ -49,6 +69,7 @@ def cat_library_template(tmp_path_factory, tiny_models) -> tuple[Path, Path]:
             ("ELITE_IMAGE_ENCODER", tiny_models.image_encoder),
             ("ELITE_GLOBAL_MAPPER", tiny_models.global_mapper),
             ("ELITE_LOCAL_MAPPER", tiny_models.local_mapper),
+            ("ELITE_SEGMENTER", tiny_models.segmenter),
             ("ELITE_DEVICE", "cpu"),
         ):
             patch.setenv(variable, str(value))
@@ -76,7 +97,11 @@ def test_add_list_show(run_cli, use_tiny_models, loaded_models, cat_picture, dog
     other = draw_object_picture(cat_picture.with_name("other.png"), color=(20, 160, 20))
     plain = run_cli("add", other, "--name", "tom")
     assert plain.exit_code == 0
-    assert re.match(r"^Added <tom> \(id [0-9a-f]{12}\) in \d+\.\d\ds$", plain.stdout.strip())
+    # Without a mask the object is found automatically, and the preview of it is named.
+    added_line, preview_line = plain.stdout.splitlines()
+    assert re.match(r"^Added <tom> \(id [0-9a-f]{12}\) in \d+\.\d\ds$", added_line)
+    assert re.fullmatch(r"  preview: .+\.preview\.png", preview_line)
+    assert Path(preview_line.split(": ", 1)[1]).is_file()
     assert listed_names(run_cli) == ["mycat", "mydog", "tom"]
     # The same picture again is recognised, not stored twice.
     same = run_cli("add", cat_picture, "--name", "again")
@@ -112,12 +137,15 @@ def test_gen_writes_reproducible_pngs_and_history(run_cli, library_with_cat, tmp
         assert parameters["seed"] == 5 + index and parameters["index"] == index
         assert (parameters["steps"], parameters["width"], parameters["llambda"]) == (2, 64, 0.8)
         assert list(parameters["concepts"]) == ["mycat"]
+        chunk = json.loads(elite_chunk(path))  # the user's word, not the code's `llambda`
+        assert chunk["lambda"] == 0.8 and "llambda" not in chunk
     assert pixels(paths[0]) != pixels(paths[1])  # different seeds, different images
 
     runs = json.loads(run_cli("history", "--json").stdout)
     assert len(runs) == 1
     run_id = str(written[0]["run_id"])
     assert runs[0]["run_id"] == run_id and runs[0]["seed"] == 5
+    assert runs[0]["images"][0]["parameters"]["lambda"] == 0.8 and "llambda" not in runs[0]["images"][0]["parameters"]
     assert [image["output_path"] for image in runs[0]["images"]] == [str(path.resolve()) for path in paths]
     assert "<mycat> on the beach" in run_cli("history").stdout
 
@@ -128,6 +156,8 @@ def test_gen_writes_reproducible_pngs_and_history(run_cli, library_with_cat, tmp
     assert [pixels(path) for path in repeated] == [pixels(path) for path in paths]
     assert len(json.loads(run_cli("history", "--json").stdout)) == 2
 
+    # A PNG written before the chunk said `lambda` (it said `llambda`) is repeated all the same.
+    rewrite_elite_chunk(paths[1], elite_chunk(paths[1]).replace('"lambda"', '"llambda"'))
     from_png = run_cli("gen", "--again", paths[1], "-o", out, "--json")
     assert from_png.exit_code == 0, from_png.output
     (single,) = json.loads(from_png.stdout)
@@ -258,7 +288,7 @@ def test_import_under_a_taken_name_names_the_flags(run_cli, library_with_cat, tm
 
 
 def test_reencode_all_skips_current_concepts_and_imported_ones_do_not_stop_the_rest(
-        run_cli, library_with_cat, dog_picture, tiny_models, tmp_path, monkeypatch):
+        run_cli, library_with_cat, dog_picture, other_tiny_models, tmp_path, monkeypatch):
     # <imported> has no source picture (it came from a bundle); <mydog> has one.
     bundle = tmp_path / "mycat.elite.safetensors"
     assert run_cli("export", "mycat", "-o", bundle).exit_code == 0
@@ -279,9 +309,7 @@ def test_reencode_all_skips_current_concepts_and_imported_ones_do_not_stop_the_r
     assert {item["name"]: item["changed"] for item in json.loads(current.stdout)} == {"imported": False, "mydog": False}
 
     # Other mappers: <mydog> is re-encoded, then the imported one is named in one line (exit 1).
-    from elite_cli.tiny import build_tiny_models
-
-    other = build_tiny_models(tmp_path / "other-tiny", seed=1)
+    other = other_tiny_models
     monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(other.global_mapper))
     monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(other.local_mapper))
     stale = run_cli("reencode")
@@ -351,11 +379,9 @@ def test_import_under_another_name_of_a_stored_concept_says_how_to_rename(run_cl
     assert listed_names(run_cli) == ["tom"]
 
 
-def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, tiny_models, tmp_path, monkeypatch):
-    # Other mapper weights: the tiny set built with another seed.
-    from elite_cli.tiny import build_tiny_models
-
-    other = build_tiny_models(tmp_path / "other-tiny", seed=1)
+def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, other_tiny_models, tmp_path,
+                                                    monkeypatch):
+    other = other_tiny_models  # other mapper weights: the tiny set built with another seed
     monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(other.global_mapper))
     monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(other.local_mapper))
     # These mappers are .pt pickles no command has loaded yet: list cannot tell without torch.
@@ -380,6 +406,30 @@ def test_stale_concepts_are_refused_until_reencoded(run_cli, library_with_cat, t
     assert run_cli("gen", "<mycat> on the beach", "-o", out, *FAST).exit_code == 0
     assert [row["stale"] for row in json.loads(run_cli("list", "--json").stdout)] == [False]
     assert "yes" not in run_cli("list").stdout
+
+
+def test_reencode_onto_a_concept_already_stored_merges_the_two(run_cli, library_with_cat, other_tiny_models, tmp_path,
+                                                              monkeypatch):
+    """The stale <mycat>'s picture was added again (as <coffee>) with the current mappers: its new
+    encoding is <coffee>'s, and the library never stores one encoding twice, so they merge."""
+    monkeypatch.setenv("ELITE_GLOBAL_MAPPER", str(other_tiny_models.global_mapper))
+    monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(other_tiny_models.local_mapper))
+    assert run_cli("add", library_with_cat, "--name", "coffee", "--tag", "drinks").exit_code == 0
+    out = tmp_path / "out"
+    refused = run_cli("gen", "<mycat> on the beach", "-o", out, *FAST)
+    assert refused.exit_code == 1 and "run `elite reencode mycat`" in refused.stderr
+    merged = run_cli("reencode", "mycat")
+    assert merged.exit_code == 0, merged.output
+    assert re.fullmatch(r"Merged <mycat> into <coffee>: re-encoded, it is the same concept as <coffee> .*"
+                        r"write <coffee> in prompts, or run `elite rename coffee mycat` to keep the old name "
+                        r"\(\d+\.\d\ds\)\n", merged.stdout), merged.stdout
+    listed = json.loads(run_cli("list", "--json").stdout)
+    assert [(row["name"], row["tags"], row["stale"]) for row in listed] == [("coffee", ["drinks", "pets"], False)]
+    assert run_cli("check").exit_code == 0
+    assert run_cli("rename", "coffee", "mycat").exit_code == 0  # the advice works, and so does gen then
+    assert run_cli("gen", "<mycat> on the beach", "-o", out, *FAST).exit_code == 0
+    again = json.loads(run_cli("reencode", "mycat", "--json").stdout)
+    assert [(item["name"], item["changed"], "merged_from" in item) for item in again] == [("mycat", False, False)]
 
 
 def test_list_stale_flag_is_unknown_without_readable_mappers(run_cli, library_with_cat, tmp_path, monkeypatch):

@@ -128,8 +128,9 @@ def test_compare_two_runs(app, pictures, tmp_path, baseline):
 
     result = run(app, "--compare", first / "results.json", second / "results.json")
     assert result.exit_code == 0, result.output
-    for text in ("CLIP-T", "→", "llambda", "overall"):
+    for text in ("CLIP-T", "→", "lambda", "overall"):
         assert text in result.stdout
+    assert "llambda" not in result.stdout  # the user's word for --lambda
 
     as_json = json.loads(run(app, "--compare", first / "results.json", second / "results.json", "--json").stdout)
     a = json.loads((first / "results.json").read_text())
@@ -140,7 +141,13 @@ def test_compare_two_runs(app, pictures, tmp_path, baseline):
         assert row["delta"] == pytest.approx(b["concepts"]["cat"][metric]["mean"] - a["concepts"]["cat"][metric]["mean"])
     assert as_json["overall"]["dino"]["second"] == b["overall"]["dino"]["mean"]
     assert as_json["warnings"] == []
-    assert {"setting": "llambda", "first": 0.8, "second": 0.0} in as_json["differences"]
+    assert {"setting": "lambda", "first": 0.8, "second": 0.0} in as_json["differences"]
+    # A results.json an earlier version wrote says `llambda`: compared under the same word.
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**a, "settings": {("llambda" if key == "lambda" else key): value
+                                                 for key, value in a["settings"].items()}}))
+    mixed = json.loads(run(app, "--compare", old, second / "results.json", "--json").stdout)
+    assert {"setting": "lambda", "first": 0.8, "second": 0.0} in mixed["differences"]
 
 
 def test_compare_prints_user_words_for_missing_values(app, baseline, tmp_path):

@@ -255,7 +255,7 @@ def report(values, llambda=0.8, clip_model="clip", names=("cat",), batch_size=4,
         ImageScore("a <cat>", "a cat", seed, "x.png", clip_t=value, clip_i=value / 2, dino=value / 4)
         for seed, value in enumerate(values)]) for name in names]
     settings = EvalSettings(llambda=llambda)
-    return EvalReport(settings={"llambda": settings.llambda, "prompts": "dreambench", "batch_size": batch_size},
+    return EvalReport(settings={"lambda": settings.llambda, "prompts": "dreambench", "batch_size": batch_size},
                       models={"clip_model": clip_model, "dino_model": "dino"}, concepts=concepts, output_dir="out").to_dict()
 
 
@@ -266,7 +266,7 @@ def test_compare_differences_by_hand():
     assert math.isclose(cat["clip_t"].delta, 0.2)
     assert math.isclose(cat["dino"].delta, 0.05)
     assert math.isclose(comparison.overall["clip_i"].delta, 0.1)
-    assert comparison.differences == [("llambda", 0.8, 0.6)]  # batch size changes speed only
+    assert comparison.differences == [("lambda", 0.8, 0.6)]  # batch size changes speed only
     assert comparison.warnings == []
 
 

@@ -69,10 +69,16 @@ def elite_environment(tiny_models, home: Path) -> dict[str, str]:
         ELITE_IMAGE_ENCODER=str(tiny_models.image_encoder),
         ELITE_GLOBAL_MAPPER=str(tiny_models.global_mapper),
         ELITE_LOCAL_MAPPER=str(tiny_models.local_mapper),
+        ELITE_SEGMENTER=str(tiny_models.segmenter),
         ELITE_DEVICE="cpu",
         OMP_NUM_THREADS="1",
     )
     return env
+
+
+def finished_pngs(directory: Path) -> list[Path]:
+    """The PNGs `elite gen` finished: Path.glob("*") also matches the hidden `.elite-partial-*` files."""
+    return [path for path in directory.glob("*.png") if not path.name.startswith(".")]
 
 
 def images_by_seed(directory: Path) -> dict[tuple[str, int], np.ndarray]:
@@ -146,20 +152,25 @@ def test_resume_after_a_killed_run_writes_only_what_is_missing(run_cli, use_tiny
     arguments = ["-m", "elite_cli", "gen", "<mycat> on the beach", "-n", "5", "--seed", "11", "--batch-size", "1",
                  "--width", "64", "--height", "64", "--steps", "16", "-o", str(output)]
     env = elite_environment(use_tiny_models, elite_home)
-    process = subprocess.Popen([sys.executable, *arguments], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(list(output.glob("*.png"))) < 2 and process.poll() is None:
+    # stderr goes to a file: an unread pipe could fill up and stall the run.
+    with open(tmp_path / "gen.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, *arguments], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    # Generous: on a busy 2-core machine starting the process alone can take minutes.
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and len(finished_pngs(output)) < 2 and process.poll() is None:
         time.sleep(0.05)
+    still_running = process.poll() is None
     process.send_signal(signal.SIGKILL)
     process.wait()
-    before = {path.name: path.stat().st_ino for path in output.glob("*.png")}
+    assert still_running, f"the run ended before it was killed: {(tmp_path / 'gen.log').read_text()[-2000:]}"
+    before = {path.name: path.stat().st_ino for path in finished_pngs(output)}
     assert 2 <= len(before) < 5, "the run was not killed part-way"
 
     resumed = run_cli("gen", "<mycat> on the beach", "-n", "5", "--seed", "11", "--batch-size", "1",
                       "--width", "64", "--height", "64", "--steps", "16", "-o", output, "--resume")
     assert resumed.exit_code == 0, resumed.stderr
     assert f"{len(before)} already there" in resumed.stderr
-    after = {path.name: path.stat().st_ino for path in output.glob("*.png")}
+    after = {path.name: path.stat().st_ino for path in finished_pngs(output)}
     assert all(after[name] == inode for name, inode in before.items())  # untouched
     assert len(after) == 5
     assert sorted(seed for _, seed in images_by_seed(output)) == list(range(11, 16))
@@ -237,3 +248,43 @@ def test_resume_ignores_temporary_and_truncated_files(tmp_path):
     (tmp_path / ".elite-partial-abc.png").write_bytes(data)  # a save killed before its rename
     saved.write_bytes(data[: len(data) // 2])  # a file cut short inside its image data
     assert finished_images(tmp_path) == set()
+
+
+def test_resume_removes_only_the_partial_files_of_dead_processes(tmp_path):
+    from elite_cli.outputs import partial_prefix, remove_abandoned_partials
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    mine = tmp_path / f"{partial_prefix()}abc123.png"
+    dead = tmp_path / f"{partial_prefix().replace(f'-{os.getpid()}@', f'-{dead_pid}@')}x_y9z.png"
+    other_host = tmp_path / f".elite-partial-{dead_pid}@another-host.example.qwerty.png"
+    for path in (mine, dead, other_host):
+        path.write_bytes(b"half a png")
+    if os.name != "posix":
+        pytest.skip("no harmless liveness probe off POSIX: nothing is removed")
+    assert remove_abandoned_partials(tmp_path) == 1
+    assert not dead.exists() and mine.exists() and other_host.exists()
+
+
+def test_resume_recognises_pngs_whose_chunk_says_llambda(tmp_path):
+    """Earlier versions wrote the code's `llambda` into the PNG; it says `lambda` now."""
+    from datetime import datetime
+
+    from elite_cli.gen_plan import finished_images
+    from elite_cli.outputs import ELITE_CHUNK, GenerationRecord, save_png
+
+    job = FakeJob("<a> one", seed=4)
+    record = GenerationRecord(prompt=job.prompt, negative_prompt="", seed=4, base_model="", image_encoder="",
+                              **job.settings())
+    path = save_png(Image.new("RGB", (8, 8)), tmp_path, record, datetime(2026, 1, 1))
+    with Image.open(path) as image:
+        chunk = json.loads(image.info[ELITE_CHUNK])
+    assert chunk["lambda"] == 0.8 and "llambda" not in chunk
+    current = finished_images(tmp_path)
+    chunk["llambda"] = chunk.pop("lambda")
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(ELITE_CHUNK, json.dumps(chunk))
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    assert finished_images(tmp_path) == current and len(current) == 1

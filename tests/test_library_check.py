@@ -39,14 +39,16 @@ def quarantined(store):
 
 def test_missing_file_is_found_and_the_row_dropped(store):
     cat = store.get("cat")
-    picture = cat.image_path.read_bytes()
+    picture, thumbnail = cat.image_path.read_bytes(), cat.thumbnail_path.read_bytes()
     os.remove(cat.file_path)
     assert kinds(store.check()) == ["missing-file"]
     report = assert_repaired(store)
     assert [r.name for r in store.list()] == ["dog", "owl"]
     assert len(os.listdir(store.concepts_dir)) == 6  # no companions of the lost concept remain
-    # The user's picture is kept where the report says, not deleted.
-    assert quarantined(store) == {cat.image_path.name: picture}
+    # The user's picture is kept where the report says, with its thumbnail: nothing is deleted.
+    assert quarantined(store) == {cat.image_path.name: picture, cat.thumbnail_path.name: thumbnail}
+    assert not any(action.startswith("deleted") for action in report.actions), report.actions
+    assert f"moved {cat.thumbnail_path.name} to quarantine/{report.quarantine.name}/" in "\n".join(report.actions)
     assert report.quarantine.parent == store.home / "quarantine"
     assert (report.quarantine / cat.image_path.name).exists()
 
@@ -72,7 +74,8 @@ def test_corrupted_file_is_quarantined(store):
     report = assert_repaired(store)
     assert any("quarantine" in action for action in report.actions)
     # The damaged file and the concept's source picture stay together, for the user to add again.
-    assert sorted(quarantined(store)) == sorted([record.file_path.name, record.image_path.name])
+    assert sorted(quarantined(store)) == sorted([record.file_path.name, record.image_path.name,
+                                                 record.thumbnail_path.name])
     assert (report.quarantine / record.image_path.name).read_bytes() == (store.home.parent / "owl.png").read_bytes()
     assert [r.name for r in store.list()] == ["cat", "dog"]
 
@@ -81,7 +84,7 @@ def test_a_second_repair_does_not_overwrite_what_the_first_kept(store):
     for name in ("cat", "dog"):
         os.remove(store.get(name).file_path)
         assert_repaired(store)
-    assert len(quarantined(store)) == 2 and len(list((store.home / "quarantine").iterdir())) == 2
+    assert len(quarantined(store)) == 4 and len(list((store.home / "quarantine").iterdir())) == 2  # picture + thumbnail each
 
 
 def test_orphans_temps_and_strays(store, tmp_path):
@@ -90,7 +93,7 @@ def test_orphans_temps_and_strays(store, tmp_path):
     (store.concepts_dir / "notes.txt").write_text("mine")
     assert kinds(store.check()) == ["orphan-companion", "stray-file", "temp-file"]
     assert_repaired(store)
-    assert sorted(quarantined(store)) == ["notes.txt"]
+    assert sorted(quarantined(store)) == ["e" * 64 + ".thumb.png", "notes.txt"]  # only the temp file is deleted
     assert store.count() == 3
 
 

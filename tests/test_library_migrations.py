@@ -71,5 +71,7 @@ def test_upgrade_from_every_earlier_schema(tmp_path, stop_before):
     if "m001_concepts" in applied_before:
         record = store.get("oldcat")
         assert record.tags == ("pet",) and record.text_width == 768 and record.global_mapper == "sha256:g"
+        # Concepts indexed before m004 were made by the old preprocessing (square pictures cropped).
+        assert (record.preprocessing, record.crop, record.preprocessing_is_current()) == (1, "", False)
     if "m002_generation_history" in applied_before:
         assert [e.prompt for e in store.list_history()] == ["<OldCat> swims"]

@@ -289,7 +289,7 @@ class FakeEncoder:
     def __init__(self, seed, global_fp):
         self.seed, self.global_fp, self.calls = seed, global_fp, []
 
-    def encode(self, image, mask=None):
+    def encode(self, image, mask=None, crop="auto"):
         self.calls.append((image, mask))
         return random_concept(self.seed, global_fp=self.global_fp)
 
@@ -306,6 +306,19 @@ def test_stale_concepts_and_reencode(store, tmp_path):
     assert fresh.image_path.read_bytes() == (tmp_path / "picture1.png").read_bytes()
     assert store.stale(new_fp, LOCAL_FP) == [] and store.count() == 1 and store.check().ok
     assert store.reencode("cat", FakeEncoder(7, new_fp)).duplicate  # already current: nothing changes
+
+
+def test_reencode_onto_an_encoding_already_stored_merges_into_that_concept(store, tmp_path):
+    stale = add(store, tmp_path, 1, name="coffee_trained", tags=["mine", "Pet"])
+    new_fp = "sha256:" + "d" * 64
+    current = store.add(random_concept(7, global_fp=new_fp), image_path=tmp_path / "picture1.png", name="coffee",
+                        tags=["pet"])
+    merged = store.reencode("coffee_trained", FakeEncoder(7, new_fp))
+    assert merged.duplicate and merged.id == current.id and merged.name == "coffee"
+    assert merged.tags == ("mine", "pet")  # the stale one's tags join (case-insensitively)
+    assert [record.name for record in store.list()] == ["coffee"] and store.stale(new_fp, LOCAL_FP) == []
+    assert not stale.file_path.exists() and not stale.thumbnail_path.exists()
+    assert merged.image_path.is_file() and store.check().ok
 
 
 def test_reencode_needs_a_stored_source(store, tmp_path):

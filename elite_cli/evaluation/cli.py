@@ -57,11 +57,13 @@ def eval_command(
         typer.Option("--class-word", metavar="<name=word>", help="NAME=WORD, e.g. mycat=cat (repeatable); else a class-WORD tag on the concept.", show_default=False),
     ] = None,
     clip_model: Annotated[
-        str, typer.Option("--clip-model", metavar="<model>", envvar="ELITE_EVAL_CLIP_MODEL", help="CLIP for CLIP-T/CLIP-I: hub id or folder.")
-    ] = DEFAULT_CLIP_MODEL,
+        Optional[str], typer.Option("--clip-model", metavar="<model>", show_default=False,
+                                    help=f"CLIP for CLIP-T/CLIP-I: hub id or folder (default: the eval_clip_model setting, {DEFAULT_CLIP_MODEL}).")
+    ] = None,
     dino_model: Annotated[
-        str, typer.Option("--dino-model", metavar="<model>", envvar="ELITE_EVAL_DINO_MODEL", help="DINO ViT for DINO: hub id or folder.")
-    ] = DEFAULT_DINO_MODEL,
+        Optional[str], typer.Option("--dino-model", metavar="<model>", show_default=False,
+                                    help=f"DINO ViT for DINO: hub id or folder (default: the eval_dino_model setting, {DEFAULT_DINO_MODEL}).")
+    ] = None,
     output_dir: Annotated[
         Optional[Path],
         typer.Option("--output-dir", "-o", help="Folder for images, sheets and results.json (default: ./elite-eval-<time>).", show_default=False),
@@ -121,6 +123,7 @@ def eval_command(
     check_output_folder(directory, empty=True)
 
     spec, home = cli_settings()
+    clip_model, dino_model = metric_model_settings(clip_model, dino_model)
     report = run_evaluation(list(names), settings, class_words, spec, home, clip_model, dino_model, directory, allow_stale)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -157,6 +160,22 @@ def cli_settings() -> tuple["ModelSpec", Path]:
     return main_cli.model_spec(), Path(main_cli.library_dir())
 
 
+def metric_model_settings(clip_model: str | None, dino_model: str | None) -> tuple[str, str]:
+    """The metric models: the flags, else the eval_clip_model / eval_dino_model settings (their
+    environment variables, config.toml, e.g. written by `elite models tiny --use`, or the hub defaults)."""
+    try:
+        import elite_cli.cli as main_cli
+    except ModuleNotFoundError as error:
+        if error.name != "elite_cli.cli":
+            raise
+        import os
+
+        return (clip_model or os.environ.get("ELITE_EVAL_CLIP_MODEL") or DEFAULT_CLIP_MODEL,
+                dino_model or os.environ.get("ELITE_EVAL_DINO_MODEL") or DEFAULT_DINO_MODEL)
+    values = main_cli.effective_settings()
+    return clip_model or values["eval_clip_model"].value, dino_model or values["eval_dino_model"].value
+
+
 def default_library() -> Path:
     try:
         from elite_cli.paths import default_home
@@ -180,6 +199,7 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
     """Library look-ups first (typos fail before minutes of model loading), then models, then the run."""
     from rich.console import Console
 
+    from elite_cli.cli_common import loading_message
     from elite_cli.evaluation.subjects import (
         check_class_words,
         check_unique,
@@ -209,7 +229,8 @@ def run_evaluation(names: list[str], settings, class_words: dict[str, str], spec
             typer.echo(f"Warning: {message}", err=True)
 
     console = Console(stderr=True, highlight=False)
-    with console.status("Loading models (the first run downloads them)..."):
+    with console.status(loading_message(spec.base_model, spec.image_encoder, spec.global_mapper, spec.local_mapper,
+                                        clip_model, dino_model)):
         from elite_cli.evaluation.metrics import load_metric_models
         from elite_cli.evaluation.runner import EvalRunner, check_fresh
         from elite_cli.models import load_models

@@ -26,6 +26,7 @@ from PIL import Image, PngImagePlugin
 from elite_cli import __version__
 from elite_cli.concept import Concept
 from elite_cli.errors import InputError
+from elite_cli.outputs import user_keys
 from elite_cli.evaluation.contact_sheet import SheetRow, contact_sheet, fit
 from elite_cli.evaluation.dreambench import dreambench_prompts
 from elite_cli.evaluation.metrics import MetricModels, Summary, mean_cosine_to_references, paired_cosine, summarize
@@ -268,7 +269,7 @@ class EvalRunner:
         total = sum(len(templates_for(subject, settings)) for subject in subjects) * settings.num_images
         done = 0
         report = EvalReport(
-            settings={**asdict(settings), "prompts": "dreambench" if settings.prompts is None else list(settings.prompts),
+            settings={**user_keys(asdict(settings)), "prompts": "dreambench" if settings.prompts is None else list(settings.prompts),
                       "clip_t_subject": "class word when known, else removed"},
             models=self.model_description(),
             concepts=[],
@@ -320,7 +321,7 @@ class EvalRunner:
             for position, ((number, job), image) in enumerate(zip(chunk, images)):
                 path = folder / f"{number:02d}-s{job.seed}.png"
                 save_image(image, path, {"prompt": job.prompt, "seed": job.seed, "steps": settings.steps,
-                                         "guidance_scale": settings.guidance_scale, "llambda": settings.llambda,
+                                         "guidance_scale": settings.guidance_scale, "lambda": settings.llambda,
                                          "scheduler": settings.scheduler, "negative_prompt": job.negative_prompt})
                 result.images.append(ImageScore(job.prompt, texts[position], job.seed, str(path), float(clip_t[position]),
                                                 float(clip_i[position]), float(dino[position])))

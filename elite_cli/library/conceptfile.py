@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT_NAME = "elite-concept"
-FORMAT_VERSION = "1"
+# Version 2 added the `preprocessing` and `crop` metadata keys (how the picture was made square).
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")
 # The header of a real concept is under 2 KiB; the cap stops a hostile file from making us
 # parse megabytes of JSON (safetensors itself allows 100 MB headers).
 MAX_HEADER_BYTES = 64 * 1024
@@ -34,9 +36,32 @@ MAX_THUMBNAIL_SIDE = 256
 
 CONCEPT_TENSORS = ("words", "local", "mask")
 THUMBNAIL_TENSOR = "thumbnail"  # only in exported bundles (uint8 [H, W, 3])
-PROVENANCE_KEYS = ("global_mapper", "local_mapper", "base_model", "image_encoder", "image_sha256", "mask_sha256")
+PROVENANCE_KEYS = ("global_mapper", "local_mapper", "base_model", "image_encoder", "image_sha256", "mask_sha256",
+                   "preprocessing", "crop")
+# Keys a version-1 file lacks, and what they mean there: every picture was cut to the square
+# around its object (elite_cli.images.PREPROCESSING_VERSION 1).
+VERSION_1_DEFAULTS = {"preprocessing": "1", "crop": ""}
 REQUIRED_METADATA = ("format", "format_version", "concept_id", "name", "created", "text_width", "grid", "num_words",
                      *PROVENANCE_KEYS)
+# Where the object mask came from (FORMAT.md 2.1). Optional: files written before elite recorded
+# it lack them, which reads as "" (not recorded); a key is written only when it has a value.
+MASK_KEYS = ("mask_source", "mask_model", "mask_object")
+MASK_SOURCES = ("file", "alpha", "auto", "none")
+
+
+def provenance_of(metadata: dict[str, str]) -> dict[str, str]:
+    """The provenance keys of a concept file's metadata, missing ones filled in, and the mask keys
+    it records (as the encoder's provenance has them: only those with a value)."""
+    provenance = {key: metadata.get(key, VERSION_1_DEFAULTS.get(key, "")) for key in PROVENANCE_KEYS}
+    provenance.update({key: metadata[key] for key in MASK_KEYS if metadata.get(key)})
+    return provenance
+
+
+def recorded_keys(provenance: dict[str, str]) -> dict[str, str]:
+    """The provenance a concept file records: every PROVENANCE_KEYS value and the mask keys that are set."""
+    recorded = {key: str(provenance[key]) for key in PROVENANCE_KEYS if key in provenance}
+    recorded.update({key: str(provenance[key]) for key in MASK_KEYS if provenance.get(key)})
+    return recorded
 
 _PICKLE_HINT = "only elite concept .safetensors files are accepted"
 TRUNCATED_HINT = "copy it again, or write it again with `elite export`"
@@ -81,7 +106,7 @@ class ConceptFile:
 
     def to_concept(self) -> Concept:
         """The in-memory concept, tensors as float32."""
-        provenance = {key: self.metadata[key] for key in PROVENANCE_KEYS}
+        provenance = provenance_of(self.metadata)
         import numpy as np
         import torch
 
@@ -126,6 +151,7 @@ def concept_metadata(concept: Concept, tensors: dict[str, "torch.Tensor"], *, na
     """Build the metadata block for a concept; missing provenance keys become '' (unknown)."""
     words, mask = tensors["words"], tensors["mask"]
     metadata = {key: str(concept.provenance.get(key, "")) for key in PROVENANCE_KEYS}
+    metadata.update({key: str(concept.provenance[key]) for key in MASK_KEYS if concept.provenance.get(key)})
     metadata.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, concept_id=concept_id_of(tensors), name=name,
                     created=created, text_width=str(words.shape[1]), grid=str(mask.shape[0]),
                     num_words=str(words.shape[0]), tags=json.dumps(sorted(set(tags))))
@@ -218,12 +244,17 @@ def _check_metadata(metadata: dict[str, str], label: str) -> None:
     if metadata.get("format") != FORMAT_NAME:
         raise FormatError(f"'{label}' is not an elite concept (metadata 'format' is {metadata.get('format')!r}, "
                           f"expected {FORMAT_NAME!r}).")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise FormatError(f"'{label}' uses concept format version {metadata.get('format_version')!r}; this elite "
-                          f"reads version {FORMAT_VERSION}, so upgrade elite to read it.")
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    version = metadata.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(f"'{label}' uses concept format version {version!r}; this elite "
+                          f"reads versions {' and '.join(READABLE_VERSIONS)}, so upgrade elite to read it.")
+    required = [key for key in REQUIRED_METADATA if not (version == "1" and key in VERSION_1_DEFAULTS)]
+    missing = [key for key in required if key not in metadata]
     if missing:
         raise FormatError(f"'{label}' lacks the metadata keys {', '.join(missing)}, which every concept file has.")
+    if metadata.get("mask_source", "") not in ("", *MASK_SOURCES):
+        raise FormatError(f"'{label}' has mask_source {metadata['mask_source']!r}; accepted are "
+                          f"{', '.join(MASK_SOURCES)}.")
 
 
 def _expect(condition: bool, label: str, problem: str) -> None:

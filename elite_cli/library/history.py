@@ -29,11 +29,13 @@ class GenerationHistory:
                           duration_s: float | None) -> int:
         """Record one generated image; returns the history row id.
 
-        parameters: every other setting (steps, guidance_scale, llambda, width, height,
+        parameters: every other setting (steps, guidance_scale, lambda, width, height,
         scheduler, models...) as JSON-serialisable values. concept_ids: {prompt name: id}.
         """
+        from elite_cli.outputs import user_keys
+
         try:
-            parameters_json = json.dumps(parameters, sort_keys=True)
+            parameters_json = json.dumps(user_keys(parameters), sort_keys=True)
         except TypeError as error:
             raise InputError(f"generation parameters must be JSON values ({error}).") from None
         with self._write():
@@ -44,6 +46,57 @@ class GenerationHistory:
                  json.dumps(concept_ids, sort_keys=True), None if output_path is None else str(output_path),
                  duration_s])
             return cursor.lastrowid
+
+    def copy_history_from(self, old_database: Path) -> tuple[int, bool]:
+        """Copy the generation history out of another (damaged) library.db into this one's empty table.
+
+        Returns (rows copied, whether every row could be read). Rows keep their ids, so runs keep
+        their order; reading stops at the first damaged page, keeping what came before it.
+        """
+        import shutil
+        import sqlite3
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="elite-history-") as scratch:
+            # Read a copy: opening a WAL database, even read-only, may create -wal/-shm files,
+            # and the damaged file is kept aside exactly as it was.
+            copy = Path(scratch) / "library.db"
+            for suffix in ("", "-wal"):
+                if Path(f"{old_database}{suffix}").is_file():
+                    shutil.copyfile(f"{old_database}{suffix}", f"{copy}{suffix}")
+            return self._copy_history_rows(copy)
+
+    def _copy_history_rows(self, old_database: Path) -> tuple[int, bool]:
+        import sqlite3
+
+        rows: list[tuple] = []
+        try:
+            old = sqlite3.connect(old_database)
+        except sqlite3.Error:
+            return 0, False
+        try:
+            columns = [row[1] for row in old.execute("PRAGMA table_info(generations)")]
+            if not columns:  # no history table at all: nothing was lost
+                return 0, True
+            wanted = [column for column in columns if column in self._history_columns()]
+            complete = True
+            try:
+                for row in old.execute(f"SELECT {', '.join(wanted)} FROM generations"):
+                    rows.append(tuple(row))
+            except sqlite3.Error:
+                complete = False
+        except sqlite3.Error:
+            return 0, False
+        finally:
+            old.close()
+        if rows:
+            with self._write():
+                self.conn.executemany(f"INSERT OR IGNORE INTO generations ({', '.join(wanted)}) "
+                                      f"VALUES ({', '.join('?' * len(wanted))})", rows)
+        return len(rows), complete
+
+    def _history_columns(self) -> set[str]:
+        return {row[1] for row in self.conn.execute("PRAGMA table_info(generations)")}
 
     def list_history(self, limit: int | None = 20, offset: int = 0, contains: str | None = None) -> list[HistoryEntry]:
         """Past generated images, newest first; `contains` filters prompts by a substring."""

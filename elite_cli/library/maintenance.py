@@ -22,8 +22,10 @@ from elite_cli.library.records import CheckReport, Problem, RepairReport
 if TYPE_CHECKING:
     from elite_cli.library.store import ConceptStore
 
-# <64 hex>.safetensors | <hex>.safetensors.removed | <hex>.thumb.png | <hex>.image.<ext> | <hex>.mask.<ext>
-_FILE = re.compile(r"(?P<hex>[0-9a-f]{64})\.(?P<role>safetensors(?:\.removed)?|thumb\.png|image\.[^.]+|mask\.[^.]+)")
+# <64 hex>.safetensors | <hex>.safetensors.removed | <hex>.thumb.png | <hex>.preview.png | <hex>.image.<ext> |
+# <hex>.mask.<ext>
+_FILE = re.compile(r"(?P<hex>[0-9a-f]{64})\.(?P<role>safetensors(?:\.removed)?|thumb\.png|preview\.png|image\.[^.]+|"
+                   r"mask\.[^.]+)")
 
 
 def _scan(directory: Path) -> tuple[dict[str, dict[str, str]], list[str], list[str]]:
@@ -84,7 +86,7 @@ def check(store: "ConceptStore", verify_hashes: bool = True) -> CheckReport:
             problems.append(Problem("removed-file", roles["safetensors.removed"], "left by an interrupted removal"))
         else:
             for file_name in sorted(roles.values()):
-                problems.append(Problem("orphan-companion", file_name, "a source or thumbnail without its concept"))
+                problems.append(Problem("orphan-companion", file_name, "a source, thumbnail or preview without its concept"))
     for file_name in temps:
         problems.append(Problem("temp-file", file_name, "a temporary file left by an interrupted write"))
     for file_name in strays:
@@ -180,7 +182,11 @@ def repair(store: "ConceptStore") -> RepairReport:
                 # The user's own picture or mask: never deleted, so it can be added again.
                 quarantine.move(subject, actions, "the source picture of a concept whose file is gone or damaged; "
                                 "add it again with `elite add`")
-            elif kind in ("temp-file", "orphan-companion"):
+            elif kind == "orphan-companion":
+                # A lost concept's thumbnail and preview go with its picture: a repair deletes nothing of a concept.
+                role = "preview" if _FILE.fullmatch(subject)["role"] == "preview.png" else "thumbnail"
+                quarantine.move(subject, actions, f"the {role} of a concept whose file is gone or damaged")
+            elif kind == "temp-file":
                 (store.concepts_dir / subject).unlink(missing_ok=True)
                 actions.append(f"deleted {subject} ({problem.detail})")
             elif kind == "stray-file":

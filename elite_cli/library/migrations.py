@@ -100,4 +100,15 @@ def m003_dedup_and_recent_indexes(db: Database) -> None:
     db.execute("CREATE INDEX concepts_by_created ON concepts (created)")
 
 
+@library_migrations()
+def m004_preprocessing(db: Database) -> None:
+    # Why: elite 0.2 stopped cropping square pictures (they are now prepared exactly as the
+    # reference prepares them), so concepts made before differ from what `add` makes now.
+    # `elite list` marks them stale from these columns alone, without opening every file, and
+    # `reencode` repeats each concept's crop choice. Rows from before are preprocessing 1,
+    # whose only crop was the square around the object (crop '' = not recorded).
+    db.execute("ALTER TABLE concepts ADD COLUMN preprocessing INTEGER NOT NULL DEFAULT 1")
+    db.execute("ALTER TABLE concepts ADD COLUMN crop TEXT NOT NULL DEFAULT ''")
+
+
 MIGRATION_NAMES = [migration.name for migration in library_migrations._migrations]

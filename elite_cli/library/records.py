@@ -34,6 +34,16 @@ class StoredConcept:
     mask_path: Path | None
     thumbnail_path: Path
     duplicate: bool = False
+    # How the picture was made square (elite_cli.images): the preprocessing version (1 for
+    # concepts made before it was recorded) and the crop mode ("" when not recorded).
+    preprocessing: int = 1
+    crop: str = ""
+
+    @property
+    def preview_path(self) -> Path:
+        """Where the preview of the object on the picture is (`<hex>.preview.png`, written for
+        concepts with a marked object; check it exists)."""
+        return self.thumbnail_path.with_name(self.thumbnail_path.name.replace(".thumb.png", ".preview.png"))
 
     @property
     def short_id(self) -> str:
@@ -43,6 +53,12 @@ class StoredConcept:
     def mapper_matches(self, global_fingerprint: str, local_fingerprint: str) -> bool:
         """Whether this concept was encoded by the given mapper weights."""
         return self.global_mapper == global_fingerprint and self.local_mapper == local_fingerprint
+
+    def preprocessing_is_current(self) -> bool:
+        """Whether this concept's picture was prepared as elite prepares pictures now."""
+        from elite_cli.concept import PREPROCESSING_VERSION
+
+        return self.preprocessing >= PREPROCESSING_VERSION
 
     def to_dict(self) -> dict:
         """JSON-ready form for `--json` listings (paths as strings)."""
@@ -111,10 +127,18 @@ class HistoryEntry:
 
     @classmethod
     def from_row(cls, row: dict) -> "HistoryEntry":
+        from elite_cli.outputs import user_keys  # rows written before say `llambda`
+
         return cls(id=row["id"], run_id=row["run_id"], created=row["created"], prompt=row["prompt"],
                    negative_prompt=row["negative_prompt"], seed=row["seed"], image_index=row["image_index"],
-                   parameters=json.loads(row["parameters"]), concept_ids=json.loads(row["concept_ids"]),
+                   parameters=user_keys(json.loads(row["parameters"])), concept_ids=json.loads(row["concept_ids"]),
                    output_path=row["output_path"], duration_s=row["duration_s"])
+
+    def preprocessing_is_current(self) -> bool:
+        """Whether this concept's picture was prepared as elite prepares pictures now."""
+        from elite_cli.concept import PREPROCESSING_VERSION
+
+        return self.preprocessing >= PREPROCESSING_VERSION
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ The core never prints; every problem is a typed EliteError.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol
 
-from elite_cli.errors import ConceptNotFound, IndexUnreadable, InputError, LibraryError, NameClash
+from elite_cli.errors import ConceptNotFound, FormatError, IndexUnreadable, InputError, LibraryError, NameClash
 from elite_cli.library import conceptfile as cf
 from elite_cli.library.history import GenerationHistory
 from elite_cli.library.names import closest_names, name_from_stem, validate_name, validate_tag
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 DB_NAME = "library.db"
 CONCEPTS_DIR = "concepts"
 KEPT_SOURCES_DIR = "kept-sources"
+PREVIEW_SUFFIX = ".preview.png"
 BUSY_TIMEOUT_S = 60.0
 # Shorter hex strings are too likely to be meant as names (and to match many ids).
 MIN_ID_PREFIX = 4
@@ -47,18 +49,20 @@ AMBIGUOUS_SHOWN = 5  # matches named in an "ambiguous id prefix" error
 # schema is current (every `elite list`) needs only the standard library's sqlite3: importing
 # sqlite-utils, which imports numpy, was a third of `elite list`'s wall time. A test keeps the
 # two lists equal; a new migration is appended to both.
-SCHEMA_MIGRATIONS = ("m001_concepts", "m002_generation_history", "m003_dedup_and_recent_indexes")
+SCHEMA_MIGRATIONS = ("m001_concepts", "m002_generation_history", "m003_dedup_and_recent_indexes",
+                     "m004_preprocessing")
 MIGRATION_SET = "elite-library"
 
 _CONCEPT_COLUMNS = """c.id, c.name, c.created, c.updated, c.file_sha256, c.text_width, c.grid, c.image_sha256,
-    c.mask_sha256, c.image_suffix, c.mask_suffix, m.global_mapper, m.local_mapper, m.base_model, m.image_encoder"""
+    c.mask_sha256, c.image_suffix, c.mask_suffix, m.global_mapper, m.local_mapper, m.base_model, m.image_encoder,
+    c.preprocessing, c.crop"""
 _CONCEPT_FROM = "concepts c JOIN model_sets m ON m.id = c.model_set"
 
 
 class ConceptEncoder(Protocol):
     """What `reencode` needs: elite_cli.encoder.Encoder fits."""
 
-    def encode(self, image, mask=None) -> "Concept": ...
+    def encode(self, image, mask=None, crop: str = "auto") -> "Concept": ...
 
 
 class ConceptStore(GenerationHistory):
@@ -145,7 +149,8 @@ class ConceptStore(GenerationHistory):
     def rebuild_index(cls, home: Path | str | None = None) -> tuple["ConceptStore", RepairReport]:
         """Recover from an unreadable library.db: move it aside, start a fresh index, and
         index every concept file (names and tags come from the files). The generation
-        history lived only in the old index; it stays in `library.db.broken-<time>`.
+        history lives only in the index: the rows the old file still gives are copied over,
+        and the report says what could not be (the old file stays as `library.db.broken-<time>`).
         """
         home = Path(home).expanduser() if home is not None else default_home()
         stamp = cf.utc_now().replace(":", "").replace(".", "")
@@ -158,8 +163,17 @@ class ConceptStore(GenerationHistory):
         store = cls(home)
         report = store.repair()
         if moved:
+            copied, complete = store.copy_history_from(home / moved[0])
+            images = f"{copied} image{'' if copied == 1 else 's'}"
+            if complete:
+                history = f"; the generation history ({images}) was copied into it" if copied else ""
+            elif copied:
+                history = (f"; only part of the generation history could be read from the damaged index: "
+                           f"{images} copied, the rest is lost")
+            else:
+                history = "; the generation history could not be read from the damaged index and is lost"
             report.actions.insert(0, f"kept the damaged index as {', '.join(moved)} and built a new one from the "
-                                     "concept files")
+                                     f"concept files{history}")
         return store, report
 
     def close(self) -> None:
@@ -179,6 +193,9 @@ class ConceptStore(GenerationHistory):
     def _thumbnail_path(self, concept_id: str) -> Path:
         return self.concepts_dir / f"{cf.hex_of(concept_id)}.thumb.png"
 
+    def _preview_path(self, concept_id: str) -> Path:
+        return self.concepts_dir / f"{cf.hex_of(concept_id)}{PREVIEW_SUFFIX}"
+
     def _source_path(self, concept_id: str, role: str, suffix: str | None) -> Path | None:
         return self.concepts_dir / f"{cf.hex_of(concept_id)}.{role}{suffix}" if suffix is not None else None
 
@@ -186,14 +203,15 @@ class ConceptStore(GenerationHistory):
 
     def _record(self, row: sqlite3.Row | tuple, tags: tuple[str, ...], duplicate: bool = False) -> StoredConcept:
         (concept_id, name, created, updated, file_sha, width, grid, image_sha, mask_sha, image_suffix, mask_suffix,
-         global_mapper, local_mapper, base_model, image_encoder) = row
+         global_mapper, local_mapper, base_model, image_encoder, preprocessing, crop) = row
         return StoredConcept(
             id=concept_id, name=name, created=created, updated=updated, file_sha256=file_sha, text_width=width,
             grid=grid, global_mapper=global_mapper, local_mapper=local_mapper, base_model=base_model,
             image_encoder=image_encoder, image_sha256=image_sha, mask_sha256=mask_sha, tags=tags,
             file_path=self._file_path(concept_id), image_path=self._source_path(concept_id, "image", image_suffix),
             mask_path=self._source_path(concept_id, "mask", mask_suffix),
-            thumbnail_path=self._thumbnail_path(concept_id), duplicate=duplicate)
+            thumbnail_path=self._thumbnail_path(concept_id), duplicate=duplicate, preprocessing=int(preprocessing),
+            crop=crop)
 
     def _tags_of(self, ids: list[str]) -> dict[str, tuple[str, ...]]:
         tags: dict[str, list[str]] = {concept_id: [] for concept_id in ids}
@@ -241,6 +259,35 @@ class ConceptStore(GenerationHistory):
             raise ConceptNotFound(f"{what} in the library{did_you_mean}; give a name or an id prefix of at least "
                                   f"{MIN_ID_PREFIX} hex digits, as `elite list` shows them.")
         return self._records(rows)[0]
+
+    def mask_origin(self, record: StoredConcept) -> dict[str, str]:
+        """Where a concept's object mask came from: its file's mask_source, mask_model and
+        mask_object ("" when not recorded, or when the file cannot be read; `check` reports that)."""
+        try:
+            metadata = cf.read_metadata(record.file_path)
+            origin = {key: metadata.get(key, "") for key in cf.MASK_KEYS}
+        except (OSError, FormatError):
+            origin = {key: "" for key in cf.MASK_KEYS}
+        if not origin["mask_source"]:
+            # Not recorded (a concept from before elite recorded it): the stored sources tell.
+            origin["mask_source"] = self._mask_source_from_sources(record)
+        return origin
+
+    @staticmethod
+    def _mask_source_from_sources(record: StoredConcept) -> str:
+        """"file", "alpha" (no mask file, a picture with transparency) or "none"; "" when no
+        stored picture tells."""
+        if record.mask_sha256:
+            return "file"
+        if record.image_path is None or not record.image_path.is_file():
+            return ""
+        from elite_cli.errors import EliteError
+        from elite_cli.images import alpha_marks_object
+
+        try:
+            return "alpha" if alpha_marks_object(record.image_path) else "none"
+        except EliteError:  # a stored picture that no longer decodes: `check` reports it
+            return ""
 
     def exists(self, name: str) -> bool:
         return bool(self.conn.execute("SELECT 1 FROM concepts WHERE name = ?", [name]).fetchone())
@@ -319,14 +366,19 @@ class ConceptStore(GenerationHistory):
             candidates = self.names()
         return closest_names(name, candidates, limit)
 
-    def find_duplicate(self, image_sha256: str, mask_sha256: str, global_mapper: str,
-                       local_mapper: str) -> StoredConcept | None:
-        """The stored concept made from the same image, mask and mapper weights, if any.
+    def find_duplicate(self, image_sha256: str, mask_sha256: str, global_mapper: str, local_mapper: str,
+                       preprocessing: int | str | None = None, crop: str | None = None) -> StoredConcept | None:
+        """The stored concept made from the same image, mask and mapper weights (and, when given,
+        the same preprocessing version and crop), if any.
 
         The CLI can call this before encoding to skip the work; `add` calls it too.
         """
-        rows = self._find("c.image_sha256 = ? AND c.mask_sha256 = ? AND m.global_mapper = ? AND m.local_mapper = ?",
-                          [image_sha256, mask_sha256, global_mapper, local_mapper])
+        where = "c.image_sha256 = ? AND c.mask_sha256 = ? AND m.global_mapper = ? AND m.local_mapper = ?"
+        params: list = [image_sha256, mask_sha256, global_mapper, local_mapper]
+        if preprocessing is not None:
+            where += " AND c.preprocessing = ? AND c.crop = ?"
+            params += [int(preprocessing), crop or ""]
+        rows = self._find(where, params)
         return self._records(rows[:1])[0] if rows else None
 
     # --- writing helpers -------------------------------------------------------------------------
@@ -347,12 +399,13 @@ class ConceptStore(GenerationHistory):
                     mask_suffix: str | None, updated: str) -> None:
         """Insert the index row (and tags) of a concept file whose files are already in place."""
         concept_id = metadata["concept_id"]
+        provenance = cf.provenance_of(metadata)
         self.conn.execute(
             "INSERT INTO concepts (id, name, created, updated, file_sha256, text_width, grid, model_set, image_sha256,"
-            " mask_sha256, image_suffix, mask_suffix) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " mask_sha256, image_suffix, mask_suffix, preprocessing, crop) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [concept_id, metadata["name"], metadata["created"], updated, file_sha256, int(metadata["text_width"]),
              int(metadata["grid"]), self._model_set_id(metadata), metadata["image_sha256"], metadata["mask_sha256"],
-             image_suffix, mask_suffix])
+             image_suffix, mask_suffix, _preprocessing_number(provenance["preprocessing"]), provenance["crop"]])
         tags = json.loads(metadata.get("tags", "[]"))
         self.conn.executemany("INSERT OR IGNORE INTO concept_tags (tag, concept_id) VALUES (?, ?)",
                                  [(tag, concept_id) for tag in tags])
@@ -380,6 +433,7 @@ class ConceptStore(GenerationHistory):
             else:
                 path.unlink(missing_ok=True)
         record.thumbnail_path.unlink(missing_ok=True)
+        record.preview_path.unlink(missing_ok=True)
         retired.unlink(missing_ok=True)
         return kept
 
@@ -388,7 +442,9 @@ class ConceptStore(GenerationHistory):
     def add(self, concept: "Concept", *, image_path: Path | str, mask_path: Path | str | None = None,
             name: str | None = None, tags: tuple[str, ...] | list[str] = (), replace: bool = False,
             keep_sources: bool = True) -> StoredConcept:
-        """Store an encoded concept with copies of its source image and mask and a thumbnail.
+        """Store an encoded concept with copies of its source image and mask, a thumbnail, and, when
+        its object is marked (a mask file, the picture's transparency or an automatic mask: the
+        provenance's mask_source), a preview of the object on the picture (`<hex>.preview.png`).
 
         name defaults to the image file stem made valid. If the same image + mask + mappers (or
         the very same tensors) are already stored, the existing record is returned with
@@ -415,19 +471,24 @@ class ConceptStore(GenerationHistory):
                 raise InputError(f"the concept has no {key} fingerprint; encode it with elite's Encoder, which records it.")
         tensors = cf.disk_tensors(concept)
         metadata = cf.concept_metadata(concept, tensors, name=name, created=cf.utc_now(), tags=tags)
-        metadata.update({key: provenance[key] for key in cf.PROVENANCE_KEYS if key in provenance})
+        metadata.update(cf.recorded_keys(provenance))
         data = cf.serialize(tensors, metadata)
         cf.load_bytes(data, name)  # the same checks an import gets: shapes, finite values
         thumbnail = thumbnail_png(image_path)
+        preview = None
+        if provenance.get("mask_source") in ("file", "alpha", "auto"):
+            from elite_cli.library.thumbnails import preview_png
+
+            preview = preview_png(image_path, mask_path, provenance.get("crop") or "auto")
         sources = [("image", image_path, _source_suffix(image_path))]
         if mask_path is not None:
             sources.append(("mask", mask_path, _source_suffix(mask_path)))
         if not keep_sources:
             sources = []
-        return self._store(data, metadata, thumbnail, sources, replace)
+        return self._store(data, metadata, thumbnail, sources, replace, preview)
 
     def _store(self, data: bytes, metadata: dict[str, str], thumbnail: bytes,
-               sources: list[tuple[str, Path, str]], replace: bool) -> StoredConcept:
+               sources: list[tuple[str, Path, str]], replace: bool, preview: bytes | None = None) -> StoredConcept:
         concept_id, name = metadata["concept_id"], metadata["name"]
         final_file = self._file_path(concept_id)
         placed: list[Path] = []
@@ -439,19 +500,36 @@ class ConceptStore(GenerationHistory):
                 # are not either, except when replacing that concept under its own name
                 # (re-encoding with non-deterministic kernels gives slightly different tensors).
                 same_tensors = self._find("c.id = ?", [concept_id])
+                if same_tensors and replace and same_tensors[0][1].lower() == name.lower():
+                    # Re-encoding gave the very tensors stored: only the record of how they were
+                    # made (models, preprocessing) may be news, and it must be kept, or the concept
+                    # would stay stale however often it is re-encoded.
+                    record = self._records(same_tensors)[0]
+                    self._update_provenance(record, metadata)
+                    return self._record(self._find("c.id = ?", [concept_id])[0], record.tags, duplicate=True)
+                provenance = cf.provenance_of(metadata)
                 same_sources = same_tensors or self._find(
-                    "c.image_sha256 = ? AND c.mask_sha256 = ? AND m.global_mapper = ? AND m.local_mapper = ?",
+                    "c.image_sha256 = ? AND c.mask_sha256 = ? AND m.global_mapper = ? AND m.local_mapper = ?"
+                    " AND c.preprocessing = ? AND c.crop = ?",
                     [metadata["image_sha256"], metadata["mask_sha256"], metadata["global_mapper"],
-                     metadata["local_mapper"]])
+                     metadata["local_mapper"], _preprocessing_number(provenance["preprocessing"]), provenance["crop"]])
                 if same_tensors or (same_sources and not (replace and same_sources[0][1].lower() == name.lower())):
                     row = same_sources[0]
                     return self._record(row, self._tags_of([row[0]])[row[0]], duplicate=True)
                 clash = self._find("c.name = ?", [name])
                 if clash and not replace and (clash[0][7], clash[0][8]) == (metadata["image_sha256"],
                                                                            metadata["mask_sha256"]):
-                    # The same picture, encoded before by other mappers (else it was a duplicate).
-                    raise NameClash(f"concept '{clash[0][1]}' was made from this picture by other mapper weights; "
-                                    f"run `elite reencode {clash[0][1]}` to encode it with the current ones.")
+                    # The same picture, encoded before by other mappers or preprocessing (else it was a duplicate).
+                    old = self._records(clash)[0]
+                    if not old.mapper_matches(metadata["global_mapper"], metadata["local_mapper"]):
+                        raise NameClash(f"concept '{old.name}' was made from this picture by other mapper weights; "
+                                        f"run `elite reencode {old.name}` to encode it with the current ones.")
+                    if old.preprocessing < _preprocessing_number(provenance["preprocessing"]):
+                        raise NameClash(f"concept '{old.name}' was made from this picture by an older elite, which "
+                                        f"cropped pictures differently; run `elite reencode {old.name}` to update it.")
+                    raise NameClash(f"concept '{old.name}' was made from this picture with --crop "
+                                    f"{old.crop or 'object'}; pass --replace to store it with --crop {provenance['crop']}, "
+                                    "or choose another --name.")
                 if clash and not replace:
                     raise NameClash(f"a concept named '{clash[0][1]}' already exists; choose another name or replace it.",
                                     taken=clash[0][1])
@@ -460,9 +538,13 @@ class ConceptStore(GenerationHistory):
                 for role, source, suffix in sources:
                     temps.append(cf.write_temp(self._source_path(concept_id, role, suffix), source.read_bytes()))
                 temps.append(cf.write_temp(self._thumbnail_path(concept_id), thumbnail))
-                temps.append(cf.write_temp(final_file, data))
                 finals = [self._source_path(concept_id, role, suffix) for role, _, suffix in sources]
-                finals += [self._thumbnail_path(concept_id), final_file]
+                finals.append(self._thumbnail_path(concept_id))
+                if preview is not None:
+                    temps.append(cf.write_temp(self._preview_path(concept_id), preview))
+                    finals.append(self._preview_path(concept_id))
+                temps.append(cf.write_temp(final_file, data))
+                finals.append(final_file)
                 for temp, final in zip(temps, finals):
                     os.replace(temp, final)
                     placed.append(final)
@@ -484,6 +566,20 @@ class ConceptStore(GenerationHistory):
         if retired is not None:
             self._discard(*retired)
         return self.get(concept_id)
+
+    def _update_provenance(self, record: StoredConcept, metadata: dict[str, str]) -> None:
+        """Inside a write transaction: record in the file and the row that `record`'s tensors were
+        (re)made by the models and preprocessing in `metadata` (its name and tags are kept)."""
+        new = {key: metadata[key] for key in (*cf.PROVENANCE_KEYS, *cf.MASK_KEYS) if key in metadata}
+        new["format_version"] = cf.FORMAT_VERSION  # the file now carries version 2's keys
+        current = cf.read_metadata(record.file_path)
+        if all(current.get(key) == value for key, value in new.items()):
+            return
+        provenance = cf.provenance_of(new)
+        self.conn.execute("UPDATE concepts SET model_set = ?, preprocessing = ?, crop = ? WHERE id = ?",
+                          [self._model_set_id(new), _preprocessing_number(provenance["preprocessing"]),
+                           provenance["crop"], record.id])
+        self._rewrite(record, **new)
 
     # --- edits -----------------------------------------------------------------------------------
 
@@ -568,17 +664,50 @@ class ConceptStore(GenerationHistory):
 
     # --- re-encoding -----------------------------------------------------------------------------
 
-    def reencode(self, name_or_id: str, encoder: ConceptEncoder) -> StoredConcept:
+    def reencode(self, name_or_id: str, encoder: ConceptEncoder, crop: str | None = None) -> StoredConcept:
         """Encode a concept again from its stored sources with `encoder` (the current mappers).
 
-        Keeps the name, tags and sources. Returns the record with duplicate=True when the
-        concept was already made by these mappers (nothing changes then).
+        Keeps the name, tags and sources, and the concept's crop choice unless `crop` is given
+        (concepts from before crops were recorded get the default). Returns the record with
+        duplicate=True when the encoding gave the tensors already stored (then only the record
+        of the models and preprocessing that made them is brought up to date).
+
+        The library never holds the same picture and mask encoded by the same mappers twice, so
+        when the new encoding is another concept's (that picture was added again under another
+        name with the current mappers), the two merge: this concept is removed, the other one
+        keeps its name and gains this one's tags, and its record is returned (duplicate=True,
+        another name), so the caller can say which name to use now.
         """
+        from elite_cli.concept import DEFAULT_CROP
+
         record = self.get(name_or_id)
         self.require_sources([record])
-        concept = encoder.encode(record.image_path, record.mask_path)
-        return self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
-                        tags=record.tags, replace=True)
+        concept = encoder.encode(record.image_path, record.mask_path, crop=crop or record.crop or DEFAULT_CROP)
+        # The encoder sees the stored mask as a mask file; where that file came from (an
+        # automatic mask, say) is the concept's own record, and stays.
+        before = cf.read_metadata(record.file_path)
+        if before.get("mask_source"):
+            concept.provenance.update({key: before.get(key, "") for key in cf.MASK_KEYS})
+        stored = self.add(concept, image_path=record.image_path, mask_path=record.mask_path, name=record.name,
+                          tags=record.tags, replace=True)
+        if not stored.duplicate or stored.id == record.id:
+            return stored
+        retired = None
+        try:
+            with self._editing():
+                survivor, stale = self.get(stored.id), self.get(record.id)
+                tags = {tag.lower(): tag for tag in survivor.tags}
+                for tag in stale.tags:
+                    tags.setdefault(tag.lower(), tag)
+                if len(tags) != len(survivor.tags):
+                    self._rewrite(survivor, tags=json.dumps(sorted(tags.values())))
+                retired = self._retire(stale)
+        except BaseException:
+            if retired is not None and retired.exists():
+                os.replace(retired, record.file_path)
+            raise
+        self._discard(record, retired)
+        return dataclasses.replace(self.get(stored.id), duplicate=True)
 
     @staticmethod
     def without_sources(records: list[StoredConcept]) -> list[StoredConcept]:
@@ -665,6 +794,11 @@ def _source_suffix(path: Path) -> str:
     extension (check recognises `<hex>.image.<ext>`), else `.img`."""
     suffix = path.suffix.lower()
     return suffix if 1 < len(suffix) <= 9 and suffix[1:].isascii() and suffix[1:].isalnum() else ".img"
+
+
+def _preprocessing_number(value: str) -> int:
+    """The preprocessing version of a concept file's metadata as a number (0 when unknown)."""
+    return int(value) if value.isdigit() else 0
 
 
 def _like_escape(text: str) -> str:

@@ -57,8 +57,14 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 # ---- shared options ------------------------------------------------------------------------------
 Data = Annotated[Path, typer.Option("--data", "-d", help="Folder of name.jpg + name_mask.png pairs, or a .jsonl manifest.")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, logs and the trained mapper.")]
-BaseModel = Annotated[str, typer.Option(metavar="<model>", help="Stable Diffusion hub id or diffusers folder.", envvar="ELITE_BASE_MODEL")]
-ImageEncoder = Annotated[str, typer.Option(metavar="<model>", help="CLIP vision hub id or folder.", envvar="ELITE_IMAGE_ENCODER")]
+BaseModel = Annotated[Optional[str], typer.Option(
+    metavar="<model>", show_default=False,
+    help="Stable Diffusion hub id or diffusers folder (default: the base_model setting: ELITE_BASE_MODEL, config.toml, "
+         f"else {DEFAULT_BASE_MODEL}).")]
+ImageEncoder = Annotated[Optional[str], typer.Option(
+    metavar="<model>", show_default=False,
+    help="CLIP vision hub id or folder (default: the image_encoder setting: ELITE_IMAGE_ENCODER, config.toml, "
+         f"else {DEFAULT_IMAGE_ENCODER}).")]
 Init = Annotated[Optional[Path], typer.Option(help="Start from these mapper weights instead of fresh ones.")]
 Resolution = Annotated[int, typer.Option(help="Training image size in pixels (multiple of 8).")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Batch per process (default: 4 global, 2 local, as the reference).", show_default=False)]
@@ -90,6 +96,11 @@ HiddenWidth = Annotated[int, typer.Option(help="Width of the mapping MLPs (the r
 
 def run_training(**values: Any) -> None:
     values["device"] = "cpu" if values.pop("cpu") else "auto"
+    for key in ("base_model", "image_encoder"):
+        if values[key] is None:  # the same settings every other command uses (flag, env, config.toml, default)
+            from elite_cli.cli_common import setting
+
+            values[key] = setting(key)
     for key in ("data", "output", "init", "global_mapper"):
         if values.get(key) is not None:
             values[key] = str(values[key])
@@ -155,7 +166,7 @@ class TrainingDisplay:
 @one_line_errors
 def train_global(
     data: Data, output: Output,
-    base_model: BaseModel = DEFAULT_BASE_MODEL, image_encoder: ImageEncoder = DEFAULT_IMAGE_ENCODER,
+    base_model: BaseModel = None, image_encoder: ImageEncoder = None,
     init: Init = None, resolution: Resolution = 512, batch_size: BatchSize = None, gradient_accumulation: Accumulation = 4,
     learning_rate: LearningRate = None, scale_lr: ScaleLr = True, lr_scheduler: LrScheduler = "constant",
     lr_warmup_steps: Warmup = 0, max_steps: MaxSteps = 200_000, checkpoint_every: CheckpointEvery = 1000,
@@ -177,7 +188,7 @@ def train_global(
 def train_local(
     data: Data, output: Output,
     global_mapper: Annotated[Path, typer.Option(help="The trained global mapper (.safetensors or reference .pt).")],
-    base_model: BaseModel = DEFAULT_BASE_MODEL, image_encoder: ImageEncoder = DEFAULT_IMAGE_ENCODER,
+    base_model: BaseModel = None, image_encoder: ImageEncoder = None,
     init: Init = None, resolution: Resolution = 512, batch_size: BatchSize = None, gradient_accumulation: Accumulation = 4,
     learning_rate: LearningRate = None, scale_lr: ScaleLr = True, lr_scheduler: LrScheduler = "constant",
     lr_warmup_steps: Warmup = 0, max_steps: MaxSteps = 200_000, checkpoint_every: CheckpointEvery = 1000,
