@@ -23,20 +23,20 @@ if TYPE_CHECKING:
     from elite_cli.gen_run import GeneratedImage, GenerationResult
     from elite_cli.library import HistoryEntry, StoredConcept
 
-# How the object is marked on an added picture. "auto" joins when the API can find the object
-# itself (the `--mask auto` of `elite add`); until then a picture without a mask is the object.
+# How the object is marked on an added picture: painted in the page, a mask file, the whole
+# picture ("none"), or found by the segmenter ("auto", as `elite add` without a mask does).
 MASK_PAINT, MASK_FILE, MASK_NONE, MASK_AUTO = "paint", "file", "none", "auto"
 HISTORY_LIMIT = 50  # runs shown in the history table
 TAG_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def automatic_mask_available() -> bool:
-    """Whether `Session.add_concept` takes mask="auto" (the automatic mask of `elite add --mask auto`)."""
+    """Whether `Session.add_concept` takes mask="auto" (the automatic mask of `elite add`)."""
     try:
-        from elite_cli import api
-    except ImportError:  # pragma: no cover - the API is part of the package
+        from elite_cli.masks import MASK_MODES
+    except ImportError:  # an elite without automatic masks
         return False
-    return bool(getattr(api, "AUTO_MASK", False))
+    return "auto" in MASK_MODES
 
 
 def error_message(error: BaseException, uploads: dict[str, str] | None = None) -> str:
@@ -220,6 +220,8 @@ class Actions:
                 mask = mask_file
             elif mask_mode == MASK_PAINT:
                 mask = self.worker.call(_painted_mask_for, picture, painted)
+            elif mask_mode == MASK_NONE:
+                mask = "none"  # None would ask the API for the picture's transparency, else the segmenter
             elif mask_mode == MASK_AUTO:
                 mask = "auto"
             stored = self.worker.call(lambda session: session.add_concept(
