@@ -50,6 +50,7 @@ from elite_cli.cli_common import (  # noqa: F401  (re-exported: `from elite_cli.
 from elite_cli import cli_concepts as _concepts  # noqa: E402,F401  (registers commands)
 from elite_cli import cli_generate as _generate  # noqa: E402,F401
 from elite_cli import cli_setup as _setup  # noqa: E402,F401
+from elite_cli import cli_ui as _ui  # noqa: E402,F401
 from elite_cli.evaluation.cli import eval_command  # noqa: E402
 from elite_cli.training.cli import train_app  # noqa: E402  (typer + pure-Python recipe only)
 

@@ -1,0 +1,154 @@
+"""Benchmark: a generation through the web UI against the same generation through the API, in one process.
+
+`elite ui` serves one `elite_cli.api.Session`. A click on Generate goes browser -> Gradio's
+queue -> the session's worker thread -> `Session.generate` (PNG and history row) -> progress and
+the image back to the page. The issue's target: the UI's second generation takes no longer than
+the same generation through the API in the same process, plus 10%:
+
+    ratio = (click on Generate until the page shows "Made ...") / (Session.generate, same settings)
+
+Both sides use the same session, models and settings (one image, a fixed seed), alternating, after
+one warm-up generation each (the UI's first generation is its warm-up: the target is about the
+second). The browser is Debian's chromium driven by playwright (the `test` and `ui` extras).
+Tiny models on the CPU, sized so that one generation takes seconds, as one Stable Diffusion
+image does on a GPU:
+
+    python benchmarks/ui_overhead.py                       # tiny models, CPU
+    python benchmarks/ui_overhead.py --runs 5 --steps 30 --size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+PROMPT = "<thing> on the beach"
+CHROMIUM = "/usr/bin/chromium"
+TARGET_RATIO = 1.10
+
+
+def parse(argv: list[str] | None):
+    parser = argparse.ArgumentParser(prog="benchmarks/ui_overhead.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="measured generations per side (medians; default 5)")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--models-dir", type=Path, default=None, help="tiny models folder (built if missing)")
+    parser.add_argument("--json", dest="json_path", type=Path, default=None,
+                        help="where to write the JSON (default benchmarks/results/ui_overhead-tiny-cpu.json)")
+    args = parser.parse_args(argv)
+    args.command = "python benchmarks/ui_overhead.py" + ("" if not argv else " " + " ".join(map(str, argv)))
+    return args
+
+
+def fill_number(page, element: str, value: int) -> None:
+    box = page.locator(f"{element} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    from playwright.sync_api import sync_playwright
+
+    from benchmarks import harness
+    from elite_cli.api import Session
+    from elite_cli.tiny import build_tiny_models
+    from elite_cli.ui.server import start
+
+    with tempfile.TemporaryDirectory(prefix="elite-ui-bench-") as scratch:
+        scratch = Path(scratch)
+        models = build_tiny_models(args.models_dir or scratch / "tiny")
+        os.environ.update(ELITE_HOME=str(scratch / "home"), ELITE_OUTPUT_DIR=str(scratch / "out"), ELITE_DEVICE="cpu",
+                          HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ELITE_BASE_MODEL=str(models.base_model),
+                          ELITE_IMAGE_ENCODER=str(models.image_encoder), ELITE_GLOBAL_MAPPER=str(models.global_mapper),
+                          ELITE_LOCAL_MAPPER=str(models.local_mapper))
+        picture, mask = harness.sample_pictures(scratch / "pictures", size=64)
+        with Session() as setup:  # the concept both sides use, added once, not timed
+            setup.add_concept(picture, mask, name="thing")
+        running = start(Session(), port=0)
+        settings = dict(seed=args.seed, steps=args.steps, width=args.size, height=args.size)
+
+        def api_generation() -> float:
+            started = time.perf_counter()
+            running.worker.call(lambda session: session.generate(PROMPT, **settings))
+            return time.perf_counter() - started
+
+        api_times, ui_times = [], []
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+                    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+                page = browser.new_page()
+                page.set_default_timeout(600_000)
+                page.goto(running.url)
+                page.locator("#prompt textarea").fill(PROMPT)
+                fill_number(page, "#seed", args.seed)
+                fill_number(page, "#steps", args.steps)
+                page.get_by_text("Scheduler and size").click()
+                fill_number(page, "#width", args.size)
+                fill_number(page, "#height", args.size)
+
+                def run_id_shown() -> str | None:
+                    return page.evaluate("() => { const found = document.querySelector('#run-info').innerText"
+                                         ".match(/Made .* run ([0-9a-f]{12})/); return found && found[1]; }")
+
+                def ui_generation() -> float:
+                    # Each run's line names its own run id: wait for a "Made" line with another one (the
+                    # progress bar is drawn over the previous line meanwhile).
+                    before = run_id_shown()
+                    started = time.perf_counter()
+                    page.locator("#generate").click()
+                    page.wait_for_function(
+                        "(before) => { const found = document.querySelector('#run-info').innerText"
+                        ".match(/Made .* run ([0-9a-f]{12})/); return found !== null && found[1] !== before; }",
+                        arg=before, polling="raf")
+                    elapsed = time.perf_counter() - started
+                    page.wait_for_function("document.querySelector('#generate').disabled === false", polling="raf")
+                    return elapsed
+
+                api_generation()  # warm-up: the models load here
+                warmup_ui = ui_generation()
+                for _ in range(args.runs):
+                    api_times.append(api_generation())
+                    ui_times.append(ui_generation())
+                browser.close()
+        finally:
+            running.stop()
+    api_median, ui_median = statistics.median(api_times), statistics.median(ui_times)
+    ratio = ui_median / api_median
+    payload = {
+        "settings": {"steps": args.steps, "size": args.size, "runs": args.runs, "images": 1},
+        "api_generate_s": api_median,
+        "ui_generate_s": ui_median,
+        "ui_first_generation_s": warmup_ui,
+        "ratio_ui_over_api": ratio,
+        "target": {"ratio_at_most": TARGET_RATIO, "met": ratio <= TARGET_RATIO},
+        "runs": {"api_s": api_times, "ui_s": ui_times},
+    }
+    print(f"one image, {args.steps} steps, {args.size}x{args.size}, tiny models on the CPU (median of {args.runs}):")
+    print(f"  Session.generate (API)             {api_median:8.2f} s")
+    print(f"  click to result in the page (UI)   {ui_median:8.2f} s")
+    print(f"  ratio UI / API                     {ratio:8.3f}   (target <= {TARGET_RATIO}: "
+          f"{'met' if ratio <= TARGET_RATIO else 'NOT met'})")
+    path = args.json_path or harness.RESULTS_DIR / "ui_overhead-tiny-cpu.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"benchmark": "ui_overhead", "size": "tiny", "environment": harness.environment(None, args.command),
+                **payload}
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print(f"\nJSON written to {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

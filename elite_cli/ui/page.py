@@ -1,0 +1,352 @@
+"""The Gradio page of `elite ui`: three tabs (Generate, Library, History) wired to actions.py.
+
+Handlers only translate between components and `Actions`; what a control does lives there.
+Element ids (elem_id) are part of the page's contract: the browser tests find controls by them.
+"""
+
+# No `from __future__ import annotations` here: Gradio reads the handlers' `gr.SelectData`
+# annotations at run time to know which ones want the event.
+import hashlib
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SCHEDULERS
+from elite_cli.ui.actions import (HISTORY_COLUMNS, MASK_AUTO, MASK_FILE, MASK_NONE, MASK_PAINT, Actions, HistoryRow,
+                                  automatic_mask_available, describe, error_message, insert_placeholder)
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+MASK_CHOICES = [("Paint it", MASK_PAINT), ("Mask file", MASK_FILE), ("Whole picture", MASK_NONE)]
+MAX_IMAGES_PER_CLICK = 8
+PROGRESS_INTERVAL_S = 0.1
+CSS = """
+#add-message p, #library-message p, #run-info p, #history-message p { margin: 0.25em 0; }
+.elite-error { color: var(--error-text-color); }
+"""
+
+
+def message_html(outcome_text: str) -> str:
+    """Markdown for a one-line outcome; errors stand out."""
+    if outcome_text.startswith("Error:"):
+        return f'<p class="elite-error">{_escape(outcome_text)}</p>'
+    return _escape(outcome_text)
+
+
+def _escape(text: str) -> str:
+    # Concept names appear as <name>: shown as text, not read as HTML tags.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class Files:
+    """Hands files to the page. Gradio serves files from the working folder, the temp folder and the
+    allowed folders only; a file elsewhere (an image `elite gen -o` wrote somewhere else) is shown
+    from a copy in a folder of this server's own, removed when it stops."""
+
+    def __init__(self, allowed: list[Path]):
+        self.allowed = [Path(folder).resolve() for folder in allowed] + [Path.cwd().resolve(),
+                                                                          Path(tempfile.gettempdir()).resolve()]
+        self.staging = Path(tempfile.mkdtemp(prefix="elite-ui-"))
+
+    def servable(self, path: Path | str) -> str:
+        path = Path(path).resolve()
+        if any(path.is_relative_to(folder) for folder in self.allowed):
+            return str(path)
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        copy = self.staging / digest / path.name
+        if not copy.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+        return str(copy)
+
+    def close(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def build_page(actions: Actions, files: Files) -> "gr.Blocks":
+    import gradio as gr
+
+    mask_choices = MASK_CHOICES + ([("Find it automatically", MASK_AUTO)] if automatic_mask_available() else [])
+
+    # --- what the handlers return -----------------------------------------------------------------
+
+    def concept_views() -> tuple[Any, Any, list[str]]:
+        """Both galleries (thumbnail, caption) and the names in their order."""
+        from PIL import Image
+
+        items, names = [], []
+        for card in actions.concept_cards():
+            try:
+                with Image.open(card.thumbnail) as thumbnail:
+                    picture = thumbnail.convert("RGB")
+            except OSError:  # a missing thumbnail (`elite check` reports it): a grey square
+                picture = Image.new("RGB", (128, 128), (128, 128, 128))
+            items.append((picture, card.caption))
+            names.append(card.name)
+        return items, items, names
+
+    def history_view() -> tuple[Any, list[HistoryRow]]:
+        rows = actions.history()
+        return gr.Dataframe(value=[row.cells for row in rows] or None, headers=HISTORY_COLUMNS), rows
+
+    # --- the page -----------------------------------------------------------------------------------
+
+    with gr.Blocks(title="elite", analytics_enabled=False) as page:
+        gr.Markdown("## elite: put the thing in your picture into new images\n"
+                    "Add a concept from a picture in **Library**, then write `<name>` in a prompt under **Generate**.")
+        concept_names = gr.State([])
+        history_rows = gr.State([])
+        selected_row = gr.State(None)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        prompt = gr.Textbox(label="Prompt", placeholder="<mycat> on the beach", lines=2, elem_id="prompt")
+                        negative_prompt = gr.Textbox(label="Negative prompt", placeholder="blurry, low quality",
+                                                     elem_id="negative-prompt")
+                        with gr.Row():
+                            count = gr.Slider(1, MAX_IMAGES_PER_CLICK, value=1, step=1, label="Images", elem_id="count")
+                            seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", minimum=-1, elem_id="seed")
+                        with gr.Row():
+                            llambda = gr.Slider(LAMBDA_RANGE[0], LAMBDA_RANGE[1], value=0.8, step=0.05,
+                                                label="Lambda (detail from the picture)", elem_id="lambda")
+                            guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="Guidance", elem_id="guidance")
+                            steps = gr.Slider(1, 150, value=50, step=1, label="Steps", elem_id="steps")
+                        with gr.Accordion("Scheduler and size", open=False):
+                            with gr.Row():
+                                scheduler = gr.Dropdown(list(SCHEDULERS), value="lms", label="Scheduler",
+                                                        elem_id="scheduler")
+                                width = gr.Slider(64, MAX_IMAGE_SIDE, value=512, step=8, label="Width", elem_id="width")
+                                height = gr.Slider(64, MAX_IMAGE_SIDE, value=512, step=8, label="Height",
+                                                   elem_id="height")
+                        generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                        picker = gr.Gallery(label="Your concepts: click one to put it in the prompt", columns=6,
+                                            height=220, allow_preview=False, elem_id="picker")
+                    with gr.Column(scale=4):
+                        results = gr.Gallery(label="Images", columns=2, height=560, format="png", elem_id="results")
+                        run_info = gr.Markdown(elem_id="run-info")
+            with gr.Tab("Library", id="library"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        gr.Markdown("### Add a concept")
+                        picture = gr.File(label="Picture of the object (PNG, JPEG, WebP)", type="filepath",
+                                          file_types=["image"], elem_id="picture")
+                        mask_mode = gr.Radio(mask_choices, value=MASK_PAINT, label="Mark the object",
+                                             elem_id="mask-mode")
+                        editor = gr.ImageEditor(label="Paint over the object", type="numpy", sources=(), layers=False,
+                                                transforms=(), visible=False, height=420, elem_id="mask-editor",
+                                                brush=gr.Brush(colors=["#ff2d6f"], color_mode="fixed"))
+                        mask_file = gr.File(label="Mask (same size; white = object)", type="filepath",
+                                            file_types=["image"], visible=False, elem_id="mask-file")
+                        with gr.Row():
+                            new_concept_name = gr.Textbox(label="Name (empty: from the file name)",
+                                                          elem_id="concept-name")
+                            new_concept_tags = gr.Textbox(label="Tags (comma or space separated)",
+                                                          elem_id="concept-tags")
+                        add_button = gr.Button("Add to the library", variant="primary", elem_id="add")
+                        add_message = gr.Markdown(elem_id="add-message")
+                    with gr.Column(scale=3):
+                        library = gr.Gallery(label="Library", columns=4, height=360, allow_preview=False,
+                                             elem_id="library")
+                        selected_name = gr.Textbox(label="Selected concept", interactive=False,
+                                                   elem_id="selected-concept")
+                        with gr.Row():
+                            rename_to = gr.Textbox(label="New name", elem_id="rename-to")
+                            rename_button = gr.Button("Rename", elem_id="rename")
+                        with gr.Row():
+                            tags_edit = gr.Textbox(label="Tags", elem_id="tags-edit")
+                            tags_button = gr.Button("Set tags", elem_id="set-tags")
+                        with gr.Row():
+                            use_button = gr.Button("Use in prompt", elem_id="use-concept")
+                            remove_button = gr.Button("Remove", variant="stop", elem_id="remove")
+                        library_message = gr.Markdown(elem_id="library-message")
+            with gr.Tab("History", id="history"):
+                refresh_button = gr.Button("Refresh", size="sm", elem_id="refresh-history")
+                history_table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, wrap=True, elem_id="history")
+                with gr.Row():
+                    history_image = gr.Image(label="Image", type="filepath", interactive=False, height=380,
+                                             elem_id="history-image")
+                    with gr.Column():
+                        history_details = gr.Markdown(elem_id="history-details")
+                        with gr.Row():
+                            again_button = gr.Button("Make it again", elem_id="make-again")
+                            reuse_button = gr.Button("Edit these settings", elem_id="reuse-settings")
+                            download_button = gr.DownloadButton("Download PNG", elem_id="download")
+                        history_message = gr.Markdown(elem_id="history-message")
+
+        # --- loading and refreshing -------------------------------------------------------------------
+
+        page.load(concept_views, None, [picker, library, concept_names]).then(
+            history_view, None, [history_table, history_rows])
+        refresh_button.click(history_view, None, [history_table, history_rows])
+
+        # --- generating -----------------------------------------------------------------------------
+
+        def generate(prompt_text, negative_text, images, seed_value, lambda_value, guidance_value, steps_value,
+                     scheduler_name, width_value, height_value, progress=gr.Progress()):
+            updates = actions.generate(
+                prompt_text or "", negative_prompt=negative_text or "", n=int(images),
+                seed=None if seed_value is None or seed_value < 0 else int(seed_value), steps=int(steps_value),
+                guidance=float(guidance_value), lambda_=float(lambda_value), scheduler=scheduler_name,
+                width=int(width_value), height=int(height_value))
+            yield from follow(updates, progress)
+
+        def follow(updates, progress):
+            shown, warnings = [], []
+            last_reported = 0.0
+            yield [], ""
+            for update in updates:
+                if update.step is not None:
+                    # A page redraws its bar at most ~10 times a second: more messages only take
+                    # time from the generation (the steps of a small image come faster than that).
+                    step, total = update.step
+                    if step == total or time.monotonic() - last_reported >= PROGRESS_INTERVAL_S:
+                        last_reported = time.monotonic()
+                        progress(update.step, desc="Denoising", unit="steps")
+                elif update.image is not None:
+                    shown.append((files.servable(update.image.path), f"seed {update.image.seed}"))
+                    yield shown, ""
+                elif update.warning is not None:
+                    warnings.append(update.warning)
+                    gr.Warning(update.warning)
+                elif update.error is not None:
+                    yield shown, message_html(update.error)
+                elif update.result is not None:
+                    result = update.result
+                    made = len(result.images)
+                    seeds = ", ".join(str(image.seed) for image in result.images)
+                    text = (f"Made {made} image{'s' * (made != 1)} (seed{'s' * (made != 1)} {seeds}) "
+                            f"in {result.seconds:.1f} s, run {result.run_id[:12]}; saved in "
+                            f"{result.paths[0].parent if result.paths else 'nothing'}.")
+                    if warnings:
+                        text += " Warning: " + " ".join(warnings)
+                    yield shown, message_html(text)
+
+        generation_inputs = [prompt, negative_prompt, count, seed, llambda, guidance, steps, scheduler, width, height]
+        generate_button.click(generate, generation_inputs, [results, run_info], api_name="generate").then(
+            history_view, None, [history_table, history_rows])
+        prompt.submit(generate, generation_inputs, [results, run_info]).then(
+            history_view, None, [history_table, history_rows])
+
+        def pick(prompt_text, names, event: gr.SelectData):
+            return insert_placeholder(prompt_text, names[event.index]) if event.index < len(names) else prompt_text
+
+        picker.select(pick, [prompt, concept_names], prompt)
+
+        # --- the library ----------------------------------------------------------------------------
+
+        def mask_controls(mode, picture_path):
+            editor_update = gr.ImageEditor(visible=mode == MASK_PAINT and bool(picture_path))
+            return editor_update, gr.File(visible=mode == MASK_FILE)
+
+        def picture_uploaded(picture_path, mode):
+            if not picture_path:
+                return gr.ImageEditor(value=None, visible=False), ""
+            checked = actions.check_picture(picture_path)
+            if not checked.ok:
+                return gr.ImageEditor(value=None, visible=False), message_html(checked.message)
+            background = {"background": picture_path, "layers": [], "composite": None}
+            return gr.ImageEditor(value=background, visible=mode == MASK_PAINT), ""
+
+        mask_mode.change(mask_controls, [mask_mode, picture], [editor, mask_file])
+        picture.change(picture_uploaded, [picture, mask_mode], [editor, add_message])
+
+        def add(picture_path, mode, mask_path, painted, name, tags):
+            uploads = {path: Path(path).name for path in (picture_path, mask_path) if path}
+            outcome = actions.add_concept(picture_path, mode, mask_path, (painted or {}).get("layers"), name, tags,
+                                          uploads)
+            if not outcome.ok:
+                return (message_html(outcome.message), gr.File(), gr.File(), gr.Textbox(), gr.Textbox(),
+                        *concept_views())
+            return (message_html(outcome.message), None, None, "", "", *concept_views())
+
+        add_button.click(add, [picture, mask_mode, mask_file, editor, new_concept_name, new_concept_tags],
+                         [add_message, picture, mask_file, new_concept_name, new_concept_tags, picker, library,
+                          concept_names])
+
+        def select_concept(names, event: gr.SelectData):
+            name = names[event.index] if event.index < len(names) else ""
+            cards = {card.name: card for card in actions.concept_cards()}
+            tags = ", ".join(cards[name].tags) if name in cards else ""
+            return name, name, tags, ""
+
+        library.select(select_concept, concept_names, [selected_name, rename_to, tags_edit, library_message])
+
+        def rename(old, new):
+            outcome, name = actions.rename(old, new)
+            return (message_html(outcome.message), name or "", *concept_views())
+
+        rename_button.click(rename, [selected_name, rename_to],
+                            [library_message, selected_name, picker, library, concept_names])
+
+        def set_tags(name, tags):
+            return (message_html(actions.set_tags(name, tags).message), *concept_views())
+
+        tags_button.click(set_tags, [selected_name, tags_edit], [library_message, picker, library, concept_names])
+
+        def remove(name):
+            if not name:  # the confirmation was declined
+                return (gr.Markdown(), gr.Textbox(), *concept_views())
+            outcome = actions.remove(name)
+            return (message_html(outcome.message), "" if outcome.ok else name, *concept_views())
+
+        remove_button.click(remove, selected_name, [library_message, selected_name, picker, library, concept_names],
+                            js="(name) => (name && confirm(`Remove <${name}> from the library?`)) ? name : ''")
+
+        def use(prompt_text, name):
+            if not name:
+                return prompt_text, gr.Tabs()
+            return insert_placeholder(prompt_text, name), gr.Tabs(selected="generate")
+
+        use_button.click(use, [prompt, selected_name], [prompt, tabs])
+
+        # --- history --------------------------------------------------------------------------------
+
+        def select_row(rows, event: gr.SelectData):
+            row_number = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+            if row_number is None or row_number >= len(rows):
+                return None, None, "", gr.DownloadButton(value=None), ""
+            row = rows[row_number]
+            path = row.path if row.path and row.path.is_file() else None
+            shown = files.servable(path) if path else None
+            note = "" if path else message_html("Error: this image's PNG is no longer there; 'Make it again' makes it anew.")
+            return row, shown, describe(row.entry), gr.DownloadButton(value=shown), note
+
+        history_table.select(select_row, history_rows,
+                             [selected_row, history_image, history_details, download_button, history_message])
+
+        def make_again(row, progress=gr.Progress()):
+            if row is None:
+                yield gr.Tabs(), [], message_html("Error: no image is selected; click a row of the history first.")
+                return
+            for shown, info in follow(actions.make_again(row.entry), progress):
+                yield gr.Tabs(selected="generate"), shown, info
+
+        again_button.click(make_again, selected_row, [tabs, results, run_info]).then(
+            history_view, None, [history_table, history_rows])
+
+        def reuse(row):
+            if row is None:
+                return [gr.update()] * 10 + [gr.Tabs()]
+            entry, parameters = row.entry, row.entry.parameters
+            return (entry.prompt, entry.negative_prompt, 1, entry.seed, parameters.get("llambda", 0.8),
+                    parameters.get("guidance_scale", 5.0), parameters.get("steps", 50),
+                    parameters.get("scheduler", "lms"), parameters.get("width", 512), parameters.get("height", 512),
+                    gr.Tabs(selected="generate"))
+
+        reuse_button.click(reuse, selected_row, [*generation_inputs, tabs])
+    return page
+
+
+def theme() -> "gr.themes.Base":
+    """Gradio's default look with the system's fonts: nothing is fetched from font servers."""
+    import gradio as gr
+
+    return gr.themes.Default(font=["system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
+                             font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+__all__ = ["build_page", "theme", "Files", "CSS", "error_message"]

@@ -1,0 +1,200 @@
+"""`elite ui` in a real browser: the command started as a user starts it (a subprocess, the tiny
+models through the ELITE_* settings, a free port), driven by Debian's chromium through
+playwright. The library it writes is then read through the Python API: what the page says
+happened must be what is stored."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip("the browser tests need Debian's chromium (/usr/bin/chromium; apt-get install chromium)",
+                allow_module_level=True)
+pytest.importorskip("gradio", reason="the browser tests need the ui extra (pip install -e '.[ui]')")
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (the test extra)")
+expect = playwright_api.expect
+
+SAMPLES = REPO / "library" / "samples"
+STARTUP_TIMEOUT_S = 180  # importing gradio and loading the models on a busy CI machine
+WAIT_MS = 90_000  # the first add or generation may wait for the models that load in the background
+expect.set_options(timeout=WAIT_MS)
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions"]
+
+
+class UiServer:
+    """`elite ui --port 0` in a subprocess; `url` once it says where it listens."""
+
+    def __init__(self, env: dict[str, str], home: Path):
+        self.home = home
+        self.process = subprocess.Popen([sys.executable, "-m", "elite_cli", "ui", "--port", "0"], env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=home)
+        self.stderr: list[str] = []
+        threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True).start()
+        self.url = self._wait_for_url()
+
+    def _wait_for_url(self) -> str:
+        found: list[str] = []
+
+        def read() -> None:
+            for line in self.process.stdout:
+                match = re.search(r"elite ui: (http://127\.0\.0\.1:\d+/)", line)
+                if match:
+                    found.append(match.group(1))
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(STARTUP_TIMEOUT_S)
+        if not found:
+            self.stop()
+            pytest.fail(f"elite ui did not print its URL; stderr:\n{''.join(self.stderr)[-3000:]}")
+        return found[0]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def ui_server(tiny_models, tmp_path_factory):
+    home = tmp_path_factory.mktemp("ui-home")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ELITE_")}
+    env.update(ELITE_HOME=str(home / "library"), ELITE_OUTPUT_DIR=str(home / "out"), ELITE_DEVICE="cpu",
+               ELITE_BASE_MODEL=str(tiny_models.base_model), ELITE_IMAGE_ENCODER=str(tiny_models.image_encoder),
+               ELITE_GLOBAL_MAPPER=str(tiny_models.global_mapper), ELITE_LOCAL_MAPPER=str(tiny_models.local_mapper),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_TEMP_DIR=str(home / "gradio-tmp"))
+    server = UiServer(env, home)
+    yield server
+    server.stop()
+    assert server.process.returncode == 0, "".join(server.stderr)[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, ui_server):
+    """A fresh tab on the UI; fails the test if the page asked anything of another host."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    elsewhere: list[str] = []
+    tab.on("request", lambda request: elsewhere.append(request.url)
+           if not request.url.startswith((ui_server.url, "data:", "blob:")) else None)
+    tab.set_default_timeout(WAIT_MS)
+    tab.goto(ui_server.url)
+    expect(tab.locator("#generate")).to_be_visible()
+    yield tab
+    context.close()
+    assert elsewhere == [], f"the page reached beyond the UI's server: {elsewhere}"
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def library_session(ui_server):
+    from elite_cli.api import Session
+
+    return Session(ui_server.home / "library")
+
+
+def test_a_bad_upload_is_one_message_and_stores_nothing(page, ui_server, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_text("this is not a picture")
+    open_tab(page, "Library")
+    page.locator("#mask-mode").get_by_text("Whole picture").click()
+    page.locator("#picture input[type=file]").set_input_files(str(broken))
+    message = page.locator("#add-message")
+    expect(message).to_contain_text("Error: image 'broken.png' is not an image PIL can read")
+    page.locator("#add").click()
+    expect(message).to_contain_text("Error: image 'broken.png' is not an image PIL can read")
+    assert message.inner_text().count("Error:") == 1
+    with library_session(ui_server) as session:
+        assert session.concepts() == []
+    concepts_folder = ui_server.home / "library" / "concepts"
+    assert not concepts_folder.exists() or not any(concepts_folder.iterdir())
+
+
+def test_add_generate_history_and_rename(page, ui_server):
+    # Add chelsea.png with its mask file, tagged.
+    open_tab(page, "Library")
+    page.locator("#mask-mode").get_by_text("Mask file").click()
+    page.locator("#picture input[type=file]").set_input_files(str(SAMPLES / "chelsea.png"))
+    page.locator("#mask-file input[type=file]").set_input_files(str(SAMPLES / "chelsea_mask.png"))
+    page.locator("#concept-tags textarea, #concept-tags input").first.fill("pets")
+    page.locator("#add").click()
+    expect(page.locator("#add-message")).to_contain_text("Added <chelsea> (tags: pets)")
+    expect(page.locator("#library")).to_contain_text("<chelsea>")
+
+    # Put it in a prompt from the gallery, generate two small images.
+    open_tab(page, "Generate")
+    page.locator("#picker").get_by_text("<chelsea>").click()
+    prompt = page.locator("#prompt textarea")
+    expect(prompt).to_have_value("<chelsea>")
+    prompt.fill("<chelsea> on the beach")
+    set_number(page, "#count", 2)
+    set_number(page, "#seed", 7)
+    set_number(page, "#steps", 2)
+    page.get_by_text("Scheduler and size").click()
+    set_number(page, "#width", 64)
+    set_number(page, "#height", 64)
+    page.locator("#generate").click()
+    expect(page.locator("#run-info")).to_contain_text("Made 2 images (seeds 7, 8)")
+    expect(page.locator("#results img")).to_have_count(2)
+
+    # The history lists both, with their parameters; a row shows its image.
+    open_tab(page, "History")
+    table = page.locator("#history")
+    expect(table).to_contain_text("<chelsea> on the beach")
+    # The grid keeps an invisible copy of each cell for measuring; click the one shown.
+    table.get_by_text("<chelsea> on the beach").filter(visible=True).first.click()
+    expect(page.locator("#history-details")).to_contain_text("2 steps")
+    expect(page.locator("#history-image img")).to_have_count(1)
+
+    # Rename it in the library.
+    open_tab(page, "Library")
+    page.locator("#library").get_by_text("<chelsea>").click()
+    expect(page.locator("#selected-concept textarea, #selected-concept input").first).to_have_value("chelsea")
+    page.locator("#rename-to textarea, #rename-to input").first.fill("kitty")
+    page.locator("#rename").click()
+    expect(page.locator("#library-message")).to_contain_text("Renamed <chelsea> to <kitty>")
+    expect(page.locator("#library")).to_contain_text("<kitty>")
+
+    # What the page said is what the library holds.
+    with library_session(ui_server) as session:
+        assert [(concept.name, concept.tags) for concept in session.concepts()] == [("kitty", ("pets",))]
+        runs = session.history()
+        assert len(runs) == 1 and runs[0].prompts == ["<chelsea> on the beach"]
+        assert sorted(image.seed for image in runs[0].images) == [7, 8]
+        assert all(Path(image.output_path).is_file() for image in runs[0].images)
+        assert {image.parameters["steps"] for image in runs[0].images} == {2}
+
+
+def set_number(page, element: str, value: int) -> None:
+    """Type into a number box or a slider's number box (Gradio applies it when the box loses focus)."""
+    box = page.locator(f"{element} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
+    expect(box).to_have_value(str(value))
