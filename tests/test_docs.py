@@ -76,7 +76,7 @@ def test_readme_test_command_is_what_ci_runs_last():
     setup_block = re.search(r"## Install and test.*?```bash\n(.*?)```", README, re.DOTALL)
     assert setup_block is not None, "README lacks the two-command set-up block"
     assert setup_block.group(1).strip().splitlines() == [
-        "pip install torch==2.13.0 && pip install -e '.[test]'",
+        "pip install torch==2.13.0 && pip install -e '.[test,ui]'",
         TEST_COMMAND,
     ]
 
