@@ -244,7 +244,8 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
 
         def picture_uploaded(picture_path, mode):
             if not picture_path:
-                return gr.ImageEditor(value=None, visible=False), ""
+                # Cleared (also by a successful add): the add's message must stay on the page.
+                return gr.ImageEditor(value=None, visible=False), gr.update()
             checked = actions.check_picture(picture_path)
             if not checked.ok:
                 return gr.ImageEditor(value=None, visible=False), message_html(checked.message)
