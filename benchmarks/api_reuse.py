@@ -102,7 +102,7 @@ def run_cli(env: dict, settings: dict) -> dict:
 def pixels_by_seed(directory: Path) -> dict[int, bytes]:
     from PIL import Image
 
-    from elite_cli.outputs import read_png_parameters
+    from elite_cli.common.outputs import read_png_parameters
 
     found = {}
     for path in directory.glob("*.png"):
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     from benchmarks import harness
     from elite_cli.api import Session
-    from elite_cli.tiny import build_tiny_models
+    from elite_cli.model.tiny import build_tiny_models
 
     with tempfile.TemporaryDirectory(prefix="elite-api-reuse-") as scratch:
         scratch = Path(scratch)

@@ -53,10 +53,10 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     import torch._dynamo
 
-    from elite_cli.attention import resolve_backend, xformers_available
-    from elite_cli.encoder import Encoder
-    from elite_cli.generator import Generator
-    from elite_cli.models import load_models
+    from elite_cli.model.attention import resolve_backend, xformers_available
+    from elite_cli.model.encoder import Encoder
+    from elite_cli.model.generator import Generator
+    from elite_cli.model.loading import load_models
 
     base_spec = harness.model_spec(args)
     eager = load_models(dataclasses.replace(base_spec, attention="sdpa"))

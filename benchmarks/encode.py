@@ -42,7 +42,7 @@ def segmenter_folder(args) -> Path:
     """The segmenter for this size: the tiny set's CLIPSeg, or a real-size one with random weights
     (built once beside the real-size models, in the same layout as the hub model)."""
     if args.size == "tiny":
-        from elite_cli.tiny import build_tiny_models
+        from elite_cli.model.tiny import build_tiny_models
 
         return build_tiny_models(args.models_dir or harness.default_models_root() / "tiny").segmenter
     folder = (args.models_dir or harness.default_models_root() / "real") / "clipseg"
@@ -50,7 +50,7 @@ def segmenter_folder(args) -> Path:
         from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer, \
             ViTImageProcessor
 
-        from elite_cli.tiny import write_tiny_vocab
+        from elite_cli.model.tiny import write_tiny_vocab
 
         vocab, merges = write_tiny_vocab(folder / "vocab")
         tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from elite_cli.encoder import Encoder, select_features
-    from elite_cli.images import clip_inputs, prepare_image
-    from elite_cli.models import load_models
+    from elite_cli.model.encoder import Encoder, select_features
+    from elite_cli.model.images import clip_inputs, prepare_image
+    from elite_cli.model.loading import load_models
 
     spec = harness.model_spec(args, low_vram=args.low_vram)
     models = load_models(spec)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         mapping = harness.measure(mappers, **timing)
 
-        from elite_cli.segment import DEFAULT_OBJECT, auto_mask, load_segmenter
+        from elite_cli.model.segment import DEFAULT_OBJECT, auto_mask, load_segmenter
 
         segmenter = load_segmenter(str(segmenter_folder(args)), args.device, args.dtype)
         # From the file, like the end-to-end encode: what `elite add` does before encoding.

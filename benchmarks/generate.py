@@ -112,7 +112,7 @@ def plain_pipeline(spec, models):
     from diffusers import StableDiffusionPipeline
     from diffusers.models.attention_processor import AttnProcessor2_0, XFormersAttnProcessor
 
-    from elite_cli.generator import make_scheduler
+    from elite_cli.model.generator import make_scheduler
 
     with warnings.catch_warnings():
         # diffusers 0.42 renamed torch_dtype to dtype; the old name works on every supported version.
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from benchmarks.reference_loop import ReferenceLoop
-    from elite_cli.encoder import Encoder
-    from elite_cli.generator import Generator
-    from elite_cli.models import load_models
+    from elite_cli.model.encoder import Encoder
+    from elite_cli.model.generator import Generator
+    from elite_cli.model.loading import load_models
 
     spec = harness.model_spec(args)
     models = load_models(spec)

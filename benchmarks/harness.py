@@ -1,11 +1,11 @@
 """What every benchmark shares: model sets, command-line options, timing, memory, output.
 
-Two model sets, both loaded through `elite_cli.models.load_models` so a benchmark measures the
+Two model sets, both loaded through `elite_cli.model.loading.load_models` so a benchmark measures the
 path users run:
 - real: Stable Diffusion 1.4 and CLIP ViT-L/14 at their published sizes (configs in
   real_sizes.json) with random weights, plus mappers at the reference sizes (H = 1024). The
   compute is the real compute; nothing is downloaded. Built once into a cache folder.
-- tiny: elite_cli.tiny's models, so every script also runs in seconds on a CPU (smoke figures).
+- tiny: elite_cli.model.tiny's models, so every script also runs in seconds on a CPU (smoke figures).
 
 Timings are medians after warm-up, taken with the device synchronised around each run, and
 every comparison is a ratio against a baseline measured in the same process.
@@ -85,9 +85,9 @@ def build_real_size_models(directory: Path, seed: int = 0) -> ModelPaths:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 
-    from elite_cli.attention import cross_attention_modules
-    from elite_cli.mappers import GlobalMapper, LocalMapper, module_key, save_mapper_state
-    from elite_cli.tiny import write_tiny_vocab
+    from elite_cli.model.attention import cross_attention_modules
+    from elite_cli.model.mappers import GlobalMapper, LocalMapper, module_key, save_mapper_state
+    from elite_cli.model.tiny import write_tiny_vocab
 
     configs = real_sizes()
     torch.manual_seed(seed)
@@ -124,7 +124,7 @@ def build_real_size_models(directory: Path, seed: int = 0) -> ModelPaths:
 def model_paths(size: str, models_dir: Path | None) -> ModelPaths:
     """Build (or reuse) the model set of this size and return its paths."""
     if size == "tiny":
-        from elite_cli.tiny import build_tiny_models
+        from elite_cli.model.tiny import build_tiny_models
 
         tiny = build_tiny_models(models_dir or default_models_root() / "tiny")
         return ModelPaths(tiny.base_model, tiny.image_encoder, tiny.global_mapper, tiny.local_mapper)
@@ -135,7 +135,7 @@ def model_spec(args, **overrides):
     """The ModelSpec for the command line's model set, device, dtype and attention back end."""
     import dataclasses
 
-    from elite_cli.models import ModelSpec
+    from elite_cli.model.spec import ModelSpec
 
     paths = model_paths(args.size, args.models_dir)
     spec = ModelSpec(base_model=str(paths.base_model), image_encoder=str(paths.image_encoder),

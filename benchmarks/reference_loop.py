@@ -74,7 +74,7 @@ class ExplicitSelfAttention:
 @contextmanager
 def reference_processors(models):
     """Swap the UNet's ELITE processors for the reference's during the block."""
-    from elite_cli.mappers import module_key
+    from elite_cli.model.mappers import module_key
 
     unet = models.unet
     saved = unet.attn_processors
@@ -97,7 +97,7 @@ class ReferenceLoop:
     """`ReferenceLoop(models).generate("a photo of a <x>", "x", concept, seeds=[0])` -> list of PIL images."""
 
     def __init__(self, models):
-        from elite_cli.text import PromptEncoder
+        from elite_cli.model.text import PromptEncoder
 
         self.models = models
         self.prompt_encoder = PromptEncoder(models.tokenizer, models.text_encoder)
@@ -105,7 +105,7 @@ class ReferenceLoop:
     @torch.no_grad()
     def generate(self, prompt: str, name: str, concept, *, seeds: list[int], steps: int, guidance_scale: float,
                  llambda: float, width: int, height: int):
-        from elite_cli.generator import Generator, Job, make_scheduler
+        from elite_cli.model.generator import Generator, Job, make_scheduler
 
         models = self.models
         tokenized = self.prompt_encoder.tokenize(prompt)

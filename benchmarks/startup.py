@@ -9,7 +9,13 @@
    - diffusers `StableDiffusionPipeline.from_pretrained(base folder)` moved to the device;
    - the same plus `CLIPVisionModel.from_pretrained(image encoder)` and both mapper files: the
      like-for-like baseline for what elite loads;
-   - `elite_cli.models.load_models(spec)`.
+   - `elite_cli.model.loading.load_models(spec)`.
+3. Where a model command's time goes (`--breakdown-runs` fresh processes, medians): a child
+   process does what `elite add PICTURE` does, phase by phase, timing wall and CPU of each:
+   the CLI import, settings, `import torch`, the transformers and diffusers imports
+   `load_models` needs, `load_models`, and the work (one encode); the interpreter's start and
+   exit are the rest of the child's wall time. The real `python -m elite_cli add` of the same
+   picture is timed in the same run, and every phase is reported as a share of the total.
 
     python benchmarks/startup.py --real --device cuda --dtype float16   # figures
     python benchmarks/startup.py --tiny                                 # CPU smoke
@@ -18,6 +24,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import shutil
 import statistics
@@ -35,8 +42,8 @@ from benchmarks import harness
 
 NAME = "startup"
 DEFAULTS = {
-    "real": harness.SizeDefaults(runs=3, warmup=1, extra=dict(help_runs=10)),
-    "tiny": harness.SizeDefaults(runs=2, warmup=0, extra=dict(help_runs=3)),
+    "real": harness.SizeDefaults(runs=3, warmup=1, extra=dict(help_runs=10, breakdown_runs=3)),
+    "tiny": harness.SizeDefaults(runs=2, warmup=0, extra=dict(help_runs=3, breakdown_runs=1)),
 }
 HELP_LIMIT_S = 0.5
 HEAVY = ("torch", "diffusers", "transformers", "safetensors", "xformers")
@@ -47,6 +54,10 @@ def parse(argv):
     parser.add_argument("--help-runs", dest="help_runs", type=int, default=None,
                         help="subprocess runs per command (default 10; tiny 3)")
     parser.add_argument("--skip-load", action="store_true", help="only time the commands")
+    parser.add_argument("--breakdown-runs", dest="breakdown_runs", type=int, default=None,
+                        help="fresh processes for the model-command breakdown (default 3; tiny 1; 0 skips it)")
+    parser.add_argument("--breakdown-without-command", action="store_true",
+                        help="do not also time `python -m elite_cli add` next to the breakdown (tests)")
     return harness.parse_arguments(parser, argv, DEFAULTS)
 
 
@@ -116,8 +127,8 @@ def time_loading(args) -> tuple[dict, dict]:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPVisionModel
 
-    import elite_cli.models as elite_models
-    from elite_cli.mappers import load_mapper_state
+    import elite_cli.model.loading as elite_models
+    from elite_cli.model.mappers import load_mapper_state
 
     library_import = time.perf_counter() - start
     spec = harness.model_spec(args)
@@ -165,8 +176,92 @@ def time_loading(args) -> tuple[dict, dict]:
     results = {label: {"median_s": statistics.median(values), "min_s": min(values), "times_s": values}
                for label, values in times.items()}
     imports = {"import torch (first, in process)": torch_import,
-               "import diffusers + transformers + elite_cli.models (first)": library_import}
+               "import diffusers + transformers + elite_cli.model.loading (first)": library_import}
     return results, imports, device, dtype
+
+
+# The child of the breakdown: `elite add PICTURE`'s steps one by one, each timed (wall, CPU).
+BREAKDOWN_CHILD = r"""
+import json, resource, sys, time
+
+def clock():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), usage.ru_utime + usage.ru_stime
+
+marks = [("start", *clock())]
+def mark(label):
+    marks.append((label, *clock()))
+
+import elite_cli.commands as cli
+mark("import the CLI (elite_cli.commands, typer)")
+from elite_cli.api import check_local_mappers
+spec = cli.model_spec()
+check_local_mappers(spec)
+mark("settings and mapper file heads (no torch)")
+import torch
+mark("import torch")
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
+mark("import transformers (CLIP models)")
+from diffusers import AutoencoderKL, LMSDiscreteScheduler, UNet2DConditionModel
+mark("import diffusers (UNet, VAE, scheduler)")
+from elite_cli.model.loading import load_models
+models = load_models(spec)
+mark("load_models (read weights, build, move to the device)")
+from elite_cli.model.encoder import Encoder
+Encoder(models).encode(sys.argv[1])
+mark("work: one encode (what `elite add` does)")
+phases = [(label, wall - marks[i][1], cpu - marks[i][2]) for i, (label, wall, cpu) in enumerate(marks[1:])]
+print(json.dumps(phases))
+"""
+
+
+def time_breakdown(args) -> dict:
+    """Medians over fresh processes of each phase of a model command, and the real command's wall time."""
+    from PIL import Image, ImageDraw
+
+    spec = harness.model_spec(args)
+    settings = {"ELITE_BASE_MODEL": spec.base_model, "ELITE_IMAGE_ENCODER": spec.image_encoder,
+                "ELITE_GLOBAL_MAPPER": spec.global_mapper, "ELITE_LOCAL_MAPPER": spec.local_mapper,
+                "ELITE_DEVICE": spec.device, "ELITE_DTYPE": spec.dtype}
+    phases: dict[str, dict[str, list[float]]] = {}
+    children, commands = [], []
+    with tempfile.TemporaryDirectory(prefix="elite-breakdown-") as scratch:
+        picture = Path(scratch) / "object.png"
+        image = Image.new("RGB", (512, 512), (128, 128, 128))
+        ImageDraw.Draw(image).ellipse((128, 128, 384, 384), fill=(200, 40, 40))
+        image.save(picture)
+        for run in range(args.breakdown_runs):
+            env = subprocess_environment(**settings, ELITE_HOME=str(Path(scratch) / f"home-{run}"))
+            start = time.perf_counter()
+            result = subprocess.run([sys.executable, "-c", BREAKDOWN_CHILD, str(picture)], capture_output=True,
+                                    text=True, cwd=harness.REPO, env=env, timeout=900)
+            children.append(time.perf_counter() - start)
+            if result.returncode:
+                raise RuntimeError(f"breakdown child failed: {result.stderr.strip()[-400:]}")
+            for label, wall, cpu in json.loads(result.stdout.strip().splitlines()[-1]):
+                phases.setdefault(label, {"wall_s": [], "cpu_s": []})
+                phases[label]["wall_s"].append(wall)
+                phases[label]["cpu_s"].append(cpu)
+            if args.breakdown_without_command:
+                continue
+            # The command itself, in its own fresh library, for the same picture.
+            env = subprocess_environment(**settings, ELITE_HOME=str(Path(scratch) / f"cli-{run}"))
+            start = time.perf_counter()
+            result = subprocess.run([sys.executable, "-m", "elite_cli", "add", str(picture)], capture_output=True,
+                                    text=True, cwd=harness.REPO, env=env, timeout=900)
+            commands.append(time.perf_counter() - start)
+            if result.returncode:
+                raise RuntimeError(f"elite add failed: {result.stderr.strip()[-400:]}")
+    measured = {label: {"wall_s": statistics.median(values["wall_s"]), "cpu_s": statistics.median(values["cpu_s"])}
+                for label, values in phases.items()}
+    child = statistics.median(children)
+    measured["interpreter start and exit (the rest of the child's wall time)"] = {
+        "wall_s": max(0.0, child - sum(entry["wall_s"] for entry in measured.values())), "cpu_s": None}
+    for entry in measured.values():
+        entry["share_of_wall"] = entry["wall_s"] / child
+    command = statistics.median(commands) if commands else None
+    return {"phases": measured, "child_wall_s": child, "elite_add_wall_s": command,
+            "elite_add_vs_child": None if command is None else command / child}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -190,6 +285,18 @@ def main(argv: list[str] | None = None) -> dict:
         harness.print_table(f"Loading ({args.size} models, {device}, {str(dtype).replace('torch.', '')}, median of {args.runs})",
                             ["load", "median", "vs pipeline", "vs like-for-like"], rows)
 
+    breakdown = time_breakdown(args) if args.breakdown_runs else None
+    if breakdown:
+        rows = [[label, harness.format_seconds(entry["wall_s"]), f"{entry['share_of_wall']:.1%}",
+                 harness.format_seconds(entry["cpu_s"])] for label, entry in breakdown["phases"].items()]
+        rows.append(["total (the child process)", harness.format_seconds(breakdown["child_wall_s"]), "100.0%", "-"])
+        if breakdown["elite_add_wall_s"] is not None:
+            rows.append(["`python -m elite_cli add` of the same picture",
+                         harness.format_seconds(breakdown["elite_add_wall_s"]),
+                         harness.format_ratio(breakdown["elite_add_vs_child"]), "-"])
+        harness.print_table(f"Where a model command's time goes ({args.size} models, median of {args.breakdown_runs})",
+                            ["phase", "wall", "share", "CPU"], rows)
+
     help_entry = commands.get("elite --help (console script)") or commands["python -m elite_cli --help"]
     help_ok = not help_entry["returncode"]
     targets = [
@@ -207,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"settings": {"help_runs": args.help_runs, "load_runs": args.runs, "load_warmup": args.warmup,
                             "dtype": None if dtype is None else str(dtype).replace("torch.", "")},
                "commands": commands, "help_heavy_imports": imported, "loading": loading, "first_imports_s": imports,
-               "targets": targets}
+               "breakdown": breakdown, "targets": targets}
     payload["json_path"] = str(harness.write_json(NAME, args, payload, device))
     return payload
 

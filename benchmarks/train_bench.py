@@ -73,8 +73,8 @@ def real_frozen_models(tokenizer_dir: Path):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 
-    from elite_cli.generator import REFERENCE_SCHEDULER
-    from elite_cli.tiny import write_tiny_vocab
+    from elite_cli.model.generator import REFERENCE_SCHEDULER
+    from elite_cli.model.tiny import write_tiny_vocab
     from elite_cli.training.components import FrozenModels
 
     sizes = harness.real_sizes()  # the published configs, shared with the other benchmarks
@@ -222,7 +222,7 @@ def main() -> None:
     if not real:
         args.device, args.workers = "cpu", 0
 
-    from elite_cli.mappers import save_mapper_state
+    from elite_cli.model.mappers import save_mapper_state
     from elite_cli.training.components import new_mapper
 
     with tempfile.TemporaryDirectory(prefix="elite-train-bench-") as temporary:
@@ -232,7 +232,7 @@ def main() -> None:
             frozen, counts = real_frozen_models(work / "vocab")
             base, encoder = "SD 1.4 config, random weights", "CLIP ViT-L/14 config, random weights"
         else:
-            from elite_cli.tiny import build_tiny_models
+            from elite_cli.model.tiny import build_tiny_models
 
             tiny = build_tiny_models(work / "tiny")
             frozen, counts = None, {}

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from benchmarks import harness
     from elite_cli.api import Session
-    from elite_cli.tiny import build_tiny_models
+    from elite_cli.model.tiny import build_tiny_models
     from elite_cli.ui.server import start
 
     with tempfile.TemporaryDirectory(prefix="elite-ui-bench-") as scratch:

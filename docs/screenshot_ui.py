@@ -22,7 +22,7 @@ def main() -> None:
     from playwright.sync_api import expect, sync_playwright
 
     from elite_cli.api import Session
-    from elite_cli.tiny import build_tiny_models
+    from elite_cli.model.tiny import build_tiny_models
     from elite_cli.ui.server import start
 
     samples = REPO / "library" / "samples"

@@ -1,3 +1,3 @@
-from elite_cli.cli import main
+from elite_cli.commands import main
 
 main()

@@ -55,7 +55,7 @@ Public signatures (stable: new keyword options may be added, none removed):
     session.reencode(names=None, *, crop=None, on_reencoded=None) -> ReencodeResult   # .done, .skipped
 
 `GenerationResult` (run_id, images: [GeneratedImage(path, prompt, seed, index, parameters, ...)],
-skipped, seconds, paths, seeds) and `GenerationListener` come from elite_cli/gen_run.py.
+skipped, seconds, paths, seeds) and `GenerationListener` come from elite_cli/generation/run.py.
 """
 
 from __future__ import annotations
@@ -69,16 +69,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from elite_cli import config as settings_module
+from elite_cli.common import config as settings_module
 from elite_cli.errors import InputError, LibraryError, NameClash
-from elite_cli.gen_jobs import GenerationJob
-from elite_cli.gen_run import (CallbackListener, GeneratedImage, GenerationListener, GenerationResult,
+from elite_cli.generation.jobs import GenerationJob
+from elite_cli.generation.run import (CallbackListener, GeneratedImage, GenerationListener, GenerationResult,
                                GenerationWarning, check_run_options)
 
 if TYPE_CHECKING:
     from elite_cli.library import CheckReport, ConceptStore, ExportResult, HistoryEntry, StoredConcept
-    from elite_cli.masks import ChosenMask
-    from elite_cli.models import Models, ModelSpec
+    from elite_cli.model.masks import ChosenMask
+    from elite_cli.model.loading import Models, ModelSpec
 
 __all__ = ["Session", "GenerationJob", "GenerationResult", "GeneratedImage", "GenerationListener", "GenerationWarning",
            "RunSummary", "Removed", "LibraryCheck", "Reencoded", "ReencodeResult", "EXPORT_FORMATS"]
@@ -139,14 +139,25 @@ class ReencodeResult:
         self.store.require_sources(self.skipped)
 
 
+def check_local_mappers(spec: "ModelSpec") -> None:
+    """A missing or wrong mapper file (a local path, not an hf:// one) fails now, from the files'
+    heads, not after seconds of importing and loading the other models."""
+    from elite_cli.model.hub import is_hub_file
+    from elite_cli.model.mapper_files import require_mapper_file
+
+    for value, role in ((spec.global_mapper, "global"), (spec.local_mapper, "local")):
+        if value and not is_hub_file(value):
+            require_mapper_file(Path(value), f"{role} mapper", role)
+
+
 class Session:
     """One library and its models (see the module docstring for every method).
 
     Settings come, like the CLI's, from the keyword arguments here, then the ELITE_* environment,
     then the library's config.toml, then the defaults. `model_loader(spec) -> Models` replaces
-    `elite_cli.models.load_models` (the CLI wraps it in a spinner). Models missing from the
+    `elite_cli.model.loading.load_models` (the CLI wraps it in a spinner). Models missing from the
     Hugging Face cache are downloaded before they are needed by `downloader(plans, main_process)`
-    (default: `elite_cli.hub.fetch`, quietly; the CLI shows progress). `activity(text)` returns a
+    (default: `elite_cli.model.hub.fetch`, quietly; the CLI shows progress). `activity(text)` returns a
     context manager around slow steps that have no progress of their own (finding objects; the
     CLI shows a spinner).
     """
@@ -159,7 +170,7 @@ class Session:
                  downloader: Callable[[list, bool], None] | None = None,
                  activity: Callable[[str], Any] | None = None):
         if library is None:
-            from elite_cli.paths import default_home
+            from elite_cli.common.paths import default_home
 
             library = default_home()
         self.library = Path(library).expanduser()
@@ -193,7 +204,7 @@ class Session:
 
     @property
     def spec(self) -> "ModelSpec":
-        from elite_cli.models import ModelSpec
+        from elite_cli.model.spec import ModelSpec
 
         values = {key: self.setting(key) for key in MODEL_SETTINGS}
         mapper_cache = self.library / settings_module.MODELS_DIR_NAME / settings_module.HUB_MAPPERS_DIR
@@ -205,7 +216,7 @@ class Session:
         cache; nothing, and no network, when everything is there. encoding=False: generation only,
         which needs the image encoder's config but not its weights; segmenter: also the automatic
         masks' segmenter. Raises ModelError when the Hub refuses or cannot be reached."""
-        from elite_cli.hub import fetch, missing_downloads
+        from elite_cli.model.hub import fetch, missing_downloads
 
         plans = missing_downloads(spec or self.spec, encoding, segmenter)
         if not plans:
@@ -232,12 +243,14 @@ class Session:
 
     def _load_models(self, spec: "ModelSpec") -> "Models":
         if spec not in self._models:
-            from elite_cli.fingerprints import remember
+            from elite_cli.library.fingerprints import remember
+
+            check_local_mappers(spec)
 
             if self.model_loader is not None:
                 loader = self.model_loader
             else:
-                from elite_cli.models import load_models as loader
+                from elite_cli.model.loading import load_models as loader
             started = time.perf_counter()
             models = loader(spec)
             self.model_load_seconds = time.perf_counter() - started
@@ -317,16 +330,16 @@ class Session:
         mask; "none": the whole picture), before the models load. A picture already in the
         library comes back with `.duplicate` set instead of being stored twice. names default to
         the file names (a picture given as an image object needs one). crop: "auto" or "object"
-        (elite_cli/images.py). on_mask(ChosenMask) hears each picture's mask (its source, its
+        (elite_cli/model/images.py). on_mask(ChosenMask) hears each picture's mask (its source, its
         file) once chosen; advice (an object covering under 2% or over 80% of its picture) goes
         to on_warning(message), else to Python's warnings; on_added(stored, seconds) is called
         after each concept is stored.
         """
-        from elite_cli.images import check_crop
+        from elite_cli.model.images import check_crop
         from elite_cli.library import name_from_stem, validate_name
         from elite_cli.library.names import validate_tag
-        from elite_cli.masks import MASK_MODES
-        from elite_cli.paths import check_file_exists
+        from elite_cli.model.masks import MASK_MODES
+        from elite_cli.common.paths import check_file_exists
 
         images = list(images)
         masks = list(masks) if masks is not None else [None] * len(images)
@@ -373,7 +386,7 @@ class Session:
         import contextlib
         import warnings
 
-        from elite_cli.masks import MaskChooser
+        from elite_cli.model.masks import MaskChooser
 
         segmenter, device, dtype = self.setting("segmenter"), self.setting("device"), self.setting("dtype")
         by_option: dict[str, Any] = {}
@@ -416,7 +429,7 @@ class Session:
     def _encode_and_store(self, images: list[Path], chosen: list["ChosenMask"], names: list[str],
                           tags: tuple[str, ...], replace: bool, crop: str,
                           on_added: Callable[["StoredConcept", float], None] | None) -> list["StoredConcept"]:
-        from elite_cli.encoder import Encoder
+        from elite_cli.model.encoder import Encoder
 
         encoder = Encoder(self.models)
         added = []
@@ -448,7 +461,7 @@ class Session:
         each prompt its own settings. progress(step, total) follows the denoising steps of each
         batch, on_image(GeneratedImage) each saved file; warnings go to on_warning(message), else to
         Python's warnings (GenerationWarning). A `listener` (GenerationListener) hears all of it."""
-        from elite_cli.generation_limits import SEED_LIMIT
+        from elite_cli.model.generation_limits import SEED_LIMIT
 
         if (prompt is None) == (jobs is None):
             raise InputError("give exactly one of a prompt (or a list of prompts) and jobs.")
@@ -472,7 +485,7 @@ class Session:
         """Make the images of an earlier run again, with its own settings: a run id (or a unique
         prefix, as `history` lists them) or a PNG written by `generate`. A run that was interrupted
         is rebuilt whole; with resume=True only what output_dir lacks is made."""
-        from elite_cli.gen_jobs import jobs_from_history, jobs_from_png
+        from elite_cli.generation.jobs import jobs_from_history, jobs_from_png
 
         check_run_options(batch_size=batch_size, resume=resume, seed_known=True)
         again = str(run_or_png)
@@ -485,7 +498,7 @@ class Session:
 
     def _run(self, jobs: list[GenerationJob], again: str | None, output_dir: str | Path | None, batch_size: int | None,
              resume: bool, allow_stale: bool, listener: GenerationListener) -> GenerationResult:
-        from elite_cli.gen_run import run_generation
+        from elite_cli.generation.run import run_generation
 
         store = self.store
         directory = Path(output_dir) if output_dir is not None else Path(self.setting("output_dir"))
@@ -520,7 +533,7 @@ class Session:
         if not concepts:
             return []
         from elite_cli.errors import EliteError
-        from elite_cli.fingerprints import configured_fingerprints
+        from elite_cli.library.fingerprints import configured_fingerprints
 
         try:
             current = configured_fingerprints(self.library, self.setting("global_mapper"), self.setting("local_mapper"))
@@ -535,7 +548,7 @@ class Session:
 
     def mask_origin(self, concept: "str | StoredConcept") -> dict[str, str]:
         """Where a concept's mask came from: {mask_source ("file", "alpha", "auto", "none" or "" when
-        not recorded), mask_model, mask_object} (`elite_cli.masks.describe_mask_source` words it)."""
+        not recorded), mask_model, mask_object} (`elite_cli.model.masks.describe_mask_source` words it)."""
         store = self.existing_store()
         return store.mask_origin(store.get(concept) if isinstance(concept, str) else concept)
 
@@ -574,7 +587,7 @@ class Session:
     def import_concept(self, path: str | Path, *, name: str | None = None, replace: bool = False) -> "StoredConcept":
         """Add a concept from a file written by `export` (format elite)."""
         from elite_cli.library.sharing import read_bundle
-        from elite_cli.paths import check_file_exists
+        from elite_cli.common.paths import check_file_exists
 
         path = Path(path)
         check_file_exists(path, "concept file")
@@ -625,7 +638,7 @@ class Session:
         A concept whose new encoding is another concept's merges into that one (`merged_from`).
         on_reencoded(item) follows each concept."""
         if crop is not None:
-            from elite_cli.images import check_crop
+            from elite_cli.model.images import check_crop
 
             check_crop(crop)
         store = self.existing_store()
@@ -645,7 +658,7 @@ class Session:
                 if on_reencoded is not None:
                     on_reencoded(result.done[-1])
             return result
-        from elite_cli.encoder import Encoder
+        from elite_cli.model.encoder import Encoder
 
         self.fetch_missing_models(encoding=True)
         models = self.models

@@ -48,9 +48,9 @@ def elite_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ELITE_HOME", str(home))
     # The global flags of the last command run in this process (e.g. --library) must not leak
     # into a test that calls a command without the main callback (eval's own Typer app).
-    import elite_cli.cli_common
+    import elite_cli.commands.common
 
-    monkeypatch.setattr(elite_cli.cli_common, "options", elite_cli.cli_common.GlobalOptions())
+    monkeypatch.setattr(elite_cli.commands.common, "options", elite_cli.commands.common.GlobalOptions())
     return home
 
 
@@ -58,7 +58,7 @@ def elite_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """Paths of the tiny model set (real on-disk layouts), built once per test session:
     `.base_model`, `.image_encoder`, `.global_mapper`, `.local_mapper`, `.segmenter`."""
-    from elite_cli.tiny import build_tiny_models
+    from elite_cli.model.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
@@ -67,14 +67,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
 def other_tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """A second tiny set with other random weights (built once per session): its mappers make
     concepts encoded with `tiny_models` stale."""
-    from elite_cli.tiny import build_tiny_models
+    from elite_cli.model.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("other-tiny-models"), seed=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_spec(tiny_models):
-    from elite_cli.models import ModelSpec
+    from elite_cli.model.loading import ModelSpec
 
     return ModelSpec(
         base_model=str(tiny_models.base_model),
@@ -88,7 +88,7 @@ def tiny_spec(tiny_models):
 @pytest.fixture(scope="session")
 def loaded_models(tiny_spec):
     """The tiny models loaded once; the CLI under `use_tiny_models` gets the same cached object."""
-    from elite_cli.models import load_models
+    from elite_cli.model.loading import load_models
 
     return load_models(tiny_spec)
 
@@ -131,7 +131,7 @@ def run_cli():
     """Run `elite ARGS...` in-process; returns typer's Result (exit_code, stdout, stderr)."""
     from typer.testing import CliRunner
 
-    from elite_cli.cli import app
+    from elite_cli.commands import app
 
     runner = CliRunner()
 

@@ -13,7 +13,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from elite_cli.cli import app
+from elite_cli.commands import app
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ def random_concept(seed: int = 0, width: int = 32, grid: int = 4, global_fp: str
     """A Concept of random values with the real invariants: 5 words, local masked, mask 0/1."""
     import torch
 
-    from elite_cli.concept import Concept
+    from elite_cli.model.concept import Concept
 
     generator = torch.Generator().manual_seed(seed)
     mask = (torch.rand(grid, grid, generator=generator) > 0.3).float()

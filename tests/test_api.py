@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import draw_object_picture
 from elite_cli.api import Session
 from elite_cli.errors import ConceptNotFound, InputError, LibraryError, NameClash
-from elite_cli.outputs import read_png_parameters
+from elite_cli.common.outputs import read_png_parameters
 
 FAST = dict(steps=2, width=64, height=64)
 
@@ -24,7 +24,7 @@ class CountingLoader:
         self.calls = 0
 
     def __call__(self, spec):
-        from elite_cli.models import load_models
+        from elite_cli.model.loading import load_models
 
         self.calls += 1
         return load_models(spec)

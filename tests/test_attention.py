@@ -5,7 +5,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from elite_cli.attention import EliteCrossAttnProcessor, EliteSelfAttnProcessor, LocalInjection
+from elite_cli.model.attention import EliteCrossAttnProcessor, EliteSelfAttnProcessor, LocalInjection
 
 HEADS, HEAD_DIM, TEXT, QUERY_DIM, TOKENS, PATCHES = 2, 4, 6, 8, 7, 5
 
@@ -110,7 +110,7 @@ def test_processors_accept_the_elite_keyword_through_diffusers():
 
 
 def test_unknown_backend_is_refused():
-    from elite_cli.attention import resolve_backend
+    from elite_cli.model.attention import resolve_backend
 
     with pytest.raises(ValueError, match="'auto', 'sdpa' or 'xformers'"):
         resolve_backend("flash", torch.device("cpu"))
@@ -118,7 +118,7 @@ def test_unknown_backend_is_refused():
 
 
 def test_xformers_is_refused_where_it_cannot_run():
-    from elite_cli.attention import resolve_backend, xformers_available
+    from elite_cli.model.attention import resolve_backend, xformers_available
     from elite_cli.errors import InputError
 
     if torch.cuda.is_available() and xformers_available():

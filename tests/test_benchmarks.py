@@ -98,8 +98,14 @@ def test_backends_smoke_without_compile(tiny_models, tmp_path):
 
 def test_startup_smoke(tiny_models, tmp_path):
     startup.main(smoke_arguments(tiny_models, tmp_path / "startup.json", "--runs", "1", "--warmup", "0",
-                                 "--help-runs", "1"))
+                                 "--help-runs", "1", "--breakdown-runs", "1", "--breakdown-without-command"))
     document = read(tmp_path / "startup.json")
+    # Where a model command's time goes: every phase measured, shares of one whole.
+    breakdown = document["breakdown"]
+    assert list(breakdown["phases"])[:3] == ["import the CLI (elite_cli.commands, typer)",
+                                             "settings and mapper file heads (no torch)", "import torch"]
+    assert all(entry["wall_s"] >= 0 for entry in breakdown["phases"].values())
+    assert sum(entry["share_of_wall"] for entry in breakdown["phases"].values()) == pytest.approx(1.0, abs=0.02)
     commands = document["commands"]
     assert commands["python -c pass (interpreter)"]["returncode"] == 0
     assert commands["python -c 'import elite_cli'"]["returncode"] == 0
@@ -109,7 +115,7 @@ def test_startup_smoke(tiny_models, tmp_path):
         "elite load_models",
     }
     assert all(entry["median_s"] > 0 for entry in document["loading"].values())
-    if (REPO / "elite_cli" / "cli.py").exists():
+    if (REPO / "elite_cli" / "commands").exists():
         # Once the CLI exists, its --help must run and must not import torch & co.
         assert commands["python -m elite_cli --help"]["returncode"] == 0
         assert document["help_heavy_imports"] == []

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from elite_cli import __version__
-from elite_cli import config as settings
-from elite_cli.cli import EliteTyper
+from elite_cli.common import config as settings
+from elite_cli.commands import EliteTyper
 from elite_cli.errors import InputError, ModelError
-from elite_cli.failures import OUT_OF_MEMORY, user_message
-from elite_cli.outputs import (
+from elite_cli.common.failures import OUT_OF_MEMORY, user_message
+from elite_cli.common.outputs import (
     GenerationRecord,
     a1111_parameters,
     image_file_name,
@@ -353,7 +353,7 @@ def test_help_does_not_import_torch_and_is_fast():
         "import sys, time\n"
         "start = time.process_time()\n"
         "sys.argv = ['elite', '--help']\n"
-        "from elite_cli.cli import main\n"
+        "from elite_cli.commands import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('\\nTORCH', 'torch' in sys.modules, 'SECONDS', time.process_time() - start)\n"
     )
@@ -429,7 +429,7 @@ def test_bare_elite_shows_the_commands(run_cli):
 # --- words users see ---------------------------------------------------------------------------
 
 def test_speed_below_one_image_a_second_is_seconds_per_image():
-    from elite_cli.wording import speed
+    from elite_cli.common.wording import speed
 
     assert speed(5, 2.0) == "2.50 images/s"
     assert speed(1, 3.24) == "3.2 s per image"  # not "0.31 images/s"
@@ -437,7 +437,7 @@ def test_speed_below_one_image_a_second_is_seconds_per_image():
 
 
 def test_loading_spinner_mentions_downloads_only_for_hub_models(tmp_path):
-    from elite_cli.cli import loading_message
+    from elite_cli.commands import loading_message
 
     (tmp_path / "sd").mkdir()
     (tmp_path / "mapper.safetensors").write_bytes(b"x")

@@ -54,7 +54,7 @@ def test_models_shows_the_hub_defaults_and_what_offline_lacks(run_cli, elite_hom
 
 
 def test_an_imported_pair_wins_over_the_hub_mappers(run_cli, tiny_models, elite_home: Path):
-    from elite_cli.config import resolve
+    from elite_cli.common.config import resolve
 
     assert resolve(elite_home)["global_mapper"].value == "hf://ELITE-library/ELITE/checkpoints/global_mapper.pt"
     assert run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper).exit_code == 0
@@ -68,7 +68,7 @@ def test_an_imported_pair_wins_over_the_hub_mappers(run_cli, tiny_models, elite_
 
 def test_a_missing_mapper_file_points_to_the_offline_route_too(tmp_path):
     from elite_cli.errors import ModelError
-    from elite_cli.mappers import load_mapper_state
+    from elite_cli.model.mappers import load_mapper_state
 
     with pytest.raises(ModelError, match=r"run `elite models import` .* or try elite offline with `elite models tiny ./tiny --use`"):
         load_mapper_state(tmp_path / "global_mapper.safetensors")
@@ -98,7 +98,7 @@ def test_train_takes_its_models_from_the_settings_like_every_command(run_cli, ti
 
 
 def test_models_import_converts_and_refuses_to_overwrite(run_cli, tiny_models, elite_home: Path):
-    from elite_cli.mappers import convert_reference_checkpoint
+    from elite_cli.model.mappers import convert_reference_checkpoint
 
     result = run_cli("models", "import", tiny_models.global_mapper, tiny_models.local_mapper)
     assert result.exit_code == 0, result.output
@@ -130,7 +130,7 @@ def test_models_import_of_a_non_checkpoint_leaves_nothing(run_cli, tiny_models, 
 def test_a_swapped_pair_of_our_mapper_files_is_refused(run_cli, tiny_models, elite_home: Path, tmp_path: Path):
     """Both mappers have the same layout; only the role our safetensors files record tells them apart."""
     from elite_cli.errors import ModelError
-    from elite_cli.mappers import convert_reference_checkpoint, load_mapper_state
+    from elite_cli.model.mappers import convert_reference_checkpoint, load_mapper_state
 
     global_file, local_file = tmp_path / "g.safetensors", tmp_path / "l.safetensors"
     convert_reference_checkpoint(tiny_models.global_mapper, global_file, "global")
@@ -186,7 +186,7 @@ def test_doctor_reports_library_problems_with_the_fix(run_cli, use_tiny_models, 
 
 def test_doctor_fails_for_model_settings_that_point_at_the_wrong_kind_of_file(run_cli, use_tiny_models, tiny_models,
                                                                              cat_picture, tmp_path, monkeypatch):
-    from elite_cli.mappers import convert_reference_checkpoint
+    from elite_cli.model.mappers import convert_reference_checkpoint
 
     local_file = tmp_path / "l.safetensors"
     convert_reference_checkpoint(tiny_models.local_mapper, local_file, "local")
@@ -262,3 +262,17 @@ def test_doctor_with_a_broken_config_file_says_to_edit_it(run_cli, elite_home: P
         finding = {finding["check"]: finding for finding in json.loads(result.stdout)}["settings"]
         assert finding["status"] == "fail" and finding["detail"].startswith(f"config file '{elite_home / 'config.toml'}'")
         assert finding["fix"] == "edit that config file, or delete it to start from the defaults"
+
+
+def test_a_missing_mapper_is_refused_before_the_other_models_load(run_cli, use_tiny_models, cat_picture, tmp_path,
+                                                                   monkeypatch):
+    import elite_cli.model.loading
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the models were imported and loaded before the missing mapper was refused")
+
+    monkeypatch.setattr(elite_cli.model.loading, "load_models", no_loading)
+    monkeypatch.setenv("ELITE_LOCAL_MAPPER", str(tmp_path / "local_mapper.safetensors"))
+    result = run_cli("add", cat_picture)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: local mapper '{tmp_path / 'local_mapper.safetensors'}' does not exist; ")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import draw_object_picture
-from elite_cli.outputs import read_png_parameters
+from elite_cli.common.outputs import read_png_parameters
 
 FAST = ("--steps", "2", "--width", "64", "--height", "64")
 NAME_PATTERN = re.compile(r"^\d{8}-\d{6}-(?P<slug>[a-z0-9-]+)-(?P<seed>\d+)(-\d+)?\.png$")
@@ -58,7 +58,7 @@ def cat_library_template(tmp_path_factory, tiny_models) -> tuple[Path, Path]:
     """A library holding <mycat> (tag pets), made once per module through the CLI itself."""
     from typer.testing import CliRunner
 
-    from elite_cli.cli import app
+    from elite_cli.commands import app
 
     home = tmp_path_factory.mktemp("cat-library") / "home"
     picture = draw_object_picture(home.parent / "mycat.png")
@@ -92,6 +92,7 @@ def test_add_list_show(run_cli, use_tiny_models, loaded_models, cat_picture, dog
     added = json.loads(result.stdout)
     assert [item["name"] for item in added["added"]] == ["mycat", "mydog"]
     assert all(item["seconds"] >= 0 for item in added["added"])
+    assert added["total_seconds"] >= added["model_load_seconds"] >= 0
     assert listed_names(run_cli) == ["mycat", "mydog"]
 
     other = draw_object_picture(cat_picture.with_name("other.png"), color=(20, 160, 20))
@@ -100,6 +101,9 @@ def test_add_list_show(run_cli, use_tiny_models, loaded_models, cat_picture, dog
     # Without a mask the object is found automatically, and the preview of it is named.
     added_line, preview_line = plain.stdout.splitlines()
     assert re.match(r"^Added <tom> \(id [0-9a-f]{12}\) in \d+\.\d\ds$", added_line)
+    # The whole command's time as well as the encoding's (the models were loaded in this process).
+    assert re.search(r"^Models loaded in \d+\.\d s \(importing torch, diffusers and transformers included\); "
+                     r"\d+\.\d s in all since the command started\.$", plain.stderr, re.M), plain.stderr
     assert re.fullmatch(r"  preview: .+\.preview\.png", preview_line)
     assert Path(preview_line.split(": ", 1)[1]).is_file()
     assert listed_names(run_cli) == ["mycat", "mydog", "tom"]
@@ -297,13 +301,13 @@ def test_reencode_all_skips_current_concepts_and_imported_ones_do_not_stop_the_r
     assert run_cli("add", dog_picture).exit_code == 0
 
     # Made by the configured mappers already: left as they are, without loading models or encoding.
-    import elite_cli.models
+    import elite_cli.model.loading
 
     def no_loading(*args, **kwargs):
         raise AssertionError("models were loaded although every concept is current")
 
     with monkeypatch.context() as patch:
-        patch.setattr(elite_cli.models, "load_models", no_loading)
+        patch.setattr(elite_cli.model.loading, "load_models", no_loading)
         current = run_cli("reencode", "--json")
     assert current.exit_code == 0, current.output
     assert {item["name"]: item["changed"] for item in json.loads(current.stdout)} == {"imported": False, "mydog": False}
@@ -438,8 +442,8 @@ def test_list_stale_flag_is_unknown_without_readable_mappers(run_cli, library_wi
 
 
 def test_list_fingerprints_mappers_as_loading_does(tiny_models, loaded_models, tmp_path):
-    from elite_cli.fingerprints import mapper_fingerprint, remember, safetensors_fingerprint
-    from elite_cli.mappers import convert_reference_checkpoint
+    from elite_cli.library.fingerprints import mapper_fingerprint, remember, safetensors_fingerprint
+    from elite_cli.model.mappers import convert_reference_checkpoint
 
     converted = tmp_path / "global.safetensors"
     convert_reference_checkpoint(tiny_models.global_mapper, converted, role="global")
@@ -462,12 +466,12 @@ BAD_IMAGES = {
 
 @pytest.mark.parametrize("bad", sorted(BAD_IMAGES))
 def test_add_checks_every_image_before_storing_any(run_cli, library_with_cat, tmp_path: Path, monkeypatch, bad):
-    import elite_cli.cli_concepts
+    import elite_cli.commands.concepts
 
     def no_models(*args, **kwargs):
         raise AssertionError("the models must not load before every input is checked")
 
-    monkeypatch.setattr(elite_cli.cli_concepts, "load_models_with_status", no_models)
+    monkeypatch.setattr(elite_cli.commands.concepts, "load_models_with_status", no_models)
     good = [draw_object_picture(tmp_path / f"good{i}.png", color=(30 * i, 90, 200)) for i in range(2)]
     result = run_cli("add", *good, BAD_IMAGES[bad](tmp_path))
     assert result.exit_code == 1 and result.stderr.startswith("Error: image '"), result.output
@@ -476,12 +480,12 @@ def test_add_checks_every_image_before_storing_any(run_cli, library_with_cat, tm
 
 
 def test_add_checks_the_mask_before_loading_models(run_cli, library_with_cat, tmp_path: Path, monkeypatch):
-    import elite_cli.cli_concepts
+    import elite_cli.commands.concepts
 
     def no_models(*args, **kwargs):
         raise AssertionError("the models must not load before the mask is checked")
 
-    monkeypatch.setattr(elite_cli.cli_concepts, "load_models_with_status", no_models)
+    monkeypatch.setattr(elite_cli.commands.concepts, "load_models_with_status", no_models)
     picture = draw_object_picture(tmp_path / "cat.png", 64, color=(1, 2, 3))
     result = run_cli("add", picture, "--mask", draw_object_picture(tmp_path / "mask.png", 32))
     assert result.exit_code == 1
@@ -586,7 +590,7 @@ def test_user_error_is_one_line_and_writes_nothing(run_cli, library_with_cat, tm
 
 
 def test_history_shows_one_line_per_whole_run(run_cli, elite_home):
-    from elite_cli.store import ConceptStore
+    from elite_cli.library import ConceptStore
 
     store = ConceptStore(elite_home)
     long_prompt = "<mycat> " + "on a very long and winding beach road " * 4

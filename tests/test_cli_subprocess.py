@@ -43,7 +43,7 @@ def test_console_script_is_declared():
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"] == {"elite": "elite_cli.cli:main"}
+    assert project["scripts"] == {"elite": "elite_cli.commands:main"}
 
 
 def test_add_gen_list_rm_in_real_processes(use_tiny_models, cat_picture, tmp_path: Path):
@@ -72,7 +72,7 @@ def test_list_does_not_import_torch(run_cli, use_tiny_models, cat_picture, elite
         "import sys, time\n"
         "start = time.process_time()\n"
         "sys.argv = ['elite', 'list']\n"
-        "from elite_cli.cli import main\n"
+        "from elite_cli.commands import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('TORCH', 'torch' in sys.modules, 'SECONDS', time.process_time() - start)\n"
     )
@@ -95,7 +95,7 @@ def test_ctrl_c_during_gen_leaves_no_png_and_no_history(run_cli, use_tiny_models
         stderr=subprocess.PIPE,
     )
     seen = b""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # loading the models alone can take minutes on a busy machine
     os.set_blocking(process.stderr.fileno(), False)
     while b"/100000" not in seen and time.monotonic() < deadline and process.poll() is None:
         chunk = process.stderr.read()
@@ -103,13 +103,13 @@ def test_ctrl_c_during_gen_leaves_no_png_and_no_history(run_cli, use_tiny_models
         time.sleep(0.2)
     assert b"/100000" in seen, seen.decode(errors="replace")  # denoising has started
     process.send_signal(signal.SIGINT)
-    process.wait(timeout=60)
+    process.wait(timeout=300)  # a busy 2-core machine can take a minute to unwind torch and exit
     os.set_blocking(process.stderr.fileno(), True)
     rest = process.stderr.read().decode(errors="replace")
     assert process.returncode == 130
     # The seed was drawn by elite and not printed yet: the hint carries it, so --resume can work.
     assert re.search(r"Interrupted; 0 images saved; to make only the missing ones, run the same command with "
-                     r"--seed \d+ --resume\.$", rest.rstrip("\n")), rest
+                     r"--seed \d+ --resume\.\n", rest), rest
     assert "Traceback" not in rest
     assert not out.exists() or list(out.iterdir()) == []
     history = elite("history", "--json", cwd=tmp_path)

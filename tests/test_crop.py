@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from elite_cli.images import prepare_image
+from elite_cli.model.images import prepare_image
 
 FAST = ("--steps", "2", "--width", "64", "--height", "64")
 
@@ -93,7 +93,7 @@ def test_an_unknown_crop_mode_is_one_sentence(tmp_path):
 
 
 def test_a_square_picture_encodes_to_the_reference_concept(tmp_path, loaded_models):
-    from elite_cli.encoder import Encoder, select_features
+    from elite_cli.model.encoder import Encoder, select_features
 
     image_path, mask_path = square_picture_with_mask(tmp_path)
     concept = Encoder(loaded_models).encode(image_path, mask_path)
@@ -115,7 +115,7 @@ def write_version_1_concept(home: Path, loaded_models, image_path: Path, mask_pa
     """Put into the library what elite before 0.2 wrote: the object-square encoding, in a format
     version 1 file without the preprocessing keys, with its kept sources; `repair` indexes it
     as it indexes any concept file it finds."""
-    from elite_cli.encoder import Encoder
+    from elite_cli.model.encoder import Encoder
     from elite_cli.library import ConceptStore
     from elite_cli.library import conceptfile as cf
 
@@ -159,7 +159,7 @@ def test_old_concepts_are_stale_warned_about_and_reencoded_from_their_pictures(
     assert (row["stale"], row["preprocessing"], row["crop"]) == (False, 2, "auto")
     assert "older elite" not in run_cli("list").stderr
     # The concept is now what `add` makes from the same pictures today: the reference's.
-    from elite_cli.encoder import Encoder
+    from elite_cli.model.encoder import Encoder
     from elite_cli.library import ConceptStore
 
     expected = Encoder(loaded_models).encode(image_path, mask_path)

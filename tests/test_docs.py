@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from elite_cli.cli import app
+from elite_cli.commands import app
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from elite_cli.errors import InputError
-from elite_cli.evaluation.cli import eval_command
+from elite_cli.commands.evaluate import eval_command
 from elite_cli.evaluation.tiny_metric_models import build_tiny_metric_models
 
 FAST = ["-n", "1", "--steps", "2", "--width", "64", "--height", "64"]
@@ -225,8 +225,8 @@ def test_a_template_with_a_bracket_typo_is_refused(app, pictures, tmp_path):
 
 def test_library_concepts(app, pictures, tmp_path, loaded_models):
     """A library concept: tensors from ConceptStore.load, source picture and class word from its record."""
-    store_module = pytest.importorskip("elite_cli.store")
-    from elite_cli.encoder import Encoder
+    store_module = pytest.importorskip("elite_cli.library")
+    from elite_cli.model.encoder import Encoder
 
     (cat, _), prompts = pictures
     store = store_module.ConceptStore(tmp_path / "library")
@@ -251,7 +251,7 @@ def test_library_concepts(app, pictures, tmp_path, loaded_models):
 
 
 def test_concepts_from_other_mappers_are_refused(loaded_models, pictures):
-    from elite_cli.encoder import Encoder
+    from elite_cli.model.encoder import Encoder
     from elite_cli.evaluation.runner import Subject, check_fresh
 
     (cat, _), _ = pictures
@@ -266,7 +266,7 @@ def test_importing_the_command_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, elite_cli.evaluation.cli; "
+    code = ("import sys, elite_cli.commands.evaluate; "
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parent.parent).stdout
@@ -274,7 +274,7 @@ def test_importing_the_command_does_not_import_torch():
 
 
 def test_an_interrupted_run_keeps_the_finished_concepts(loaded_models, metric_models, pictures, tmp_path):
-    from elite_cli.encoder import Encoder
+    from elite_cli.model.encoder import Encoder
     from elite_cli.evaluation.metrics import load_metric_models
     from elite_cli.evaluation.runner import EvalRunner, EvalSettings, Subject
 
@@ -413,7 +413,7 @@ def test_a_picture_file_that_does_not_decode_fails_before_the_models_load(app, p
     def no_models(*args, **kwargs):
         raise AssertionError("models loaded before the pictures were checked")
 
-    monkeypatch.setattr("elite_cli.models.load_models", no_models)
+    monkeypatch.setattr("elite_cli.model.loading.load_models", no_models)
     result = run(app, cat, broken, "--prompts", prompts, *FAST, "-o", tmp_path / "out")
     assert isinstance(result.exception, InputError), result.output
     assert str(result.exception) == f"image '{broken}' is not an image PIL can read; use PNG, JPEG or WebP."

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from elite_cli.mappers import save_mapper_state
-from elite_cli.outputs import GenerationRecord, save_png
+from elite_cli.model.mappers import save_mapper_state
+from elite_cli.common.outputs import GenerationRecord, save_png
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from elite_cli.gen_plan import cut_batches, plan_generation
-from elite_cli.outputs import read_png_parameters
+from elite_cli.generation.plan import cut_batches, plan_generation
+from elite_cli.common.outputs import read_png_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--width", "64", "--height", "64", "--steps", "2"]
@@ -48,7 +48,7 @@ def test_batches_do_not_depend_on_the_number_of_processes(tmp_path):
 
 
 def test_planned_names_never_collide_with_files_or_each_other(tmp_path):
-    from elite_cli.gen_plan import planned_path
+    from elite_cli.generation.plan import planned_path
 
     jobs = [FakeJob("same words", seed=3, num_images=2), FakeJob("same words!", seed=3, num_images=1)]
     first = plan_generation(jobs, tmp_path, "run", batch_size=2, models={})
@@ -98,8 +98,16 @@ def test_two_processes_make_exactly_the_single_process_images(run_cli, use_tiny_
     common = ["--prompts", prompts, "-n", "3", "--seed", "5", "--batch-size", "2", *SMALL]
     env = elite_environment(use_tiny_models, elite_home)  # one CPU thread each: float sums in one order
     gen = ["-m", "elite_cli", "gen", *map(str, common)]
-    single = subprocess.run([sys.executable, *gen, "-o", str(tmp_path / "single")], env=env, capture_output=True, text=True, timeout=240)
-    assert single.returncode == 0, single.stderr[-3000:]
+    # The single-process run in this process (models already loaded), on one thread as well.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = run_cli("gen", *common, "-o", tmp_path / "single")
+    finally:
+        torch.set_num_threads(threads)
+    assert single.exit_code == 0, single.output[-3000:]
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                *gen, "-o", str(tmp_path / "multi"), "--json"]
@@ -113,7 +121,7 @@ def test_two_processes_make_exactly_the_single_process_images(run_cli, use_tiny_
     for key, image in single_images.items():
         assert np.array_equal(image, multi_images[key]), f"{key} differs between 1 and 2 processes"
 
-    from elite_cli.store import ConceptStore
+    from elite_cli.library import ConceptStore
 
     rows = ConceptStore(elite_home).list_history(limit=None)
     multi_rows = [row for row in rows if str(tmp_path / "multi") in str(row.output_path)]
@@ -125,7 +133,7 @@ def test_json_reports_the_path_written_when_a_planned_name_was_taken(run_cli, us
                                                                     monkeypatch):
     """Another program may create a file under a planned name before elite saves there; the
     image then goes to the next free name, and --json must say which."""
-    import elite_cli.gen_plan as gen_plan
+    import elite_cli.generation.plan as gen_plan
 
     assert run_cli("add", cat_picture, "--name", "mycat").exit_code == 0
     out = tmp_path / "out"
@@ -219,8 +227,8 @@ def test_a_prompt_longer_than_the_window_warns_with_the_dropped_words(run_cli, u
 
 def test_again_rebuilds_an_interrupted_run_whole_in_order(elite_home):
     """History rows carry their job's number and image count: images never made are not lost."""
-    from elite_cli.cli_generate import jobs_from_history
-    from elite_cli.store import ConceptStore
+    from elite_cli.commands.generate import jobs_from_history
+    from elite_cli.library import ConceptStore
 
     store = ConceptStore(elite_home)
     settings = FakeJob("x").settings()
@@ -234,8 +242,8 @@ def test_again_rebuilds_an_interrupted_run_whole_in_order(elite_home):
 
 
 def test_resume_ignores_temporary_and_truncated_files(tmp_path):
-    from elite_cli.gen_plan import finished_images
-    from elite_cli.outputs import GenerationRecord, save_png
+    from elite_cli.generation.plan import finished_images
+    from elite_cli.common.outputs import GenerationRecord, save_png
 
     record = GenerationRecord(prompt="p", negative_prompt="", seed=1, steps=2, guidance_scale=5.0, llambda=0.8,
                               width=64, height=64, scheduler="lms", base_model="b", image_encoder="e")
@@ -251,7 +259,7 @@ def test_resume_ignores_temporary_and_truncated_files(tmp_path):
 
 
 def test_resume_removes_only_the_partial_files_of_dead_processes(tmp_path):
-    from elite_cli.outputs import partial_prefix, remove_abandoned_partials
+    from elite_cli.common.outputs import partial_prefix, remove_abandoned_partials
 
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(finished.stdout)
@@ -270,8 +278,8 @@ def test_resume_recognises_pngs_whose_chunk_says_llambda(tmp_path):
     """Earlier versions wrote the code's `llambda` into the PNG; it says `lambda` now."""
     from datetime import datetime
 
-    from elite_cli.gen_plan import finished_images
-    from elite_cli.outputs import ELITE_CHUNK, GenerationRecord, save_png
+    from elite_cli.generation.plan import finished_images
+    from elite_cli.common.outputs import ELITE_CHUNK, GenerationRecord, save_png
 
     job = FakeJob("<a> one", seed=4)
     record = GenerationRecord(prompt=job.prompt, negative_prompt="", seed=4, base_model="", image_encoder="",

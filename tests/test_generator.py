@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from elite_cli.encoder import Encoder
+from elite_cli.model.encoder import Encoder
 from elite_cli.errors import InputError
-from elite_cli.generator import Generator, Job
-from elite_cli.images import clip_inputs, prepare_image
+from elite_cli.model.generator import Generator, Job
+from elite_cli.model.images import clip_inputs, prepare_image
 
 SIZE = dict(width=64, height=64, steps=3)
 
@@ -106,7 +106,7 @@ class PlainSelfAttention:
 def reference_generate(m, concept, seed, steps, guidance, llambda, size):
     from diffusers import LMSDiscreteScheduler
 
-    from elite_cli.mappers import module_key
+    from elite_cli.model.mappers import module_key
 
     scheduler = LMSDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
     tokenizer, text_encoder, unet = m.tokenizer, m.text_encoder, m.unet
@@ -242,7 +242,7 @@ def test_bad_generation_arguments(loaded_models, concepts, kwargs, message):
 def test_low_vram_mode_gives_the_same_image(tiny_spec, loaded_models, concepts):
     import dataclasses
 
-    from elite_cli.models import load_models
+    from elite_cli.model.loading import load_models
 
     offloaded = load_models(dataclasses.replace(tiny_spec, low_vram=True))
     assert offloaded is not loaded_models

@@ -153,7 +153,7 @@ def test_a_first_run_downloads_what_elite_loads_then_runs_from_the_cache(hub_mod
     assert local.exit_code == 0, local.output
     local_png = Path(next(line for line in local.stdout.splitlines() if line.endswith(".png")))
     assert np.array_equal(pixels(local_png), pixels(first))
-    from elite_cli.outputs import read_png_parameters
+    from elite_cli.common.outputs import read_png_parameters
 
     hub_parameters, local_parameters = read_png_parameters(first), read_png_parameters(local_png)
     import_fingerprints = [line.split()[-1] for line in imported.stdout.splitlines()]

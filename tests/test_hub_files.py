@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from elite_cli.errors import InputError, ModelError
-from elite_cli.hub import HubFile, parse_hub_file, select_files
+from elite_cli.model.hub import HubFile, parse_hub_file, select_files
 
 # The files of CompVis/stable-diffusion-v1-4 (main): weights in two formats, two precisions and
 # an EMA-less copy, a safety checker and a feature extractor that elite never loads.
@@ -69,7 +69,7 @@ def test_hf_settings_name_a_repo_revision_and_path():
 
 
 def test_hf_settings_are_not_paths_in_config_files_or_the_environment(tmp_path):
-    from elite_cli.config import resolve, set_config_value
+    from elite_cli.common.config import resolve, set_config_value
 
     set_config_value(tmp_path, "global_mapper", "hf://me/mine/global.pt")
     settings = resolve(tmp_path, environ={"ELITE_LOCAL_MAPPER": "hf://me/mine/local.pt"})
@@ -80,7 +80,7 @@ def test_hf_settings_are_not_paths_in_config_files_or_the_environment(tmp_path):
 def test_a_tokenizer_folder_without_its_vocabulary_is_refused_by_name(tiny_models, tmp_path):
     from transformers import CLIPTokenizer
 
-    from elite_cli.models import load_pretrained
+    from elite_cli.model.loading import load_pretrained
 
     base = tmp_path / "sd"
     shutil.copytree(tiny_models.base_model, base)
@@ -92,7 +92,7 @@ def test_a_tokenizer_folder_without_its_vocabulary_is_refused_by_name(tiny_model
 
 
 def test_a_hub_model_that_is_not_cached_offline_fails_in_one_sentence():
-    from elite_cli.models import load_pretrained
+    from elite_cli.model.loading import load_pretrained
 
     def never_called(*args, **kwargs):
         raise AssertionError("from_pretrained ran without a complete folder")

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from elite_cli.errors import InputError
-from elite_cli.images import CLIP_MEAN, CLIP_STD, clip_inputs, prepare_image
+from elite_cli.model.images import CLIP_MEAN, CLIP_STD, clip_inputs, prepare_image
 
 
 def gradient(width, height):

@@ -9,7 +9,7 @@ from library_support import SAMPLES
 
 
 def test_encoded_sample_round_trips_and_reencodes(tmp_path, loaded_models):
-    from elite_cli.encoder import Encoder
+    from elite_cli.model.encoder import Encoder
 
     encoder = Encoder(loaded_models)
     image, mask = SAMPLES / "chelsea.png", SAMPLES / "chelsea_mask.png"

@@ -184,7 +184,7 @@ def test_import_refuses_a_bad_name_before_reading_the_file(store, tmp_path):
 
 def test_a_refused_export_names_the_file_asked_for_not_the_temp_file(store, bundle, tmp_path, monkeypatch):
     # A folder one may not write to used to be reported as "'<dir>/.tmp-0501edd2aa18-x.safetensors' ...".
-    from elite_cli.failures import user_message
+    from elite_cli.common.failures import user_message
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))

@@ -26,7 +26,7 @@ def add(store, tmp_path, seed, name=None, **kwargs):
 
 
 def test_default_home_follows_elite_home(monkeypatch, tmp_path):
-    from elite_cli.paths import default_home
+    from elite_cli.common.paths import default_home
 
     monkeypatch.setenv("ELITE_HOME", str(tmp_path / "lib"))
     assert default_home() == tmp_path / "lib"
@@ -284,7 +284,7 @@ def test_failed_replace_keeps_the_old_concept(store, tmp_path, monkeypatch):
 
 
 class FakeEncoder:
-    """Stands in for elite_cli.encoder.Encoder (a collaborator, not the code under test)."""
+    """Stands in for elite_cli.model.encoder.Encoder (a collaborator, not the code under test)."""
 
     def __init__(self, seed, global_fp):
         self.seed, self.global_fp, self.calls = seed, global_fp, []

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from elite_cli.errors import ModelError
-from elite_cli.mappers import (
+from elite_cli.model.mappers import (
     GlobalMapper,
     LocalMapper,
     check_against_unet,

@@ -20,7 +20,7 @@ from conftest import draw_object_picture
 
 @pytest.fixture(scope="module")
 def segmenter(tiny_models):
-    from elite_cli.segment import load_segmenter
+    from elite_cli.model.segment import load_segmenter
 
     return load_segmenter(str(tiny_models.segmenter), "cpu")
 
@@ -36,7 +36,7 @@ def wide_picture(path: Path) -> Path:
 
 
 def test_auto_mask_has_the_pictures_shape_and_follows_the_threshold(segmenter, tmp_path):
-    from elite_cli.segment import AUTO_MASK_THRESHOLD, auto_mask, object_probabilities
+    from elite_cli.model.segment import AUTO_MASK_THRESHOLD, auto_mask, object_probabilities
 
     picture = Image.open(wide_picture(tmp_path / "wide.png"))
     probabilities = object_probabilities(segmenter, picture, "a cat")
@@ -52,7 +52,7 @@ def test_auto_mask_has_the_pictures_shape_and_follows_the_threshold(segmenter, t
 
 
 def test_auto_mask_is_deterministic_across_loads(tiny_models, segmenter, tmp_path):
-    from elite_cli.segment import auto_mask, forget_segmenters, load_segmenter
+    from elite_cli.model.segment import auto_mask, forget_segmenters, load_segmenter
 
     picture = Image.open(draw_object_picture(tmp_path / "cat.png"))
     first = auto_mask(segmenter, picture)
@@ -65,14 +65,14 @@ def test_auto_mask_is_deterministic_across_loads(tiny_models, segmenter, tmp_pat
 
 def test_the_segmenter_setting_must_name_a_clipseg_model(tiny_models):
     from elite_cli.errors import ModelError
-    from elite_cli.segment import load_segmenter
+    from elite_cli.model.segment import load_segmenter
 
     with pytest.raises(ModelError, match="is a clip_vision_model model; set ELITE_SEGMENTER to a CLIPSeg model"):
         load_segmenter(str(tiny_models.image_encoder), "cpu")  # a CLIP vision folder, not CLIPSeg
 
 
 def test_chooser_takes_file_alpha_auto_and_none(tiny_models, tmp_path):
-    from elite_cli.masks import MaskChooser
+    from elite_cli.model.masks import MaskChooser
 
     picture = draw_object_picture(tmp_path / "cat.png")
     cutout = tmp_path / "cutout.png"
@@ -102,9 +102,9 @@ def test_chooser_takes_file_alpha_auto_and_none(tiny_models, tmp_path):
 
 
 def test_chooser_refuses_an_empty_automatic_mask(tiny_models, tmp_path, monkeypatch):
-    from elite_cli import segment
+    from elite_cli.model import segment
     from elite_cli.errors import InputError
-    from elite_cli.masks import MaskChooser
+    from elite_cli.model.masks import MaskChooser
 
     monkeypatch.setattr(segment, "AUTO_MASK_THRESHOLD", 1.0)  # no pixel of the tiny model passes it
     with pytest.raises(InputError, match="^no object found: pass --mask FILE, --object TEXT or --mask none"):
@@ -114,7 +114,7 @@ def test_chooser_refuses_an_empty_automatic_mask(tiny_models, tmp_path, monkeypa
 @pytest.mark.parametrize("coverage, warned", [(0.01, "covers 1.0% of"), (0.02, None), (0.5, None), (0.8, None),
                                               (0.9, "covers 90% of")])
 def test_coverage_outside_what_the_mappers_learned_is_warned_with_the_fix(coverage, warned):
-    from elite_cli.masks import coverage_warning
+    from elite_cli.model.masks import coverage_warning
 
     for source in ("file", "alpha", "auto"):
         warning = coverage_warning(coverage, "cat.png", source)
@@ -139,8 +139,8 @@ def test_object_goes_with_the_automatic_mask_only(run_cli, use_tiny_models, cat_
 
 def test_add_finds_the_object_stores_its_mask_and_a_preview(run_cli, use_tiny_models, loaded_models, cat_picture,
                                                             elite_home):
-    from elite_cli.encoder import Encoder
-    from elite_cli.masks import MaskChooser
+    from elite_cli.model.encoder import Encoder
+    from elite_cli.model.masks import MaskChooser
 
     result = run_cli("add", cat_picture, "--object", "a cat", "--json")
     assert result.exit_code == 0, result.output
@@ -156,7 +156,7 @@ def test_add_finds_the_object_stores_its_mask_and_a_preview(run_cli, use_tiny_mo
     expected = chooser.choose(cat_picture)
     assert Path(shown["mask_path"]).read_bytes() == expected.path.read_bytes()
     assert shown["mask_sha256"] == expected.mask_sha256
-    from elite_cli.store import ConceptStore
+    from elite_cli.library import ConceptStore
 
     concept = ConceptStore(elite_home).load("mycat")
     direct = Encoder(loaded_models).encode(cat_picture, mask=expected.path)
@@ -175,12 +175,14 @@ def test_add_finds_the_object_stores_its_mask_and_a_preview(run_cli, use_tiny_mo
 
 
 def test_mask_none_is_the_whole_picture_as_before(run_cli, use_tiny_models, loaded_models, cat_picture, elite_home):
-    from elite_cli.encoder import Encoder
-    from elite_cli.store import ConceptStore
+    from elite_cli.model.encoder import Encoder
+    from elite_cli.library import ConceptStore
 
     result = run_cli("add", cat_picture, "--mask", "none")
     assert result.exit_code == 0, result.output
-    assert len(result.stdout.splitlines()) == 1 and result.stderr == ""  # no preview, no warning
+    # No preview, no warning: stderr holds only the command's time line.
+    assert len(result.stdout.splitlines()) == 1 and result.stderr.startswith("Models loaded in ")
+    assert len(result.stderr.splitlines()) == 1
     shown = json.loads(run_cli("show", "mycat", "--json").stdout)
     assert (shown["mask_source"], shown["mask_sha256"], shown["mask_path"], shown["preview_path"]) == \
         ("none", "", None, None)
@@ -194,7 +196,7 @@ def test_mask_none_is_the_whole_picture_as_before(run_cli, use_tiny_models, load
 
 def test_empty_automatic_mask_is_refused_in_one_line_and_nothing_stored(run_cli, use_tiny_models, cat_picture,
                                                                           elite_home, monkeypatch):
-    from elite_cli import segment
+    from elite_cli.model import segment
 
     monkeypatch.setattr(segment, "AUTO_MASK_THRESHOLD", 1.0)
     result = run_cli("add", cat_picture)
@@ -205,9 +207,9 @@ def test_empty_automatic_mask_is_refused_in_one_line_and_nothing_stored(run_cli,
 
 def test_a_wide_picture_is_squared_around_the_automatic_masks_object(run_cli, use_tiny_models, loaded_models,
                                                                      tmp_path, elite_home):
-    from elite_cli.encoder import Encoder
-    from elite_cli.images import prepare_image, square_box
-    from elite_cli.store import ConceptStore
+    from elite_cli.model.encoder import Encoder
+    from elite_cli.model.images import prepare_image, square_box
+    from elite_cli.library import ConceptStore
 
     picture = wide_picture(tmp_path / "wide.png")
     assert run_cli("add", picture).exit_code == 0
@@ -223,9 +225,9 @@ def test_a_wide_picture_is_squared_around_the_automatic_masks_object(run_cli, us
 
 def test_reencode_keeps_the_automatic_mask(run_cli, use_tiny_models, cat_picture, elite_home, tmp_path,
                                            monkeypatch):
-    from elite_cli.encoder import Encoder
-    from elite_cli.models import load_models
-    from elite_cli.store import ConceptStore
+    from elite_cli.model.encoder import Encoder
+    from elite_cli.model.loading import load_models
+    from elite_cli.library import ConceptStore
 
     assert run_cli("add", cat_picture, "--object", "a cat").exit_code == 0
     before = json.loads(run_cli("show", "mycat", "--json").stdout)
@@ -245,7 +247,7 @@ def test_reencode_keeps_the_automatic_mask(run_cli, use_tiny_models, cat_picture
     assert after["preview_path"] and Path(after["preview_path"]).is_file()
     assert not Path(before["preview_path"]).exists()  # went with the concept it showed
     concept = ConceptStore(elite_home).load("mycat")
-    from elite_cli.cli import model_spec
+    from elite_cli.commands import model_spec
 
     direct = Encoder(load_models(model_spec())).encode(cat_picture, mask=after["mask_path"])
     assert torch.equal(concept.local, direct.local.half().float())
@@ -258,8 +260,10 @@ def test_a_user_mask_outside_the_trained_range_is_added_with_a_warning(run_cli, 
     Image.fromarray(dot).save(tmp_path / "dot.png")
     result = run_cli("add", cat_picture, "--mask", tmp_path / "dot.png")
     assert result.exit_code == 0, result.output
-    assert result.stderr == (f"Warning: the object covers 0.4% of '{cat_picture}', outside the 2%-80% ELITE's mappers "
-                             "were trained on; crop the picture closer to the object.\n")
+    warning, time_line = result.stderr.splitlines()
+    assert warning == (f"Warning: the object covers 0.4% of '{cat_picture}', outside the 2%-80% ELITE's mappers "
+                       "were trained on; crop the picture closer to the object.")
+    assert time_line.startswith("Models loaded in ")
     shown = json.loads(run_cli("show", "mycat", "--json").stdout)
     assert shown["mask_source"] == "file" and Path(shown["preview_path"]).is_file()
 
@@ -267,8 +271,8 @@ def test_a_user_mask_outside_the_trained_range_is_added_with_a_warning(run_cli, 
 def test_concept_files_without_mask_keys_tell_from_their_sources(tmp_path):
     from elite_cli.errors import FormatError
     from elite_cli.library import conceptfile as cf
-    from elite_cli.masks import describe_mask_source
-    from elite_cli.store import ConceptStore
+    from elite_cli.model.masks import describe_mask_source
+    from elite_cli.library import ConceptStore
     from library_support import random_concept
 
     store = ConceptStore(tmp_path / "home")
@@ -291,7 +295,7 @@ def test_concept_files_without_mask_keys_tell_from_their_sources(tmp_path):
 
 
 def test_repair_quarantines_a_preview_whose_concept_is_gone(tmp_path):
-    from elite_cli.store import ConceptStore
+    from elite_cli.library import ConceptStore
 
     store = ConceptStore(tmp_path / "home")
     orphan = store.concepts_dir / ("ab" * 32 + ".preview.png")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from elite_cli.errors import InputError, ModelError
-from elite_cli.mappers import convert_reference_checkpoint, load_mapper_state
-from elite_cli.models import load_models, resolve_device, resolve_dtype
+from elite_cli.model.mappers import convert_reference_checkpoint, load_mapper_state
+from elite_cli.model.loading import load_models, resolve_device, resolve_dtype
 
 
 def test_loaded_models_are_cached_and_fingerprinted(tiny_spec, loaded_models):
@@ -72,9 +72,9 @@ def test_generation_alone_never_loads_the_image_encoder(tiny_spec):
     import numpy as np
     from PIL import Image
 
-    from elite_cli.encoder import Encoder
-    from elite_cli.generator import Generator
-    from elite_cli.models import forget_models
+    from elite_cli.model.encoder import Encoder
+    from elite_cli.model.generator import Generator
+    from elite_cli.model.loading import forget_models
 
     spec = dataclasses.replace(tiny_spec, dtype="float32")  # a spec of its own: a fresh load
     forget_models(spec)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from elite_cli.errors import InputError
-from elite_cli.prompts import check_placeholders, concept_names, split_prompt
-from elite_cli.text import PromptEncoder, PromptTruncatedWarning
+from elite_cli.model.prompts import check_placeholders, concept_names, split_prompt
+from elite_cli.model.text import PromptEncoder, PromptTruncatedWarning
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,7 @@ def test_run_writes_loadable_checkpoints_logs_and_metadata(global_run, tiny_mode
     recipe = json.loads(metadata["recipe"])
     assert recipe["regularization"] == 0.01 and recipe["total_batch"] == 4 and recipe["stage"] == "global"
     assert recipe["mixed_precision"] == "no"  # what accelerate used, not the unset option
-    from elite_cli.mappers import fingerprint
+    from elite_cli.model.mappers import fingerprint
 
     assert metadata["fingerprint"] == fingerprint(mapper_tensors(result.mapper))
     # The mapper moved away from its initial K/V copies of the UNet.
@@ -208,9 +208,9 @@ def test_init_starts_from_given_weights(global_run, tiny_models, data, tmp_path)
 # ---- the trained mappers in use ----------------------------------------------------------------
 
 def test_trained_mappers_encode_and_generate_end_to_end(global_run, tiny_models, data, tmp_path):
-    from elite_cli.encoder import Encoder
-    from elite_cli.generator import Generator
-    from elite_cli.models import ModelSpec, load_models
+    from elite_cli.model.encoder import Encoder
+    from elite_cli.model.generator import Generator
+    from elite_cli.model.loading import ModelSpec, load_models
 
     global_mapper = global_run[1].mapper
     local = train(config(tiny_models, data, tmp_path / "local", stage="local", global_mapper=str(global_mapper),
@@ -262,7 +262,7 @@ def test_accelerate_launch_two_cpu_processes(tiny_models, data, tmp_path):
 
 def test_trained_checkpoints_work_with_elite_add_and_gen(global_run, tiny_models, data, tmp_path):
     """`elite add` / `elite gen` (the CLI, where it is present) with the mappers `elite train` wrote."""
-    cli = pytest.importorskip("elite_cli.cli", reason="the elite CLI is not in this checkout yet")
+    cli = pytest.importorskip("elite_cli.commands", reason="the elite CLI is not in this checkout yet")
     from typer.testing import CliRunner
 
     local = train(config(tiny_models, data, tmp_path / "local", stage="local", global_mapper=str(global_run[1].mapper),
@@ -364,7 +364,7 @@ def test_progress_lines_are_single_and_say_process_and_step_in_the_right_number(
     from rich.console import Console
     from typer.testing import CliRunner
 
-    from elite_cli.training.cli import TrainingDisplay, train_app
+    from elite_cli.commands.train import TrainingDisplay, train_app
     from elite_cli.training.loop import RunStarted
 
     with open(tmp_path / "empty.txt", "w") as sink, TrainingDisplay(Console(file=sink, width=40)):

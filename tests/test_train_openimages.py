@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from elite_cli.errors import InputError
-from elite_cli.training.cli import train_app
+from elite_cli.commands.train import train_app
 from elite_cli.training.data import GLOBAL_PADDING, TrainingExamples, decode_sample, load_samples, padded_crop
 from elite_cli.training.openimages import BoxFilters, convert_open_images, mask_box, stage_filters
 

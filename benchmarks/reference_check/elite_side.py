@@ -70,10 +70,10 @@ def dump_preprocessing(picture: str, mask: str, out: Path, name: str, prompt: st
     """In a child process with the checkout on sys.path: elite's own CLIP inputs and fp32 concept."""
     import torch
 
-    from elite_cli.cli import model_spec
-    from elite_cli.encoder import Encoder
-    from elite_cli.images import clip_inputs, prepare_image
-    from elite_cli.models import load_models
+    from elite_cli.commands import model_spec
+    from elite_cli.model.encoder import Encoder
+    from elite_cli.model.images import clip_inputs, prepare_image
+    from elite_cli.model.loading import load_models
 
     models = load_models(model_spec())
     prepared = prepare_image(picture, mask)
@@ -88,7 +88,7 @@ def dump_preprocessing(picture: str, mask: str, out: Path, name: str, prompt: st
     np.save(out / "words_fp32.npy", concept.words.numpy())
     np.save(out / "local_fp32.npy", concept.local.numpy())
     # The text contexts elite's generator builds (the stored fp16 w0 injected), beside the reference's.
-    from elite_cli.text import PromptEncoder
+    from elite_cli.model.text import PromptEncoder
 
     prompt_encoder = PromptEncoder(models.tokenizer, models.text_encoder)
     with torch.no_grad():
@@ -103,7 +103,7 @@ def dump_preprocessing(picture: str, mask: str, out: Path, name: str, prompt: st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", default=str(HERE.parents[2]), help="elite checkout to run (default: this one)")
-    parser.add_argument("--models", default="/work/refcheck-tiny", help="elite_cli.tiny.build_tiny_models folder")
+    parser.add_argument("--models", default="/work/refcheck-tiny", help="elite_cli.model.tiny.build_tiny_models folder")
     parser.add_argument("--mappers", default="/work/refcheck-tiny/mappers-h1024",
                         help="reference-format mappers written by reference_side.py mappers")
     parser.add_argument("--input", default="/work/refcheck-input", help="folder with refcat.png and refcat_bg.png")

@@ -1,8 +1,8 @@
 """The model set of the check: elite's tiny set, optionally with a UNet whose attention is cheaper.
 
-Runs in elite's venv (it uses elite_cli.tiny and the current diffusers).
+Runs in elite's venv (it uses elite_cli.model.tiny and the current diffusers).
 
-    python make_models.py /work/refcheck-tiny                      # elite_cli.tiny.build_tiny_models
+    python make_models.py /work/refcheck-tiny                      # elite_cli.model.tiny.build_tiny_models
     python make_models.py /work/refcheck-tiny-cheap --cheap-unet   # same, UNet attention at 32x32
 
 Why --cheap-unet: the reference's validation draws 64x64 latents and its patched attention
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from elite_cli.tiny import TINY_WIDTH, build_tiny_models
+    from elite_cli.model.tiny import TINY_WIDTH, build_tiny_models
 
     if not args.cheap_unet:
         print(build_tiny_models(args.folder, seed=args.seed))

@@ -183,7 +183,7 @@ def convert(tiny: Path, out: Path) -> None:
             raise SystemExit(f"{part} config sets {differing}, which diffusers 0.11 cannot build")
 
     # transformers 4.26's CLIPTokenizer reads vocab.json + merges.txt (the fast tokenizer.json is
-    # newer); elite_cli.tiny writes those files too, from the same vocabulary.
+    # newer); elite_cli.model.tiny writes those files too, from the same vocabulary.
     tokenizer = target / "tokenizer"
     tokenizer.mkdir()
     for name in ("vocab.json", "merges.txt"):
@@ -351,7 +351,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("convert", "mappers", "run"))
     parser.add_argument("--ref-code", default="/work/elite-ref", help="checkout of csyxwei/ELITE (unchanged)")
-    parser.add_argument("--tiny", default="/work/refcheck-tiny", help="elite_cli.tiny.build_tiny_models folder")
+    parser.add_argument("--tiny", default="/work/refcheck-tiny", help="elite_cli.model.tiny.build_tiny_models folder")
     parser.add_argument("--models", default="/work/refcheck-tiny/reference-stack", help="output of `convert`")
     parser.add_argument("--mappers", default="/work/refcheck-tiny/mappers-h1024", help="output of `mappers`")
     parser.add_argument("--input", default="/work/refcheck-input", help="folder with X.png and X_bg.png")

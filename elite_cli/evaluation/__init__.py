@@ -2,10 +2,8 @@
 
 Modules: metrics (scores and the metric models), dreambench (prompt templates as data),
 runner (generate + score + write), subjects (library concepts or pictures), contact_sheet,
-compare, tiny_metric_models (offline test models), cli (`eval_command`). Importing this package
-or `cli` does not import torch.
+compare, tiny_metric_models (offline test models); the `elite eval` command is
+elite_cli/commands/evaluate.py. Importing this package does not import torch.
 """
 
-# Textual Inversion's evaluator uses CLIP ViT-B/32; DreamBench papers add DINO ViT-S/16.
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
-DEFAULT_DINO_MODEL = "facebook/dino-vits16"
+from elite_cli.common.config import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL  # noqa: F401  (the settings' defaults)

@@ -74,7 +74,7 @@ def read_report(path: Path) -> dict:
         raise InputError(f"'{path}' is a damaged elite eval results file (no valid {', '.join(broken)}); "
                          "pass the results.json an `elite eval` run wrote.")
     if "settings" in report:
-        from elite_cli.outputs import user_keys
+        from elite_cli.common.outputs import user_keys
 
         report["settings"] = user_keys(report["settings"])  # files written before say `llambda`
     return report

@@ -126,7 +126,7 @@ def to_pixels(images: Sequence[Image.Image], resize_to: int, crop_to: int, mean,
 
 def _load(load, source: str, what: str, flag: str, **kwargs):
     """from_pretrained with every failure as one ModelError sentence naming the flag."""
-    from elite_cli.models import load_pretrained
+    from elite_cli.model.loading import load_pretrained
 
     try:
         return load_pretrained(load, source, what, **kwargs)

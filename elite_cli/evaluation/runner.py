@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from PIL import Image, PngImagePlugin
 
 from elite_cli import __version__
-from elite_cli.concept import Concept
+from elite_cli.model.concept import Concept
 from elite_cli.errors import InputError
-from elite_cli.outputs import user_keys
+from elite_cli.common.outputs import user_keys
 from elite_cli.evaluation.contact_sheet import SheetRow, contact_sheet, fit
 from elite_cli.evaluation.dreambench import dreambench_prompts
 from elite_cli.evaluation.metrics import MetricModels, Summary, mean_cosine_to_references, paired_cosine, summarize
 
 if TYPE_CHECKING:
-    from elite_cli.models import Models
+    from elite_cli.model.loading import Models
 
 REPORT_FORMAT = "elite-eval/1"
 SUBJECT = "{}"
@@ -73,7 +73,7 @@ class EvalSettings:
 
     def check(self) -> None:
         """Fail before any model loads (and before the output folder is made) if a setting cannot work."""
-        from elite_cli.generation_limits import check_image_settings
+        from elite_cli.model.generation_limits import check_image_settings
 
         check_image_settings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.guidance_scale,
                              llambda=self.llambda, seed=self.seed, num_images=self.num_images, scheduler=self.scheduler)
@@ -89,7 +89,7 @@ class EvalSettings:
 # ---- prompts ---------------------------------------------------------------------------------
 
 def check_template(template: str) -> None:
-    from elite_cli.prompts import check_placeholders, concept_names
+    from elite_cli.model.prompts import check_placeholders, concept_names
 
     if template.count(SUBJECT) != 1:
         raise InputError(f"prompt template {template!r} must hold exactly one {{}} where the concept goes, e.g. 'a {{}} on the beach'.")
@@ -208,7 +208,7 @@ class EvalReport:
 
 def check_fresh(subjects: Sequence[Subject], models: "Models") -> None:
     """Concepts encoded with other mapper checkpoints than the loaded ones would measure the wrong model."""
-    from elite_cli.concept import refuse_stale
+    from elite_cli.model.concept import refuse_stale
 
     refuse_stale(((s.name, s.name, s.concept) for s in subjects), models.global_fingerprint, models.local_fingerprint)
 
@@ -241,7 +241,7 @@ class EvalRunner:
     """`EvalRunner(models, metric_models).run(subjects, settings, output_dir)` -> EvalReport."""
 
     def __init__(self, models: "Models", metric_models: MetricModels):
-        from elite_cli.generator import Generator
+        from elite_cli.model.generator import Generator
 
         self.models = models
         self.metrics = metric_models
@@ -292,7 +292,7 @@ class EvalRunner:
 
     def evaluate_subject(self, subject: Subject, settings: EvalSettings, output_dir: Path,
                          advance: Callable[[int, str], None]) -> ConceptResult:
-        from elite_cli.generator import Job
+        from elite_cli.model.generator import Job
 
         source = open_source_image(subject)
         source_clip = self.metrics.clip.embed_images([source])

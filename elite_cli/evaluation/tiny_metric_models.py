@@ -29,7 +29,7 @@ def build_tiny_metric_models(directory: str | Path, seed: int = 0) -> TinyMetric
     import transformers.utils.logging as transformers_logging
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, ViTConfig, ViTModel
 
-    from elite_cli.tiny import write_tiny_vocab
+    from elite_cli.model.tiny import write_tiny_vocab
 
     directory = Path(directory)
     paths = TinyMetricModels(directory / "clip", directory / "dino")

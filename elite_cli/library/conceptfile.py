@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from elite_cli.concept import NUM_WORDS, Concept
+from elite_cli.model.concept import NUM_WORDS, Concept
 from elite_cli.errors import FormatError
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ THUMBNAIL_TENSOR = "thumbnail"  # only in exported bundles (uint8 [H, W, 3])
 PROVENANCE_KEYS = ("global_mapper", "local_mapper", "base_model", "image_encoder", "image_sha256", "mask_sha256",
                    "preprocessing", "crop")
 # Keys a version-1 file lacks, and what they mean there: every picture was cut to the square
-# around its object (elite_cli.images.PREPROCESSING_VERSION 1).
+# around its object (elite_cli.model.images.PREPROCESSING_VERSION 1).
 VERSION_1_DEFAULTS = {"preprocessing": "1", "crop": ""}
 REQUIRED_METADATA = ("format", "format_version", "concept_id", "name", "created", "text_width", "grid", "num_words",
                      *PROVENANCE_KEYS)

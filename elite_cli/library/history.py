@@ -32,7 +32,7 @@ class GenerationHistory:
         parameters: every other setting (steps, guidance_scale, lambda, width, height,
         scheduler, models...) as JSON-serialisable values. concept_ids: {prompt name: id}.
         """
-        from elite_cli.outputs import user_keys
+        from elite_cli.common.outputs import user_keys
 
         try:
             parameters_json = json.dumps(user_keys(parameters), sort_keys=True)

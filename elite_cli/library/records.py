@@ -34,7 +34,7 @@ class StoredConcept:
     mask_path: Path | None
     thumbnail_path: Path
     duplicate: bool = False
-    # How the picture was made square (elite_cli.images): the preprocessing version (1 for
+    # How the picture was made square (elite_cli.model.images): the preprocessing version (1 for
     # concepts made before it was recorded) and the crop mode ("" when not recorded).
     preprocessing: int = 1
     crop: str = ""
@@ -56,7 +56,7 @@ class StoredConcept:
 
     def preprocessing_is_current(self) -> bool:
         """Whether this concept's picture was prepared as elite prepares pictures now."""
-        from elite_cli.concept import PREPROCESSING_VERSION
+        from elite_cli.model.concept import PREPROCESSING_VERSION
 
         return self.preprocessing >= PREPROCESSING_VERSION
 
@@ -127,7 +127,7 @@ class HistoryEntry:
 
     @classmethod
     def from_row(cls, row: dict) -> "HistoryEntry":
-        from elite_cli.outputs import user_keys  # rows written before say `llambda`
+        from elite_cli.common.outputs import user_keys  # rows written before say `llambda`
 
         return cls(id=row["id"], run_id=row["run_id"], created=row["created"], prompt=row["prompt"],
                    negative_prompt=row["negative_prompt"], seed=row["seed"], image_index=row["image_index"],
@@ -136,7 +136,7 @@ class HistoryEntry:
 
     def preprocessing_is_current(self) -> bool:
         """Whether this concept's picture was prepared as elite prepares pictures now."""
-        from elite_cli.concept import PREPROCESSING_VERSION
+        from elite_cli.model.concept import PREPROCESSING_VERSION
 
         return self.preprocessing >= PREPROCESSING_VERSION
 

@@ -30,12 +30,12 @@ from elite_cli.library.history import GenerationHistory
 from elite_cli.library.names import closest_names, name_from_stem, validate_name, validate_tag
 from elite_cli.library.thumbnails import thumbnail_png
 from elite_cli.library.records import CheckReport, ExportResult, RepairReport, StoredConcept
-from elite_cli.paths import default_home
+from elite_cli.common.paths import default_home
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from elite_cli.concept import Concept
+    from elite_cli.model.concept import Concept
 
 DB_NAME = "library.db"
 CONCEPTS_DIR = "concepts"
@@ -60,7 +60,7 @@ _CONCEPT_FROM = "concepts c JOIN model_sets m ON m.id = c.model_set"
 
 
 class ConceptEncoder(Protocol):
-    """What `reencode` needs: elite_cli.encoder.Encoder fits."""
+    """What `reencode` needs: elite_cli.model.encoder.Encoder fits."""
 
     def encode(self, image, mask=None, crop: str = "auto") -> "Concept": ...
 
@@ -282,7 +282,7 @@ class ConceptStore(GenerationHistory):
         if record.image_path is None or not record.image_path.is_file():
             return ""
         from elite_cli.errors import EliteError
-        from elite_cli.images import alpha_marks_object
+        from elite_cli.model.images import alpha_marks_object
 
         try:
             return "alpha" if alpha_marks_object(record.image_path) else "none"
@@ -678,7 +678,7 @@ class ConceptStore(GenerationHistory):
         keeps its name and gains this one's tags, and its record is returned (duplicate=True,
         another name), so the caller can say which name to use now.
         """
-        from elite_cli.concept import DEFAULT_CROP
+        from elite_cli.model.concept import DEFAULT_CROP
 
         record = self.get(name_or_id)
         self.require_sources([record])

@@ -46,7 +46,7 @@ def preview_png(image_path: Path, mask_path: Path | None, crop: str = "auto") ->
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from elite_cli.images import load_picture, object_mask, square_box
+    from elite_cli.model.images import load_picture, object_mask, square_box
 
     picture = load_picture(image_path)
     found, _, _ = object_mask(picture, mask_path)

@@ -8,7 +8,7 @@ Modules, in the order a run uses them:
 - components.py: frozen SD/CLIP models and fresh mappers initialised from the UNet.
 - objectives.py: the two losses.
 - loop.py: the accelerate training loop (checkpoints, resume, validation, logging).
-- cli.py: the `elite train` Typer sub-app (heavy imports inside the commands).
+The `elite train` command is elite_cli/commands/train.py (heavy imports inside the commands).
 
 Nothing here imports torch at module level except the modules only the loop imports.
 """

@@ -1,6 +1,6 @@
 """The frozen models a training run needs, and fresh mappers initialised from the UNet.
 
-Unlike `elite_cli.models.load_models` (generation: both mappers required, everything frozen
+Unlike `elite_cli.model.loading.load_models` (generation: both mappers required, everything frozen
 in one dtype), training loads the base model and image encoder without mappers, keeps the
 trained mapper in float32 (the optimizer's master weights) and the frozen models in the
 mixed-precision dtype.
@@ -27,8 +27,8 @@ class FrozenModels:
 
     @property
     def kv_shapes(self) -> dict[str, tuple[int, int]]:
-        from elite_cli.attention import cross_attention_modules
-        from elite_cli.mappers import module_key
+        from elite_cli.model.attention import cross_attention_modules
+        from elite_cli.model.mappers import module_key
 
         return {module_key(name): tuple(m.to_k.weight.shape) for name, m in cross_attention_modules(self.unet).items()}
 
@@ -50,8 +50,8 @@ def load_frozen_models(base_model: str, image_encoder: str) -> FrozenModels:
     from diffusers import AutoencoderKL, DDPMScheduler, LMSDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
-    from elite_cli.generator import REFERENCE_SCHEDULER
-    from elite_cli.models import load_pretrained
+    from elite_cli.model.generator import REFERENCE_SCHEDULER
+    from elite_cli.model.loading import load_pretrained
 
     tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, base_model, "base model tokenizer", subfolder="tokenizer")
     text_encoder = load_pretrained(CLIPTextModel.from_pretrained, base_model, "base model text encoder", subfolder="text_encoder")
@@ -74,8 +74,8 @@ def load_frozen_models(base_model: str, image_encoder: str) -> FrozenModels:
 
 def new_mapper(kind: str, frozen: FrozenModels, hidden_width: int):
     """A fresh GlobalMapper/LocalMapper whose key/value copies start as the UNet's own (float32)."""
-    from elite_cli.attention import cross_attention_modules
-    from elite_cli.mappers import GlobalMapper, LocalMapper, module_key
+    from elite_cli.model.attention import cross_attention_modules
+    from elite_cli.model.mappers import GlobalMapper, LocalMapper, module_key
 
     cls = {"global": GlobalMapper, "local": LocalMapper}[kind]
     mapper = cls(int(frozen.image_encoder.config.hidden_size), hidden_width, int(frozen.text_encoder.config.hidden_size),
@@ -90,7 +90,7 @@ def new_mapper(kind: str, frozen: FrozenModels, hidden_width: int):
 
 def load_mapper(kind: str, path: str, frozen: FrozenModels, what: str):
     """A saved mapper (reference .pt or .safetensors) checked against the loaded models, float32."""
-    from elite_cli.mappers import GlobalMapper, LocalMapper, check_against_unet, load_mapper_state
+    from elite_cli.model.mappers import GlobalMapper, LocalMapper, check_against_unet, load_mapper_state
 
     cls = {"global": GlobalMapper, "local": LocalMapper}[kind]
     label = f"{what} '{path}'"

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from elite_cli.errors import InputError
-from elite_cli.images import CLIP_MEAN, CLIP_STD, MASK_THRESHOLD
+from elite_cli.model.images import CLIP_MEAN, CLIP_STD, MASK_THRESHOLD
 from elite_cli.training.augment import augment_global_clip, augment_object, rescale_target
 from elite_cli.training.captions import TEMPLATES, caption, insert_word_slots
 
@@ -212,7 +212,7 @@ class TrainingExamples:
 
     def __init__(self, samples: list[Sample], stage: str, tokenizer, resolution: int, clip_size: int,
                  latent_factor: int, seed: int, num_words: int = 5):
-        from elite_cli.text import PromptEncoder
+        from elite_cli.model.text import PromptEncoder
 
         if stage not in ("global", "local"):
             raise ValueError(f"`stage` must be 'global' or 'local' but is {stage!r}.")

@@ -39,7 +39,7 @@ import torch
 from elite_cli import __version__
 from elite_cli.errors import InputError
 from elite_cli.training.recipe import TrainConfig
-from elite_cli.wording import counted
+from elite_cli.common.wording import counted
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -161,7 +161,7 @@ def row_generators(seed: int, micro_step: int, first_row: int, rows: int) -> lis
 
 
 def mapper_metadata(config: TrainConfig, state: dict, step: int, num_processes: int) -> dict[str, str]:
-    from elite_cli.mappers import fingerprint
+    from elite_cli.model.mappers import fingerprint
 
     return {
         "format": MAPPER_FORMAT,
@@ -193,7 +193,7 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration
         from diffusers.optimization import get_scheduler
 
-        from elite_cli.attention import install_elite_processors, resolve_backend
+        from elite_cli.model.attention import install_elite_processors, resolve_backend
         from elite_cli.training.components import load_frozen_models, load_mapper, new_mapper
         from elite_cli.training.data import load_samples
         from elite_cli.training.objectives import GlobalObjective, LocalObjective
@@ -424,7 +424,7 @@ class Trainer:
         return {name: tensor.detach().float().cpu().contiguous() for name, tensor in self.raw_mapper.state_dict().items()}
 
     def save_mapper(self, path: Path, step: int) -> None:
-        from elite_cli.mappers import save_mapper_state
+        from elite_cli.model.mappers import save_mapper_state
 
         state = self.mapper_state()
         save_mapper_state(state, path, mapper_metadata(self.config, state, step, self.accelerator.num_processes))

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from elite_cli.attention import LocalInjection
-from elite_cli.concept import NUM_WORDS
-from elite_cli.encoder import select_features
-from elite_cli.text import PromptEncoder
+from elite_cli.model.attention import LocalInjection
+from elite_cli.model.concept import NUM_WORDS
+from elite_cli.model.encoder import select_features
+from elite_cli.model.text import PromptEncoder
 from elite_cli.training.components import FrozenModels
 
 

@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from elite_cli.errors import InputError
-from elite_cli.images import MASK_THRESHOLD
+from elite_cli.model.images import MASK_THRESHOLD
 
 STAGES = ("global", "local")
 # The box CSV (`*-annotations-bbox.csv`) and the segmentation CSV (`*-annotations-object-segmentation.csv`);

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from elite_cli.errors import InputError
 
-# The same defaults as elite_cli.models, repeated because that module imports torch.
+# The same defaults as elite_cli.model.loading, repeated because that module imports torch.
 DEFAULT_BASE_MODEL = "CompVis/stable-diffusion-v1-4"
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"
 

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from elite_cli.concept import Concept
-from elite_cli.encoder import select_features
-from elite_cli.images import clip_inputs, prepare_image
+from elite_cli.model.concept import Concept
+from elite_cli.model.encoder import select_features
+from elite_cli.model.images import clip_inputs, prepare_image
 from elite_cli.training.data import GLOBAL_PADDING, BadSample, decode_sample, padded_crop
 
 LOCAL_LAMBDA = 0.8
@@ -37,8 +37,8 @@ def encode(trainer, crop: Image.Image, mask: Image.Image) -> Concept:
 
 
 def validation_grid(trainer, step: int) -> Image.Image:
-    from elite_cli.generator import Generator
-    from elite_cli.models import Models, ModelSpec
+    from elite_cli.model.generator import Generator
+    from elite_cli.model.loading import Models, ModelSpec
 
     config, frozen = trainer.config, trainer.frozen
     # The generator only uses the mappers through the UNet's processors; these fields just

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from elite_cli.errors import InputError
-from elite_cli.failures import internal_message, user_message
+from elite_cli.common.failures import internal_message, user_message
 from elite_cli.ui.worker import SessionWorker
 
 if TYPE_CHECKING:
     import numpy as np
 
     from elite_cli.api import Session
-    from elite_cli.gen_run import GeneratedImage, GenerationResult
+    from elite_cli.generation.run import GeneratedImage, GenerationResult
     from elite_cli.library import HistoryEntry, StoredConcept
 
 # How the object is marked on an added picture: painted in the page, a mask file, the whole
@@ -33,7 +33,7 @@ TAG_SEPARATORS = re.compile(r"[\s,]+")
 def automatic_mask_available() -> bool:
     """Whether `Session.add_concept` takes mask="auto" (the automatic mask of `elite add`)."""
     try:
-        from elite_cli.masks import MASK_MODES
+        from elite_cli.model.masks import MASK_MODES
     except ImportError:  # an elite without automatic masks
         return False
     return "auto" in MASK_MODES
@@ -165,7 +165,7 @@ def describe(entry: "HistoryEntry") -> str:
 def job_for_image(entry: "HistoryEntry"):
     """The job that makes exactly this history image again (its seed, settings and the concepts
     it used, by id), from its row alone: the PNG may have been moved or deleted since."""
-    from elite_cli.gen_jobs import MODEL_KEYS, GenerationJob
+    from elite_cli.generation.jobs import MODEL_KEYS, GenerationJob
 
     settings = {key: entry.parameters[key] for key in GenerationJob("").settings() if key in entry.parameters}
     return GenerationJob(prompt=entry.prompt, negative_prompt=entry.negative_prompt, seed=entry.seed, num_images=1,
@@ -194,7 +194,7 @@ class Actions:
 
     def check_picture(self, picture: str) -> Outcome:
         """Check an uploaded picture as `elite add` checks it (before any mask is painted on it)."""
-        from elite_cli.images import prepare_image
+        from elite_cli.model.images import prepare_image
 
         try:
             prepare_image(picture)
@@ -332,7 +332,7 @@ def _painted_mask_for(session: "Session", picture: str, painted: Any) -> "np.nda
     so that a bad upload is reported as such rather than as a missing mask."""
     from PIL import Image, ImageOps
 
-    from elite_cli.images import prepare_image
+    from elite_cli.model.images import prepare_image
 
     prepare_image(picture)  # raises the same InputError as `elite add` for an unreadable picture
     with Image.open(picture) as opened:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from elite_cli.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SCHEDULERS
+from elite_cli.model.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SCHEDULERS
 from elite_cli.ui.actions import (HISTORY_COLUMNS, MASK_AUTO, MASK_FILE, MASK_NONE, MASK_PAINT, Actions, HistoryRow,
                                   automatic_mask_available, describe, error_message, insert_placeholder)
 

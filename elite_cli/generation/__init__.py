@@ -1,0 +1,1 @@
+"""Generation runs: jobs, their plan over output files, batches, several processes."""

@@ -1,0 +1,561 @@
+"""Models from the Hugging Face Hub: where each configured model comes from, what elite fetches of
+it, and fetching it.
+
+A model setting is a local folder (or, for the mappers, a file), a hub id (`owner/name`) or, for
+the mappers, a file in a hub repo written `hf://owner/name/path/in/repo` (`hf://owner/name@rev/...`
+for another revision than main). A hub model is used from the Hugging Face cache when every file
+elite loads of it is there; otherwise the missing files are downloaded, and only those: the
+model info the Hub sends lists the repo's files, and elite picks what it loads (no safety
+checker, no second copy of the weights in another format; the fp16 variant where the weights run
+in fp16 and the repo has one). transformers and diffusers then load from the local folder, so a
+load never goes to the network on its own and cannot half-succeed (transformers 5 returns an
+empty tokenizer instead of raising when asked for a hub tokenizer that is not cached).
+
+huggingface_hub does the HTTP: HF_ENDPOINT (mirrors), HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE,
+HF_TOKEN and the usual proxy variables apply as they do for every Hugging Face tool. A connection
+cut mid-file resumes where it stopped (a Range request); after Ctrl-C the files already complete
+stay in the cache and the next run fetches the rest (huggingface_hub 2.x drops the partial copy
+of the file it was fetching). No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from elite_cli.common.config import HF_SCHEME
+from elite_cli.errors import InputError, ModelError
+
+LABELS = {"base_model": "base model", "image_encoder": "image encoder", "global_mapper": "global mapper",
+          "local_mapper": "local mapper"}
+FLAGS = {key: "--" + key.replace("_", "-") for key in LABELS}
+
+# The three weighted parts of a Stable Diffusion folder elite loads (besides tokenizer and scheduler).
+BASE_COMPONENTS = ("text_encoder", "unet", "vae")
+WEIGHT_FILE = re.compile(
+    r"^(?P<stem>model|pytorch_model|diffusion_pytorch_model)(?:\.(?P<variant>[A-Za-z0-9_]+))?"
+    r"(?:-\d+-of-\d+)?\.(?P<format>safetensors|bin)$")
+WEIGHT_INDEX = re.compile(
+    r"^(?P<stem>model|pytorch_model|diffusion_pytorch_model)\.(?P<format>safetensors|bin)\.index"
+    r"(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json$")
+# Weight groups in the order they are preferred: safetensors before pickles, and the fp16
+# variant first only where the weights run in fp16 anyway (it halves the download).
+PREFERENCE = {False: (("", "safetensors"), ("", "bin"), ("fp16", "safetensors"), ("fp16", "bin")),
+              True: (("fp16", "safetensors"), ("", "safetensors"), ("fp16", "bin"), ("", "bin"))}
+
+
+# ---- what a setting names ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file in a hub model repo: `hf://owner/name[@revision]/path/in/repo`."""
+
+    repo_id: str
+    revision: str
+    path: str
+
+    def __str__(self) -> str:
+        revision = "" if self.revision == "main" else f"@{self.revision}"
+        return f"{HF_SCHEME}{self.repo_id}{revision}/{self.path}"
+
+
+def is_hub_file(value: str) -> bool:
+    return value.startswith(HF_SCHEME)
+
+
+def parse_hub_file(value: str) -> HubFile | None:
+    """The hub file an `hf://` setting names; None for anything else (a local path)."""
+    if not is_hub_file(value):
+        return None
+    parts = value[len(HF_SCHEME):].split("/", 2)
+    if len(parts) < 3 or not all(parts) or parts[2].endswith("/"):
+        raise InputError(f"'{value}' is not a hub file; write hf://owner/repo/path/in/repo "
+                         "(or hf://owner/repo@revision/path/in/repo).")
+    name, _, revision = parts[1].partition("@")
+    return HubFile(f"{parts[0]}/{name}", revision or "main", parts[2])
+
+
+def is_hub_id(value: str) -> bool:
+    """'owner/name' that is not an existing path: a model to find in the cache or on the Hub."""
+    if value.count("/") != 1 or value.startswith((".", "/", "~")) or "\\" in value:
+        return False
+    return not Path(value).expanduser().exists()
+
+
+# ---- which files elite loads ------------------------------------------------------------------
+
+def _weight_groups(names: Iterable[str], folder: str) -> dict[tuple[str, str], list[str]]:
+    """Weight files directly in `folder` ('' for the root) by (variant, format)."""
+    prefix = f"{folder}/" if folder else ""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name in names:
+        if not name.startswith(prefix) or "/" in name[len(prefix):]:
+            continue
+        match = WEIGHT_FILE.match(name[len(prefix):]) or WEIGHT_INDEX.match(name[len(prefix):])
+        if match:
+            groups.setdefault((match["variant"] or "", match["format"]), []).append(name)
+    return groups
+
+
+def _pick_weights(names: set[str], folder: str, prefer_fp16: bool, have: set[str]) -> list[str]:
+    """The weight files to use in `folder`: a group already complete in `have` (never a second
+    copy of the weights), else the preferred group the listing has; [] when it has none."""
+    groups = _weight_groups(names, folder)
+    for key in PREFERENCE[prefer_fp16]:
+        if key in groups and set(groups[key]) <= have:
+            return sorted(groups[key])
+    for key in PREFERENCE[prefer_fp16]:
+        if key in groups:
+            return sorted(groups[key])
+    return []
+
+
+def select_files(kind: str, names: Iterable[str], prefer_fp16: bool = False,
+                 have: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """(the files elite loads of a model with these files, what it lacks to be loadable).
+
+    kind: "base_model" (a diffusers Stable Diffusion folder: tokenizer, text encoder, UNet, VAE,
+    scheduler config), "image_encoder" (config and weights), "image_encoder_config" (what
+    `elite gen` needs of it: the config alone) or "transformers" (a model with its tokenizer or
+    processor files at the root, as the `elite eval` metric models are).
+    """
+    names, have = set(names), set(have)
+    wanted: list[str] = []
+    lacking: list[str] = []
+
+    def need(name: str) -> None:
+        (wanted if name in names else lacking).append(name)
+
+    def weights(folder: str) -> None:
+        chosen = _pick_weights(names, folder, prefer_fp16, have)
+        wanted.extend(chosen)
+        if not chosen:
+            lacking.append(f"{folder}/ weights" if folder else "weights (model.safetensors)")
+
+    if kind == "base_model":
+        for optional in ("model_index.json", "scheduler/scheduler_config.json"):
+            if optional in names:
+                wanted.append(optional)
+        # The tokenizer: vocab.json + merges.txt (as the SD repos have it) or one tokenizer.json
+        # (as transformers 5 saves it), with its config files.
+        wanted.extend(sorted(name for name in names if name.startswith("tokenizer/") and name.count("/") == 1))
+        if "tokenizer/tokenizer.json" not in names:
+            need("tokenizer/vocab.json")
+            need("tokenizer/merges.txt")
+        for component in BASE_COMPONENTS:
+            need(f"{component}/config.json")
+            weights(component)
+    elif kind in ("image_encoder", "image_encoder_config"):
+        need("config.json")
+        if kind == "image_encoder":
+            weights("")
+    elif kind == "transformers":
+        need("config.json")
+        wanted.extend(sorted(name for name in names if "/" not in name and name != "config.json"
+                             and name.endswith((".json", ".txt")) and not WEIGHT_INDEX.match(name)))
+        weights("")
+    else:  # pragma: no cover - callers pass one of the kinds above
+        raise ValueError(kind)
+    return sorted(set(wanted)), lacking
+
+
+def folder_names(folder: Path) -> set[str]:
+    """Every file under a folder (links followed; a broken link is no file), as 'a/b' paths."""
+    found = set()
+    for root, _, files in os.walk(folder, followlinks=True):
+        for name in files:
+            path = Path(root) / name
+            if path.is_file():
+                found.add(path.relative_to(folder).as_posix())
+    return found
+
+
+def weights_variant(folder: Path, prefer_fp16: bool) -> str | None:
+    """The variant ("fp16") to load from a folder holding weights, None for the plain files."""
+    chosen = _pick_weights(folder_names_shallow(folder), "", prefer_fp16, set())
+    if chosen:
+        match = WEIGHT_FILE.match(Path(chosen[0]).name) or WEIGHT_INDEX.match(Path(chosen[0]).name)
+        return (match["variant"] or None) if match else None
+    return None
+
+
+def folder_names_shallow(folder: Path) -> set[str]:
+    try:
+        return {entry.name for entry in folder.iterdir() if entry.is_file()}
+    except OSError:
+        return set()
+
+
+# ---- the Hugging Face cache -------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT.rstrip("/")
+
+
+def offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+# The file that shows where a repo's snapshot is in the cache: one every loadable copy has.
+MARKERS = {"base_model": "unet/config.json", "image_encoder": "config.json", "image_encoder_config": "config.json",
+           "transformers": "config.json"}
+
+
+def cached_snapshot(repo_id: str, kind: str, revision: str = "main") -> Path | None:
+    """The cache's snapshot folder of a repo (None when nothing of it is cached), asked of huggingface_hub."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, MARKERS[kind], revision=revision)
+    if isinstance(found, str):
+        return Path(found).parents[MARKERS[kind].count("/")]
+    return None
+
+
+def size_on_disk(folder: Path, names: Iterable[str]) -> int:
+    total = 0
+    for name in names:
+        try:
+            total += (folder / name).stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+# ---- plans --------------------------------------------------------------------------------------
+
+@dataclass
+class PlannedFile:
+    path: str
+    size: int | None  # from the Hub's metadata; None when not asked
+    cached: bool
+
+
+@dataclass
+class ModelPlan:
+    """Where one model setting comes from, and what fetching it takes.
+
+    state: "folder" (a local folder or file), "cached" (everything elite loads of it is in the
+    Hugging Face cache), "partial" (some of it is) or "download" (none of it is).
+    """
+
+    key: str
+    value: str
+    kind: str
+    state: str
+    repo_id: str = ""
+    revision: str = "main"
+    location: Path | None = None  # the folder, file or cache snapshot
+    files: list[PlannedFile] = field(default_factory=list)  # when planned against the Hub
+    lacking: list[str] = field(default_factory=list)  # what the cache lacks, as far as it tells
+    cached_bytes: int = 0
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.key, self.key.replace("_", " "))
+
+    @property
+    def to_fetch(self) -> list[PlannedFile]:
+        return [item for item in self.files if not item.cached]
+
+    @property
+    def fetch_bytes(self) -> int:
+        return sum(item.size or 0 for item in self.to_fetch)
+
+    @property
+    def needs_fetch(self) -> bool:
+        return self.state in ("partial", "download")
+
+
+def local_plan(key: str, value: str, kind: str) -> ModelPlan:
+    """Where a model setting stands without asking the network: a folder, cached, or to download."""
+    hub_file = parse_hub_file(value)
+    if hub_file is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(hub_file.repo_id, hub_file.path, revision=hub_file.revision)
+        if isinstance(found, str):
+            return ModelPlan(key, value, kind, "cached", hub_file.repo_id, hub_file.revision, Path(found),
+                             cached_bytes=Path(found).stat().st_size)
+        return ModelPlan(key, value, kind, "download", hub_file.repo_id, hub_file.revision, lacking=[hub_file.path])
+    if not is_hub_id(value):
+        return ModelPlan(key, value, kind, "folder", location=Path(value).expanduser())
+    snapshot = cached_snapshot(value, kind)
+    if snapshot is None:
+        return ModelPlan(key, value, kind, "download", value)
+    names = folder_names(snapshot)
+    wanted, lacking = select_files(kind, names)
+    state = "partial" if lacking else "cached"
+    return ModelPlan(key, value, kind, state, value, location=snapshot, lacking=lacking,
+                     cached_bytes=size_on_disk(snapshot, wanted))
+
+
+def hub_plan(plan: ModelPlan, prefer_fp16: bool) -> ModelPlan:
+    """The files to fetch for a model the cache lacks (or lacks some of), asked of the Hub.
+
+    Raises ModelError naming the model and the ways out when the Hub cannot be reached or refuses.
+    """
+    if not plan.needs_fetch:
+        return plan
+    if offline():
+        raise not_reachable(plan, "HF_HUB_OFFLINE is set")
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(plan.repo_id, revision=plan.revision, files_metadata=True)
+    except Exception as error:  # every failure is reported as one sentence
+        raise hub_error(plan, error) from None
+    sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or []}
+    have = folder_names(plan.location) if plan.location is not None and plan.location.is_dir() else set()
+    hub_file = parse_hub_file(plan.value)
+    if hub_file is not None:
+        if hub_file.path not in sizes:
+            raise ModelError(f"the {plan.label} '{plan.value}': {plan.repo_id} on {endpoint()} has no file "
+                             f"'{hub_file.path}'; check the path, or pass a local file with {FLAGS[plan.key]}.")
+        wanted, lacking = [hub_file.path], []
+    else:
+        wanted, lacking = select_files(plan.kind, sizes, prefer_fp16, have)
+    if lacking:
+        raise ModelError(f"the {plan.label} '{plan.value}' on {endpoint()} lacks {lacking[0]}, so elite cannot load "
+                         f"it; pass another hub id or a local folder with {FLAGS.get(plan.key, '')}.")
+    # A file is cached when it is in the snapshot of the commit the Hub serves now.
+    from huggingface_hub import try_to_load_from_cache
+
+    plan.files = [PlannedFile(name, sizes[name], isinstance(try_to_load_from_cache(plan.repo_id, name, revision=info.sha), str))
+                  for name in wanted]
+    return plan
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+def ways_out(plan: ModelPlan) -> str:
+    flag = FLAGS.get(plan.key)
+    local = f", or pass {flag} a local {'file' if plan.key.endswith('mapper') else 'folder'}" if flag else ""
+    return (f"connect to the internet (or set HF_ENDPOINT to a reachable mirror), run `elite models download` "
+            f"on a connected machine and copy its Hugging Face cache ({cache_dir()}) here{local}")
+
+
+def not_reachable(plan: ModelPlan, reason: str) -> ModelError:
+    if plan.state == "partial" and plan.lacking:
+        more = f" and {len(plan.lacking) - 1} more" if len(plan.lacking) > 1 else ""
+        what = f"only partly in the Hugging Face cache (missing {plan.lacking[0]}{more})"
+    else:
+        what = "not in the Hugging Face cache"
+    return ModelError(f"the {plan.label} '{plan.value}' is {what} and {endpoint()} cannot be reached ({reason}); "
+                      f"{ways_out(plan)}.")
+
+
+def hub_error(plan: ModelPlan, error: Exception) -> ModelError:
+    """One sentence for a failed Hub request: gated, not found, unreachable, or stopped."""
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, GatedRepoError) or status in (401, 403) and not isinstance(error, RepositoryNotFoundError):
+        return ModelError(f"the {plan.label} '{plan.repo_id}' is gated on {endpoint()}: accept its licence on "
+                          f"{endpoint()}/{plan.repo_id}, then run `hf auth login` or set HF_TOKEN.")
+    if isinstance(error, RepositoryNotFoundError):
+        return ModelError(f"the {plan.label} '{plan.repo_id}' was not found on {endpoint()} (a private or gated one "
+                          f"needs `hf auth login` or HF_TOKEN); check the name, or pass {FLAGS.get(plan.key, 'a')} "
+                          "a local folder.")
+    if isinstance(error, RevisionNotFoundError):
+        return ModelError(f"the {plan.label} '{plan.value}': {plan.repo_id} has no revision '{plan.revision}' on "
+                          f"{endpoint()}; check the name after '@'.")
+    if isinstance(error, EntryNotFoundError):
+        return ModelError(f"the {plan.label} '{plan.value}' is not on {endpoint()} ({first_line(error)}); check the path.")
+    if isinstance(error, OfflineModeIsEnabled):
+        return not_reachable(plan, "HF_HUB_OFFLINE is set")
+    if isinstance(error, HfHubHTTPError) and status is not None and status >= 500:
+        return not_reachable(plan, f"the server answered {status}")
+    return not_reachable(plan, first_line(error))
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= 160 else line[:157].rstrip() + "..."
+
+
+# ---- fetching -----------------------------------------------------------------------------------
+
+# Called with (plan, file) as a file starts and with a byte count as bytes arrive (or are found
+# already on disk, when a cut download resumes).
+FileStarted = Callable[[ModelPlan, PlannedFile], None]
+BytesDone = Callable[[int], None]
+
+
+def fetch(plans: list[ModelPlan], on_file: FileStarted | None = None, on_bytes: BytesDone | None = None) -> None:
+    """Download every file the plans lack into the Hugging Face cache, one at a time.
+
+    Each file enters the cache once complete, so after Ctrl-C the next call fetches only the rest.
+    Raises ModelError (one sentence) when the Hub refuses or goes away.
+    """
+    import logging
+
+    from huggingface_hub import hf_hub_download
+
+    # Its retry warnings ("Trying to resume download...") are not for our users: a cut that
+    # cannot be resumed ends in one error sentence.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+    class Bar:  # what huggingface_hub calls on a `tqdm_class`
+        def __init__(self, *args, initial: int = 0, **kwargs):
+            if initial and on_bytes:
+                on_bytes(initial)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n=1):
+            if on_bytes and n:
+                on_bytes(int(n))
+
+        def update_transfer(self, n=1):
+            pass
+
+        def close(self):
+            pass
+
+        def set_postfix_str(self, *args, **kwargs):
+            pass
+
+        set_transfer_postfix_str = set_postfix_str
+
+    for plan in plans:
+        for item in plan.to_fetch:
+            if on_file:
+                on_file(plan, item)
+            try:
+                path = hf_hub_download(plan.repo_id, item.path, revision=plan.revision, tqdm_class=Bar)
+            except Exception as error:
+                raise hub_error(plan, error) from None
+            item.cached = True
+            if plan.state != "folder":
+                plan.location = Path(path).parents[item.path.count("/")] if not is_hub_file(plan.value) else Path(path)
+        if plan.needs_fetch:
+            plan.state = "cached"
+
+
+def ensure_local(key: str, value: str, kind: str, prefer_fp16: bool = False) -> Path:
+    """A local folder (or file, for an hf:// mapper) holding everything elite loads of a model
+    setting: the setting itself, its cache snapshot, or what a download just fetched."""
+    plan = local_plan(key, value, kind)
+    if plan.state == "folder":
+        return plan.location  # type: ignore[return-value]
+    if plan.needs_fetch:
+        fetch([hub_plan(plan, prefer_fp16)])
+    assert plan.location is not None
+    return plan.location
+
+
+# ---- the mappers' converted copies -------------------------------------------------------------
+
+def source_key(path: Path) -> str:
+    """What names a downloaded mapper's content: its cache blob's name (the Hub's ETag: the sha256
+    of an LFS file), or the sha256 of its bytes where the cache holds copies instead of links."""
+    real = Path(os.path.realpath(path))
+    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{40,64}", real.name):
+        return real.name
+    digest = hashlib.sha256()
+    with real.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def converted_path(convert_dir: Path, role: str, source: Path) -> Path:
+    """Where the safetensors form of a downloaded reference mapper is kept (keyed by its content)."""
+    return convert_dir / f"{role}_mapper-{source_key(source)}.safetensors"
+
+
+def cache_dir_from_environment() -> Path:
+    """The Hugging Face cache folder as huggingface_hub's constants.py computes it, without
+    importing huggingface_hub (which would cost `elite list` more than its own start-up)."""
+    default_home = os.path.join(os.getenv("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")),
+                                "huggingface")
+    home = os.path.expandvars(os.path.expanduser(os.getenv("HF_HOME", default_home)))
+    legacy = os.getenv("HUGGINGFACE_HUB_CACHE", os.path.join(home, "hub"))
+    return Path(os.path.expandvars(os.path.expanduser(os.getenv("HF_HUB_CACHE", legacy))))
+
+
+def cached_hub_file(hub_file: HubFile) -> Path | None:
+    """The cached copy of a hub file (the cache's refs/ and snapshots/ layout), or None."""
+    storage = cache_dir_from_environment() / f"models--{hub_file.repo_id.replace('/', '--')}"
+    commit = hub_file.revision
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        try:
+            commit = (storage / "refs" / hub_file.revision).read_text().strip()
+        except OSError:
+            return None
+    path = storage / "snapshots" / commit / hub_file.path
+    return path if path.is_file() else None
+
+
+def cached_converted_mapper(value: str, role: str, convert_dir: Path) -> Path | None:
+    """The converted file of an hf:// mapper setting when both it and its source are here already;
+    no network, no torch, no huggingface_hub (what `elite list` needs for its stale column)."""
+    hub_file = parse_hub_file(value)
+    source = cached_hub_file(hub_file) if hub_file else None
+    if source is None:
+        return None
+    try:
+        converted = converted_path(convert_dir, role, source)
+    except OSError:
+        return None
+    return converted if converted.is_file() else None
+
+
+def plans_for(settings: dict[str, str], encoding: bool = True) -> list[ModelPlan]:
+    """Where each model setting stands, without network. encoding: the command encodes pictures
+    (`elite add`, `reencode`), so it needs the image encoder's weights; `elite gen` needs only
+    its config. A setting missing from `settings` (the segmenter, say) is left out."""
+    kinds = {"base_model": "base_model", "image_encoder": "image_encoder" if encoding else "image_encoder_config",
+             "global_mapper": "file", "local_mapper": "file",
+             # Only when asked: the segmenter (CLIPSeg, model and processor files at the root) is
+             # needed by `elite add` for pictures without a mask, and by `elite models download`.
+             "segmenter": "transformers"}
+    return [local_plan(key, settings[key], kind) for key, kind in kinds.items() if settings.get(key)]
+
+
+def prefers_fp16(device: str, dtype: str) -> bool:
+    """Whether the weights will run in float16 (so the fp16 variant, where a repo has one, is the
+    one to download): the --device/--dtype settings as the model loading resolves them."""
+    if dtype in ("float16", "fp16"):
+        return True
+    if dtype not in ("auto", "", None) or device == "cpu":
+        return False  # float32/bfloat16, or the CPU's automatic float32: no need to import torch
+    from elite_cli.model.loading import resolve_device, resolve_dtype
+
+    import torch
+
+    return resolve_dtype(dtype, resolve_device(device)) == torch.float16
+
+
+def missing_downloads(spec: Any, encoding: bool = True, segmenter: str | None = None) -> list[ModelPlan]:
+    """What the models of `spec` (a ModelSpec) lack in the Hugging Face cache, as plans ready for
+    `fetch` (empty, without any network, when everything is there). encoding: the caller encodes
+    pictures and needs the image encoder's weights too; segmenter: it also finds objects with this
+    segmenter (automatic masks)."""
+    values = {"base_model": spec.base_model, "image_encoder": spec.image_encoder,
+              "global_mapper": spec.global_mapper, "local_mapper": spec.local_mapper, "segmenter": segmenter or ""}
+    missing = [plan for plan in plans_for(values, encoding) if plan.needs_fetch]
+    if not missing:
+        return []
+    fp16 = prefers_fp16(spec.device, spec.dtype)
+    return [hub_plan(plan, fp16) for plan in missing]
