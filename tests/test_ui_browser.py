@@ -150,6 +150,9 @@ def test_add_generate_history_and_rename(page, ui_server):
 
     # Put it in a prompt from the gallery, generate two small images.
     open_tab(page, "Generate")
+    # Opened first: Gradio mounts an accordion's inputs when it opens (see set_number).
+    page.get_by_text("Scheduler and size").click()
+    expect(page.locator("#width input[type=number]").first).to_be_visible()
     page.locator("#picker").get_by_text("<chelsea>").click()
     prompt = page.locator("#prompt textarea")
     expect(prompt).to_have_value("<chelsea>")
@@ -157,7 +160,6 @@ def test_add_generate_history_and_rename(page, ui_server):
     set_number(page, "#count", 2)
     set_number(page, "#seed", 7)
     set_number(page, "#steps", 2)
-    page.get_by_text("Scheduler and size").click()
     set_number(page, "#width", 64)
     set_number(page, "#height", 64)
     page.locator("#generate").click()
@@ -195,6 +197,15 @@ def test_add_generate_history_and_rename(page, ui_server):
 def set_number(page, element: str, value: int) -> None:
     """Type into a number box or a slider's number box (Gradio applies it when the box loses focus)."""
     box = page.locator(f"{element} input[type=number]").first
-    box.fill(str(value))
-    box.press("Tab")
-    expect(box).to_have_value(str(value))
+    # A value typed while Gradio is still mounting the box (an accordion just opened) is replaced
+    # by the default when the mount ends (seen 1 time in 4 on a loaded 2-core machine): type it
+    # again then. A box that never keeps the value still fails.
+    for attempt in range(3):
+        box.fill(str(value))
+        box.press("Tab")
+        try:
+            expect(box).to_have_value(str(value), timeout=5_000 if attempt < 2 else 30_000)
+            return
+        except AssertionError:
+            if attempt == 2:
+                raise
