@@ -9,6 +9,7 @@ and HF_HUB_OFFLINE once, at import; that also keeps the conftest's HF_HUB_OFFLIN
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -240,3 +241,24 @@ def test_a_gated_model_names_the_licence_and_the_login(hub_models, tmp_path):
         f"Error: the base model '{SD}' is gated on {server.url}: accept its licence on {server.url}/{SD}, then run "
         "`hf auth login` or set HF_TOKEN."]
     assert allowed["exit_code"] == 0, allowed["stderr"]  # HF_TOKEN is sent
+
+
+def test_a_damaged_partial_download_is_refused_by_its_checksum_and_fetched_anew(hub_models, tmp_path):
+    repos = hub_repos(hub_models)
+    weights = repos[CLIP].files["model.safetensors"]
+    blobs = tmp_path / "hf" / "hub" / "models--openai--clip-vit-large-patch14" / "blobs"
+    blobs.mkdir(parents=True)
+    # What a run stopped half-way would have left, but with other bytes than the file's.
+    etag = hashlib.sha256(weights).hexdigest()
+    (blobs / f"{etag}.elite-partial").write_bytes(b"\0" * (len(weights) // 2))
+    server = HubServer(repos).start()
+    try:
+        damaged, again = run_elite(hub_env(tmp_path, server.url), ["models", "download"], ["models", "download"])
+    finally:
+        server.stop()
+    assert damaged["exit_code"] == 1
+    assert damaged["stderr"].splitlines()[-1] == (
+        f"Error: the image encoder file 'model.safetensors' from {server.url} does not match its checksum (damaged in "
+        "transit); run the command again to download it anew.")
+    assert again["exit_code"] == 0, again["stderr"]
+    assert (blobs / etag).read_bytes() == weights and not list(blobs.glob("*.elite-partial"))
