@@ -13,8 +13,8 @@ file_download.py, _snapshot_download.py, hf_api.py, utils/_http.py):
   401 + `RepoNotFound` for an unknown repo, 401 + `GatedRepo` for a gated one.
 
 Every request is logged (method, path, Range), so a test can assert what a command fetched.
-`cut_once(path, after)` makes the next GET of a file send `after` bytes and drop the
-connection; `stall_once(path, after)` sends `after` bytes and then waits until `release()`.
+`cut_once(path, after)` makes the next GET of a file (ranged or not) send `after` bytes of its
+body and drop the connection; `stall_once(path, after)` sends `after` bytes and then waits until `release()`.
 """
 
 from __future__ import annotations
@@ -239,8 +239,8 @@ class HubHandler(BaseHTTPRequestHandler):
             return status
         hub = self.server_hub
         key = f"{repo_part}/{file_path}"
-        cut = hub._cuts.pop(key, None) if not start else None
-        stall = hub._stalls.pop(key, None) if not start else None
+        cut = hub._cuts.pop(key, None)
+        stall = hub._stalls.pop(key, None)
         body = data[start:]
         if cut is not None or stall is not None:
             entry.status = status

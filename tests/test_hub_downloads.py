@@ -9,6 +9,7 @@ and HF_HUB_OFFLINE once, at import; that also keeps the conftest's HF_HUB_OFFLIN
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -176,9 +177,8 @@ def test_with_an_empty_cache_and_no_hub_add_fails_in_one_line_and_writes_nothing
 
 
 def test_models_download_fetches_exactly_what_is_needed_after_ctrl_c_and_a_cut(hub_models, tmp_path):
-    """Ctrl-C keeps the files already complete (huggingface_hub 2.x moves each into the cache when
-    done and drops the partial copy of the one it was fetching); a connection cut mid-file
-    resumes from the last chunk written, with a Range request."""
+    """Ctrl-C keeps the files already complete and what came of the one in flight: the next run
+    asks only for the rest of it (`Range`), and a connection cut mid-file goes on from the cut."""
     repos = hub_repos(hub_models)
     server = HubServer(repos).start()
     weights = f"{CLIP}/model.safetensors"
@@ -203,8 +203,11 @@ def test_models_download_fetches_exactly_what_is_needed_after_ctrl_c_and_a_cut(h
         total = sum(len(repos["/".join(name.split("/")[:2])].files[name.split("/", 2)[2]]) for name in needed)
         assert f"To download: {total / 1e6:.1f} MB." in stdout  # the size is shown before anything is fetched
         interrupted = served(server)
+        (partial,) = (tmp_path / "hf" / "hub" / "models--openai--clip-vit-large-patch14" / "blobs").glob("*.elite-partial")
+        kept_bytes = partial.stat().st_size
+        assert 0 < kept_bytes <= DOWNLOAD_CHUNK + 4096
         server.release()
-        server.cut_once(weights, after=DOWNLOAD_CHUNK + 65536)  # and now the connection drops once, mid-file
+        server.cut_once(weights, after=65536)  # and now the connection drops once, mid-file
         dry, real = run_elite(env, ["models", "download", "--dry-run"], ["models", "download"])
     finally:
         server.stop()
@@ -215,11 +218,13 @@ def test_models_download_fetches_exactly_what_is_needed_after_ctrl_c_and_a_cut(h
     assert listed == sorted(set(needed) - set(kept))
     assert real["exit_code"] == 0, real["stderr"]
     assert "Every model loads" in real["stdout"]
-    # Nothing kept was fetched again; the weights three times: stopped, cut, resumed from the cut.
+    # Nothing kept was fetched again; the weights three times: stopped, resumed where Ctrl-C left
+    # them and cut, resumed from the cut.
     assert served(server) == sorted(needed + [weights, weights])
     ranges = [entry.range for entry in server.log if entry.method == "GET" and entry.path.startswith(f"/{CLIP}/")
               and entry.path.endswith("/model.safetensors")]
-    assert ranges == [None, None, f"bytes={DOWNLOAD_CHUNK}-"]
+    assert ranges == [None, f"bytes={kept_bytes}-", f"bytes={kept_bytes + 65536}-"]
+    assert not list((tmp_path / "hf" / "hub").rglob("*.elite-partial"))
     cached = next((tmp_path / "hf" / "hub").glob("models--openai--clip-vit-large-patch14/snapshots/*/model.safetensors"))
     assert cached.read_bytes() == repos[CLIP].files["model.safetensors"]
 
@@ -236,3 +241,24 @@ def test_a_gated_model_names_the_licence_and_the_login(hub_models, tmp_path):
         f"Error: the base model '{SD}' is gated on {server.url}: accept its licence on {server.url}/{SD}, then run "
         "`hf auth login` or set HF_TOKEN."]
     assert allowed["exit_code"] == 0, allowed["stderr"]  # HF_TOKEN is sent
+
+
+def test_a_damaged_partial_download_is_refused_by_its_checksum_and_fetched_anew(hub_models, tmp_path):
+    repos = hub_repos(hub_models)
+    weights = repos[CLIP].files["model.safetensors"]
+    blobs = tmp_path / "hf" / "hub" / "models--openai--clip-vit-large-patch14" / "blobs"
+    blobs.mkdir(parents=True)
+    # What a run stopped half-way would have left, but with other bytes than the file's.
+    etag = hashlib.sha256(weights).hexdigest()
+    (blobs / f"{etag}.elite-partial").write_bytes(b"\0" * (len(weights) // 2))
+    server = HubServer(repos).start()
+    try:
+        damaged, again = run_elite(hub_env(tmp_path, server.url), ["models", "download"], ["models", "download"])
+    finally:
+        server.stop()
+    assert damaged["exit_code"] == 1
+    assert damaged["stderr"].splitlines()[-1] == (
+        f"Error: the image encoder file 'model.safetensors' from {server.url} does not match its checksum (damaged in "
+        "transit); run the command again to download it anew.")
+    assert again["exit_code"] == 0, again["stderr"]
+    assert (blobs / etag).read_bytes() == weights and not list(blobs.glob("*.elite-partial"))

@@ -397,6 +397,104 @@ FileStarted = Callable[[ModelPlan, PlannedFile], None]
 BytesDone = Callable[[int], None]
 
 
+# An LFS file's ETag is the sha256 of its content, so a resumed download can be checked whole.
+LFS_ETAG = re.compile(r"[0-9a-f]{64}")
+PARTIAL_SUFFIX = ".elite-partial"
+RETRIES_WITHOUT_PROGRESS = 5
+
+
+def repo_cache_folder(repo_id: str) -> Path:
+    """A model repo's folder in the Hugging Face cache (its documented layout: models--owner--name)."""
+    return cache_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
+def download_resumable(plan: ModelPlan, item: PlannedFile, on_bytes: BytesDone | None) -> None:
+    """Fetch an LFS file (weights, checkpoints) into the cache's blobs through a partial file that
+    outlives Ctrl-C, so the next run asks only for the bytes it lacks (`Range: bytes=N-`).
+
+    huggingface_hub 2.x downloads into a temporary file unique to each call and deletes it when
+    interrupted: a 3 GB UNet stopped at 90% would start again from zero. The finished blob is
+    checked against its sha256 (the ETag) and moved into `blobs/<etag>`, where hf_hub_download
+    finds it and only links it into the snapshot. Small files (configs, vocabularies: git ETags)
+    are left to hf_hub_download.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    metadata = get_hf_file_metadata(hf_hub_url(plan.repo_id, item.path, revision=plan.revision))
+    etag = (metadata.etag or "").strip('"')
+    if not LFS_ETAG.fullmatch(etag):
+        return
+    blob = repo_cache_folder(plan.repo_id) / "blobs" / etag
+    if blob.exists():
+        return
+    partial = blob.with_name(etag + PARTIAL_SUFFIX)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    # Processes of one multi-GPU run may fetch the same file: one writes, the others wait for it.
+    with FileLock(str(partial) + ".lock"):
+        if blob.exists():
+            return
+        append_until_complete(partial, metadata.location, metadata.size, on_bytes)
+        digest = hashlib.sha256()
+        with partial.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != etag:
+            partial.unlink()
+            raise ModelError(f"the {plan.label} file '{item.path}' from {endpoint()} does not match its checksum "
+                             "(damaged in transit); run the command again to download it anew.")
+        os.replace(partial, blob)
+
+
+def append_until_complete(partial: Path, url: str, size: int | None, on_bytes: BytesDone | None) -> None:
+    """Append the bytes `partial` lacks, asking with `Range` from where it ends; a dropped
+    connection is asked again from the new end, until RETRIES_WITHOUT_PROGRESS tries in a row
+    bring nothing."""
+    import time
+
+    from huggingface_hub import get_session
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
+
+    have = partial.stat().st_size if partial.exists() else 0
+    if on_bytes and have:
+        on_bytes(have)
+    fruitless = 0
+    while size is None or have < size:
+        headers = build_hf_headers()
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        before = have
+        try:
+            with get_session().stream("GET", url, headers=headers, follow_redirects=True) as response:
+                hf_raise_for_status(response)
+                if have and response.status_code != 206:  # the server ignored Range: it sends the whole file
+                    if on_bytes:
+                        on_bytes(-have)
+                    partial.write_bytes(b"")
+                    have = before = 0
+                with partial.open("ab") as handle:
+                    for chunk in response.iter_bytes():
+                        handle.write(chunk)
+                        have += len(chunk)
+                        if on_bytes:
+                            on_bytes(len(chunk))
+            if size is None:
+                return
+        except HfHubHTTPError:
+            raise  # refused (401, 404, ...): asking again would not help
+        except Exception:  # the connection dropped or could not be made
+            if have == before and fruitless + 1 >= RETRIES_WITHOUT_PROGRESS:
+                raise
+        fruitless = fruitless + 1 if have == before else 0
+        if fruitless:
+            if fruitless >= RETRIES_WITHOUT_PROGRESS:
+                raise ModelError(f"'{url}' stopped sending data at {have} of {size} bytes; run the command again "
+                                 "to go on from there.")
+            time.sleep(fruitless)
+
+
 def fetch(plans: list[ModelPlan], on_file: FileStarted | None = None, on_bytes: BytesDone | None = None) -> None:
     """Download every file the plans lack into the Hugging Face cache, one at a time.
 
@@ -442,7 +540,12 @@ def fetch(plans: list[ModelPlan], on_file: FileStarted | None = None, on_bytes: 
             if on_file:
                 on_file(plan, item)
             try:
+                # Large files first into a partial blob that outlives Ctrl-C; hf_hub_download then
+                # only links the finished blob into the snapshot (and fetches small files itself).
+                download_resumable(plan, item, on_bytes)
                 path = hf_hub_download(plan.repo_id, item.path, revision=plan.revision, tqdm_class=Bar)
+            except ModelError:
+                raise
             except Exception as error:
                 raise hub_error(plan, error) from None
             item.cached = True
