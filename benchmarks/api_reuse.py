@@ -16,7 +16,6 @@ calls) is reported too. Tiny models on the CPU by default (seconds):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -52,18 +51,11 @@ print(json.dumps({"total_s": time.perf_counter() - started, "load_s": session.mo
 
 
 def parse(argv: list[str] | None):
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="benchmarks/api_reuse.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=1, help="repeat both sides this many times (medians; default 1)")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps per image (default 10)")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    parser.add_argument("--seed", type=int, default=100)
-    parser.add_argument("--models-dir", type=Path, default=None, help="tiny models folder (built if missing)")
-    parser.add_argument("--json", dest="json_path", type=Path, default=None,
-                        help="where to write the JSON (default benchmarks/results/api_reuse-tiny-cpu.json)")
-    args = parser.parse_args(argv)
-    args.command = "python benchmarks/api_reuse.py" + ("" if not argv else " " + " ".join(map(str, argv)))
-    return args
+    from benchmarks import harness
+
+    parser = harness.tiny_process_parser("api_reuse", __doc__.split("\n\n")[0], runs="repeat both sides this many times",
+                                         default_runs=1, steps=10, size=64)
+    return harness.parse_tiny_arguments(parser, argv)
 
 
 def environment_for(home: Path, models) -> dict[str, str]:
@@ -150,11 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  ten `elite gen` subprocesses     {cli_wall:8.2f} s")
     print(f"  one process, Session + 10 calls  {api_wall:8.2f} s  (model load {payload['api_model_load_s']:.2f} s)")
     print(f"  ratio                            {payload['ratio_cli_over_api']:8.2f}x   (same pixels: {same})")
-    path = args.json_path or harness.RESULTS_DIR / "api_reuse-tiny-cpu.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"benchmark": "api_reuse", "size": "tiny", "environment": harness.environment(None, args.command), **payload}
-    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    print(f"\nJSON written to {path}")
+    harness.write_tiny_json("api_reuse", args, payload)
     return payload
 
 

@@ -196,6 +196,34 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, def
     return args
 
 
+def tiny_process_parser(name: str, description: str, *, runs: str, default_runs: int, steps: int,
+                        size: int) -> argparse.ArgumentParser:
+    """The options of the benchmarks that time whole generations on the tiny models on the CPU
+    (api_reuse, ui_overhead); `runs` says what one run is."""
+    parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
+    parser.add_argument("--runs", type=int, default=default_runs, help=f"{runs} (medians; default {default_runs})")
+    parser.add_argument("--steps", type=int, default=steps, help=f"denoising steps per image (default {steps})")
+    parser.add_argument("--size", type=int, default=size, help=f"image side in pixels (default {size})")
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--models-dir", type=Path, default=None, help="tiny models folder (built if missing)")
+    parser.add_argument("--json", dest="json_path", type=Path, default=None,
+                        help=f"where to write the JSON (default benchmarks/results/{name}-tiny-cpu.json)")
+    return parser
+
+
+def parse_tiny_arguments(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Parse, and remember the exact command for the JSON; these benchmarks run the tiny models only."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.command = shlex.join(["python", parser.prog, *argv])
+    return args
+
+
+def write_tiny_json(name: str, args, payload: dict) -> Path:
+    """The JSON of a tiny-model CPU benchmark (tiny_process_parser's): benchmarks/results/NAME-tiny-cpu.json."""
+    return write_results(args.json_path or RESULTS_DIR / f"{name}-tiny-cpu.json", name, "tiny", args.command, payload)
+
+
 def cuda_available() -> bool:
     import torch
 
@@ -440,9 +468,13 @@ def write_json(name: str, args, payload: dict, device=None) -> Path:
     """Write the benchmark's JSON (environment + settings + payload) and return its path."""
     device_label = getattr(device, "type", "cpu") if device is not None else "host"
     path = args.json_path or RESULTS_DIR / f"{name}-{args.size}-{device_label}.json"
+    return write_results(path, name, args.size, args.command, payload, device)
+
+
+def write_results(path: Path, name: str, size: str, command: str, payload: dict, device=None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"benchmark": name, "size": args.size, "environment": environment(device, args.command), **payload}
+    document = {"benchmark": name, "size": size, "environment": environment(device, command), **payload}
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     print(f"\nJSON written to {path}")
     return path

@@ -19,8 +19,6 @@ image does on a GPU:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -38,17 +36,11 @@ TARGET_RATIO = 1.10
 
 
 def parse(argv: list[str] | None):
-    parser = argparse.ArgumentParser(prog="benchmarks/ui_overhead.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="measured generations per side (medians; default 5)")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    parser.add_argument("--seed", type=int, default=100)
-    parser.add_argument("--models-dir", type=Path, default=None, help="tiny models folder (built if missing)")
-    parser.add_argument("--json", dest="json_path", type=Path, default=None,
-                        help="where to write the JSON (default benchmarks/results/ui_overhead-tiny-cpu.json)")
-    args = parser.parse_args(argv)
-    args.command = "python benchmarks/ui_overhead.py" + ("" if not argv else " " + " ".join(map(str, argv)))
-    return args
+    from benchmarks import harness
+
+    parser = harness.tiny_process_parser("ui_overhead", __doc__.split("\n\n")[0], runs="measured generations per side",
+                                         default_runs=5, steps=25, size=256)
+    return harness.parse_tiny_arguments(parser, argv)
 
 
 def fill_number(page, element: str, value: int) -> None:
@@ -141,12 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  click to result in the page (UI)   {ui_median:8.2f} s")
     print(f"  ratio UI / API                     {ratio:8.3f}   (target <= {TARGET_RATIO}: "
           f"{'met' if ratio <= TARGET_RATIO else 'NOT met'})")
-    path = args.json_path or harness.RESULTS_DIR / "ui_overhead-tiny-cpu.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"benchmark": "ui_overhead", "size": "tiny", "environment": harness.environment(None, args.command),
-                **payload}
-    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    print(f"\nJSON written to {path}")
+    harness.write_tiny_json("ui_overhead", args, payload)
     return payload
 
 

@@ -92,3 +92,32 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
     assert upward_imports() == ["elite_cli/model/masks.py:2 (elite_cli.model) imports elite_cli.library.conceptfile "
                                 "(elite_cli.library)"]
+
+
+# A command parses, calls the layer below, prints (issue 16): one that grows past a screen is
+# doing the layer below's work. Counted from `def` to the last line, signature included.
+LONGEST_COMMAND_FUNCTION = 50
+
+
+def long_functions(folder: Path, limit: int) -> list[str]:
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.name}:{length}")
+    return found
+
+
+def test_no_command_function_is_longer_than_a_screen():
+    assert long_functions(PACKAGE / "commands", LONGEST_COMMAND_FUNCTION) == []
+
+
+def test_the_length_check_sees_a_long_function(tmp_path, monkeypatch):
+    package = tmp_path / "elite_cli"
+    (package / "commands").mkdir(parents=True)
+    body = "".join(f"    x{number} = {number}\n" for number in range(50))
+    (package / "commands" / "long.py").write_text(f"def short():\n    pass\n\n\ndef command(\n    a,\n):\n{body}")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
+    assert long_functions(PACKAGE / "commands", LONGEST_COMMAND_FUNCTION) == ["elite_cli/commands/long.py:command:53"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -65,39 +65,37 @@ def show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def model_option(metavar: str, what: str, variable: str) -> Any:
+    """A top-level option naming a model or device setting (flag, else environment, config.toml, default)."""
+    return Annotated[Optional[str], typer.Option(metavar=metavar, help=f"{what} (env {variable}).")]
+
+
+LibraryOption = Annotated[
+    Optional[Path], typer.Option("--library", help="Concept library folder (env ELITE_HOME).", show_default=False)
+]
+DeviceOption = model_option("<device>", "auto, cpu, cuda, cuda:N or mps", "ELITE_DEVICE")
+DtypeOption = model_option("<dtype>", "auto, float32, float16 or bfloat16", "ELITE_DTYPE")
+BaseModelOption = model_option("<model>", "SD 1.x hub id or folder", "ELITE_BASE_MODEL")
+ImageEncoderOption = model_option("<model>", "CLIP ViT-L/14 hub id or folder", "ELITE_IMAGE_ENCODER")
+GlobalMapperOption = model_option("<file>", "Global mapper file", "ELITE_GLOBAL_MAPPER")
+LocalMapperOption = model_option("<file>", "Local mapper file", "ELITE_LOCAL_MAPPER")
+LowVramOption = Annotated[
+    bool, typer.Option("--low-vram", help="Keep models in CPU memory, each on the GPU only while it runs.")
+]
+CompileOption = Annotated[bool, typer.Option("--compile", help="torch.compile the UNet: slow first image, faster after.")]
+VerboseOption = Annotated[bool, typer.Option("-v", "--verbose", help="Show tracebacks and library logs.")]
+VersionOption = Annotated[
+    bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+]
+
+
 @app.callback()
 def main_callback(
-    library: Annotated[
-        Optional[Path],
-        typer.Option("--library", help="Concept library folder (env ELITE_HOME).", show_default=False),
-    ] = None,
-    device: Annotated[Optional[str], typer.Option(metavar="<device>", help="auto, cpu, cuda, cuda:N or mps (env ELITE_DEVICE).")] = None,
-    dtype: Annotated[
-        Optional[str], typer.Option(metavar="<dtype>", help="auto, float32, float16 or bfloat16 (env ELITE_DTYPE).")
-    ] = None,
-    base_model: Annotated[
-        Optional[str], typer.Option(metavar="<model>", help="SD 1.x hub id or folder (env ELITE_BASE_MODEL).")
-    ] = None,
-    image_encoder: Annotated[
-        Optional[str], typer.Option(metavar="<model>", help="CLIP ViT-L/14 hub id or folder (env ELITE_IMAGE_ENCODER).")
-    ] = None,
-    global_mapper: Annotated[
-        Optional[str], typer.Option(metavar="<file>", help="Global mapper file (env ELITE_GLOBAL_MAPPER).")
-    ] = None,
-    local_mapper: Annotated[
-        Optional[str], typer.Option(metavar="<file>", help="Local mapper file (env ELITE_LOCAL_MAPPER).")
-    ] = None,
-    low_vram: Annotated[
-        bool, typer.Option("--low-vram", help="Keep models in CPU memory, each on the GPU only while it runs.")
-    ] = False,
-    compile_unet: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the UNet: slow first image, faster after.")
-    ] = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show tracebacks and library logs.")] = False,
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit."),
-    ] = False,
+    library: LibraryOption = None, device: DeviceOption = None, dtype: DtypeOption = None,
+    base_model: BaseModelOption = None, image_encoder: ImageEncoderOption = None,
+    global_mapper: GlobalMapperOption = None, local_mapper: LocalMapperOption = None,
+    low_vram: LowVramOption = False, compile_unet: CompileOption = False, verbose: VerboseOption = False,
+    version: VersionOption = False,
 ) -> None:
     """Settings shared by every command; models come from flag, environment, config.toml, default."""
     # Set on cli_common's object, which the commands read (tests swap it for a fresh one).

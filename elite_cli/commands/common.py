@@ -27,6 +27,7 @@ from elite_cli.common import config as settings_module
 from elite_cli.errors import InputError
 from elite_cli.common.failures import EXIT_ERROR, EXIT_INTERRUPTED, internal_message, user_message
 from elite_cli.common.paths import check_file_exists  # noqa: F401  (for the command modules)
+from elite_cli.model.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE
 
 if TYPE_CHECKING:
     from elite_cli.api import Session
@@ -83,16 +84,15 @@ class EliteTyper(typer.Typer):
     """A Typer whose commands all go through `report_errors`."""
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        register = super().command(*args, **kwargs)
-
-        def decorator(function: Callable[..., Any]) -> Callable[..., Any]:
-            register(report_errors(function))
-            return function
-
-        return decorator
+        return self._reporting_errors(super().command(*args, **kwargs))
 
     def callback(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        register = super().callback(*args, **kwargs)
+        return self._reporting_errors(super().callback(*args, **kwargs))
+
+    @staticmethod
+    def _reporting_errors(register: Callable[[Callable[..., Any]], Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Typer's decorator `register`, given the function wrapped in `report_errors`; the
+        function itself is returned unwrapped, so tests and other code can call it directly."""
 
         def decorator(function: Callable[..., Any]) -> Callable[..., Any]:
             register(report_errors(function))
@@ -130,6 +130,18 @@ app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+# The image settings `elite gen` and `elite eval` both take (each command sets its own defaults).
+NumberOption = Annotated[int, typer.Option("-n", "--number", help="Images per prompt.")]
+StepsOption = Annotated[int, typer.Option(help="Denoising steps.")]
+GuidanceOption = Annotated[float, typer.Option(help="Classifier-free guidance scale.")]
+LambdaOption = Annotated[float, typer.Option(
+    "--lambda", help=f"Local detail strength, {LAMBDA_RANGE[0]:g} to {LAMBDA_RANGE[1]:g}: higher = more faithful, less editable.")]
+NegativeOption = Annotated[str, typer.Option("--negative", metavar="<text>", help="Negative prompt.")]
+WidthOption = Annotated[int, typer.Option(help=f"Image width, a multiple of 8 up to {MAX_IMAGE_SIDE}.")]
+HeightOption = Annotated[int, typer.Option(help=f"Image height, a multiple of 8 up to {MAX_IMAGE_SIDE}.")]
+SchedulerOption = Annotated[str, typer.Option(
+    metavar="<name>", help="Sampler: lms (as in the ELITE paper), ddim, pndm, euler or dpm++.")]
 
 
 # ---------------------------------------------------------------------------------------------

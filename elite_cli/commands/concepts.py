@@ -37,26 +37,23 @@ CropOption = Annotated[str, typer.Option(
          "object: the square around the object on any picture.")]
 
 
+ImagesArgument = Annotated[list[Path], typer.Argument(help="Picture(s) of the thing, object centred.", show_default=False)]
+NameOption = Annotated[Optional[str], typer.Option(
+    "--name", "-N", metavar="<name>", help="Concept name (default: the file name). One image only.")]
+MaskOption = Annotated[Optional[str], typer.Option(
+    "--mask", "-m", metavar="FILE|auto|none",
+    help="Object mask file (white = object; one image only), auto (find the object: the default for a "
+         "picture without transparency) or none (the whole picture).")]
+ObjectOption = Annotated[Optional[str], typer.Option(
+    "--object", metavar="<text>", help="What the automatic mask looks for, e.g. 'a cat' (default: the main object).")]
+TagsOption = Annotated[Optional[list[str]], typer.Option("--tag", "-t", metavar="<tag>", help="Tag to attach; repeatable.")]
+ReplaceOption = Annotated[bool, typer.Option("--replace", help="Replace a concept of the same name.")]
+
+
 @app.command()
 def add(
-    images: Annotated[list[Path], typer.Argument(help="Picture(s) of the thing, object centred.", show_default=False)],
-    name: Annotated[
-        Optional[str], typer.Option("--name", "-N", metavar="<name>", help="Concept name (default: the file name). One image only.")
-    ] = None,
-    mask: Annotated[
-        Optional[str], typer.Option(
-            "--mask", "-m", metavar="FILE|auto|none",
-            help="Object mask file (white = object; one image only), auto (find the object: the default for a "
-                 "picture without transparency) or none (the whole picture).")
-    ] = None,
-    object_text: Annotated[
-        Optional[str], typer.Option("--object", metavar="<text>",
-                                    help="What the automatic mask looks for, e.g. 'a cat' (default: the main object).")
-    ] = None,
-    tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", metavar="<tag>", help="Tag to attach; repeatable.")] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="Replace a concept of the same name.")] = False,
-    crop: CropOption = "auto",
-    as_json: JsonFlag = False,
+    images: ImagesArgument, name: NameOption = None, mask: MaskOption = None, object_text: ObjectOption = None,
+    tag: TagsOption = None, replace: ReplaceOption = False, crop: CropOption = "auto", as_json: JsonFlag = False,
 ) -> None:
     """Encode pictures into concepts and store them in the library.
 
@@ -73,31 +70,38 @@ def add(
     if len(images) > 1 and (name or mask_file):
         raise InputError("--name and --mask apply to one image; add images with their own name or mask one at a time.")
     session = session_with_spinner()
-    added = []
-    chosen = []
+    shown = AddedConcepts(name, as_json)
+    session.add_concepts(images, masks=[mask] * len(images), names=[name] * len(images), tags=tag or (),
+                         replace=replace, crop=crop, object_text=object_text, on_added=shown.added,
+                         on_mask=shown.chosen.append, on_warning=lambda message: typer.echo(f"Warning: {message}", err=True))
+    if as_json:
+        echo_json({"added": shown.summaries, "model_load_seconds": round(session.model_load_seconds or 0.0, 3),
+                   "total_seconds": round(seconds_since_start(), 3)})
+    else:
+        typer.echo(model_time_line(session.model_load_seconds), err=True)
 
-    def report(stored, seconds: float) -> None:
-        choice = chosen[len(added)]
+
+class AddedConcepts:
+    """`elite add`'s lines as the API stores each concept (or its JSON summaries, printed at the end)."""
+
+    def __init__(self, wanted_name: str | None, as_json: bool):
+        self.wanted_name, self.as_json = wanted_name, as_json
+        self.chosen: list = []  # each picture's ChosenMask, in order (the API's on_mask)
+        self.summaries: list[dict] = []
+
+    def added(self, stored, seconds: float) -> None:
+        choice = self.chosen[len(self.summaries)]
         preview = stored.preview_path if stored.preview_path.exists() else None
         summary = as_dict(stored)
         summary.update(seconds=round(seconds, 3), mask_source=choice.source, preview_path=str(preview) if preview else None)
-        added.append(summary)
-        if not as_json:
+        self.summaries.append(summary)
+        if not self.as_json:
             if stored.duplicate:
-                typer.echo(already_stored(stored, name, "added"))
+                typer.echo(already_stored(stored, self.wanted_name, "added"))
             else:
                 typer.echo(f"Added <{stored.name}> (id {stored.short_id}) in {summary['seconds']:.2f}s")
             if preview:
                 typer.echo(f"  preview: {preview}")
-
-    session.add_concepts(images, masks=[mask] * len(images), names=[name] * len(images), tags=tag or (),
-                         replace=replace, crop=crop, object_text=object_text, on_added=report,
-                         on_mask=chosen.append, on_warning=lambda message: typer.echo(f"Warning: {message}", err=True))
-    if as_json:
-        echo_json({"added": added, "model_load_seconds": round(session.model_load_seconds or 0.0, 3),
-                   "total_seconds": round(seconds_since_start(), 3)})
-    else:
-        typer.echo(model_time_line(session.model_load_seconds), err=True)
 
 
 @app.command("list")

@@ -11,7 +11,15 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from elite_cli.commands.common import (
+    GuidanceOption,
+    HeightOption,
     JsonFlag,
+    LambdaOption,
+    NegativeOption,
+    NumberOption,
+    SchedulerOption,
+    StepsOption,
+    WidthOption,
     app,
     as_dict,
     echo_json,
@@ -30,7 +38,6 @@ from elite_cli.generation.jobs import (  # noqa: F401  (GenerationJob, jobs_from
     repeated_prompts,
 )
 from elite_cli.generation.run import GenerationListener, GenerationResult, check_run_options
-from elite_cli.model.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE
 from elite_cli.common.wording import counted, speed
 
 
@@ -67,50 +74,33 @@ def options_given(context: typer.Context, names: dict[str, str]) -> list[str]:
     return given
 
 
+PromptArgument = Annotated[Optional[str], typer.Argument(help="Text with <concept> placeholders.", show_default=False)]
+SeedOption = Annotated[Optional[int], typer.Option("--seed", "-s", help="Seed of the first image (default: random).")]
+OutputDirOption = Annotated[Optional[Path], typer.Option(
+    "--output-dir", "-o", help="Folder for the PNGs (default: ./elite-out, or config).", show_default=False)]
+PromptsFileOption = Annotated[
+    Optional[Path], typer.Option("--prompts", help="File with one prompt per line.", show_default=False)]
+AgainOption = Annotated[Optional[str], typer.Option(
+    "--again", metavar="<run|file.png>", help="Repeat a run: history id or a PNG from elite gen.", show_default=False)]
+AllowStaleOption = Annotated[
+    bool, typer.Option("--allow-stale", help="Use concepts encoded with other mapper checkpoints.")]
+BatchSizeOption = Annotated[Optional[int], typer.Option(
+    "--batch-size", "-b", help="Images denoised together (default: sized for the device).", show_default=False)]
+GpusOption = Annotated[Optional[str], typer.Option(
+    "--gpus", metavar="<all|N>", callback=check_gpus_value,
+    help="Spread the images over this many local GPUs ('all' or N), via accelerate.", show_default=False)]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Skip images this command already wrote in the output folder.")]
+
+
 @app.command()
 def gen(
-    context: typer.Context,
-    prompt: Annotated[
-        Optional[str], typer.Argument(help="Text with <concept> placeholders.", show_default=False)
-    ] = None,
-    number: Annotated[int, typer.Option("-n", "--number", help="Images per prompt.")] = 1,
-    seed: Annotated[
-        Optional[int], typer.Option("--seed", "-s", help="Seed of the first image (default: random).")
-    ] = None,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
-    llambda: Annotated[
-        float, typer.Option("--lambda", help=f"Local detail strength, {LAMBDA_RANGE[0]:g} to {LAMBDA_RANGE[1]:g}: higher = more faithful, less editable.")
-    ] = 0.8,
-    negative: Annotated[str, typer.Option("--negative", metavar="<text>", help="Negative prompt.")] = "",
-    width: Annotated[int, typer.Option(help=f"Image width, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
-    height: Annotated[int, typer.Option(help=f"Image height, a multiple of 8 up to {MAX_IMAGE_SIDE}.")] = 512,
-    scheduler: Annotated[str, typer.Option(metavar="<name>", help="Sampler: lms (as in the ELITE paper), ddim, pndm, euler or dpm++.")] = "lms",
-    output_dir: Annotated[
-        Optional[Path],
-        typer.Option("--output-dir", "-o", help="Folder for the PNGs (default: ./elite-out, or config).", show_default=False),
-    ] = None,
-    prompts_file: Annotated[
-        Optional[Path], typer.Option("--prompts", help="File with one prompt per line.", show_default=False)
-    ] = None,
-    again: Annotated[
-        Optional[str], typer.Option("--again", metavar="<run|file.png>", help="Repeat a run: history id or a PNG from elite gen.", show_default=False)
-    ] = None,
-    allow_stale: Annotated[
-        bool, typer.Option("--allow-stale", help="Use concepts encoded with other mapper checkpoints.")
-    ] = False,
-    batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", "-b", help="Images denoised together (default: sized for the device).", show_default=False)
-    ] = None,
-    gpus: Annotated[
-        Optional[str],
-        typer.Option("--gpus", metavar="<all|N>", callback=check_gpus_value,
-                     help="Spread the images over this many local GPUs ('all' or N), via accelerate.", show_default=False)
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Skip images this command already wrote in the output folder.")
-    ] = False,
-    as_json: JsonFlag = False,
+    context: typer.Context, prompt: PromptArgument = None, number: NumberOption = 1, seed: SeedOption = None,
+    steps: StepsOption = 50, guidance: GuidanceOption = 5.0, llambda: LambdaOption = 0.8, negative: NegativeOption = "",
+    width: WidthOption = 512, height: HeightOption = 512, scheduler: SchedulerOption = "lms",
+    output_dir: OutputDirOption = None, prompts_file: PromptsFileOption = None, again: AgainOption = None,
+    allow_stale: AllowStaleOption = False, batch_size: BatchSizeOption = None, gpus: GpusOption = None,
+    resume: ResumeOption = False, as_json: JsonFlag = False,
 ) -> None:
     """Generate images from a prompt that names concepts as <name>.
 
@@ -122,15 +112,7 @@ def gen(
     """
     from elite_cli.generation.workers import launched_world_size
 
-    sources = [value for value in (prompt, prompts_file, again) if value is not None]
-    if len(sources) != 1:
-        raise InputError("give exactly one of PROMPT, --prompts FILE or --again ID.")
-    if again is not None:
-        clashing = options_given(context, IMAGE_OPTIONS)
-        if clashing:
-            raise InputError(f"--again repeats the run with its own settings, so it cannot be combined with "
-                             f"{', '.join(clashing)}; drop {'it' if len(clashing) == 1 else 'them'}, or start a new run "
-                             "from the prompt instead.")
+    check_prompt_sources(context, prompt, prompts_file, again)
     check_run_options(batch_size=batch_size, resume=resume, seed_known=seed is not None or again is not None)
     if gpus is not None and launched_world_size() <= 1:
         launch_on_gpus(gpus)
@@ -149,6 +131,20 @@ def gen(
         report_generation(result, as_json)
         if not as_json and result.images:
             typer.echo(model_time_line(session.model_load_seconds), err=True)
+
+
+def check_prompt_sources(context: typer.Context, prompt: str | None, prompts_file: Path | None,
+                         again: str | None) -> None:
+    """One source of prompts; --again takes its image settings from the run, so none may be given."""
+    sources = [value for value in (prompt, prompts_file, again) if value is not None]
+    if len(sources) != 1:
+        raise InputError("give exactly one of PROMPT, --prompts FILE or --again ID.")
+    if again is not None:
+        clashing = options_given(context, IMAGE_OPTIONS)
+        if clashing:
+            raise InputError(f"--again repeats the run with its own settings, so it cannot be combined with "
+                             f"{', '.join(clashing)}; drop {'it' if len(clashing) == 1 else 'them'}, or start a new run "
+                             "from the prompt instead.")
 
 
 def launch_on_gpus(gpus: str) -> None:

@@ -11,6 +11,7 @@ Multi-GPU / multi-node: the same command under accelerate, e.g.
 from __future__ import annotations
 
 import functools
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -162,9 +163,10 @@ class TrainingDisplay:
             self.bar.stop()
 
 
-@train_app.command("global")
-@one_line_errors
-def train_global(
+GlobalMapper = Annotated[Path, typer.Option(help="The trained global mapper (.safetensors or reference .pt).")]
+
+
+def stage_options(
     data: Data, output: Output,
     base_model: BaseModel = None, image_encoder: ImageEncoder = None,
     init: Init = None, resolution: Resolution = 512, batch_size: BatchSize = None, gradient_accumulation: Accumulation = 4,
@@ -176,33 +178,35 @@ def train_global(
     num_workers: Workers = 2, tensorboard: Tensorboard = False, resume: Resume = None, cpu: Cpu = False,
     attention: Attention = "auto", hidden_width: HiddenWidth = 1024,
 ) -> None:
-    """Stage 1: train the global mapper (five words + key/value copies) on object crops.
-
-    Example: accelerate launch -m elite_cli train global --data oi-global.jsonl -o runs/global --mixed-precision fp16
-    """
-    run_training(stage="global", **locals())
+    """The options both training stages take; only this signature is used (by `stage_command`)."""
 
 
-@train_app.command("local")
-@one_line_errors
-def train_local(
-    data: Data, output: Output,
-    global_mapper: Annotated[Path, typer.Option(help="The trained global mapper (.safetensors or reference .pt).")],
-    base_model: BaseModel = None, image_encoder: ImageEncoder = None,
-    init: Init = None, resolution: Resolution = 512, batch_size: BatchSize = None, gradient_accumulation: Accumulation = 4,
-    learning_rate: LearningRate = None, scale_lr: ScaleLr = True, lr_scheduler: LrScheduler = "constant",
-    lr_warmup_steps: Warmup = 0, max_steps: MaxSteps = 200_000, checkpoint_every: CheckpointEvery = 1000,
-    keep_checkpoints: KeepCheckpoints = 0, validate_every: ValidateEvery = 0, validation_count: ValidationCount = 2,
-    validation_prompt: ValidationPrompt = "a photo of a <concept>", validation_steps: ValidationSteps = 25,
-    seed: Seed = 0, mixed_precision: MixedPrecision = None, gradient_checkpointing: Checkpointing = False,
-    num_workers: Workers = 2, tensorboard: Tensorboard = False, resume: Resume = None, cpu: Cpu = False,
-    attention: Attention = "auto", hidden_width: HiddenWidth = 1024,
-) -> None:
-    """Stage 2: train the local mapper (patch tokens + key/value copies) with the global mapper frozen.
+def stage_command(stage: str, description: str, *required: inspect.Parameter) -> Callable[..., None]:
+    """The command of one training stage: `stage_options`' options, with the stage's own
+    `required` ones after --data and --output, run through `run_training`."""
 
-    Example: elite train local --data oi-local.jsonl --global-mapper runs/global/global_mapper.safetensors -o runs/local
-    """
-    run_training(stage="local", **locals())
+    def command(**values: Any) -> None:
+        run_training(stage=stage, **values)
+
+    shared = list(inspect.signature(stage_options, eval_str=True).parameters.values())
+    # Typer reads a command's options from its signature.
+    command.__signature__ = inspect.Signature([*shared[:2], *required, *shared[2:]])  # type: ignore[attr-defined]
+    command.__name__ = command.__qualname__ = f"train_{stage}"
+    command.__doc__ = description
+    return command
+
+
+train_global = train_app.command("global")(one_line_errors(stage_command(
+    "global",
+    "Stage 1: train the global mapper (five words + key/value copies) on object crops.\n\n"
+    "Example: accelerate launch -m elite_cli train global --data oi-global.jsonl -o runs/global --mixed-precision fp16",
+)))
+train_local = train_app.command("local")(one_line_errors(stage_command(
+    "local",
+    "Stage 2: train the local mapper (patch tokens + key/value copies) with the global mapper frozen.\n\n"
+    "Example: elite train local --data oi-local.jsonl --global-mapper runs/global/global_mapper.safetensors -o runs/local",
+    inspect.Parameter("global_mapper", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=GlobalMapper),
+)))
 
 
 @train_app.command("convert-openimages")

@@ -1,8 +1,8 @@
 """`elite eval`: CLIP-T, CLIP-I and DINO for concepts, DreamBench prompts, contact sheets, comparisons.
 
 Modules: metrics (scores and the metric models), dreambench (prompt templates as data),
-runner (generate + score + write), subjects (library concepts or pictures), contact_sheet,
-compare, tiny_metric_models (offline test models); the `elite eval` command is
+runner (generate + score + write), run (the steps of `elite eval`: plan, load, encode,
+evaluate), subjects (library concepts or pictures), contact_sheet, compare, tiny_metric_models (offline test models); the `elite eval` command is
 elite_cli/commands/evaluate.py. Importing this package does not import torch.
 """
 

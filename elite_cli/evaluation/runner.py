@@ -29,6 +29,7 @@ from elite_cli.errors import InputError
 from elite_cli.common.outputs import user_keys
 from elite_cli.evaluation.contact_sheet import SheetRow, contact_sheet, fit
 from elite_cli.evaluation.dreambench import dreambench_prompts
+from elite_cli.generation.jobs import ImageSettings
 from elite_cli.evaluation.metrics import MetricModels, Summary, mean_cosine_to_references, paired_cosine, summarize
 
 if TYPE_CHECKING:
@@ -54,29 +55,21 @@ class Subject:
     class_word: str | None = None
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    """What to generate. `prompts` are templates with `{}`; None means the 25 DreamBench ones."""
+@dataclass
+class EvalSettings(ImageSettings):
+    """What to generate. `prompts` are templates with `{}`; None means the 25 DreamBench ones.
+    The image settings (steps, guidance_scale, llambda, width, height, scheduler) are `elite gen`'s."""
 
     prompts: tuple[str, ...] | None = None
     num_images: int = 4
     seed: int = 0
-    steps: int = 50
-    guidance_scale: float = 5.0
-    llambda: float = 0.8
-    width: int = 512
-    height: int = 512
-    scheduler: str = "lms"
     negative_prompt: str = ""
     # Images denoised together (one UNet batch); 4 = one DreamBench prompt at a time.
     batch_size: int = 4
 
     def check(self) -> None:
         """Fail before any model loads (and before the output folder is made) if a setting cannot work."""
-        from elite_cli.model.generation_limits import check_image_settings
-
-        check_image_settings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.guidance_scale,
-                             llambda=self.llambda, seed=self.seed, num_images=self.num_images, scheduler=self.scheduler)
+        self.check_image_settings(self.seed, self.num_images)
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, not {self.batch_size}.")
         if self.prompts is not None:

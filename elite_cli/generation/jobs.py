@@ -5,7 +5,7 @@ written by an earlier call), and the concepts they name. No torch here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +15,33 @@ from elite_cli.common.outputs import code_keys, read_png_parameters
 from elite_cli.common.paths import check_file_exists
 
 
-@dataclass
-class GenerationJob:
-    """One prompt's images in an `elite gen` call; image i uses seed + i."""
+@dataclass(kw_only=True)
+class ImageSettings:
+    """How every image of a prompt is made: the settings (and defaults) that `elite gen`'s jobs and
+    `elite eval` share."""
 
-    prompt: str
-    negative_prompt: str = ""
-    seed: int = 0
     steps: int = 50
     guidance_scale: float = 5.0
     llambda: float = 0.8
     width: int = 512
     height: int = 512
     scheduler: str = "lms"
+
+    def check_image_settings(self, seed: int, num_images: int) -> None:
+        """Fail before any model loads if a setting cannot work."""
+        check_image_settings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.guidance_scale,
+                             llambda=self.llambda, seed=seed, num_images=num_images, scheduler=self.scheduler)
+
+
+@dataclass
+class GenerationJob(ImageSettings):
+    """One prompt's images in an `elite gen` call; image i uses seed + i."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    # The image settings (ImageSettings) and what follows are keyword-only.
+    _: KW_ONLY
     num_images: int = 1
     # {name in the prompt: library id} when repeating a run: the concept it really used, even
     # if that name was renamed or given to another concept since.
@@ -39,8 +53,7 @@ class GenerationJob:
         """Fail before any model loads if a parameter cannot work."""
         from elite_cli.model.prompts import check_placeholders
 
-        check_image_settings(width=self.width, height=self.height, steps=self.steps, guidance_scale=self.guidance_scale,
-                             llambda=self.llambda, seed=self.seed, num_images=self.num_images, scheduler=self.scheduler)
+        self.check_image_settings(self.seed, self.num_images)
         if not self.prompt.strip():
             raise InputError('the prompt is empty; pass text such as "<mycat> on the beach".')
         check_placeholders(self.prompt)
