@@ -92,6 +92,10 @@ def test_chooser_takes_file_alpha_auto_and_none(tiny_models, tmp_path):
 
     transparent = MaskChooser(None, None, segmenter, "cpu").choose(cutout)
     assert (transparent.source, transparent.path, transparent.coverage) == ("alpha", None, 0.25)
+    # An alpha channel with every pixel opaque marks no object: it is found as in an RGB picture.
+    opaque = tmp_path / "opaque.png"
+    Image.open(picture).convert("RGBA").save(opaque)
+    assert MaskChooser(None, None, segmenter, "cpu").choose(opaque).source == "auto"
     named = MaskChooser(None, "a cat", segmenter, "cpu").choose(cutout)  # naming the object asks for it
     assert (named.source, named.object_text) == ("auto", "a cat")
 

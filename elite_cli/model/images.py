@@ -151,6 +151,16 @@ class Picture:
     alpha: np.ndarray | None  # bool [H, W], True = opaque
     sha256: str  # of the file's bytes
 
+    @property
+    def has_transparency(self) -> bool:
+        """An alpha channel that leaves some pixel transparent: only then does it mark an object
+        (many tools save plain photos as RGBA, every pixel opaque)."""
+        return marks_object(self.alpha)
+
+
+def marks_object(alpha: np.ndarray | None) -> bool:
+    return alpha is not None and not alpha.all()
+
 
 def load_picture(image: ImageSource) -> Picture:
     """Open a picture, apply its EXIF orientation and convert it to 8-bit RGB (alpha kept apart)."""
@@ -246,4 +256,4 @@ def alpha_marks_object(image: ImageSource) -> bool:
     (it has one, and it leaves some pixel transparent)."""
     picture, _ = _open(image, "image")
     _, alpha = _split_alpha(ImageOps.exif_transpose(picture))
-    return alpha is not None and not alpha.all()
+    return marks_object(alpha)

@@ -137,7 +137,7 @@ class MaskChooser:
         from elite_cli.model.images import load_picture, object_mask
 
         picture = load_picture(image)
-        automatic = self.mask == "auto" or (self.mask is None and (picture.alpha is None or self.named))
+        automatic = self.mask == "auto" or (self.mask is None and (not picture.has_transparency or self.named))
         if not automatic:
             found, mask_sha, source = object_mask(picture, None if self.mask == "none" else self.mask)
             path = self.mask if isinstance(self.mask, Path) else None
