@@ -46,17 +46,19 @@ class UiServer:
 
     def _wait_for_url(self) -> str:
         found: list[str] = []
+        said = threading.Event()
 
         def read() -> None:
+            # Read on after the URL as well: a full pipe that nobody reads would block the server.
             for line in self.process.stdout:
-                match = re.search(r"elite ui: (http://127\.0\.0\.1:\d+/)", line)
+                match = None if found else re.search(r"elite ui: (http://127\.0\.0\.1:\d+/)", line)
                 if match:
                     found.append(match.group(1))
-                    return
+                    said.set()
+            said.set()
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(STARTUP_TIMEOUT_S)
+        threading.Thread(target=read, daemon=True).start()
+        said.wait(STARTUP_TIMEOUT_S)
         if not found:
             self.stop()
             pytest.fail(f"elite ui did not print its URL; stderr:\n{''.join(self.stderr)[-3000:]}")
