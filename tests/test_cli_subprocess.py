@@ -93,6 +93,9 @@ def test_ctrl_c_during_gen_leaves_no_png_and_no_history(run_cli, use_tiny_models
         env=environment(TTY_COMPATIBLE="1", COLUMNS="120"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Ctrl-C as in a terminal: a test run started in the background ignores SIGINT, and so would
+        # its children (Python installs its KeyboardInterrupt handler only where SIGINT is not ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = b""
     deadline = time.monotonic() + 600  # loading the models alone can take minutes on a busy machine
