@@ -104,7 +104,9 @@ def time_commands(args) -> tuple[dict, list[str] | None]:
         "python -c 'import elite_cli'": [python, "-c", "import elite_cli"],
         "python -m elite_cli --help": [python, "-m", "elite_cli", "--help"],
     }
-    console_script = shutil.which("elite")
+    # The script of this interpreter's install (a venv's bin), not another install's first on PATH.
+    beside = Path(sys.executable).parent / "elite"
+    console_script = str(beside) if beside.is_file() else shutil.which("elite")
     if console_script:
         commands["elite --help (console script)"] = [console_script, "--help"]
     results = {label: time_command(command, args.help_runs) for label, command in commands.items()}
@@ -209,7 +211,7 @@ models = load_models(spec)
 mark("load_models (read weights, build, move to the device)")
 from elite_cli.model.encoder import Encoder
 Encoder(models).encode(sys.argv[1])
-mark("work: one encode (what `elite add` does)")
+mark("work: one encode (what `elite add --mask none` does)")
 phases = [(label, wall - marks[i][1], cpu - marks[i][2]) for i, (label, wall, cpu) in enumerate(marks[1:])]
 print(json.dumps(phases))
 """
@@ -247,7 +249,7 @@ def time_breakdown(args) -> dict:
             # The command itself, in its own fresh library, for the same picture.
             env = subprocess_environment(**settings, ELITE_HOME=str(Path(scratch) / f"cli-{run}"))
             start = time.perf_counter()
-            result = subprocess.run([sys.executable, "-m", "elite_cli", "add", str(picture)], capture_output=True,
+            result = subprocess.run([sys.executable, "-m", "elite_cli", "add", str(picture), "--mask", "none"], capture_output=True,
                                     text=True, cwd=harness.REPO, env=env, timeout=900)
             commands.append(time.perf_counter() - start)
             if result.returncode:

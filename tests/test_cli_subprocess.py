@@ -97,21 +97,25 @@ def test_ctrl_c_during_gen_leaves_no_png_and_no_history(run_cli, use_tiny_models
         # its children (Python installs its KeyboardInterrupt handler only where SIGINT is not ignored).
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    seen = b""
-    deadline = time.monotonic() + 600  # loading the models alone can take minutes on a busy machine
-    os.set_blocking(process.stderr.fileno(), False)
-    while b"/100000" not in seen and time.monotonic() < deadline and process.poll() is None:
-        chunk = process.stderr.read()
-        seen += chunk or b""
-        time.sleep(0.2)
-    assert b"/100000" in seen, seen.decode(errors="replace")  # denoising has started
-    process.send_signal(signal.SIGINT)
-    os.set_blocking(process.stderr.fileno(), True)
-    # Keep reading while it exits: its progress bar writes to the pipe until it stops, and a full
-    # pipe nobody reads would block it for ever (seen once in 20 runs on a loaded 2-core machine).
-    # A busy machine can take a minute to unwind torch and exit.
-    _, rest = process.communicate(timeout=300)
-    rest = rest.decode(errors="replace")
+    try:
+        seen = b""
+        deadline = time.monotonic() + 600  # loading the models alone can take minutes on a busy machine
+        os.set_blocking(process.stderr.fileno(), False)
+        while b"/100000" not in seen and time.monotonic() < deadline and process.poll() is None:
+            chunk = process.stderr.read()
+            seen += chunk or b""
+            time.sleep(0.2)
+        assert b"/100000" in seen, seen.decode(errors="replace")  # denoising has started
+        process.send_signal(signal.SIGINT)
+        os.set_blocking(process.stderr.fileno(), True)
+        # Keep reading while it exits: its progress bar writes to the pipe until it stops, and a full
+        # pipe nobody reads would block it. A busy machine can take a minute to unwind torch and exit.
+        _, rest = process.communicate(timeout=300)
+        rest = rest.decode(errors="replace")
+    finally:
+        if process.poll() is None:  # failed: a 100000-step run must not outlive the test
+            process.kill()
+            process.wait()
     assert process.returncode == 130
     # The seed was drawn by elite and not printed yet: the hint carries it, so --resume can work.
     assert re.search(r"Interrupted; 0 images saved; to make only the missing ones, run the same command with "
