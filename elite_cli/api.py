@@ -218,6 +218,9 @@ class Session:
         masks' segmenter. Raises ModelError when the Hub refuses or cannot be reached."""
         from elite_cli.model.hub import fetch, missing_downloads
 
+        # Before the Hub is asked (and torch imported to pick a precision): a wrong mapper path
+        # fails in a fraction of a second.
+        check_local_mappers(spec or self.spec)
         plans = missing_downloads(spec or self.spec, encoding, segmenter)
         if not plans:
             return

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported when a segmenter is used: `elite add --mask none` needs none
+    import torch
+    from PIL import Image
 
 DEFAULT_SEGMENTER = "CIDAS/clipseg-rd64-refined"
 # What the automatic mask looks for when the user does not name the object (--object).
@@ -68,20 +72,21 @@ def forget_segmenters() -> None:
     _LOADED.clear()
 
 
-@torch.no_grad()
 def object_probabilities(segmenter: Segmenter, image: Image.Image, object_text: str = DEFAULT_OBJECT) -> np.ndarray:
     """float32 [H, W] in the picture's size: how likely each pixel shows `object_text`.
 
     CLIPSeg sees the picture squashed to its input square; its map is stretched back to the
     picture's own size (bilinear), so a non-square picture keeps its proportions.
     """
+    import torch
     import torch.nn.functional as F
 
     inputs = segmenter.processor(text=[object_text], images=[image.convert("RGB")], return_tensors="pt", padding=True)
     pixel_values = inputs["pixel_values"].to(device=segmenter.device, dtype=segmenter.dtype)
-    logits = segmenter.model(input_ids=inputs["input_ids"].to(segmenter.device),
-                             attention_mask=inputs["attention_mask"].to(segmenter.device),
-                             pixel_values=pixel_values).logits
+    with torch.no_grad():
+        logits = segmenter.model(input_ids=inputs["input_ids"].to(segmenter.device),
+                                 attention_mask=inputs["attention_mask"].to(segmenter.device),
+                                 pixel_values=pixel_values).logits
     # One picture: the model squeezes its batch dimension away on some versions, not on others.
     logits = logits.reshape(-1, *logits.shape[-2:])[:1].float()
     width, height = image.size
