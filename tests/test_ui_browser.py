@@ -174,8 +174,20 @@ def test_add_generate_history_and_rename(page, ui_server):
     expect(table).to_contain_text("<chelsea> on the beach")
     # The grid keeps an invisible copy of each cell for measuring; click the one shown.
     table.get_by_text("<chelsea> on the beach").filter(visible=True).first.click()
-    expect(page.locator("#history-details")).to_contain_text("2 steps")
+    details = page.locator("#history-details")
+    expect(details).to_contain_text("2 steps")
     expect(page.locator("#history-image img")).to_have_count(1)
+    selected_seed = int(re.search(r"seed (\d+),", details.inner_text()).group(1))
+
+    # Download gives the selected image's PNG, byte for byte.
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    downloaded = Path(download.value.path()).read_bytes()
+
+    # Make it again: back on the Generate tab, the same seed made anew.
+    page.locator("#make-again").click()
+    expect(page.locator("#run-info")).to_contain_text(f"Made 1 image (seed {selected_seed})")
+    expect(page.locator("#results img")).to_have_count(1)
 
     # Rename it in the library.
     open_tab(page, "Library")
@@ -189,11 +201,23 @@ def test_add_generate_history_and_rename(page, ui_server):
     # What the page said is what the library holds.
     with library_session(ui_server) as session:
         assert [(concept.name, concept.tags) for concept in session.concepts()] == [("kitty", ("pets",))]
-        runs = session.history()
-        assert len(runs) == 1 and runs[0].prompts == ["<chelsea> on the beach"]
-        assert sorted(image.seed for image in runs[0].images) == [7, 8]
-        assert all(Path(image.output_path).is_file() for image in runs[0].images)
-        assert {image.parameters["steps"] for image in runs[0].images} == {2}
+        again, first = session.history()  # newest run first
+        assert first.prompts == ["<chelsea> on the beach"]
+        assert sorted(image.seed for image in first.images) == [7, 8]
+        assert all(Path(image.output_path).is_file() for image in first.images)
+        assert {image.parameters["steps"] for image in first.images} == {2}
+        original = next(Path(image.output_path) for image in first.images if image.seed == selected_seed)
+        assert downloaded == original.read_bytes()
+        [remade] = again.images
+        assert remade.seed == selected_seed and Path(remade.output_path) != original
+        assert pixels(remade.output_path) == pixels(original)
+
+
+def pixels(path) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB").tobytes()
 
 
 def set_number(page, element: str, value: int) -> None:

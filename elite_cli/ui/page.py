@@ -22,10 +22,16 @@ if TYPE_CHECKING:
 
 MASK_CHOICES = [("Paint it", MASK_PAINT), ("Mask file", MASK_FILE), ("Whole picture", MASK_NONE)]
 MAX_IMAGES_PER_CLICK = 8
-PROGRESS_INTERVAL_S = 0.1
+# Progress reaches the page twice a second, drawn as one bar over the images. On a machine whose
+# browser shares the CPU with the denoising, each redraw is time taken from the generation: ten
+# messages a second, with Gradio's full overlay on both outputs, doubled the browser's CPU time per
+# generation (benchmarks/README.md, section 9).
+PROGRESS_INTERVAL_S = 0.5
 CSS = """
 #add-message p, #library-message p, #run-info p, #history-message p { margin: 0.25em 0; }
 .elite-error { color: var(--error-text-color); }
+/* The bar's label names the step; Gradio's corner text adds a timer that redraws ten times a second. */
+#results .meta-text { display: none; }
 """
 
 
@@ -200,12 +206,12 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
             yield [], ""
             for update in updates:
                 if update.step is not None:
-                    # A page redraws its bar at most ~10 times a second: more messages only take
+                    # The bar is redrawn at most every PROGRESS_INTERVAL_S: more messages only take
                     # time from the generation (the steps of a small image come faster than that).
                     step, total = update.step
                     if step == total or time.monotonic() - last_reported >= PROGRESS_INTERVAL_S:
                         last_reported = time.monotonic()
-                        progress(update.step, desc="Denoising", unit="steps")
+                        progress(update.step, desc=f"Denoising, step {step} of {total}", unit="steps")
                 elif update.image is not None:
                     shown.append((files.servable(update.image.path), f"seed {update.image.seed}"))
                     yield shown, ""
@@ -226,9 +232,11 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
                     yield shown, message_html(text)
 
         generation_inputs = [prompt, negative_prompt, count, seed, llambda, guidance, steps, scheduler, width, height]
-        generate_button.click(generate, generation_inputs, [results, run_info], api_name="generate").then(
-            history_view, None, [history_table, history_rows])
-        prompt.submit(generate, generation_inputs, [results, run_info]).then(
+        # One progress bar, over the images, labelled with the step (the CSS above hides Gradio's timer).
+        progress_display = dict(show_progress="minimal", show_progress_on=results)
+        generate_button.click(generate, generation_inputs, [results, run_info], api_name="generate",
+                              **progress_display).then(history_view, None, [history_table, history_rows])
+        prompt.submit(generate, generation_inputs, [results, run_info], **progress_display).then(
             history_view, None, [history_table, history_rows])
 
         def pick(prompt_text, names, event: gr.SelectData):
@@ -326,7 +334,7 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
             for shown, info in follow(actions.make_again(row.entry), progress):
                 yield gr.Tabs(selected="generate"), shown, info
 
-        again_button.click(make_again, selected_row, [tabs, results, run_info]).then(
+        again_button.click(make_again, selected_row, [tabs, results, run_info], **progress_display).then(
             history_view, None, [history_table, history_rows])
 
         def reuse(row):
