@@ -33,6 +33,21 @@ if str(REPO) not in sys.path:
 PROMPT = "<thing> on the beach"
 CHROMIUM = "/usr/bin/chromium"
 TARGET_RATIO = 1.10
+# Sets window.eliteNewRun to a promise that resolves when #run-info shows a "Made ... run <id>" line
+# whose id is not `before`.
+WATCH_FOR_NEW_RUN = """(before) => {
+    const shownRun = () => {
+        const found = document.querySelector('#run-info').innerText.match(/Made .* run ([0-9a-f]{12})/);
+        return found && found[1];
+    };
+    window.eliteNewRun = new Promise((resolve) => {
+        const observer = new MutationObserver(() => {
+            const run = shownRun();
+            if (run !== null && run !== before) { observer.disconnect(); resolve(run); }
+        });
+        observer.observe(document.querySelector('#run-info'), {childList: true, subtree: true, characterData: true});
+    });
+}"""
 
 
 def parse(argv: list[str] | None):
@@ -41,6 +56,17 @@ def parse(argv: list[str] | None):
     parser = harness.tiny_process_parser("ui_overhead", __doc__.split("\n\n")[0], runs="measured generations per side",
                                          default_runs=5, steps=25, size=256)
     return harness.parse_tiny_arguments(parser, argv)
+
+
+def chromium_cpu_seconds() -> float:
+    """CPU time (user + system) used so far by every chromium process of this machine."""
+    import psutil
+
+    total = 0.0
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        if process.info["cpu_times"] is not None and "chrom" in (process.info["name"] or ""):
+            total += process.info["cpu_times"].user + process.info["cpu_times"].system
+    return total
 
 
 def fill_number(page, element: str, value: int) -> None:
@@ -71,10 +97,17 @@ def main(argv: list[str] | None = None) -> dict:
         running = start(Session(), port=0)
         settings = dict(seed=args.seed, steps=args.steps, width=args.size, height=args.size)
 
+        browser_cpu = {"api": [], "ui": []}
+        process_cpu = {"api": [], "ui": []}  # this process: torch's threads, Gradio's server, the session's worker
+
         def api_generation() -> float:
+            cpu_before, own_before = chromium_cpu_seconds(), time.process_time()
             started = time.perf_counter()
             running.worker.call(lambda session: session.generate(PROMPT, **settings))
-            return time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            process_cpu["api"].append(time.process_time() - own_before)
+            browser_cpu["api"].append(chromium_cpu_seconds() - cpu_before)
+            return elapsed
 
         api_times, ui_times = [], []
         try:
@@ -97,16 +130,19 @@ def main(argv: list[str] | None = None) -> dict:
 
                 def ui_generation() -> float:
                     # Each run's line names its own run id: wait for a "Made" line with another one (the
-                    # progress bar is drawn over the previous line meanwhile).
+                    # progress bar is drawn over the previous line meanwhile). The page is watched with a
+                    # MutationObserver, which runs only when the page changes: polling on every animation
+                    # frame would keep chromium drawing frames and take CPU from the generation measured.
                     before = run_id_shown()
+                    page.evaluate(WATCH_FOR_NEW_RUN, before)
+                    cpu_before, own_before = chromium_cpu_seconds(), time.process_time()
                     started = time.perf_counter()
                     page.locator("#generate").click()
-                    page.wait_for_function(
-                        "(before) => { const found = document.querySelector('#run-info').innerText"
-                        ".match(/Made .* run ([0-9a-f]{12})/); return found !== null && found[1] !== before; }",
-                        arg=before, polling="raf")
+                    page.evaluate("window.eliteNewRun")  # a promise: returns once the observer has seen the line
                     elapsed = time.perf_counter() - started
-                    page.wait_for_function("document.querySelector('#generate').disabled === false", polling="raf")
+                    process_cpu["ui"].append(time.process_time() - own_before)
+                    browser_cpu["ui"].append(chromium_cpu_seconds() - cpu_before)
+                    page.wait_for_function("document.querySelector('#generate').disabled === false", polling=100)
                     return elapsed
 
                 api_generation()  # warm-up: the models load here
@@ -119,20 +155,32 @@ def main(argv: list[str] | None = None) -> dict:
             running.stop()
     api_median, ui_median = statistics.median(api_times), statistics.median(ui_times)
     ratio = ui_median / api_median
+    # Each page generation against the API generation just before it: the machine's drift between
+    # pairs cancels out, so this figure varies less from run to run than the ratio of medians.
+    pair_ratio = statistics.median(ui / api for api, ui in zip(api_times, ui_times))
     payload = {
         "settings": {"steps": args.steps, "size": args.size, "runs": args.runs, "images": 1},
         "api_generate_s": api_median,
         "ui_generate_s": ui_median,
         "ui_first_generation_s": warmup_ui,
         "ratio_ui_over_api": ratio,
+        "pair_ratio_median": pair_ratio,
         "target": {"ratio_at_most": TARGET_RATIO, "met": ratio <= TARGET_RATIO},
         "runs": {"api_s": api_times, "ui_s": ui_times},
+        # What the browser took from the two sides' CPU (the first API run is before the page opened).
+        "chromium_cpu_s": {"during_api": browser_cpu["api"][1:], "during_ui": browser_cpu["ui"][1:]},
+        "server_process_cpu_s": {"during_api": process_cpu["api"][1:], "during_ui": process_cpu["ui"][1:]},
     }
     print(f"one image, {args.steps} steps, {args.size}x{args.size}, tiny models on the CPU (median of {args.runs}):")
     print(f"  Session.generate (API)             {api_median:8.2f} s")
     print(f"  click to result in the page (UI)   {ui_median:8.2f} s")
+    print(f"  chromium CPU during a generation   {statistics.median(browser_cpu['ui'][1:]):8.2f} s (UI), "
+          f"{statistics.median(browser_cpu['api'][1:]):.2f} s (API)")
+    print(f"  this process's CPU (torch, server) {statistics.median(process_cpu['ui'][1:]):8.2f} s (UI), "
+          f"{statistics.median(process_cpu['api'][1:]):.2f} s (API)")
     print(f"  ratio UI / API                     {ratio:8.3f}   (target <= {TARGET_RATIO}: "
           f"{'met' if ratio <= TARGET_RATIO else 'NOT met'})")
+    print(f"  median of the pairs' ratios        {pair_ratio:8.3f}")
     harness.write_tiny_json("ui_overhead", args, payload)
     return payload
 
