@@ -176,3 +176,28 @@ def test_gpu_run_script_parses_and_refuses_unknown_parts():
         assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
     refused = subprocess.run(["bash", str(script), "3"], capture_output=True, text=True)
     assert refused.returncode == 2 and "usage: bash benchmarks/gpu/run.sh 1|2" in refused.stdout
+
+
+def test_ui_overhead_smoke_times_both_sides_with_the_browser(tiny_models, tmp_path):
+    """The web UI benchmark in a subprocess (it sets the ELITE_* settings of its own process): one
+    generation a side, the page's made through a real click in Debian's chromium."""
+    import subprocess
+    import sys
+
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("needs Debian's chromium (/usr/bin/chromium)")
+    pytest.importorskip("gradio", reason="needs the ui extra")
+    pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
+    json_path = tmp_path / "ui_overhead.json"
+    done = subprocess.run([sys.executable, "benchmarks/ui_overhead.py", "--runs", "1", "--steps", "2", "--size", "64",
+                           "--models-dir", str(tiny_models.base_model.parent), "--json", str(json_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads(json_path.read_text())
+    runs = payload["runs"]
+    assert len(runs["api_s"]) == len(runs["ui_s"]) == 1 and min(runs["api_s"] + runs["ui_s"]) > 0
+    assert payload["ratio_ui_over_api"] == pytest.approx(runs["ui_s"][0] / runs["api_s"][0])
+    # The CPU figures cover the measured generations (the warm-ups left out), the browser's included.
+    assert len(payload["chromium_cpu_s"]["during_ui"]) == len(payload["server_process_cpu_s"]["during_ui"]) == 1
+    assert payload["server_process_cpu_s"]["during_ui"][0] > 0
+    assert "ratio UI / API" in done.stdout
