@@ -34,6 +34,7 @@ PROMPT = "<thing> on the beach"
 CHROMIUM = "/usr/bin/chromium"
 TARGET_RATIO = 1.10
 SETTLE_S = 1.0
+GENERATION_TIMEOUT_S = 600
 # Sets window.eliteNewRun to a promise that resolves when #run-info shows a "Made ... run <id>" line
 # whose id is not `before`.
 WATCH_FOR_NEW_RUN = """(before) => {
@@ -41,14 +42,16 @@ WATCH_FOR_NEW_RUN = """(before) => {
         const found = document.querySelector('#run-info').innerText.match(/Made .* run ([0-9a-f]{12})/);
         return found && found[1];
     };
-    window.eliteNewRun = new Promise((resolve) => {
+    window.eliteNewRun = new Promise((resolve, reject) => {
         const observer = new MutationObserver(() => {
             const run = shownRun();
             if (run !== null && run !== before) { observer.disconnect(); resolve(run); }
         });
         observer.observe(document.querySelector('#run-info'), {childList: true, subtree: true, characterData: true});
+        setTimeout(() => { observer.disconnect(); reject(new Error('no new "Made" line: the click missed?')); },
+                   %d * 1000);
     });
-}"""
+}""" % GENERATION_TIMEOUT_S
 
 
 def parse(argv: list[str] | None):
@@ -146,13 +149,14 @@ def main(argv: list[str] | None = None) -> dict:
                     # first wait for the button to hold still over two animation frames and check what
                     # receives the click (about 70 ms here, a third of the page's whole excess at 25 steps).
                     button = page.locator("#generate")
+                    settle()
                     button.scroll_into_view_if_needed()
                     box = button.bounding_box()
-                    settle()
                     cpu_before, own_before = chromium_cpu_seconds(), time.process_time()
                     started = time.perf_counter()
                     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-                    page.evaluate("window.eliteNewRun")  # a promise: returns once the observer has seen the line
+                    # A promise: returns once the observer has seen the line (raises after GENERATION_TIMEOUT_S).
+                    page.evaluate("window.eliteNewRun")
                     elapsed = time.perf_counter() - started
                     process_cpu["ui"].append(time.process_time() - own_before)
                     browser_cpu["ui"].append(chromium_cpu_seconds() - cpu_before)
