@@ -106,6 +106,14 @@ def use_tiny_models(tiny_models, monkeypatch: pytest.MonkeyPatch):
     return tiny_models
 
 
+def pixels(path: Path | str) -> bytes:
+    """The RGB bytes of an image file (8-bit levels): two images are the same picture when these are equal."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB").tobytes()
+
+
 def draw_object_picture(path: Path, size: int = 64, color: tuple[int, int, int] = (200, 40, 40)) -> Path:
     """A small RGB picture of a filled disc on grey: enough for the encoder to see an object."""
     from PIL import Image, ImageDraw

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import draw_object_picture
+from conftest import draw_object_picture, pixels
 from elite_cli.common.outputs import read_png_parameters
 
 FAST = ("--steps", "2", "--width", "64", "--height", "64")
@@ -43,14 +43,6 @@ def rewrite_elite_chunk(path: Path, text: str) -> None:
         info.add_text("parameters", image.info["parameters"])
         info.add_text("elite", text)
         image.save(path, format="PNG", pnginfo=info)
-
-
-def pixels(path: Path) -> bytes:
-    """The RGB bytes of an image file (8-bit levels)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB").tobytes()
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from conftest import pixels
 from hub_server import HubRepo, HubServer, folder_files
 
 SD, CLIP, ELITE = "CompVis/stable-diffusion-v1-4", "openai/clip-vit-large-patch14", "ELITE-library/ELITE"
@@ -105,10 +104,6 @@ def run_elite(env: dict[str, str], *commands: list) -> list[dict]:
     return [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
 
 
-def pixels(path: str | Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
 def written_png(result: dict) -> Path:
     assert result["exit_code"] == 0, result["stderr"]
     return Path(next(line for line in result["stdout"].splitlines() if line.endswith(".png")))
@@ -140,7 +135,7 @@ def test_a_first_run_downloads_what_elite_loads_then_runs_from_the_cache(hub_mod
     for offline in (False, True):
         (again,) = run_elite(hub_env(tmp_path, server.url, offline=offline),
                              ["gen", PROMPT, *GEN_ARGS, "-o", tmp_path / f"cached-{offline}"])
-        assert np.array_equal(pixels(written_png(again)), pixels(first))
+        assert pixels(written_png(again)) == pixels(first)
 
     # The same weights as local folders, with the mappers brought in by `elite models import`.
     monkeypatch.setenv("ELITE_BASE_MODEL", str(hub_models.base_model))
@@ -153,7 +148,7 @@ def test_a_first_run_downloads_what_elite_loads_then_runs_from_the_cache(hub_mod
     local = run_cli("gen", PROMPT, *GEN_ARGS, "-o", tmp_path / "local")
     assert local.exit_code == 0, local.output
     local_png = Path(next(line for line in local.stdout.splitlines() if line.endswith(".png")))
-    assert np.array_equal(pixels(local_png), pixels(first))
+    assert pixels(local_png) == pixels(first)
     from elite_cli.common.outputs import read_png_parameters
 
     hub_parameters, local_parameters = read_png_parameters(first), read_png_parameters(local_png)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, pixels
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -211,13 +211,6 @@ def test_add_generate_history_and_rename(page, ui_server):
         [remade] = again.images
         assert remade.seed == selected_seed and Path(remade.output_path) != original
         assert pixels(remade.output_path) == pixels(original)
-
-
-def pixels(path) -> bytes:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB").tobytes()
 
 
 def set_number(page, element: str, value: int) -> None:
