@@ -36,12 +36,13 @@ TARGET_RATIO = 1.10
 SETTLE_S = 1.0
 GENERATION_TIMEOUT_S = 600
 # Sets window.eliteNewRun to a promise that resolves when #run-info shows a "Made ... run <id>" line
-# whose id is not `before`.
-WATCH_FOR_NEW_RUN = """(before) => {
+# whose id is not the one shown now (the previous run's).
+WATCH_FOR_NEW_RUN = """() => {
     const shownRun = () => {
         const found = document.querySelector('#run-info').innerText.match(/Made .* run ([0-9a-f]{12})/);
         return found && found[1];
     };
+    const before = shownRun();
     window.eliteNewRun = new Promise((resolve, reject) => {
         const observer = new MutationObserver(() => {
             const run = shownRun();
@@ -134,17 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
                 fill_number(page, "#width", args.size)
                 fill_number(page, "#height", args.size)
 
-                def run_id_shown() -> str | None:
-                    return page.evaluate("() => { const found = document.querySelector('#run-info').innerText"
-                                         ".match(/Made .* run ([0-9a-f]{12})/); return found && found[1]; }")
-
                 def ui_generation() -> float:
                     # Each run's line names its own run id: wait for a "Made" line with another one (the
                     # progress bar is drawn over the previous line meanwhile). The page is watched with a
                     # MutationObserver, which runs only when the page changes: polling on every animation
                     # frame would keep chromium drawing frames and take CPU from the generation measured.
-                    before = run_id_shown()
-                    page.evaluate(WATCH_FOR_NEW_RUN, before)
+                    page.evaluate(WATCH_FOR_NEW_RUN)
                     # A mouse click where the button is, sent as the clock starts: locator.click() would
                     # first wait for the button to hold still over two animation frames and check what
                     # receives the click (about 70 ms here, a third of the page's whole excess at 25 steps).
@@ -165,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
 
                 api_generation()  # warm-up: the models load here
                 warmup_ui = ui_generation()
+                for samples in (*browser_cpu.values(), *process_cpu.values()):
+                    samples.clear()  # the CPU figures are of the measured generations only
                 for _ in range(args.runs):
                     api_times.append(api_generation())
                     ui_times.append(ui_generation())
@@ -185,17 +183,16 @@ def main(argv: list[str] | None = None) -> dict:
         "pair_ratio_median": pair_ratio,
         "target": {"ratio_at_most": TARGET_RATIO, "met": ratio <= TARGET_RATIO},
         "runs": {"api_s": api_times, "ui_s": ui_times},
-        # What the browser took from the two sides' CPU (the first API run is before the page opened).
-        "chromium_cpu_s": {"during_api": browser_cpu["api"][1:], "during_ui": browser_cpu["ui"][1:]},
-        "server_process_cpu_s": {"during_api": process_cpu["api"][1:], "during_ui": process_cpu["ui"][1:]},
+        "chromium_cpu_s": {"during_api": browser_cpu["api"], "during_ui": browser_cpu["ui"]},
+        "server_process_cpu_s": {"during_api": process_cpu["api"], "during_ui": process_cpu["ui"]},
     }
     print(f"one image, {args.steps} steps, {args.size}x{args.size}, tiny models on the CPU (median of {args.runs}):")
     print(f"  Session.generate (API)             {api_median:8.2f} s")
     print(f"  click to result in the page (UI)   {ui_median:8.2f} s")
-    print(f"  chromium CPU during a generation   {statistics.median(browser_cpu['ui'][1:]):8.2f} s (UI), "
-          f"{statistics.median(browser_cpu['api'][1:]):.2f} s (API)")
-    print(f"  this process's CPU (torch, server) {statistics.median(process_cpu['ui'][1:]):8.2f} s (UI), "
-          f"{statistics.median(process_cpu['api'][1:]):.2f} s (API)")
+    print(f"  chromium CPU during a generation   {statistics.median(browser_cpu['ui']):8.2f} s (UI), "
+          f"{statistics.median(browser_cpu['api']):.2f} s (API)")
+    print(f"  this process's CPU (torch, server) {statistics.median(process_cpu['ui']):8.2f} s (UI), "
+          f"{statistics.median(process_cpu['api']):.2f} s (API)")
     print(f"  ratio UI / API                     {ratio:8.3f}   (target <= {TARGET_RATIO}: "
           f"{'met' if ratio <= TARGET_RATIO else 'NOT met'})")
     print(f"  median of the pairs' ratios        {pair_ratio:8.3f}")
