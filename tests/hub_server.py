@@ -283,3 +283,41 @@ class HubHandler(BaseHTTPRequestHandler):
         if send_body:
             self.wfile.write(body)
         return status
+
+
+class BlackHole:
+    """An endpoint that accepts connections and never answers (a hung proxy, a captive portal,
+    a half-dead mirror): what a stalled network looks like to a client."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self.connections = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def start(self) -> "BlackHole":
+        self._thread.start()
+        return self
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.connections += 1
+            self._held.append(connection)  # kept open, never read, never answered
+
+    @property
+    def url(self) -> str:
+        host, port = self._listener.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for connection in self._held:
+            connection.close()
+        self._listener.close()

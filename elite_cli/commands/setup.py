@@ -87,14 +87,41 @@ def download_with_progress(plans: list, show: bool = True) -> None:
         fetch(plans, on_file, lambda size: progress.advance(task, size))
 
 
+def print_download_plan(plans: list, force: bool) -> None:
+    """The table of `elite models download`: each setting, where it comes from, what it takes."""
+    from elite_cli.commands.doctor import human_size
+
+    rows = []
+    for plan in plans:
+        if plan.state == "folder":
+            rows.append([plan.key, plan.value, "local", "", ""])
+        elif plan.recheck:
+            rows.append([plan.key, plan.value, "check", human_size(plan.fetch_bytes), f"{len(plan.files)} to check"])
+        elif not plan.needs_fetch:
+            rows.append([plan.key, plan.value, "cached", human_size(plan.cached_bytes), ""])
+        else:
+            rows.append([plan.key, plan.value, "download", human_size(plan.fetch_bytes),
+                         f"{len(plan.to_fetch)} of {len(plan.files)}"])
+    print_rows(["setting", "value", "source", "size", "files to fetch"], rows)
+    total = sum(plan.fetch_bytes for plan in plans)
+    if force:
+        typer.echo(f"To check against the Hub's checksums: {human_size(total)} (what does not match is downloaded anew).")
+    else:
+        typer.echo(f"To download: {human_size(total)}." if total else "Nothing to download.")
+
+
 @models_app.command("download")
 def models_download(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be downloaded.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Ask the Hub even when everything is cached, check every "
+                                        "cached file against its checksum and download the damaged ones anew.")] = False,
 ) -> None:
     """Download every model the settings name into the Hugging Face cache, then check they load.
 
     Fetches only what elite loads (no safety checker, one copy of the weights: safetensors, the
-    fp16 variant where the weights run in fp16). Ctrl-C stops it; run it again to resume.
+    fp16 variant where the weights run in fp16). Ctrl-C stops it; run it again to resume. Every
+    file is checked against its checksum before it enters the cache; --force checks the cached
+    ones too (a file damaged on disk) and fetches what does not match.
 
     Example: elite models download
     """
@@ -106,21 +133,10 @@ def models_download(
     values = {key: getattr(spec, key) for key in ("base_model", "image_encoder", "global_mapper", "local_mapper")}
     values["segmenter"] = setting("segmenter")  # `elite add` finds objects with it (automatic masks)
     plans = plans_for(values, encoding=True)
-    if any(plan.needs_fetch for plan in plans):
+    if force or any(plan.needs_fetch for plan in plans):
         fp16 = prefers_fp16(spec.device, spec.dtype)
-        plans = [hub_plan(plan, fp16) for plan in plans]
-    rows = []
-    for plan in plans:
-        if plan.state == "folder":
-            rows.append([plan.key, plan.value, "local", "", ""])
-        elif not plan.needs_fetch:
-            rows.append([plan.key, plan.value, "cached", human_size(plan.cached_bytes), ""])
-        else:
-            rows.append([plan.key, plan.value, "download", human_size(plan.fetch_bytes),
-                         f"{len(plan.to_fetch)} of {len(plan.files)}"])
-    print_rows(["setting", "value", "source", "size", "files to fetch"], rows)
-    total = sum(plan.fetch_bytes for plan in plans)
-    typer.echo(f"To download: {human_size(total)}." if total else "Nothing to download.")
+        plans = [hub_plan(plan, fp16, recheck=force) for plan in plans]
+    print_download_plan(plans, force)
     if dry_run:
         for plan in plans:
             for item in plan.to_fetch:

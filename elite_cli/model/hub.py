@@ -76,6 +76,10 @@ def parse_hub_file(value: str) -> HubFile | None:
         raise InputError(f"'{value}' is not a hub file; write hf://owner/repo/path/in/repo "
                          "(or hf://owner/repo@revision/path/in/repo).")
     name, _, revision = parts[1].partition("@")
+    for part, what in ((parts[2], "path"), (revision or "main", "revision")):
+        if repo_path_problem(part):
+            raise InputError(f"'{value}' is not a hub file: its {what} '{part}' is {repo_path_problem(part)}; write "
+                             "hf://owner/repo/path/in/repo (or hf://owner/repo@revision/path/in/repo).")
     return HubFile(f"{parts[0]}/{name}", revision or "main", parts[2])
 
 
@@ -262,6 +266,8 @@ class ModelPlan:
     files: list[PlannedFile] = field(default_factory=list)  # when planned against the Hub
     lacking: list[str] = field(default_factory=list)  # what the cache lacks, as far as it tells
     cached_bytes: int = 0
+    commit: str = ""  # the commit the Hub serves the revision at (40 hex digits), once asked
+    recheck: bool = False  # `elite models download --force`: check cached files against their checksums
 
     @property
     def label(self) -> str:
@@ -280,6 +286,22 @@ class ModelPlan:
         return self.state in ("partial", "download")
 
 
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, links followed, is in `folder` (links followed)."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def in_cache(entry: Path, repo_id: str) -> bool:
+    """Whether a snapshot entry of a repo is one of its blobs (a link) or a copy in its snapshots
+    (where links are not available): never a file elsewhere that a hostile server had it link to."""
+    return in_storage(entry, repo_cache_folder(repo_id))
+
+
+def in_storage(entry: Path, storage: Path) -> bool:
+    return inside(entry, storage / "blobs") or inside(entry, storage / "snapshots")
+
+
 def local_plan(key: str, value: str, kind: str) -> ModelPlan:
     """Where a model setting stands without asking the network: a folder, cached, or to download."""
     hub_file = parse_hub_file(value)
@@ -287,7 +309,7 @@ def local_plan(key: str, value: str, kind: str) -> ModelPlan:
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(hub_file.repo_id, hub_file.path, revision=hub_file.revision)
-        if isinstance(found, str):
+        if isinstance(found, str) and in_cache(Path(found), hub_file.repo_id):
             return ModelPlan(key, value, kind, "cached", hub_file.repo_id, hub_file.revision, Path(found),
                              cached_bytes=Path(found).stat().st_size)
         return ModelPlan(key, value, kind, "download", hub_file.repo_id, hub_file.revision, lacking=[hub_file.path])
@@ -298,45 +320,82 @@ def local_plan(key: str, value: str, kind: str) -> ModelPlan:
         return ModelPlan(key, value, kind, "download", value)
     names = folder_names(snapshot)
     wanted, lacking = select_files(kind, names)
+    # An entry that leads out of the cache is no cached file: the next download links it anew.
+    escaping = [name for name in wanted if not in_cache(snapshot / name, value)]
+    lacking += escaping
     state = "partial" if lacking else "cached"
     return ModelPlan(key, value, kind, state, value, location=snapshot, lacking=lacking,
                      cached_bytes=size_on_disk(snapshot, wanted))
 
 
-def hub_plan(plan: ModelPlan, prefer_fp16: bool) -> ModelPlan:
+# A commit id as the Hub gives it, and the two shapes of an ETag: a git blob id (small files) or the
+# sha256 of the content (LFS files). Anything else never becomes a path in the cache.
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+ETAG = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def repo_path_problem(name: str) -> str | None:
+    """Why a file name from a listing is not a path inside a repo (None when it is one)."""
+    if not isinstance(name, str) or not name:
+        return "an empty name"
+    if name.startswith("/") or "\\" in name or "\0" in name:
+        return "not a relative path"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "a path that leaves its folder" if ".." in name.split("/") else "not a plain path"
+    return None
+
+
+def hub_plan(plan: ModelPlan, prefer_fp16: bool, recheck: bool = False) -> ModelPlan:
     """The files to fetch for a model the cache lacks (or lacks some of), asked of the Hub.
+    recheck: ask even when everything is cached, and plan every file (`--force`).
 
     Raises ModelError naming the model and the ways out when the Hub cannot be reached or refuses.
     """
-    if not plan.needs_fetch:
+    if plan.state == "folder" or not (plan.needs_fetch or recheck):
         return plan
     if offline():
         raise not_reachable(plan, "HF_HUB_OFFLINE is set")
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi().model_info(plan.repo_id, revision=plan.revision, files_metadata=True)
+        info = HfApi().model_info(plan.repo_id, revision=plan.revision, files_metadata=True, timeout=answer_timeout())
     except Exception as error:  # every failure is reported as one sentence
         raise hub_error(plan, error) from None
+    origin = endpoint()
+    if not isinstance(info.sha, str) or not COMMIT_ID.fullmatch(info.sha):
+        raise ModelError(f"the server at {origin} gave the {plan.label} '{plan.value}' the commit id {short(info.sha)}, "
+                         "which is not one (40 hex digits); elite fetched nothing. Check HF_ENDPOINT: it does not "
+                         "behave like a Hugging Face Hub.")
     sizes = {sibling.rfilename: sibling.size for sibling in info.siblings or []}
+    for name in sizes:
+        problem = repo_path_problem(name)
+        if problem:
+            raise ModelError(f"the server at {origin} lists a file {short(name)} in {plan.repo_id} ({problem}); elite "
+                             "fetched nothing of it. Check HF_ENDPOINT: it does not behave like a Hugging Face Hub.")
+    plan.commit, plan.recheck = info.sha, recheck
     have = folder_names(plan.location) if plan.location is not None and plan.location.is_dir() else set()
     hub_file = parse_hub_file(plan.value)
     if hub_file is not None:
         if hub_file.path not in sizes:
-            raise ModelError(f"the {plan.label} '{plan.value}': {plan.repo_id} on {endpoint()} has no file "
+            raise ModelError(f"the {plan.label} '{plan.value}': {plan.repo_id} on {origin} has no file "
                              f"'{hub_file.path}'; check the path, or pass a local file with {FLAGS[plan.key]}.")
         wanted, lacking = [hub_file.path], []
     else:
         wanted, lacking = select_files(plan.kind, sizes, prefer_fp16, have)
     if lacking:
-        raise ModelError(f"the {plan.label} '{plan.value}' on {endpoint()} lacks {lacking[0]}, so elite cannot load "
+        raise ModelError(f"the {plan.label} '{plan.value}' on {origin} lacks {lacking[0]}, so elite cannot load "
                          f"it; pass another hub id or a local folder with {FLAGS.get(plan.key, '')}.")
-    # A file is cached when it is in the snapshot of the commit the Hub serves now.
-    from huggingface_hub import try_to_load_from_cache
-
-    plan.files = [PlannedFile(name, sizes[name], isinstance(try_to_load_from_cache(plan.repo_id, name, revision=info.sha), str))
-                  for name in wanted]
+    # A file is cached when it is in the snapshot of the commit the Hub serves now (and stays in the cache).
+    snapshot = repo_cache_folder(plan.repo_id) / "snapshots" / plan.commit
+    plan.files = [PlannedFile(name, sizes[name], not recheck and (snapshot / name).is_file()
+                              and in_cache(snapshot / name, plan.repo_id)) for name in wanted]
     return plan
+
+
+def short(value: object) -> str:
+    """A value a server sent, quoted and cut short enough for one line."""
+    text = repr(value)
+    return text if len(text) <= 72 else text[:69] + "..."
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -352,10 +411,23 @@ def not_reachable(plan: ModelPlan, reason: str) -> ModelError:
     if plan.state == "partial" and plan.lacking:
         more = f" and {len(plan.lacking) - 1} more" if len(plan.lacking) > 1 else ""
         what = f"only partly in the Hugging Face cache (missing {plan.lacking[0]}{more})"
+    elif plan.state == "cached":
+        what = "in the Hugging Face cache, to be checked against the Hub,"
     else:
         what = "not in the Hugging Face cache"
     return ModelError(f"the {plan.label} '{plan.value}' is {what} and {endpoint()} cannot be reached ({reason}); "
                       f"{ways_out(plan)}.")
+
+
+def timed_out(error: BaseException) -> bool:
+    """A connect or read timeout of the HTTP client huggingface_hub uses (httpx or its fork)."""
+    return isinstance(error, TimeoutError) or any(cls.__name__ == "TimeoutException" for cls in type(error).__mro__)
+
+
+def no_answer(plan: ModelPlan, seconds: float, variable: str) -> ModelError:
+    """A server that accepted the connection and then said nothing: a hung proxy, a captive portal."""
+    return not_reachable(plan, f"no answer within {seconds:g} s, {variable}; a stalled proxy or mirror? "
+                               "HF_HUB_OFFLINE=1 keeps elite to the cache")
 
 
 def hub_error(plan: ModelPlan, error: Exception) -> ModelError:
@@ -378,8 +450,13 @@ def hub_error(plan: ModelPlan, error: Exception) -> ModelError:
         return ModelError(f"the {plan.label} '{plan.value}' is not on {endpoint()} ({first_line(error)}); check the path.")
     if isinstance(error, OfflineModeIsEnabled):
         return not_reachable(plan, "HF_HUB_OFFLINE is set")
+    if timed_out(error):
+        return no_answer(plan, answer_timeout(), "HF_HUB_ETAG_TIMEOUT")
     if isinstance(error, HfHubHTTPError) and status is not None and status >= 500:
         return not_reachable(plan, f"the server answered {status}")
+    if isinstance(error, HfHubHTTPError) and status is not None:
+        return ModelError(f"the server at {endpoint()} refused the {plan.label} '{plan.value}' ({status}: "
+                          f"{first_line(error)}); check HF_ENDPOINT and the model's name.")
     return not_reachable(plan, first_line(error))
 
 
@@ -396,11 +473,23 @@ def first_line(error: BaseException) -> str:
 FileStarted = Callable[[ModelPlan, PlannedFile], None]
 BytesDone = Callable[[int], None]
 
-
-# An LFS file's ETag is the sha256 of its content, so a resumed download can be checked whole.
-LFS_ETAG = re.compile(r"[0-9a-f]{64}")
 PARTIAL_SUFFIX = ".elite-partial"
-RETRIES_WITHOUT_PROGRESS = 5
+# Tries in a row that bring no byte (a stall past the timeout, a cut) before a download gives up.
+RETRIES_WITHOUT_PROGRESS = 3
+
+
+def answer_timeout() -> float:
+    """Seconds to wait for the Hub's first answer to a request (HF_HUB_ETAG_TIMEOUT, default 10)."""
+    from huggingface_hub import constants
+
+    return float(constants.HF_HUB_ETAG_TIMEOUT)
+
+
+def download_timeout() -> float:
+    """Seconds to wait for the next bytes of a file (HF_HUB_DOWNLOAD_TIMEOUT, default 10)."""
+    from huggingface_hub import constants
+
+    return float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
 
 
 def repo_cache_folder(repo_id: str) -> Path:
@@ -408,67 +497,168 @@ def repo_cache_folder(repo_id: str) -> Path:
     return cache_dir() / ("models--" + repo_id.replace("/", "--"))
 
 
-def download_resumable(plan: ModelPlan, item: PlannedFile, on_bytes: BytesDone | None) -> None:
-    """Fetch an LFS file (weights, checkpoints) into the cache's blobs through a partial file that
-    outlives Ctrl-C, so the next run asks only for the bytes it lacks (`Range: bytes=N-`).
+def origin_of(url: str) -> tuple[str, str, int]:
+    from urllib.parse import urlsplit
 
-    huggingface_hub 2.x downloads into a temporary file unique to each call and deletes it when
-    interrupted: a 3 GB UNet stopped at 90% would start again from zero. The finished blob is
-    checked against its sha256 (the ETag) and moved into `blobs/<etag>`, where hf_hub_download
-    finds it and only links it into the snapshot. Small files (configs, vocabularies: git ETags)
-    are left to hf_hub_download.
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+
+
+def request_headers(url: str) -> dict[str, str]:
+    """huggingface_hub's headers (user agent, token), the token only for the endpoint's own origin:
+    a redirect to a CDN or anywhere else gets no credentials."""
+    from huggingface_hub.utils import build_hf_headers
+
+    headers = build_hf_headers()
+    if origin_of(url) != origin_of(endpoint()):
+        headers = {name: value for name, value in headers.items() if name.lower() != "authorization"}
+    return headers
+
+
+def matches_etag(path: Path, etag: str) -> bool:
+    """Whether a file's content is what its ETag says: the sha256 (64 hex digits, LFS files) or the
+    git blob id (40: sha1 of 'blob <size>\\0' and the content, small files)."""
+    if len(etag) == 64:
+        digest = hashlib.sha256()
+    else:
+        digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == etag
+
+
+def download_file(plan: ModelPlan, item: PlannedFile, on_bytes: BytesDone | None) -> Path:
+    """Fetch one file of a planned model into the Hugging Face cache's layout; its snapshot entry.
+
+    Every file, small or large, goes through here (not huggingface_hub's hf_hub_download): its ETag
+    must be a checksum, it is checked against that checksum before it enters the cache, the token
+    goes to the endpoint's origin only, every request has a timeout, and a cut or stalled transfer
+    goes on with `Range` from a partial file that also outlives Ctrl-C. The layout is the one
+    huggingface_hub documents and reads (blobs/<etag>, snapshots/<commit>/<path> linking to it,
+    refs/<revision>), so every Hugging Face tool finds the files.
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    metadata = get_hf_file_metadata(hf_hub_url(plan.repo_id, item.path, revision=plan.revision))
-    etag = (metadata.etag or "").strip('"')
-    if not LFS_ETAG.fullmatch(etag):
-        return
-    blob = repo_cache_folder(plan.repo_id) / "blobs" / etag
-    if blob.exists():
-        return
-    partial = blob.with_name(etag + PARTIAL_SUFFIX)
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    url = hf_hub_url(plan.repo_id, item.path, revision=plan.commit)
+    metadata = get_hf_file_metadata(url, timeout=answer_timeout())
+    describe = f"the {plan.label} file '{item.path}' ({plan.repo_id})"
+    etag = metadata.etag or ""
+    if not ETAG.fullmatch(etag):
+        raise ModelError(f"the server at {endpoint()} sent {describe} with the ETag {short(metadata.etag)}, which is not "
+                         "a checksum (40 or 64 hex digits); elite fetched nothing of it. Check HF_ENDPOINT: it does "
+                         "not behave like a Hugging Face Hub.")
+    if metadata.size is not None and item.size is not None and metadata.size != item.size:
+        raise ModelError(f"the server at {endpoint()} lists {describe} with {item.size} bytes but announces "
+                         f"{metadata.size} when asked for it; elite fetched nothing of it. Run the command again; if "
+                         "it says the same, the server (HF_ENDPOINT) is serving an inconsistent copy.")
+    storage = repo_cache_folder(plan.repo_id)
+    blob = storage / "blobs" / etag
+    if plan.recheck and blob.is_file() and not matches_etag(blob, etag):
+        blob.unlink()  # damaged on disk, or cached unchecked by an older elite: fetched anew below
+    if blob.is_file():
+        if on_bytes:
+            on_bytes(blob.stat().st_size)
+    else:
+        fetch_blob(blob, etag, metadata.location, metadata.size, describe, on_bytes)
+    entry = link_into_snapshot(storage, plan.commit, item.path, blob)
+    if plan.revision != plan.commit:
+        remember_revision(storage, plan.revision, plan.commit)
+    return entry
+
+
+def fetch_blob(blob: Path, etag: str, url: str, size: int | None, describe: str, on_bytes: BytesDone | None) -> None:
+    """Download a file into `blob` through `<etag>.elite-partial`, checked against its ETag."""
     from filelock import FileLock
 
+    partial = blob.with_name(blob.name + PARTIAL_SUFFIX)
+    lock = Path(str(partial) + ".lock")
+    partial.parent.mkdir(parents=True, exist_ok=True)
     # Processes of one multi-GPU run may fetch the same file: one writes, the others wait for it.
-    with FileLock(str(partial) + ".lock"):
-        if blob.exists():
+    with FileLock(str(lock)):
+        if blob.is_file():
             return
-        append_until_complete(partial, metadata.location, metadata.size, on_bytes)
-        digest = hashlib.sha256()
-        with partial.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != etag:
+        kept = partial.stat().st_size if partial.exists() else 0
+        append_until_complete(partial, url, size, on_bytes, describe)
+        if not matches_etag(partial, etag):
             partial.unlink()
-            raise ModelError(f"the {plan.label} file '{item.path}' from {endpoint()} does not match its checksum "
-                             "(damaged in transit); run the command again to download it anew.")
+            sent = (f"{describe}, resumed from the {kept} bytes an earlier run kept, does not match" if kept else
+                    f"the server at {origin_text(url)} sent {describe} with other content than")
+            raise ModelError(f"{sent} its checksum (ETag {etag[:12]}...); elite did not keep it. Run the command "
+                             "again to download it anew; if it says the same, the server (HF_ENDPOINT) serves a "
+                             "damaged or altered file.")
         os.replace(partial, blob)
+    # Whoever waits on this lock finds the blob and returns; a later run checks for the blob first.
+    lock.unlink(missing_ok=True)
 
 
-def append_until_complete(partial: Path, url: str, size: int | None, on_bytes: BytesDone | None) -> None:
-    """Append the bytes `partial` lacks, asking with `Range` from where it ends; a dropped
-    connection is asked again from the new end, until RETRIES_WITHOUT_PROGRESS tries in a row
-    bring nothing."""
+def origin_text(url: str) -> str:
+    scheme, host, port = origin_of(url)
+    return f"{scheme}://{host}:{port}"
+
+
+def link_into_snapshot(storage: Path, commit: str, path: str, blob: Path) -> Path:
+    """snapshots/<commit>/<path> -> ../../blobs/<etag> (a copy where links are not allowed)."""
+    import shutil
+
+    entry = storage / "snapshots" / commit / path
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staged = entry.with_name(f".{entry.name}.{os.getpid()}.elite-link")
+    staged.unlink(missing_ok=True)
+    try:
+        os.symlink(os.path.relpath(blob, entry.parent), staged)
+    except OSError:
+        shutil.copyfile(blob, staged)
+    os.replace(staged, entry)
+    if not in_storage(entry, storage):  # the names are checked before: this is the last line of defence
+        entry.unlink()
+        raise ModelError(f"'{entry}' would lead out of the Hugging Face cache; elite removed it.")
+    return entry
+
+
+def remember_revision(storage: Path, revision: str, commit: str) -> None:
+    """refs/<revision>: the commit a branch or tag name stands for, as huggingface_hub records it."""
+    ref = storage / "refs" / revision
+    try:
+        if ref.read_text().strip() == commit:
+            return
+    except OSError:
+        pass
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    staged = ref.with_name(f".{ref.name}.{os.getpid()}.elite-ref")
+    staged.write_text(commit)
+    os.replace(staged, ref)
+
+
+def append_until_complete(partial: Path, url: str, size: int | None, on_bytes: BytesDone | None,
+                          describe: str = "the file") -> None:
+    """Append the bytes `partial` lacks, asking with `Range` from where it ends; a dropped or
+    stalled connection (no bytes for HF_HUB_DOWNLOAD_TIMEOUT seconds) is asked again from the new
+    end, until RETRIES_WITHOUT_PROGRESS tries in a row bring nothing. Raises ModelError saying
+    what the server did (stalled, cut, sent too much), or the client's error when it never answered."""
     import time
 
     from huggingface_hub import get_session
     from huggingface_hub.errors import HfHubHTTPError
-    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
+    from huggingface_hub.utils import hf_raise_for_status
 
     have = partial.stat().st_size if partial.exists() else 0
+    if size is not None and have > size:  # not this file's beginning: start again
+        partial.write_bytes(b"")
+        have = 0
     if on_bytes and have:
         on_bytes(have)
-    fruitless = 0
+    fruitless, answered, problem = 0, False, ""
     while size is None or have < size:
-        headers = build_hf_headers()
+        headers = request_headers(url)
         if have:
             headers["Range"] = f"bytes={have}-"
         before = have
         try:
-            with get_session().stream("GET", url, headers=headers, follow_redirects=True) as response:
+            with get_session().stream("GET", url, headers=headers, follow_redirects=True,
+                                      timeout=download_timeout()) as response:
                 hf_raise_for_status(response)
+                answered = True
                 if have and response.status_code != 206:  # the server ignored Range: it sends the whole file
                     if on_bytes:
                         on_bytes(-have)
@@ -476,74 +666,48 @@ def append_until_complete(partial: Path, url: str, size: int | None, on_bytes: B
                     have = before = 0
                 with partial.open("ab") as handle:
                     for chunk in response.iter_bytes():
+                        if size is not None and have + len(chunk) > size:
+                            raise ModelError(f"the server at {origin_text(url)} sent more of {describe} than the "
+                                             f"{size} bytes it announced; elite did not keep it. Check HF_ENDPOINT.")
                         handle.write(chunk)
                         have += len(chunk)
                         if on_bytes:
                             on_bytes(len(chunk))
             if size is None:
                 return
-        except HfHubHTTPError:
-            raise  # refused (401, 404, ...): asking again would not help
-        except Exception:  # the connection dropped or could not be made
-            if have == before and fruitless + 1 >= RETRIES_WITHOUT_PROGRESS:
-                raise
+            problem = "cut"  # the response ended before the file did
+        except (HfHubHTTPError, ModelError):
+            raise  # refused (401, 404, ...) or misbehaving: asking again would not help
+        except Exception as error:  # the connection dropped, stalled or could not be made
+            if not answered and have == before and fruitless + 1 >= RETRIES_WITHOUT_PROGRESS:
+                raise  # never any answer: said as "cannot be reached"
+            problem = "stalled" if timed_out(error) else "cut"
         fruitless = fruitless + 1 if have == before else 0
+        if fruitless >= RETRIES_WITHOUT_PROGRESS:
+            of = f"{have} of {size} bytes" if size is not None else f"{have} bytes"
+            if problem == "stalled":
+                what = (f"stopped sending {describe} at {of} (nothing for {download_timeout():g} s, "
+                        f"HF_HUB_DOWNLOAD_TIMEOUT, {fruitless} tries in a row)")
+            else:
+                what = f"cut {describe} short at {of}, {fruitless} tries in a row"
+            raise ModelError(f"the server at {origin_text(url)} {what}; run the command again to go on from there, "
+                             "or set HF_ENDPOINT to another mirror.")
         if fruitless:
-            if fruitless >= RETRIES_WITHOUT_PROGRESS:
-                raise ModelError(f"'{url}' stopped sending data at {have} of {size} bytes; run the command again "
-                                 "to go on from there.")
-            time.sleep(fruitless)
+            time.sleep(0.5 * fruitless)
 
 
 def fetch(plans: list[ModelPlan], on_file: FileStarted | None = None, on_bytes: BytesDone | None = None) -> None:
     """Download every file the plans lack into the Hugging Face cache, one at a time.
 
-    Each file enters the cache once complete, so after Ctrl-C the next call fetches only the rest.
-    Raises ModelError (one sentence) when the Hub refuses or goes away.
+    Each file enters the cache once complete and checked, so after Ctrl-C the next call fetches only
+    the rest. Raises ModelError (one sentence) when the Hub refuses, goes away or misbehaves.
     """
-    import logging
-
-    from huggingface_hub import hf_hub_download
-
-    # Its retry warnings ("Trying to resume download...") are not for our users: a cut that
-    # cannot be resumed ends in one error sentence.
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-
-    class Bar:  # what huggingface_hub calls on a `tqdm_class`
-        def __init__(self, *args, initial: int = 0, **kwargs):
-            if initial and on_bytes:
-                on_bytes(initial)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def update(self, n=1):
-            if on_bytes and n:
-                on_bytes(int(n))
-
-        def update_transfer(self, n=1):
-            pass
-
-        def close(self):
-            pass
-
-        def set_postfix_str(self, *args, **kwargs):
-            pass
-
-        set_transfer_postfix_str = set_postfix_str
-
     for plan in plans:
         for item in plan.to_fetch:
             if on_file:
                 on_file(plan, item)
             try:
-                # Large files first into a partial blob that outlives Ctrl-C; hf_hub_download then
-                # only links the finished blob into the snapshot (and fetches small files itself).
-                download_resumable(plan, item, on_bytes)
-                path = hf_hub_download(plan.repo_id, item.path, revision=plan.revision, tqdm_class=Bar)
+                path = download_file(plan, item, on_bytes)
             except ModelError:
                 raise
             except Exception as error:

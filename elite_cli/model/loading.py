@@ -162,6 +162,7 @@ def load_pretrained(load, source: str, what: str, *, kind: str = "transformers",
     error for a hub tokenizer that is not cached). kind: what elite loads of the model (see
     `hub.select_files`); weights: the call loads weights, so the variant chosen is passed on.
     """
+    from elite_cli.model.folders import FOLDER_KINDS, check_model_folder
     from elite_cli.model.hub import ensure_local, is_hub_id, weights_variant
 
     local = Path(source).expanduser()
@@ -171,8 +172,12 @@ def load_pretrained(load, source: str, what: str, *, kind: str = "transformers",
     for name in ("transformers", "diffusers", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     _disable_progress_bars()
-    setting = {"base_model": "base_model", "image_encoder": "image_encoder", "image_encoder_config": "image_encoder"}
-    folder = local if local.exists() else ensure_local(setting.get(kind, what), source, kind, prefer_fp16)
+    setting = setting_of(what, kind)
+    folder = local if local.exists() else ensure_local(setting, source, kind, prefer_fp16)
+    # A file of a downloaded model that does not load was damaged on the way or on disk.
+    downloaded = "" if local.exists() else DAMAGED_DOWNLOAD_HINT
+    if setting in FOLDER_KINDS:  # the config says what the folder is before any weights load
+        check_model_folder(folder, FOLDER_KINDS[setting], source, downloaded)
     target = folder / subfolder if subfolder else folder
     if weights:
         variant = weights_variant(target, prefer_fp16)
@@ -182,19 +187,36 @@ def load_pretrained(load, source: str, what: str, *, kind: str = "transformers",
         loaded = load(str(target), local_files_only=True, **kwargs)
     except (OSError, ValueError, EnvironmentError) as error:
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise ModelError(f"could not load the {what} from '{target}' ({reason}); pass a complete "
+        raise ModelError(f"could not load the {what} from '{target}' ({reason}){downloaded}; pass a complete "
                          "diffusers/transformers folder or a hub id.") from None
-    check_tokenizer(loaded, what, target)
+    check_tokenizer(loaded, what, target, downloaded)
     return loaded
 
 
-def check_tokenizer(loaded, what: str, where: Path) -> None:
+# Said when a model from the Hugging Face cache does not load: its files are checked against the
+# Hub's checksums when downloaded, so a damaged one changed on disk (or came from an older elite).
+DAMAGED_DOWNLOAD_HINT = (" (a damaged download? `elite models download --force` checks the cached files and "
+                         "fetches the damaged ones anew)")
+
+
+def setting_of(what: str, kind: str) -> str:
+    """The setting a load serves ("base model UNet" -> base_model), for the folder check and errors."""
+    if kind == "base_model" or what.startswith("base model"):
+        return "base_model"
+    if kind.startswith("image_encoder") or what.startswith("image encoder"):
+        return "image_encoder"
+    if what.startswith("segmenter"):
+        return "segmenter"
+    return what
+
+
+def check_tokenizer(loaded, what: str, where: Path, hint: str = "") -> None:
     """A tokenizer without its vocabulary loads without an error: refuse it here, by name."""
     if not hasattr(loaded, "model_max_length") or not hasattr(loaded, "__len__"):
         return
     if len(loaded) <= 2 or not 0 < int(min(loaded.model_max_length, 1 << 40)) < 100_000:
         raise ModelError(f"the {what} in '{where}' has no usable vocabulary ({len(loaded)} tokens, a "
-                         f"{loaded.model_max_length}-token window): its vocab.json or merges.txt is missing or damaged.")
+                         f"{loaded.model_max_length}-token window): its vocab.json or merges.txt is missing or damaged{hint}.")
 
 
 def load_image_encoder(source: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

@@ -146,7 +146,8 @@ def prompt_fit_warnings(base_model: str, prompts: list[str], negative_prompts: l
     try:
         from transformers import CLIPTokenizer
 
-        tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, base_model, "base model tokenizer", subfolder="tokenizer")
+        tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, base_model, "base model tokenizer", kind="base_model",
+                                    subfolder="tokenizer")
     except ModelError:
         return None
     encoder = PromptEncoder(tokenizer, text_encoder=None)

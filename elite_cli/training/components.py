@@ -53,11 +53,11 @@ def load_frozen_models(base_model: str, image_encoder: str) -> FrozenModels:
     from elite_cli.model.generator import REFERENCE_SCHEDULER
     from elite_cli.model.loading import load_pretrained
 
-    tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, base_model, "base model tokenizer", subfolder="tokenizer")
-    text_encoder = load_pretrained(CLIPTextModel.from_pretrained, base_model, "base model text encoder", subfolder="text_encoder")
-    unet = load_pretrained(UNet2DConditionModel.from_pretrained, base_model, "base model UNet", subfolder="unet")
-    vae = load_pretrained(AutoencoderKL.from_pretrained, base_model, "base model VAE", subfolder="vae")
-    vision = load_pretrained(CLIPVisionModel.from_pretrained, image_encoder, "image encoder")
+    tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, base_model, "base model tokenizer", subfolder="tokenizer", kind="base_model")
+    text_encoder = load_pretrained(CLIPTextModel.from_pretrained, base_model, "base model text encoder", subfolder="text_encoder", kind="base_model")
+    unet = load_pretrained(UNet2DConditionModel.from_pretrained, base_model, "base model UNet", subfolder="unet", kind="base_model")
+    vae = load_pretrained(AutoencoderKL.from_pretrained, base_model, "base model VAE", subfolder="vae", kind="base_model")
+    vision = load_pretrained(CLIPVisionModel.from_pretrained, image_encoder, "image encoder", kind="image_encoder")
     if int(vision.config.num_hidden_layers) < 16:
         raise ModelError("the image encoder has fewer than 16 layers; ELITE reads hidden states 4, 8, 12 and 16 (use CLIP ViT-L/14).")
     try:
