@@ -15,6 +15,12 @@ file_download.py, _snapshot_download.py, hf_api.py, utils/_http.py):
 Every request is logged (method, path, Range), so a test can assert what a command fetched.
 `cut_once(path, after)` makes the next GET of a file (ranged or not) send `after` bytes of its
 body and drop the connection; `stall_once(path, after)` sends `after` bytes and then waits until `release()`.
+
+Switchable misbehaviours, for what a hostile or broken mirror does (each keyed by `repo_id/path`):
+`etags` (an ETag header of the server's choosing), `tampered` (other bytes than the ETag says),
+`cut_always` / `stall_always` (every GET of the file), `extra_names` (names a listing adds, per repo),
+and `redirect_lfs_to` (LFS files answered with a 302 to another server, as the Hub's CDN redirects:
+every request records its Authorization header, so a test sees where the token went).
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class Logged:
     path: str
     range: str | None
     status: int = 0
+    authorization: str | None = None
 
 
 @dataclass
@@ -85,6 +92,12 @@ class HubServer:
     _release: threading.Event = field(default_factory=threading.Event)
     stalled: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    etags: dict[str, str] = field(default_factory=dict)
+    tampered: dict[str, bytes] = field(default_factory=dict)
+    cut_always: dict[str, int] = field(default_factory=dict)
+    stall_always: dict[str, int] = field(default_factory=dict)
+    extra_names: dict[str, list[str]] = field(default_factory=dict)
+    redirect_lfs_to: str = ""
 
     def start(self) -> "HubServer":
         hub = self
@@ -107,6 +120,10 @@ class HubServer:
         self._release.set()
         self._server.shutdown()
         self._server.server_close()
+
+    def stop_stalling(self) -> None:
+        self.stall_always.clear()
+        self._release.set()
 
     def cut_once(self, repo_path: str, after: int) -> None:
         """The next GET of `repo_id/path` sends `after` bytes, then the connection drops."""
@@ -149,7 +166,7 @@ class HubHandler(BaseHTTPRequestHandler):
     def handle_request(self, send_body: bool) -> None:
         url = urlparse(self.path)
         path = unquote(url.path)
-        entry = Logged(self.command, path, self.headers.get("Range"))
+        entry = Logged(self.command, path, self.headers.get("Range"), authorization=self.headers.get("Authorization"))
         self.server_hub.record(entry)
         if path.startswith("/api/models/"):
             entry.status = self.api(path[len("/api/models/"):], parse_qs(url.query), send_body)
@@ -205,7 +222,8 @@ class HubHandler(BaseHTTPRequestHandler):
             "sha": repo.sha, "private": False, "gated": "auto" if repo.gated else False, "disabled": False,
             "downloads": 0, "likes": 0, "tags": [], "lastModified": "2024-01-01T00:00:00.000Z",
             "createdAt": "2024-01-01T00:00:00.000Z",
-            "siblings": [repo.sibling(name, blobs) for name in sorted(repo.files)],
+            "siblings": [repo.sibling(name, blobs) for name in sorted(repo.files)]
+            + [{"rfilename": name, "size": 0} for name in self.server_hub.extra_names.get(repo_id, [])],
         }
         return self.json(info, send_body)
 
@@ -220,14 +238,27 @@ class HubHandler(BaseHTTPRequestHandler):
             return self.error(404, "RevisionNotFound", "Invalid rev id", send_body)
         if file_path not in repo.files:
             return self.error(404, "EntryNotFound", f"{file_path} does not exist on \"{revision}\"", send_body)
-        data = repo.files[file_path]
+        hub = self.server_hub
+        key = f"{repo_part}/{file_path}"
+        if hub.redirect_lfs_to and file_path.endswith(LFS_SUFFIXES):
+            # As the Hub answers for LFS files: the metadata on the redirect itself, the bytes elsewhere.
+            self.send_response(302)
+            self.send_header("Location", f"{hub.redirect_lfs_to}/{repo_part}/resolve/{repo.sha}/{file_path}")
+            self.send_header("X-Linked-Etag", f'"{repo.etag(file_path)}"')
+            self.send_header("X-Linked-Size", str(len(repo.files[file_path])))
+            self.send_header("X-Repo-Commit", repo.sha)
+            self.send_header("ETag", f'"{repo.etag(file_path)}"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return 302
+        data = hub.tampered.get(key, repo.files[file_path])
         start = 0
         requested = self.headers.get("Range")
         if requested and requested.startswith("bytes=") and requested.endswith("-"):
             start = int(requested[len("bytes="):-1])
         status = 206 if start else 200
         self.send_response(status)
-        self.send_header("ETag", f'"{repo.etag(file_path)}"')
+        self.send_header("ETag", f'"{hub.etags.get(key, repo.etag(file_path))}"')
         self.send_header("X-Repo-Commit", repo.sha)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(len(data) - start))
@@ -237,10 +268,13 @@ class HubHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if not send_body:
             return status
-        hub = self.server_hub
-        key = f"{repo_part}/{file_path}"
         cut = hub._cuts.pop(key, None)
         stall = hub._stalls.pop(key, None)
+        # The *_always ones stop at that byte of the file, whatever Range asked: a resume gets nothing more.
+        if key in hub.cut_always:
+            cut = max(0, hub.cut_always[key] - start)
+        if key in hub.stall_always:
+            stall = max(0, hub.stall_always[key] - start)
         body = data[start:]
         if cut is not None or stall is not None:
             entry.status = status
@@ -295,6 +329,8 @@ class BlackHole:
         self._stop = threading.Event()
         self.connections = 0
         self._thread = threading.Thread(target=self._accept, daemon=True)
+        host, port = self._listener.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
 
     def start(self) -> "BlackHole":
         self._thread.start()
@@ -309,11 +345,6 @@ class BlackHole:
                 continue
             self.connections += 1
             self._held.append(connection)  # kept open, never read, never answered
-
-    @property
-    def url(self) -> str:
-        host, port = self._listener.getsockname()[:2]
-        return f"http://{host}:{port}"
 
     def stop(self) -> None:
         self._stop.set()

@@ -119,6 +119,6 @@ def check_model_folder(folder: Path, kind: FolderKind, value: str, damaged_hint:
         if found == "missing":
             raise ModelError(f"{start} is {describe_folder(folder)}, with no {component.config}; {accepts}.")
         if isinstance(found, str):
-            raise ModelError(f"{start}: its {component.config} is {found}{damaged_hint}; {accepts}.")
+            raise ModelError(f"{start}: its {component.config} is {found}{damaged_hint or '; ' + accepts}.")
         if not component.accepts(found):
             raise ModelError(f"{start} holds {describe_config(found)} in {component.config}; {accepts}.")
