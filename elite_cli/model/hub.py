@@ -11,11 +11,16 @@ in fp16 and the repo has one). transformers and diffusers then load from the loc
 load never goes to the network on its own and cannot half-succeed (transformers 5 returns an
 empty tokenizer instead of raising when asked for a hub tokenizer that is not cached).
 
-huggingface_hub does the HTTP: HF_ENDPOINT (mirrors), HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE,
-HF_TOKEN and the usual proxy variables apply as they do for every Hugging Face tool. A connection
-cut mid-file resumes where it stopped (a Range request); after Ctrl-C the files already complete
-stay in the cache and the next run fetches the rest (huggingface_hub 2.x drops the partial copy
-of the file it was fetching). No torch here.
+The cache decides first: a command whose models are all cached makes no request at all. For what
+is missing, huggingface_hub asks the Hub for the model's file list and each file's metadata, and
+elite downloads the files itself (`download_file`): ETags and commit ids must be checksums before
+they name anything in the cache, every file is checked against its checksum before it enters it,
+the token goes to the endpoint's origin only, every request has a timeout (HF_HUB_ETAG_TIMEOUT,
+HF_HUB_DOWNLOAD_TIMEOUT), and a cut or stalled transfer goes on with a Range request from a partial
+file that also outlives Ctrl-C. The files land in huggingface_hub's documented cache layout, so
+every Hugging Face tool finds them. HF_ENDPOINT (mirrors), HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE,
+HF_TOKEN and the usual proxy variables apply as they do for every Hugging Face tool
+(docs/network.md). No torch here.
 """
 
 from __future__ import annotations
