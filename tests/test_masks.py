@@ -67,7 +67,9 @@ def test_the_segmenter_setting_must_name_a_clipseg_model(tiny_models):
     from elite_cli.errors import ModelError
     from elite_cli.model.segment import load_segmenter
 
-    with pytest.raises(ModelError, match="is a clip_vision_model model; set ELITE_SEGMENTER to a CLIPSeg model"):
+    # Said from the folder's config, before any weights load (tests/test_model_folders.py has every kind).
+    with pytest.raises(ModelError, match=r"holds a 'clip_vision_model' model \(its model_type\) in config.json; it "
+                                         r"accepts a CLIPSeg model"):
         load_segmenter(str(tiny_models.image_encoder), "cpu")  # a CLIP vision folder, not CLIPSeg
 
 
