@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from hub_server import BlackHole, HubServer
-from test_hub_downloads import (CLIP, GEN_ARGS, PROMPT, SD, hub_env, hub_models, hub_repos,  # noqa: F401 (fixture)
+from test_hub_downloads import (CLIP, ELITE, GEN_ARGS, PROMPT, SD, hub_env, hub_models, hub_repos,  # noqa: F401 (fixture)
                                 run_elite, served, written_png)
 
 FAST = {"HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "1"}
@@ -176,9 +176,12 @@ def test_a_small_file_that_is_not_what_its_etag_says_is_refused_and_the_next_hon
     assert cached.read_bytes() == honest
 
 
-def test_a_cached_file_damaged_on_disk_names_force_which_repairs_it(hub_models, cached_hub, tmp_path, cat_picture):
+@pytest.mark.parametrize("damaged", [CONFIG, f"{ELITE}/checkpoints/global_mapper.pt"])
+def test_a_cached_file_damaged_on_disk_names_force_which_repairs_it(hub_models, cached_hub, tmp_path, cat_picture,
+                                                                    damaged):
     copy_cache(cached_hub, tmp_path)
-    config = next((tmp_path / "hf" / "hub").glob("models--CompVis--stable-diffusion-v1-4/snapshots/*/unet/config.json"))
+    owner, name, path = damaged.split("/", 2)
+    config = next((tmp_path / "hf" / "hub").glob(f"models--{owner}--{name}/snapshots/*/{path}"))
     honest = config.read_bytes()
     config.resolve().write_bytes(b"{ damaged")
     server = HubServer(hub_repos(hub_models)).start()
@@ -189,9 +192,9 @@ def test_a_cached_file_damaged_on_disk_names_force_which_repairs_it(hub_models, 
     finally:
         server.stop()
     line = one_error_line(broken)
-    assert "`elite models download --force`" in line and "unet/config.json" in line, line
+    assert "`elite models download --force`" in line and path.split("/")[-1] in line, line
     assert force["exit_code"] == 0, force["stderr"]
-    assert served(server) == [CONFIG]  # every file checked, only the damaged one fetched again
+    assert served(server) == [damaged]  # every file checked, only the damaged one fetched again
     assert config.read_bytes() == honest
     assert add["exit_code"] == 0, add["stderr"]
     written_png(gen)

@@ -253,7 +253,10 @@ def resolve_mapper(value: str, role: str, convert_dir: Path) -> str:
     if not converted.is_file():
         from elite_cli.model.mappers import convert_reference_checkpoint
 
-        convert_reference_checkpoint(source, converted, role)
+        try:
+            convert_reference_checkpoint(source, converted, role)
+        except ModelError as error:
+            raise ModelError(f"{str(error).rstrip('.')}{DAMAGED_DOWNLOAD_HINT}.") from None
     return str(converted)
 
 
