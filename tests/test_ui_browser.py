@@ -228,3 +228,118 @@ def set_number(page, element: str, value: int) -> None:
         except AssertionError:
             if attempt == 2:
                 raise
+
+
+def sliders_clipped(page) -> list[str]:
+    """The sliders whose row (minimum, track, maximum) does not fit in its box: the box clips the maximum."""
+    return page.evaluate("""() => [...document.querySelectorAll('.slider_input_container')]
+        .filter(row => row.scrollWidth > row.clientWidth + 1).map(row => row.closest('[id]').id)""")
+
+
+def headers_broken(page) -> list[str]:
+    """History headers whose word is laid out on more than one line."""
+    return page.evaluate("""() => [...document.querySelectorAll('#history thead .header')].filter(header => {
+        const range = document.createRange(); range.selectNodeContents(header);
+        return new Set([...range.getClientRects()].map(rect => Math.round(rect.top))).size > 1;
+    }).map(header => header.innerText)""")
+
+
+# Samples the page every 50 ms while a run is going: images shown, the Generate button, the bar's text,
+# and whether the empty gallery's icon sits under the bar's text.
+WATCH_GENERATION = """() => { window.eliteSamples = []; window.eliteWatch = setInterval(() => {
+    const results = document.querySelector('#results'), button = document.querySelector('#generate');
+    const level = results.querySelector('.progress-level');
+    const icon = results.querySelector('.empty .icon');
+    let overlap = false;
+    if (level && icon && getComputedStyle(results.querySelector('.empty')).visibility !== 'hidden') {
+        const a = level.getBoundingClientRect(), b = icon.getBoundingClientRect();
+        overlap = a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+    }
+    window.eliteSamples.push({t: performance.now(), images: results.querySelectorAll('img').length,
+        disabled: button.disabled, label: button.innerText, bar: level ? level.innerText : '', overlap});
+}, 50); }"""
+
+
+def test_a_run_keeps_the_page_busy_and_its_settings_come_back(page):
+    open_tab(page, "Generate")
+    page.get_by_text("Scheduler and size").click()
+    expect(page.locator("#width input[type=number]").first).to_be_visible()
+    assert sliders_clipped(page) == []
+    page.locator("#prompt textarea").fill("a quiet street")
+    for element, value in (("#count", 3), ("#seed", 5), ("#steps", 40), ("#width", 64), ("#height", 64)):
+        set_number(page, element, value)
+    set_number(page, "#lambda", 0.6)
+    page.evaluate(WATCH_GENERATION)
+    page.locator("#generate").click()
+    expect(page.locator("#run-info")).to_contain_text("Made 3 images (seeds 5, 6, 7)")
+    samples = page.evaluate("() => { clearInterval(window.eliteWatch); return window.eliteSamples; }")
+    expect(page.locator("#generate")).to_be_enabled()
+    expect(page.locator("#generate")).to_have_text("Generate")
+
+    # Between the first image and the last, the page says it is still working, and which image it makes.
+    between = [sample for sample in samples if 0 < sample["images"] < 3]
+    assert between, "no sample between the first and the last image"
+    assert all(sample["disabled"] and "Generating" in sample["label"] for sample in between), between[:3]
+    bars = " ".join(sample["bar"] for sample in samples)
+    assert "Image 1 of 3" in bars and "Image 2 of 3" in bars and "Image 3 of 3" in bars
+    # The bar may blink while an image is drawn, never for long (it was gone ~1 s per image).
+    longest_gap, gap_start = 0.0, None
+    for sample in between:
+        if sample["bar"]:
+            gap_start = None
+        else:
+            gap_start = sample["t"] if gap_start is None else gap_start
+            longest_gap = max(longest_gap, sample["t"] - gap_start)
+    assert longest_gap < 500, f"no bar for {longest_gap:.0f} ms between images"
+    assert not any(sample["overlap"] for sample in samples), "the bar's text sat over the empty gallery's icon"
+    # Images are shown whole: no cropping to the gallery's box.
+    for fit in page.evaluate("() => [...document.querySelectorAll('#results img')].map(i => getComputedStyle(i).objectFit)"):
+        assert fit in ("contain", "scale-down")
+
+    # History: lambda is there (it was an empty column), headers whole, no "Share" (Spaces only).
+    open_tab(page, "History")
+    page.locator("#download").click()
+    expect(page.locator("#history-message")).to_contain_text("Error: no image is selected")
+    table = page.locator("#history")
+    expect(table).to_contain_text("a quiet street")
+    # The newest row as shown (the grid also keeps a hidden copy of its rows for measuring).
+    heads = page.locator("#history thead .header").all_inner_texts()
+    shown_cell = table.get_by_text("a quiet street").filter(visible=True).first
+    cells = shown_cell.evaluate("""cell => [...(cell.closest('tr, [role=row]')).querySelectorAll('td, [role=gridcell]')]
+        .map(td => td.innerText.trim())""")
+    columns = dict(zip([head.strip() for head in heads], cells[len(cells) - len(heads):]))
+    assert columns["lambda"] == "0.6" and columns["prompt"] == "a quiet street", columns
+    assert headers_broken(page) == []
+    table.get_by_text("a quiet street").filter(visible=True).first.click()
+    expect(page.locator("#history-details")).to_contain_text("lambda 0.6")
+    expect(page.locator("#history-image img")).to_have_count(1)
+    page.locator("#history-image").hover()
+    for place in ("#history-image", "#results"):
+        expect(page.locator(place).get_by_role("button", name=re.compile("share", re.I))).to_have_count(0)
+
+    # Edit these settings: the form gets the run's lambda back (it got 0.8).
+    page.locator("#reuse-settings").click()
+    expect(page.locator("#lambda input[type=number]").first).to_have_value("0.6")
+    expect(page.locator("#steps input[type=number]").first).to_have_value("40")
+
+
+def test_the_library_keeps_its_selection_by_name_and_shows_sharp_pictures(page, ui_server):
+    open_tab(page, "Library")
+    for picture in ("astronaut", "coffee"):
+        page.locator("#mask-mode").get_by_text("Mask file").click()
+        page.locator("#picture input[type=file]").set_input_files(str(SAMPLES / f"{picture}.png"))
+        page.locator("#mask-file input[type=file]").set_input_files(str(SAMPLES / f"{picture}_mask.png"))
+        page.locator("#add").click()
+        expect(page.locator("#add-message")).to_contain_text(f"Added <{picture}>")
+    gallery = page.locator("#library")
+    gallery.get_by_text("<coffee>").click()
+    expect(page.locator("#selected-concept textarea, #selected-concept input").first).to_have_value("coffee")
+    # Renamed to a name that sorts first: the highlight follows the concept, not its old place.
+    page.locator("#rename-to textarea, #rename-to input").first.fill("aaa-cup")
+    page.locator("#rename").click()
+    expect(page.locator("#library-message")).to_contain_text("Renamed <coffee> to <aaa-cup>")
+    expect(gallery.locator(".thumbnail-item.selected")).to_have_count(1)
+    expect(gallery.locator(".thumbnail-item.selected")).to_contain_text("<aaa-cup>")
+    # Pictures are at least as large as their cells (the 128 px thumbnails were blown up).
+    sizes = page.evaluate("() => [...document.querySelectorAll('#library img')].map(i => [i.naturalWidth, i.clientWidth])")
+    assert sizes and all(natural >= shown for natural, shown in sizes), sizes

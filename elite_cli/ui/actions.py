@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from elite_cli.errors import InputError
 from elite_cli.common.failures import internal_message, user_message
+from elite_cli.common.outputs import code_keys
 from elite_cli.ui.worker import SessionWorker
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class ConceptCard:
     tags: tuple[str, ...]
     thumbnail: Path
     stale: bool | None  # encoded by other mappers than the configured ones (generation refuses it)
+    picture: Path | None = None  # the stored picture it was encoded from (None: imported without one)
 
     @property
     def caption(self) -> str:
@@ -133,8 +135,14 @@ class HistoryRow:
 HISTORY_COLUMNS = ["made", "prompt", "seed", "steps", "guidance", "lambda", "scheduler", "size", "file"]
 
 
+def settings_of(entry: "HistoryEntry") -> dict[str, Any]:
+    """A history row's parameters under the code's names: rows store `lambda` (older ones
+    `llambda`), the code and the page's form say `llambda`."""
+    return code_keys(entry.parameters)
+
+
 def history_cells(entry: "HistoryEntry") -> list[Any]:
-    parameters = entry.parameters
+    parameters = settings_of(entry)
     created = entry.created.replace("T", " ")[:16]
     size = f"{parameters.get('width', '?')}x{parameters.get('height', '?')}"
     return [created, entry.prompt, entry.seed, parameters.get("steps"), parameters.get("guidance_scale"),
@@ -146,7 +154,7 @@ def describe(entry: "HistoryEntry") -> str:
     """The parameters of one history image as Markdown (user text escaped: `<name>` is no HTML tag)."""
     from html import escape
 
-    parameters = entry.parameters
+    parameters = settings_of(entry)
     lines = [f"**{escape(entry.prompt)}**", "",
              f"- seed {entry.seed}, {parameters.get('steps')} steps, guidance {parameters.get('guidance_scale')}, "
              f"lambda {parameters.get('llambda')}, scheduler {parameters.get('scheduler')}, "
@@ -167,7 +175,8 @@ def job_for_image(entry: "HistoryEntry"):
     it used, by id), from its row alone: the PNG may have been moved or deleted since."""
     from elite_cli.generation.jobs import MODEL_KEYS, GenerationJob
 
-    settings = {key: entry.parameters[key] for key in GenerationJob("").settings() if key in entry.parameters}
+    parameters = settings_of(entry)
+    settings = {key: parameters[key] for key in GenerationJob("").settings() if key in parameters}
     return GenerationJob(prompt=entry.prompt, negative_prompt=entry.negative_prompt, seed=entry.seed, num_images=1,
                          concept_ids=dict(entry.concept_ids),
                          recorded_models={key: str(entry.parameters[key]) for key in MODEL_KEYS
@@ -187,7 +196,7 @@ class Actions:
         def read(session: "Session") -> list[ConceptCard]:
             concepts = session.concepts()
             stale = session.stale_flags(concepts)
-            return [ConceptCard(concept.name, tuple(concept.tags), concept.thumbnail_path, flag)
+            return [ConceptCard(concept.name, tuple(concept.tags), concept.thumbnail_path, flag, concept.image_path)
                     for concept, flag in zip(concepts, stale)]
 
         return self.worker.call(read)
@@ -339,6 +348,7 @@ def _painted_mask_for(session: "Session", picture: str, painted: Any) -> "np.nda
         size = ImageOps.exif_transpose(opened).size
     mask = painted_mask(painted, size)
     if mask is None:
+        others = "'Find it automatically', 'Mask file'" if automatic_mask_available() else "'Mask file'"
         raise InputError("nothing is painted on the picture; paint over the object (the brush marks it), "
-                         "or choose 'Mask file' or 'Whole picture'.")
+                         f"or choose {others} or 'Whole picture'.")
     return mask
