@@ -346,6 +346,9 @@ class Session:
 
         images = list(images)
         masks = list(masks) if masks is not None else [None] * len(images)
+        # A mask given as an image object (a numpy array, a PIL image: painted in a UI) is recorded
+        # as painted; it is stored as a mask file all the same.
+        painted = [mask is not None and not isinstance(mask, (str, Path)) for mask in masks]
         wanted_names = list(names) if names is not None else [None] * len(images)
         if not (len(masks) == len(wanted_names) == len(images)):
             raise InputError(f"{len(images)} pictures need as many masks and names (None where there is none), "
@@ -370,7 +373,7 @@ class Session:
                 check_crop(crop)
                 final_names = [validate_name(wanted) if wanted else name_from_stem(image.stem)
                                for image, wanted in zip(images, wanted_names)]
-                chosen = self._choose_masks(images, masks, object_text, choosers, on_mask, on_warning)
+                chosen = self._choose_masks(images, masks, object_text, choosers, on_mask, on_warning, painted)
                 # Only the hashes are kept: holding every decoded picture of a large batch would cost memory.
                 self._check_new_names(final_names, [(choice.image_sha256, choice.mask_sha256) for choice in chosen],
                                       replace)
@@ -381,7 +384,7 @@ class Session:
 
     def _choose_masks(self, images: list[Path], masks: list[Any], object_text: str | None, choosers: list[Any],
                       on_mask: Callable[["ChosenMask"], None] | None,
-                      on_warning: Callable[[str], None] | None) -> list["ChosenMask"]:
+                      on_warning: Callable[[str], None] | None, painted: list[bool]) -> list["ChosenMask"]:
         """Every picture (and its mask) decoded, and its object found, before the models load and
         before anything is stored, so that a bad file among several adds none of them. The first
         run downloads the models first (the segmenter too, when a picture may need it), so that a
@@ -402,6 +405,8 @@ class Session:
         self.fetch_missing_models(encoding=True, segmenter=segmenter if may_segment else None)
         with self._activity("Finding the object...") if may_segment else contextlib.nullcontext():
             chosen = [by_option[str(mask)].choose(image) for image, mask in zip(images, masks)]
+        chosen = [dataclasses.replace(choice, source="painted") if was_painted and choice.source == "file" else choice
+                  for choice, was_painted in zip(chosen, painted)]
         for choice in chosen:
             if on_mask is not None:
                 on_mask(choice)
@@ -550,7 +555,7 @@ class Session:
         return self.existing_store().get(name_or_id)
 
     def mask_origin(self, concept: "str | StoredConcept") -> dict[str, str]:
-        """Where a concept's mask came from: {mask_source ("file", "alpha", "auto", "none" or "" when
+        """Where a concept's mask came from: {mask_source ("file", "painted", "alpha", "auto", "none" or "" when
         not recorded), mask_model, mask_object} (`elite_cli.model.masks.describe_mask_source` words it)."""
         store = self.existing_store()
         return store.mask_origin(store.get(concept) if isinstance(concept, str) else concept)

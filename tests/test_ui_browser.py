@@ -81,6 +81,7 @@ def ui_server(tiny_models, tmp_path_factory):
     env.update(ELITE_HOME=str(home / "library"), ELITE_OUTPUT_DIR=str(home / "out"), ELITE_DEVICE="cpu",
                ELITE_BASE_MODEL=str(tiny_models.base_model), ELITE_IMAGE_ENCODER=str(tiny_models.image_encoder),
                ELITE_GLOBAL_MAPPER=str(tiny_models.global_mapper), ELITE_LOCAL_MAPPER=str(tiny_models.local_mapper),
+               ELITE_SEGMENTER=str(tiny_models.segmenter),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_TEMP_DIR=str(home / "gradio-tmp"))
     server = UiServer(env, home)
     yield server
@@ -325,6 +326,32 @@ def test_a_run_keeps_the_page_busy_and_its_settings_come_back(page):
 
 def test_the_library_keeps_its_selection_by_name_and_shows_sharp_pictures(page, ui_server):
     open_tab(page, "Library")
+    # The automatic mask: the object named as with `elite add --object`, its preview before adding.
+    page.locator("#mask-mode").get_by_text("Find it automatically").click()
+    expect(page.locator("#mask-object")).to_be_visible()
+    page.locator("#picture input[type=file]").set_input_files(str(SAMPLES / "chelsea.png"))
+    object_box = page.locator("#mask-object textarea, #mask-object input").first
+    object_box.fill("a cat")
+    object_box.press("Tab")
+    expect(page.locator("#add-message")).to_contain_text("Found 'a cat': it covers")
+    expect(page.locator("#mask-preview img")).to_have_count(1)
+    page.locator("#concept-name textarea, #concept-name input").first.fill("autocat")
+    page.locator("#add").click()
+    expect(page.locator("#add-message")).to_contain_text("Added <autocat>")
+    # Its details: the picture with its mask, where the mask came from, and an export.
+    page.locator("#library").get_by_text("<autocat>").click()
+    details = page.locator("#concept-details")
+    expect(details).to_contain_text("mask: automatic")
+    expect(details).to_contain_text("object 'a cat'")
+    expect(page.locator("#concept-picture img")).to_have_count(1)
+    with page.expect_download() as download:
+        page.locator("#export-concept").click()
+    assert download.value.suggested_filename == "autocat.elite.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(download.value.path(), "np") as exported:
+        assert exported.metadata()["mask_object"] == "a cat" and exported.metadata()["mask_source"] == "auto"
+
     for picture in ("astronaut", "coffee"):
         page.locator("#mask-mode").get_by_text("Mask file").click()
         page.locator("#picture input[type=file]").set_input_files(str(SAMPLES / f"{picture}.png"))
@@ -340,6 +367,8 @@ def test_the_library_keeps_its_selection_by_name_and_shows_sharp_pictures(page, 
     expect(page.locator("#library-message")).to_contain_text("Renamed <coffee> to <aaa-cup>")
     expect(gallery.locator(".thumbnail-item.selected")).to_have_count(1)
     expect(gallery.locator(".thumbnail-item.selected")).to_contain_text("<aaa-cup>")
+    expect(page.locator("#concept-details")).to_contain_text("<aaa-cup>")
+    expect(page.locator("#concept-details")).to_contain_text("mask: mask file")
     # Pictures are at least as large as their cells (the 128 px thumbnails were blown up).
     sizes = page.evaluate("() => [...document.querySelectorAll('#library img')].map(i => [i.naturalWidth, i.clientWidth])")
     assert sizes and all(natural >= shown for natural, shown in sizes), sizes

@@ -102,6 +102,15 @@ class ConceptCard:
 
 
 @dataclass
+class ConceptDetails:
+    """The selected concept as the Library shows it."""
+
+    name: str
+    picture: Path | None  # the preview (object on the picture), else the picture, else the thumbnail
+    markdown: str
+
+
+@dataclass
 class Outcome:
     """What an action shows: one line of text, and whether it worked."""
 
@@ -212,10 +221,12 @@ class Actions:
         return Outcome("")
 
     def add_concept(self, picture: str | None, mask_mode: str, mask_file: str | None, painted: Any,
-                    name: str | None, tags: str | None, uploads: dict[str, str] | None = None) -> Outcome:
+                    name: str | None, tags: str | None, uploads: dict[str, str] | None = None,
+                    object_text: str | None = None) -> Outcome:
         """Add the uploaded picture as a concept, checked by the API exactly as `elite add` checks files.
 
-        painted: the editor's paint layers (RGBA arrays) when the mask is painted.
+        painted: the editor's paint layers (RGBA arrays) when the mask is painted; object_text: what
+        the automatic mask looks for (`elite add --object`; empty: the default object).
         """
         uploads = dict(uploads or {})
         try:
@@ -233,14 +244,75 @@ class Actions:
                 mask = "none"  # None would ask the API for the picture's transparency, else the segmenter
             elif mask_mode == MASK_AUTO:
                 mask = "auto"
+            wanted_object = (object_text or "").strip() or None if mask_mode == MASK_AUTO else None
             stored = self.worker.call(lambda session: session.add_concept(
-                picture, mask, name=(name or "").strip() or None, tags=parse_tags(tags)))
+                picture, mask, name=(name or "").strip() or None, tags=parse_tags(tags), object_text=wanted_object))
         except Exception as error:  # every failure is one message in the page; the API stored nothing
             return Outcome(error_message(error, uploads), ok=False)
         if stored.duplicate:
             return Outcome(f"This picture is in the library already, as <{stored.name}>.")
         tags_text = f" (tags: {', '.join(stored.tags)})" if stored.tags else ""
         return Outcome(f"Added <{stored.name}>{tags_text}; use it in a prompt as <{stored.name}>.")
+
+    def preview_automatic_mask(self, picture: str, object_text: str | None = None,
+                               uploads: dict[str, str] | None = None) -> tuple[bytes | None, Outcome]:
+        """The automatic mask `add` would use (the same segmenter, object and threshold), drawn as
+        `elite add` draws its preview: the object kept, the background dimmed, the encoder's square
+        outlined. Nothing is stored."""
+
+        def find(session: "Session") -> tuple[bytes, str]:
+            from elite_cli.library.thumbnails import preview_png
+            from elite_cli.model.masks import MaskChooser
+
+            segmenter = session.setting("segmenter")
+            session.fetch_missing_models(encoding=False, segmenter=segmenter)
+            with MaskChooser("auto", (object_text or "").strip() or None, segmenter, session.setting("device"),
+                             session.setting("dtype")) as chooser:
+                chosen = chooser.choose(picture)
+                drawn = preview_png(Path(picture), chosen.path)
+            share = f"{chosen.coverage * 100:.1f}%" if chosen.coverage < 0.1 else f"{chosen.coverage * 100:.0f}%"
+            text = f"Found '{chosen.object_text}': it covers {share} of the picture (shown bright in the preview)."
+            return drawn, text + (f" Warning: {chosen.warning}" if chosen.warning else "")
+
+        try:
+            drawn, text = self.worker.call(find)
+        except Exception as error:
+            return None, Outcome(error_message(error, uploads), ok=False)
+        for copy, original in (uploads or {}).items():
+            text = text.replace(copy, original)
+        return drawn, Outcome(text)
+
+    def concept_details(self, name: str) -> ConceptDetails:
+        """What the Library shows of the selected concept: its picture with the mask, where the mask
+        came from, its tags and when it was added."""
+        from html import escape
+
+        from elite_cli.model.masks import describe_mask_source
+
+        def read(session: "Session") -> ConceptDetails:
+            stored = session.concept(name)
+            origin = session.mask_origin(stored)
+            shown = next((path for path in (stored.preview_path, stored.image_path, stored.thumbnail_path)
+                          if path is not None and path.is_file()), None)
+            lines = [f"**&lt;{escape(stored.name)}&gt;** (id {stored.short_id})",
+                     f"- mask: {escape(describe_mask_source(origin), quote=False)}",
+                     f"- tags: {escape(', '.join(stored.tags), quote=False) or 'none'}",
+                     f"- added {stored.created.replace('T', ' ')[:16]}"]
+            if stored.image_path is None:
+                lines.append("- no stored picture (imported from a concept file)")
+            return ConceptDetails(stored.name, shown, "\n".join(lines))
+
+        return self.worker.call(read)
+
+    def export_concept(self, name: str, folder: Path) -> tuple[Path | None, Outcome]:
+        """Write the concept as `elite export NAME -o FOLDER/NAME.elite.safetensors` writes it."""
+        target = Path(folder) / f"{name}.elite.safetensors"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            result = self.worker.call(lambda session: session.export(name, target, "elite", overwrite=True))
+        except Exception as error:
+            return None, Outcome(error_message(error), ok=False)
+        return Path(result.path), Outcome("")
 
     def rename(self, old: str | None, new: str | None) -> tuple[Outcome, str | None]:
         """Rename a concept; also returns the name it has afterwards (for the selection)."""

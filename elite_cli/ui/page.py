@@ -7,6 +7,7 @@ Element ids (elem_id) are part of the page's contract: the browser tests find co
 # No `from __future__ import annotations` here: Gradio reads the handlers' `gr.SelectData`
 # annotations at run time to know which ones want the event.
 import hashlib
+import io
 import shutil
 import tempfile
 import time
@@ -178,6 +179,12 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
                                                 brush=gr.Brush(colors=["#ff2d6f"], color_mode="fixed"))
                         mask_file = gr.File(label="Mask (same size; white = object)", type="filepath",
                                             file_types=["image"], visible=False, elem_id="mask-file")
+                        # `elite add --object`, and the preview `elite add` writes, before anything is added.
+                        mask_object = gr.Textbox(label="Object to find (e.g. 'a red mug'; empty: the main object)",
+                                                 visible=False, elem_id="mask-object")
+                        mask_preview = gr.Image(label="Automatic mask: the object bright, the encoder's square in "
+                                                "yellow", type="pil", interactive=False, visible=False, height=320,
+                                                buttons=["fullscreen"], elem_id="mask-preview")
                         with gr.Row():
                             new_concept_name = gr.Textbox(label="Name (empty: from the file name)",
                                                           elem_id="concept-name")
@@ -190,6 +197,13 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
                                              elem_id="library")
                         selected_name = gr.Textbox(label="Selected concept", interactive=False,
                                                    elem_id="selected-concept")
+                        with gr.Row():
+                            concept_picture = gr.Image(label="Picture and mask", type="filepath", interactive=False,
+                                                       height=260, buttons=["fullscreen"], elem_id="concept-picture")
+                            with gr.Column():
+                                concept_details = gr.Markdown(elem_id="concept-details")
+                                export_button = gr.DownloadButton("Export (.elite.safetensors)",
+                                                                  elem_id="export-concept")
                         with gr.Row():
                             rename_to = gr.Textbox(label="New name", elem_id="rename-to")
                             rename_button = gr.Button("Rename", elem_id="rename")
@@ -296,7 +310,18 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
 
         def mask_controls(mode, picture_path):
             editor_update = gr.ImageEditor(visible=mode == MASK_PAINT and bool(picture_path))
-            return editor_update, gr.File(visible=mode == MASK_FILE)
+            return editor_update, gr.File(visible=mode == MASK_FILE), gr.Textbox(visible=mode == MASK_AUTO)
+
+        def automatic_preview(picture_path, mode, object_text):
+            if mode != MASK_AUTO or not picture_path:
+                return gr.Image(value=None, visible=False), gr.update()
+            drawn, outcome = actions.preview_automatic_mask(picture_path, object_text,
+                                                            {picture_path: Path(picture_path).name})
+            if drawn is None:
+                return gr.Image(value=None, visible=False), message_html(outcome.message)
+            from PIL import Image
+
+            return gr.Image(value=Image.open(io.BytesIO(drawn)), visible=True), message_html(outcome.message)
 
         def picture_uploaded(picture_path, mode):
             if not picture_path:
@@ -308,19 +333,25 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
             background = {"background": picture_path, "layers": [], "composite": None}
             return gr.ImageEditor(value=background, visible=mode == MASK_PAINT), ""
 
-        mask_mode.change(mask_controls, [mask_mode, picture], [editor, mask_file])
-        picture.change(picture_uploaded, [picture, mask_mode], [editor, add_message])
+        preview_inputs, preview_outputs = [picture, mask_mode, mask_object], [mask_preview, add_message]
+        mask_mode.change(mask_controls, [mask_mode, picture], [editor, mask_file, mask_object]).then(
+            automatic_preview, preview_inputs, preview_outputs)
+        picture.change(picture_uploaded, [picture, mask_mode], [editor, add_message]).then(
+            automatic_preview, preview_inputs, preview_outputs)
+        mask_object.submit(automatic_preview, preview_inputs, preview_outputs)
+        mask_object.blur(automatic_preview, preview_inputs, preview_outputs)
 
-        def add(picture_path, mode, mask_path, painted, name, tags, selected):
+        def add(picture_path, mode, mask_path, painted, name, tags, object_text, selected):
             uploads = {path: Path(path).name for path in (picture_path, mask_path) if path}
             outcome = actions.add_concept(picture_path, mode, mask_path, (painted or {}).get("layers"), name, tags,
-                                          uploads)
+                                          uploads, object_text)
             if not outcome.ok:
                 return (message_html(outcome.message), gr.File(), gr.File(), gr.Textbox(), gr.Textbox(),
                         *concept_views(selected))
             return (message_html(outcome.message), None, None, "", "", *concept_views(selected))
 
-        add_button.click(add, [picture, mask_mode, mask_file, editor, new_concept_name, new_concept_tags, selected_name],
+        add_button.click(add, [picture, mask_mode, mask_file, editor, new_concept_name, new_concept_tags, mask_object,
+                               selected_name],
                          [add_message, picture, mask_file, new_concept_name, new_concept_tags, picker, library,
                           concept_names])
 
@@ -342,7 +373,21 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
         def set_tags(name, tags):
             return (message_html(actions.set_tags(name, tags).message), *concept_views(name))
 
-        tags_button.click(set_tags, [selected_name, tags_edit], [library_message, picker, library, concept_names])
+        def show_details(name):
+            if not name:
+                return None, "", gr.DownloadButton(value=None)
+            try:
+                details = actions.concept_details(name)
+            except Exception as error:  # removed meanwhile (by `elite rm` in a terminal)
+                return None, message_html(error_message(error)), gr.DownloadButton(value=None)
+            exported, _ = actions.export_concept(details.name, files.staging / "exports")
+            picture_shown = files.servable(details.picture) if details.picture else None
+            return picture_shown, details.markdown, gr.DownloadButton(value=str(exported) if exported else None)
+
+        details_outputs = [concept_picture, concept_details, export_button]
+        selected_name.change(show_details, selected_name, details_outputs)
+        tags_button.click(set_tags, [selected_name, tags_edit], [library_message, picker, library, concept_names]).then(
+            show_details, selected_name, details_outputs)
 
         def remove(name):
             if not name:  # the confirmation was declined
