@@ -439,10 +439,17 @@ class Session:
                           on_added: Callable[["StoredConcept", float], None] | None) -> list["StoredConcept"]:
         from elite_cli.model.encoder import Encoder
 
-        encoder = Encoder(self.models)
+        encoder = None
         added = []
         for image, choice, wanted in zip(images, chosen, names):
             started = time.perf_counter()
+            stored_before = None if replace else self._stored_already(choice, crop)
+            if stored_before is not None:  # the models are not loaded just to find that out
+                added.append(stored_before)
+                if on_added is not None:
+                    on_added(stored_before, time.perf_counter() - started)
+                continue
+            encoder = encoder or Encoder(self.models)
             with self._model_lock:
                 concept = encoder.encode(image, mask=choice.path, crop=crop)
             concept.provenance.update(choice.provenance)  # an automatic mask is more than "a mask file"
@@ -452,6 +459,23 @@ class Session:
             if on_added is not None:
                 on_added(stored, time.perf_counter() - started)
         return added
+
+    def _stored_already(self, choice: "ChosenMask", crop: str) -> "StoredConcept | None":
+        """The concept this picture and mask would give, when the library holds it already for the
+        configured mappers (known from their files' recorded fingerprints, without loading them)."""
+        from elite_cli.errors import EliteError
+        from elite_cli.library.fingerprints import configured_fingerprints
+        from elite_cli.model.concept import PREPROCESSING_VERSION
+
+        try:
+            current = configured_fingerprints(self.library, self.setting("global_mapper"), self.setting("local_mapper"))
+        except EliteError:
+            return None
+        if current is None:  # not known until the models have been loaded once
+            return None
+        found = self.store.find_duplicate(choice.image_sha256, choice.mask_sha256, *current,
+                                          preprocessing=PREPROCESSING_VERSION, crop=crop)
+        return dataclasses.replace(found, duplicate=True) if found is not None else None
 
     # --- generating ------------------------------------------------------------------------------
 
