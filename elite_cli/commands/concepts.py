@@ -130,6 +130,9 @@ def list_concepts(
         [[stored.name, stored.short_id, stored.tags, short_time(stored.created),
           {True: "yes", False: "", None: "?"}[flag]] for stored, flag in zip(concepts, stale)],
     )
+    if None in stale:
+        typer.echo("stale '?': not known yet; the configured mappers' fingerprints are recorded the first time a "
+                   "command loads them (`elite add`, `gen`, `reencode`), or their files cannot be read.", err=True)
     mappers = session.mapper_stale_flags(concepts)
     count = sum(1 for flag in mappers if flag)
     if count:
