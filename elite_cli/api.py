@@ -182,6 +182,7 @@ class Session:
         self.downloader = downloader
         self.activity = activity
         self.model_load_seconds: float | None = None
+        self.models_loaded_at: float | None = None  # time.perf_counter() when they were ready
         self._settings: dict[str, settings_module.Resolved] | None = None
         self._models: dict["ModelSpec", "Models"] = {}
         # SQLite connections belong to the thread that opened them: one store per thread (a web
@@ -256,7 +257,8 @@ class Session:
                 from elite_cli.model.loading import load_models as loader
             started = time.perf_counter()
             models = loader(spec)
-            self.model_load_seconds = time.perf_counter() - started
+            self.models_loaded_at = time.perf_counter()
+            self.model_load_seconds = self.models_loaded_at - started
             # So that `elite list` can tell stale concepts without loading (or importing) anything.
             remember(self.library, spec.global_mapper, models.global_fingerprint)
             remember(self.library, spec.local_mapper, models.local_fingerprint)

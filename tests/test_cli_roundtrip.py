@@ -94,7 +94,7 @@ def test_add_list_show(run_cli, use_tiny_models, loaded_models, cat_picture, dog
     added_line, preview_line = plain.stdout.splitlines()
     assert re.match(r"^Added <tom> \(id [0-9a-f]{12}\) in \d+\.\d\ds$", added_line)
     # The whole command's time as well as the encoding's (the models were loaded in this process).
-    assert re.search(r"^Models loaded in \d+\.\d s \(importing torch, diffusers and transformers included\); "
+    assert re.search(r"^Models loaded in \d+\.\d s, ready \d+\.\d s after the command started; "
                      r"\d+\.\d s in all since the command started\.$", plain.stderr, re.M), plain.stderr
     assert re.fullmatch(r"  preview: .+\.preview\.png", preview_line)
     assert Path(preview_line.split(": ", 1)[1]).is_file()

@@ -78,7 +78,7 @@ def add(
         echo_json({"added": shown.summaries, "model_load_seconds": round(session.model_load_seconds or 0.0, 3),
                    "total_seconds": round(seconds_since_start(), 3)})
     else:
-        typer.echo(model_time_line(session.model_load_seconds), err=True)
+        typer.echo(model_time_line(session.model_load_seconds, session.models_loaded_at), err=True)
 
 
 class AddedConcepts:
