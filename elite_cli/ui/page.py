@@ -85,6 +85,8 @@ class Files:
         when there is no picture (an imported concept); a grey square when neither can be read."""
         from PIL import Image, ImageOps
 
+        from elite_cli.model.images import to_rgb
+
         source = picture if picture is not None and picture.is_file() else thumbnail
         try:
             stamp = source.stat()
@@ -92,7 +94,7 @@ class Files:
             shown = self.staging / "gallery" / f"{key}.png"
             if not shown.exists():
                 with Image.open(source) as opened:
-                    small = ImageOps.exif_transpose(opened).convert("RGB")
+                    small = to_rgb(ImageOps.exif_transpose(opened))
                 small.thumbnail((GALLERY_SIDE, GALLERY_SIDE), Image.LANCZOS)
                 shown.parent.mkdir(parents=True, exist_ok=True)
                 small.save(shown)
