@@ -5,17 +5,13 @@ happened must be what is stored."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, pixels
+from ui_support import start_ui_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -26,64 +22,15 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="the browser 
 expect = playwright_api.expect
 
 SAMPLES = REPO / "library" / "samples"
-STARTUP_TIMEOUT_S = 180  # importing gradio and loading the models on a busy CI machine
 WAIT_MS = 90_000  # the first add or generation may wait for the models that load in the background
 expect.set_options(timeout=WAIT_MS)
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions"]
 
 
-class UiServer:
-    """`elite ui --port 0` in a subprocess; `url` once it says where it listens."""
-
-    def __init__(self, env: dict[str, str], home: Path):
-        self.home = home
-        self.process = subprocess.Popen([sys.executable, "-m", "elite_cli", "ui", "--port", "0"], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=home)
-        self.stderr: list[str] = []
-        threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True).start()
-        self.url = self._wait_for_url()
-
-    def _wait_for_url(self) -> str:
-        found: list[str] = []
-        said = threading.Event()
-
-        def read() -> None:
-            # Read on after the URL as well: a full pipe that nobody reads would block the server.
-            for line in self.process.stdout:
-                match = None if found else re.search(r"elite ui: (http://127\.0\.0\.1:\d+/)", line)
-                if match:
-                    found.append(match.group(1))
-                    said.set()
-            said.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        said.wait(STARTUP_TIMEOUT_S)
-        if not found:
-            self.stop()
-            pytest.fail(f"elite ui did not print its URL; stderr:\n{''.join(self.stderr)[-3000:]}")
-        return found[0]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture(scope="module")
 def ui_server(tiny_models, tmp_path_factory):
-    home = tmp_path_factory.mktemp("ui-home")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ELITE_")}
-    env.update(ELITE_HOME=str(home / "library"), ELITE_OUTPUT_DIR=str(home / "out"), ELITE_DEVICE="cpu",
-               ELITE_BASE_MODEL=str(tiny_models.base_model), ELITE_IMAGE_ENCODER=str(tiny_models.image_encoder),
-               ELITE_GLOBAL_MAPPER=str(tiny_models.global_mapper), ELITE_LOCAL_MAPPER=str(tiny_models.local_mapper),
-               ELITE_SEGMENTER=str(tiny_models.segmenter),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_TEMP_DIR=str(home / "gradio-tmp"))
-    server = UiServer(env, home)
+    server = start_ui_server(tiny_models, tmp_path_factory.mktemp("ui-home"))
     yield server
     server.stop()
     assert server.process.returncode == 0, "".join(server.stderr)[-3000:]

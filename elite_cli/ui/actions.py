@@ -7,6 +7,7 @@ page; nothing here stores anything the API did not store.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,28 @@ def error_message(error: BaseException, uploads: dict[str, str] | None = None) -
 def parse_tags(text: str | None) -> list[str]:
     """'pets, cats' or 'pets cats' -> ['pets', 'cats'] (each checked by the API)."""
     return [tag for tag in TAG_SEPARATORS.split(text or "") if tag]
+
+
+def form_settings(*, images: Any, seed: Any, lambda_: Any, guidance: Any, steps: Any, width: Any,
+                  height: Any) -> dict[str, Any]:
+    """The Generate form's numbers as `Actions.generate` takes them. The page's sliders only send
+    numbers, but its API (`gradio_client`, plain HTTP) may send anything: NaN, Infinity, null or
+    text is one `Error:` line naming the field, as the API says for a bad lambda or guidance;
+    the ranges are the API's to check. A seed that is empty or below 0 means a random one."""
+
+    def number(value: Any, label: str, whole: bool) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            shown = "null" if value is None else repr(value) if isinstance(value, str) else value
+            raise InputError(f"{label} must be a {'whole ' if whole else ''}number, not {shown}.")
+        if whole and value != int(value):
+            raise InputError(f"{label} must be a whole number, not {value}.")
+        return int(value) if whole else float(value)
+
+    checked_seed = None if seed is None else number(seed, "Seed", whole=True)
+    return dict(n=number(images, "Images", True), seed=None if checked_seed is None or checked_seed < 0 else checked_seed,
+                lambda_=number(lambda_, "Lambda", False), guidance=number(guidance, "Guidance", False),
+                steps=number(steps, "Steps", True), width=number(width, "Width", True),
+                height=number(height, "Height", True))
 
 
 def insert_placeholder(prompt: str | None, name: str) -> str:

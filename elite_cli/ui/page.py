@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from elite_cli.errors import InputError
 from elite_cli.model.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SCHEDULERS
 from elite_cli.ui.actions import (HISTORY_COLUMNS, MASK_AUTO, MASK_FILE, MASK_NONE, MASK_PAINT, Actions, HistoryRow,
-                                  automatic_mask_available, describe, error_message, insert_placeholder,
+                                  automatic_mask_available, describe, error_message, form_settings, insert_placeholder,
                                   settings_of)
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ MAX_IMAGES_PER_CLICK = 8
 # messages a second, with Gradio's full overlay on both outputs, doubled the browser's CPU time per
 # generation (benchmarks/README.md, section 9).
 PROGRESS_INTERVAL_S = 0.5
+STATE_TTL_S = 3 * 3600
 GALLERY_SIDE = 384  # px: sharp in the library's cells, also on a high-density screen
 GENERATE_LABEL, GENERATING_LABEL = "Generate", "Generating..."
 CSS = """
@@ -134,9 +136,10 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
     with gr.Blocks(title="elite", analytics_enabled=False) as page:
         gr.Markdown("## elite: put the thing in your picture into new images\n"
                     "Add a concept from a picture in **Library**, then write `<name>` in a prompt under **Generate**.")
-        concept_names = gr.State([])
-        history_rows = gr.State([])
-        selected_row = gr.State(None)
+        # Per-tab state expires (a tab left open longer clicks a row again); server.SESSIONS_KEPT caps the tabs kept.
+        concept_names = gr.State([], time_to_live=STATE_TTL_S)
+        history_rows = gr.State([], time_to_live=STATE_TTL_S)
+        selected_row = gr.State(None, time_to_live=STATE_TTL_S)
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 with gr.Row():
@@ -240,12 +243,15 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
 
         def generate(prompt_text, negative_text, images, seed_value, lambda_value, guidance_value, steps_value,
                      scheduler_name, width_value, height_value, progress=gr.Progress()):
-            updates = actions.generate(
-                prompt_text or "", negative_prompt=negative_text or "", n=int(images),
-                seed=None if seed_value is None or seed_value < 0 else int(seed_value), steps=int(steps_value),
-                guidance=float(guidance_value), lambda_=float(lambda_value), scheduler=scheduler_name,
-                width=int(width_value), height=int(height_value))
-            yield from follow(updates, progress, int(images))
+            try:
+                settings = form_settings(images=images, seed=seed_value, lambda_=lambda_value, guidance=guidance_value,
+                                         steps=steps_value, width=width_value, height=height_value)
+            except InputError as error:
+                yield [], message_html(error_message(error))
+                return
+            updates = actions.generate(str(prompt_text or ""), negative_prompt=str(negative_text or ""),
+                                       scheduler=str(scheduler_name), **settings)
+            yield from follow(updates, progress, settings["n"])
 
         def follow(updates, progress, images_wanted):
             shown, warnings = [], []
@@ -298,9 +304,11 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
 
         quick = dict(queue=False, show_progress="hidden", api_visibility="private")
         for trigger, visibility in ((generate_button.click, "public"), (prompt.submit, "private")):
+            # preprocess=False: the values reach form_settings as sent. Gradio's own preprocessing
+            # failed on NaN, Infinity or null from an API client with a traceback in the server's log.
             trigger(busy, None, generation_buttons, **quick).then(
                 generate, generation_inputs, [results, run_info], api_name="generate", api_visibility=visibility,
-                **progress_display).then(
+                preprocess=False, **progress_display).then(
                 idle, None, generation_buttons, **quick).then(history_view, None, [history_table, history_rows])
 
         def pick(prompt_text, names, event: gr.SelectData):
