@@ -31,7 +31,7 @@ MAX_IMAGES_PER_CLICK = 8
 # generation (benchmarks/README.md, section 9).
 PROGRESS_INTERVAL_S = 0.5
 STATE_TTL_S = 3 * 3600
-GALLERY_SIDE = 384  # px: sharp in the library's cells, also on a high-density screen
+GALLERY_SIDE = 512  # px: sharp in the library's cells (one concept alone fills ~600 px), also on a dense screen
 GENERATE_LABEL, GENERATING_LABEL = "Generate", "Generating..."
 CSS = """
 #add-message p, #library-message p, #run-info p, #history-message p { margin: 0.25em 0; }
