@@ -138,5 +138,6 @@ def test_the_time_line_adds_up_from_the_process_start(use_tiny_models, cat_pictu
     # Each figure holds the one before it (0.1 s: their rounding), and the whole is this process's life
     # as seen from outside, interpreter start and imports included (it said 11.1 s "in all" beside a
     # model loading that claimed to include imports which had run before it started).
-    assert loading <= ready + 0.1 and ready <= whole + 0.1
-    assert 0.6 * wall <= whole <= wall + 0.1, (whole, wall)
+    assert loading <= ready + 0.1 and ready <= whole + 0.1, (loading, ready, whole)
+    # The interpreter's exit after the line (torch's teardown) can take long on a loaded machine.
+    assert 0.3 * wall <= whole <= wall + 0.1, (whole, wall)
