@@ -182,6 +182,7 @@ class Session:
         self.downloader = downloader
         self.activity = activity
         self.model_load_seconds: float | None = None
+        self.models_loaded_at: float | None = None  # time.perf_counter() when they were ready
         self._settings: dict[str, settings_module.Resolved] | None = None
         self._models: dict["ModelSpec", "Models"] = {}
         # SQLite connections belong to the thread that opened them: one store per thread (a web
@@ -256,7 +257,8 @@ class Session:
                 from elite_cli.model.loading import load_models as loader
             started = time.perf_counter()
             models = loader(spec)
-            self.model_load_seconds = time.perf_counter() - started
+            self.models_loaded_at = time.perf_counter()
+            self.model_load_seconds = self.models_loaded_at - started
             # So that `elite list` can tell stale concepts without loading (or importing) anything.
             remember(self.library, spec.global_mapper, models.global_fingerprint)
             remember(self.library, spec.local_mapper, models.local_fingerprint)
@@ -346,6 +348,9 @@ class Session:
 
         images = list(images)
         masks = list(masks) if masks is not None else [None] * len(images)
+        # A mask given as an image object (a numpy array, a PIL image: painted in a UI) is recorded
+        # as painted; it is stored as a mask file all the same.
+        painted = [mask is not None and not isinstance(mask, (str, Path)) for mask in masks]
         wanted_names = list(names) if names is not None else [None] * len(images)
         if not (len(masks) == len(wanted_names) == len(images)):
             raise InputError(f"{len(images)} pictures need as many masks and names (None where there is none), "
@@ -370,7 +375,7 @@ class Session:
                 check_crop(crop)
                 final_names = [validate_name(wanted) if wanted else name_from_stem(image.stem)
                                for image, wanted in zip(images, wanted_names)]
-                chosen = self._choose_masks(images, masks, object_text, choosers, on_mask, on_warning)
+                chosen = self._choose_masks(images, masks, object_text, choosers, on_mask, on_warning, painted)
                 # Only the hashes are kept: holding every decoded picture of a large batch would cost memory.
                 self._check_new_names(final_names, [(choice.image_sha256, choice.mask_sha256) for choice in chosen],
                                       replace)
@@ -381,7 +386,7 @@ class Session:
 
     def _choose_masks(self, images: list[Path], masks: list[Any], object_text: str | None, choosers: list[Any],
                       on_mask: Callable[["ChosenMask"], None] | None,
-                      on_warning: Callable[[str], None] | None) -> list["ChosenMask"]:
+                      on_warning: Callable[[str], None] | None, painted: list[bool]) -> list["ChosenMask"]:
         """Every picture (and its mask) decoded, and its object found, before the models load and
         before anything is stored, so that a bad file among several adds none of them. The first
         run downloads the models first (the segmenter too, when a picture may need it), so that a
@@ -402,6 +407,8 @@ class Session:
         self.fetch_missing_models(encoding=True, segmenter=segmenter if may_segment else None)
         with self._activity("Finding the object...") if may_segment else contextlib.nullcontext():
             chosen = [by_option[str(mask)].choose(image) for image, mask in zip(images, masks)]
+        chosen = [dataclasses.replace(choice, source="painted") if was_painted and choice.source == "file" else choice
+                  for choice, was_painted in zip(chosen, painted)]
         for choice in chosen:
             if on_mask is not None:
                 on_mask(choice)
@@ -434,10 +441,17 @@ class Session:
                           on_added: Callable[["StoredConcept", float], None] | None) -> list["StoredConcept"]:
         from elite_cli.model.encoder import Encoder
 
-        encoder = Encoder(self.models)
+        encoder = None
         added = []
         for image, choice, wanted in zip(images, chosen, names):
             started = time.perf_counter()
+            stored_before = None if replace else self._stored_already(choice, crop)
+            if stored_before is not None:  # the models are not loaded just to find that out
+                added.append(stored_before)
+                if on_added is not None:
+                    on_added(stored_before, time.perf_counter() - started)
+                continue
+            encoder = encoder or Encoder(self.models)
             with self._model_lock:
                 concept = encoder.encode(image, mask=choice.path, crop=crop)
             concept.provenance.update(choice.provenance)  # an automatic mask is more than "a mask file"
@@ -447,6 +461,23 @@ class Session:
             if on_added is not None:
                 on_added(stored, time.perf_counter() - started)
         return added
+
+    def _stored_already(self, choice: "ChosenMask", crop: str) -> "StoredConcept | None":
+        """The concept this picture and mask would give, when the library holds it already for the
+        configured mappers (known from their files' recorded fingerprints, without loading them)."""
+        from elite_cli.errors import EliteError
+        from elite_cli.library.fingerprints import configured_fingerprints
+        from elite_cli.model.concept import PREPROCESSING_VERSION
+
+        try:
+            current = configured_fingerprints(self.library, self.setting("global_mapper"), self.setting("local_mapper"))
+        except EliteError:
+            return None
+        if current is None:  # not known until the models have been loaded once
+            return None
+        found = self.store.find_duplicate(choice.image_sha256, choice.mask_sha256, *current,
+                                          preprocessing=PREPROCESSING_VERSION, crop=crop)
+        return dataclasses.replace(found, duplicate=True) if found is not None else None
 
     # --- generating ------------------------------------------------------------------------------
 
@@ -550,7 +581,7 @@ class Session:
         return self.existing_store().get(name_or_id)
 
     def mask_origin(self, concept: "str | StoredConcept") -> dict[str, str]:
-        """Where a concept's mask came from: {mask_source ("file", "alpha", "auto", "none" or "" when
+        """Where a concept's mask came from: {mask_source ("file", "painted", "alpha", "auto", "none" or "" when
         not recorded), mask_model, mask_object} (`elite_cli.model.masks.describe_mask_source` words it)."""
         store = self.existing_store()
         return store.mask_origin(store.get(concept) if isinstance(concept, str) else concept)

@@ -220,3 +220,21 @@ def test_masks_and_crops_as_elite_add_takes_them(session, cat_picture, dog_pictu
     assert [item.changed for item in session.reencode(["whole"], crop="auto").done] == [True]
     assert session.concept("whole").crop == "auto"
     assert [(item.changed, item.seconds) for item in session.reencode(["whole"]).done] == [(False, None)]
+
+
+def test_a_picture_already_stored_is_recognised_before_the_models_load(session, cat_picture, tmp_path):
+    painted = np.zeros((64, 64), dtype=bool)
+    painted[8:40, 8:40] = True
+    first = session.add_concept(cat_picture, name="cat")
+    with_mask = session.add_concept(cat_picture, painted, name="cat-painted")
+    assert session.mask_origin("cat-painted")["mask_source"] == "painted"  # not "mask file"
+    # A fresh session (a new `elite add`, the UI's re-add): hashes and the recorded mapper
+    # fingerprints tell, the models are never loaded.
+    with Session(model_loader=refuse_to_load) as fresh:
+        again = fresh.add_concept(cat_picture, name="another-name")
+        assert again.duplicate and again.name == "cat" and again.id == first.id
+        assert fresh.add_concept(cat_picture, painted.astype(np.float32), name="x").id == with_mask.id
+        assert [concept.name for concept in fresh.concepts()] == ["cat", "cat-painted"]
+        # Another crop is another concept: that one needs the models.
+        with pytest.raises(AssertionError, match="must not load"):
+            fresh.add_concept(cat_picture, crop="object", name="cat-object")

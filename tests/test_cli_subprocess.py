@@ -124,3 +124,20 @@ def test_ctrl_c_during_gen_leaves_no_png_and_no_history(run_cli, use_tiny_models
     assert not out.exists() or list(out.iterdir()) == []
     history = elite("history", "--json", cwd=tmp_path)
     assert json.loads(history.stdout) == []
+
+
+def test_the_time_line_adds_up_from_the_process_start(use_tiny_models, cat_picture, tmp_path: Path):
+    elite("add", cat_picture, "--mask", "none", cwd=tmp_path)
+    started = time.perf_counter()
+    generated = elite("gen", "<mycat> on the beach", "--seed", "3", *FAST, cwd=tmp_path)
+    wall = time.perf_counter() - started
+    found = re.search(r"^Models loaded in (\d+\.\d) s, ready (\d+\.\d) s after the command started; "
+                      r"(\d+\.\d) s in all since the command started\.$", generated.stderr, re.M)
+    assert found, generated.stderr
+    loading, ready, whole = map(float, found.groups())
+    # Each figure holds the one before it (0.1 s: their rounding), and the whole is this process's life
+    # as seen from outside, interpreter start and imports included (it said 11.1 s "in all" beside a
+    # model loading that claimed to include imports which had run before it started).
+    assert loading <= ready + 0.1 and ready <= whole + 0.1, (loading, ready, whole)
+    # The interpreter's exit after the line (torch's teardown) can take long on a loaded machine.
+    assert 0.3 * wall <= whole <= wall + 0.1, (whole, wall)

@@ -130,3 +130,32 @@ def test_clip_inputs_follow_the_spec(tmp_path):
     for i in range(16):
         for j in range(16):  # nearest neighbour: source index floor(i * side / 16)
             assert grid_mask[i, j] == float(prepared.mask[i * side // 16, j * side // 16])
+
+
+def test_a_16_bit_picture_is_encoded_over_its_full_range(use_tiny_models, tmp_path):
+    """A 16-bit greyscale gradient gives the concept, thumbnail and preview of its 8-bit copy (PIL's own
+    convert("RGB") clips it to almost white)."""
+    from elite_cli.api import Session
+    from elite_cli.library.thumbnails import preview_png, thumbnail_png
+
+    gradient = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(gradient).save(tmp_path / "deep.png")  # PNG, 16 bits per sample
+    with Image.open(tmp_path / "deep.png") as opened:
+        assert opened.mode.startswith("I;16")
+    eight_bit = np.clip(gradient / 65535 * 255 + 0.5, 0, 255).astype(np.uint8)
+    Image.fromarray(eight_bit, "L").save(tmp_path / "flat.png")
+
+    def pixels(png: bytes) -> np.ndarray:
+        import io
+
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64)
+
+    deep_thumbnail, flat_thumbnail = thumbnail_png(tmp_path / "deep.png"), thumbnail_png(tmp_path / "flat.png")
+    assert abs(pixels(deep_thumbnail).mean() - 127.5) < 3  # it was 254
+    assert np.array_equal(pixels(deep_thumbnail), pixels(flat_thumbnail))
+    assert np.array_equal(pixels(preview_png(tmp_path / "deep.png", None)), pixels(preview_png(tmp_path / "flat.png", None)))
+    with Session() as session:
+        deep = session.add_concept(tmp_path / "deep.png", "none")
+        flat = session.add_concept(tmp_path / "flat.png", "none")
+        deep_concept, flat_concept = session.store.load(deep.name), session.store.load(flat.name)
+    assert torch.equal(deep_concept.words, flat_concept.words) and torch.equal(deep_concept.local, flat_concept.local)

@@ -91,3 +91,19 @@ def test_rebuilding_the_index_keeps_the_history_or_says_it_is_lost(run_cli, elit
     else:
         assert "the generation history could not be read from the damaged index and is lost" in repaired.stdout
         assert json.loads(history) == []
+
+
+def test_list_says_why_staleness_is_not_known_yet(run_cli, elite_home, tmp_path):
+    # A library filled without any model command (an import): the mappers' fingerprints are unknown.
+    from elite_cli.model.concept import PREPROCESSING_VERSION
+
+    concept = random_concept(1)
+    concept.provenance.update(preprocessing=str(PREPROCESSING_VERSION), crop="auto")  # current: only mappers may tell
+    store = ConceptStore(elite_home)
+    store.add(concept, image_path=make_picture(tmp_path / "cat.png", 1))
+    store.close()
+    result = run_cli("list")
+    assert result.exit_code == 0
+    [row] = [line for line in result.stdout.splitlines() if line.strip().startswith("cat ")]
+    assert row.rstrip().endswith("?")
+    assert "stale '?': not known yet" in result.stderr and "`elite add`, `gen`, `reencode`" in result.stderr

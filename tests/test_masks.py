@@ -296,7 +296,7 @@ def test_concept_files_without_mask_keys_tell_from_their_sources(tmp_path):
     stored = cf.load_bytes(data, "old")
     bad = cf.serialize({name: stored.tensors[name] for name in cf.CONCEPT_TENSORS},
                        {**stored.metadata, "mask_source": "guessed"})
-    with pytest.raises(FormatError, match="has mask_source 'guessed'; accepted are file, alpha, auto, none"):
+    with pytest.raises(FormatError, match="has mask_source 'guessed'; accepted are file, painted, alpha, auto, none"):
         cf.load_bytes(bad, "bad")
 
 

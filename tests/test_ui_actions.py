@@ -3,6 +3,7 @@ without a browser: a real API session on the tiny models, a real library, real P
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 
@@ -12,7 +13,8 @@ from PIL import Image
 
 from conftest import REPO
 from elite_cli.api import Session
-from elite_cli.ui.actions import MASK_FILE, MASK_NONE, MASK_PAINT, Actions, insert_placeholder, painted_mask, parse_tags
+from elite_cli.ui.actions import (MASK_AUTO, MASK_FILE, MASK_NONE, MASK_PAINT, Actions, insert_placeholder, painted_mask,
+                                  describe, parse_tags)
 from elite_cli.ui.server import check_port, is_loopback, parse_auth
 from elite_cli.ui.worker import SessionWorker
 
@@ -62,10 +64,15 @@ def test_add_with_a_painted_mask_then_rename_tag_remove(actions):
     assert (card.name, card.tags, card.stale) == ("chelsea", ("cats", "pets"), False)
     assert card.thumbnail.is_file()
     stored = actions.worker.call(lambda session: session.concept("chelsea"))
-    # The painted mask is stored as the concept's mask, as `elite add --mask` would store a file.
+    # The painted mask is stored as the concept's mask, as `elite add --mask` would store a file,
+    # and recorded as painted (it said "mask file").
     assert stored.mask_sha256 and stored.mask_path and stored.mask_path.is_file()
     with Image.open(stored.mask_path) as mask:
         assert mask.size == size
+    assert actions.worker.call(lambda session: session.mask_origin("chelsea"))["mask_source"] == "painted"
+    details = actions.concept_details("chelsea")
+    assert "mask: painted" in details.markdown and "tags: cats, pets" in details.markdown
+    assert details.picture == stored.preview_path and details.picture.is_file()
 
     assert actions.set_tags("chelsea", "cats, indoor").message == "<chelsea> tags: cats, indoor."
     outcome, name = actions.rename("chelsea", "kitty")
@@ -95,13 +102,14 @@ def test_a_bad_upload_is_one_message_and_nothing_is_stored(actions, tmp_path, mo
 def test_nothing_painted_is_refused(actions):
     outcome = actions.add_concept(str(SAMPLES / "chelsea.png"), MASK_PAINT, None, [np.zeros((8, 8, 4), np.uint8)], "", "")
     assert outcome.message.startswith("Error: nothing is painted on the picture")
+    assert "'Find it automatically'" in outcome.message  # the other ways to mark the object are named
     assert actions.concept_cards() == []
 
 
 def test_generate_reports_steps_and_images_then_history_makes_one_again(actions):
     assert actions.add_concept(str(SAMPLES / "chelsea.png"), MASK_FILE, str(SAMPLES / "chelsea_mask.png"),
                                None, "", "").ok
-    updates = list(actions.generate("<chelsea> on the beach", n=2, seed=11, **FAST))
+    updates = list(actions.generate("<chelsea> on the beach", n=2, seed=11, lambda_=0.6, **FAST))
     steps = [update.step for update in updates if update.step]
     images = [update.image for update in updates if update.image]
     assert steps[:2] == [(1, 2), (2, 2)]
@@ -112,7 +120,8 @@ def test_generate_reports_steps_and_images_then_history_makes_one_again(actions)
     rows = actions.history()
     assert [row.cells[1] for row in rows] == ["<chelsea> on the beach"] * 2
     row = next(row for row in rows if row.entry.seed == 12)
-    assert row.cells[2:5] == [12, 2, 5.0] and row.cells[7] == "64x64"
+    assert row.cells[2:6] == [12, 2, 5.0, 0.6] and row.cells[7] == "64x64"
+    assert "lambda 0.6," in describe(row.entry)
     # Made again from the history row (its PNG moved away): the same pixels.
     original = np.asarray(Image.open(row.path))
     row.path.rename(row.path.with_suffix(".moved"))
@@ -120,6 +129,32 @@ def test_generate_reports_steps_and_images_then_history_makes_one_again(actions)
     assert again[-1].error is None, again[-1].error
     [remade] = again[-1].result.images
     assert remade.seed == 12 and np.array_equal(np.asarray(Image.open(remade.path)), original)
+    assert actions.history()[0].cells[5] == 0.6  # made again with the run's lambda, not the default
+
+
+def test_the_automatic_mask_is_previewed_then_added_with_its_object(actions, tmp_path):
+    picture = str(SAMPLES / "coffee.png")
+    drawn, outcome = actions.preview_automatic_mask(picture, "a cup")
+    assert outcome.ok and outcome.message.startswith("Found 'a cup': it covers "), outcome.message
+    with Image.open(io.BytesIO(drawn)) as preview:
+        assert max(preview.size) <= 256 and preview.mode == "RGB"
+    assert actions.concept_cards() == []  # a preview stores nothing
+    outcome = actions.add_concept(picture, MASK_AUTO, None, None, "", "", object_text="a cup")
+    assert outcome.ok, outcome.message
+    origin = actions.worker.call(lambda session: session.mask_origin("coffee"))
+    assert (origin["mask_source"], origin["mask_object"]) == ("auto", "a cup")
+    # The preview shown before adding is the one stored with the concept.
+    stored = actions.worker.call(lambda session: session.concept("coffee"))
+    assert stored.preview_path.read_bytes() == drawn
+    assert "object 'a cup'" in actions.concept_details("coffee").markdown
+    exported, outcome = actions.export_concept("coffee", tmp_path / "exports")
+    assert outcome.ok and exported == tmp_path / "exports" / "coffee.elite.safetensors" and exported.stat().st_size > 0
+    # An empty box is the default object; a broken picture is one line naming the upload.
+    broken = tmp_path / "copy" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_text("no picture")
+    drawn, outcome = actions.preview_automatic_mask(str(broken), "", {str(broken): "broken.png"})
+    assert drawn is None and outcome.message.startswith("Error: image 'broken.png' is not an image PIL can read")
 
 
 def test_generate_errors_are_one_message(actions):

@@ -5,17 +5,13 @@ happened must be what is stored."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, pixels
+from ui_support import start_ui_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -26,63 +22,15 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="the browser 
 expect = playwright_api.expect
 
 SAMPLES = REPO / "library" / "samples"
-STARTUP_TIMEOUT_S = 180  # importing gradio and loading the models on a busy CI machine
 WAIT_MS = 90_000  # the first add or generation may wait for the models that load in the background
 expect.set_options(timeout=WAIT_MS)
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions"]
 
 
-class UiServer:
-    """`elite ui --port 0` in a subprocess; `url` once it says where it listens."""
-
-    def __init__(self, env: dict[str, str], home: Path):
-        self.home = home
-        self.process = subprocess.Popen([sys.executable, "-m", "elite_cli", "ui", "--port", "0"], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=home)
-        self.stderr: list[str] = []
-        threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True).start()
-        self.url = self._wait_for_url()
-
-    def _wait_for_url(self) -> str:
-        found: list[str] = []
-        said = threading.Event()
-
-        def read() -> None:
-            # Read on after the URL as well: a full pipe that nobody reads would block the server.
-            for line in self.process.stdout:
-                match = None if found else re.search(r"elite ui: (http://127\.0\.0\.1:\d+/)", line)
-                if match:
-                    found.append(match.group(1))
-                    said.set()
-            said.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        said.wait(STARTUP_TIMEOUT_S)
-        if not found:
-            self.stop()
-            pytest.fail(f"elite ui did not print its URL; stderr:\n{''.join(self.stderr)[-3000:]}")
-        return found[0]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture(scope="module")
 def ui_server(tiny_models, tmp_path_factory):
-    home = tmp_path_factory.mktemp("ui-home")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ELITE_")}
-    env.update(ELITE_HOME=str(home / "library"), ELITE_OUTPUT_DIR=str(home / "out"), ELITE_DEVICE="cpu",
-               ELITE_BASE_MODEL=str(tiny_models.base_model), ELITE_IMAGE_ENCODER=str(tiny_models.image_encoder),
-               ELITE_GLOBAL_MAPPER=str(tiny_models.global_mapper), ELITE_LOCAL_MAPPER=str(tiny_models.local_mapper),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_TEMP_DIR=str(home / "gradio-tmp"))
-    server = UiServer(env, home)
+    server = start_ui_server(tiny_models, tmp_path_factory.mktemp("ui-home"))
     yield server
     server.stop()
     assert server.process.returncode == 0, "".join(server.stderr)[-3000:]
@@ -228,3 +176,146 @@ def set_number(page, element: str, value: int) -> None:
         except AssertionError:
             if attempt == 2:
                 raise
+
+
+def sliders_clipped(page) -> list[str]:
+    """The sliders whose row (minimum, track, maximum) does not fit in its box: the box clips the maximum."""
+    return page.evaluate("""() => [...document.querySelectorAll('.slider_input_container')]
+        .filter(row => row.scrollWidth > row.clientWidth + 1).map(row => row.closest('[id]').id)""")
+
+
+def headers_broken(page) -> list[str]:
+    """History headers whose word is laid out on more than one line."""
+    return page.evaluate("""() => [...document.querySelectorAll('#history thead .header')].filter(header => {
+        const range = document.createRange(); range.selectNodeContents(header);
+        return new Set([...range.getClientRects()].map(rect => Math.round(rect.top))).size > 1;
+    }).map(header => header.innerText)""")
+
+
+# Samples the page every 50 ms while a run is going: images shown, the Generate button, the bar's text,
+# and whether the empty gallery's icon sits under the bar's text.
+WATCH_GENERATION = """() => { window.eliteSamples = []; window.eliteWatch = setInterval(() => {
+    const results = document.querySelector('#results'), button = document.querySelector('#generate');
+    const level = results.querySelector('.progress-level');
+    const icon = results.querySelector('.empty .icon');
+    let overlap = false;
+    if (level && icon && getComputedStyle(results.querySelector('.empty')).visibility !== 'hidden') {
+        const a = level.getBoundingClientRect(), b = icon.getBoundingClientRect();
+        overlap = a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+    }
+    window.eliteSamples.push({t: performance.now(), images: results.querySelectorAll('img').length,
+        disabled: button.disabled, label: button.innerText, bar: level ? level.innerText : '', overlap});
+}, 50); }"""
+
+
+def test_a_run_keeps_the_page_busy_and_its_settings_come_back(page):
+    open_tab(page, "Generate")
+    page.get_by_text("Scheduler and size").click()
+    expect(page.locator("#width input[type=number]").first).to_be_visible()
+    assert sliders_clipped(page) == []
+    page.locator("#prompt textarea").fill("a quiet street")
+    for element, value in (("#count", 3), ("#seed", 5), ("#steps", 40), ("#width", 64), ("#height", 64)):
+        set_number(page, element, value)
+    set_number(page, "#lambda", 0.6)
+    page.evaluate(WATCH_GENERATION)
+    page.locator("#generate").click()
+    expect(page.locator("#run-info")).to_contain_text("Made 3 images (seeds 5, 6, 7)")
+    samples = page.evaluate("() => { clearInterval(window.eliteWatch); return window.eliteSamples; }")
+    expect(page.locator("#generate")).to_be_enabled()
+    expect(page.locator("#generate")).to_have_text("Generate")
+
+    # Between the first image and the last, the page says it is still working, and which image it makes.
+    between = [sample for sample in samples if 0 < sample["images"] < 3]
+    assert between, "no sample between the first and the last image"
+    assert all(sample["disabled"] and "Generating" in sample["label"] for sample in between), between[:3]
+    bars = " ".join(sample["bar"] for sample in samples)
+    assert "Image 1 of 3" in bars and "Image 2 of 3" in bars and "Image 3 of 3" in bars
+    # The bar may blink while an image is drawn, never for long (it was gone ~1 s per image).
+    longest_gap, gap_start = 0.0, None
+    for sample in between:
+        if sample["bar"]:
+            gap_start = None
+        else:
+            gap_start = sample["t"] if gap_start is None else gap_start
+            longest_gap = max(longest_gap, sample["t"] - gap_start)
+    assert longest_gap < 500, f"no bar for {longest_gap:.0f} ms between images"
+    assert not any(sample["overlap"] for sample in samples), "the bar's text sat over the empty gallery's icon"
+    # Images are shown whole: no cropping to the gallery's box.
+    for fit in page.evaluate("() => [...document.querySelectorAll('#results img')].map(i => getComputedStyle(i).objectFit)"):
+        assert fit in ("contain", "scale-down")
+
+    # History: lambda is there (it was an empty column), headers whole, no "Share" (Spaces only).
+    open_tab(page, "History")
+    page.locator("#download").click()
+    expect(page.locator("#history-message")).to_contain_text("Error: no image is selected")
+    table = page.locator("#history")
+    expect(table).to_contain_text("a quiet street")
+    # The newest row as shown (the grid also keeps a hidden copy of its rows for measuring).
+    heads = page.locator("#history thead .header").all_inner_texts()
+    shown_cell = table.get_by_text("a quiet street").filter(visible=True).first
+    cells = shown_cell.evaluate("""cell => [...(cell.closest('tr, [role=row]')).querySelectorAll('td, [role=gridcell]')]
+        .map(td => td.innerText.trim())""")
+    columns = dict(zip([head.strip() for head in heads], cells[len(cells) - len(heads):]))
+    assert columns["lambda"] == "0.6" and columns["prompt"] == "a quiet street", columns
+    assert headers_broken(page) == []
+    table.get_by_text("a quiet street").filter(visible=True).first.click()
+    expect(page.locator("#history-details")).to_contain_text("lambda 0.6")
+    expect(page.locator("#history-image img")).to_have_count(1)
+    page.locator("#history-image").hover()
+    for place in ("#history-image", "#results"):
+        expect(page.locator(place).get_by_role("button", name=re.compile("share", re.I))).to_have_count(0)
+
+    # Edit these settings: the form gets the run's lambda back (it got 0.8).
+    page.locator("#reuse-settings").click()
+    expect(page.locator("#lambda input[type=number]").first).to_have_value("0.6")
+    expect(page.locator("#steps input[type=number]").first).to_have_value("40")
+
+
+def test_the_library_keeps_its_selection_by_name_and_shows_sharp_pictures(page, ui_server):
+    open_tab(page, "Library")
+    # The automatic mask: the object named as with `elite add --object`, its preview before adding.
+    page.locator("#mask-mode").get_by_text("Find it automatically").click()
+    expect(page.locator("#mask-object")).to_be_visible()
+    page.locator("#picture input[type=file]").set_input_files(str(SAMPLES / "chelsea.png"))
+    object_box = page.locator("#mask-object textarea, #mask-object input").first
+    object_box.fill("a cat")
+    object_box.press("Tab")
+    expect(page.locator("#add-message")).to_contain_text("Found 'a cat': it covers")
+    expect(page.locator("#mask-preview img")).to_have_count(1)
+    page.locator("#concept-name textarea, #concept-name input").first.fill("autocat")
+    page.locator("#add").click()
+    expect(page.locator("#add-message")).to_contain_text("Added <autocat>")
+    # Its details: the picture with its mask, where the mask came from, and an export.
+    page.locator("#library").get_by_text("<autocat>").click()
+    details = page.locator("#concept-details")
+    expect(details).to_contain_text("mask: automatic")
+    expect(details).to_contain_text("object 'a cat'")
+    expect(page.locator("#concept-picture img")).to_have_count(1)
+    with page.expect_download() as download:
+        page.locator("#export-concept").click()
+    assert download.value.suggested_filename == "autocat.elite.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(download.value.path(), "np") as exported:
+        assert exported.metadata()["mask_object"] == "a cat" and exported.metadata()["mask_source"] == "auto"
+
+    for picture in ("astronaut", "coffee"):
+        page.locator("#mask-mode").get_by_text("Mask file").click()
+        page.locator("#picture input[type=file]").set_input_files(str(SAMPLES / f"{picture}.png"))
+        page.locator("#mask-file input[type=file]").set_input_files(str(SAMPLES / f"{picture}_mask.png"))
+        page.locator("#add").click()
+        expect(page.locator("#add-message")).to_contain_text(f"Added <{picture}>")
+    gallery = page.locator("#library")
+    gallery.get_by_text("<coffee>").click()
+    expect(page.locator("#selected-concept textarea, #selected-concept input").first).to_have_value("coffee")
+    # Renamed to a name that sorts first: the highlight follows the concept, not its old place.
+    page.locator("#rename-to textarea, #rename-to input").first.fill("aaa-cup")
+    page.locator("#rename").click()
+    expect(page.locator("#library-message")).to_contain_text("Renamed <coffee> to <aaa-cup>")
+    expect(gallery.locator(".thumbnail-item.selected")).to_have_count(1)
+    expect(gallery.locator(".thumbnail-item.selected")).to_contain_text("<aaa-cup>")
+    expect(page.locator("#concept-details")).to_contain_text("<aaa-cup>")
+    expect(page.locator("#concept-details")).to_contain_text("mask: mask file")
+    # Pictures are at least as large as their cells (the 128 px thumbnails were blown up).
+    sizes = page.evaluate("() => [...document.querySelectorAll('#library img')].map(i => [i.naturalWidth, i.clientWidth])")
+    assert sizes and all(natural >= shown for natural, shown in sizes), sizes

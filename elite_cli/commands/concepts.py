@@ -78,7 +78,7 @@ def add(
         echo_json({"added": shown.summaries, "model_load_seconds": round(session.model_load_seconds or 0.0, 3),
                    "total_seconds": round(seconds_since_start(), 3)})
     else:
-        typer.echo(model_time_line(session.model_load_seconds), err=True)
+        typer.echo(model_time_line(session.model_load_seconds, session.models_loaded_at), err=True)
 
 
 class AddedConcepts:
@@ -130,6 +130,9 @@ def list_concepts(
         [[stored.name, stored.short_id, stored.tags, short_time(stored.created),
           {True: "yes", False: "", None: "?"}[flag]] for stored, flag in zip(concepts, stale)],
     )
+    if None in stale:
+        typer.echo("stale '?': not known yet; the configured mappers' fingerprints are recorded the first time a "
+                   "command loads them (`elite add`, `gen`, `reencode`), or their files cannot be read.", err=True)
     mappers = session.mapper_stale_flags(concepts)
     count = sum(1 for flag in mappers if flag)
     if count:
@@ -250,6 +253,12 @@ def export_concept(
         typer.echo(f"Note: {result.note}.", err=True)
 
 
+def skipped_note(name: str) -> str:
+    return (f"Note: skipped <{name}>: it has no stored source picture (imported concepts have none) and stays "
+            f"stale; add it again from its picture (`elite add PICTURE --replace --name {name}`), or generate with "
+            "it using --allow-stale.")
+
+
 def already_stored(stored, wanted_name: str | None, verb: str) -> str:
     """The line for a concept the library already held; a name asked for with --name is not applied
     behind the user's back (the library holds a concept once, under one name)."""
@@ -363,5 +372,7 @@ def reencode(
         return
     if as_json:
         echo_json(done)
-    # The others are done; a stale concept without a source picture still needs the user.
-    result.require_sources()
+    # Only without names (a named one fails before anything loads): the others are done, and an
+    # imported concept, which has no picture to encode again, does not stop the command.
+    for skipped in result.skipped:
+        typer.echo(skipped_note(skipped.name), err=True)

@@ -130,7 +130,7 @@ def gen(
     if result.is_main:
         report_generation(result, as_json)
         if not as_json and result.images:
-            typer.echo(model_time_line(session.model_load_seconds), err=True)
+            typer.echo(model_time_line(session.model_load_seconds, session.models_loaded_at), err=True)
 
 
 def check_prompt_sources(context: typer.Context, prompt: str | None, prompts_file: Path | None,

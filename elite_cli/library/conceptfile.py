@@ -46,7 +46,7 @@ REQUIRED_METADATA = ("format", "format_version", "concept_id", "name", "created"
 # Where the object mask came from (FORMAT.md 2.1). Optional: files written before elite recorded
 # it lack them, which reads as "" (not recorded); a key is written only when it has a value.
 MASK_KEYS = ("mask_source", "mask_model", "mask_object")
-MASK_SOURCES = ("file", "alpha", "auto", "none")
+MASK_SOURCES = ("file", "painted", "alpha", "auto", "none")
 
 
 def provenance_of(metadata: dict[str, str]) -> dict[str, str]:

@@ -476,7 +476,7 @@ class ConceptStore(GenerationHistory):
         cf.load_bytes(data, name)  # the same checks an import gets: shapes, finite values
         thumbnail = thumbnail_png(image_path)
         preview = None
-        if provenance.get("mask_source") in ("file", "alpha", "auto"):
+        if provenance.get("mask_source") in ("file", "painted", "alpha", "auto"):
             from elite_cli.library.thumbnails import preview_png
 
             preview = preview_png(image_path, mask_path, provenance.get("crop") or "auto")

@@ -30,9 +30,11 @@ def thumbnail_png(image_path: Path) -> bytes:
     """A PNG at most 128 px on the long side, upright (EXIF orientation applied), RGB."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    from elite_cli.model.images import to_rgb
+
     try:
         with Image.open(image_path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
+            image = to_rgb(ImageOps.exif_transpose(image))
             image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
             return _png(image)
     except (UnidentifiedImageError, OSError, ValueError):

@@ -91,6 +91,12 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any picture as 8-bit RGB the way elite encodes it (16-bit scaled over its full range; PIL's
+    own convert("RGB") clips a 16-bit greyscale picture to almost white)."""
+    return _split_alpha(image)[0]
+
+
 def _split_alpha(image: Image.Image) -> tuple[Image.Image, np.ndarray | None]:
     """RGB version of any mode, plus the alpha channel as a bool mask when there is one."""
     image = _to_8bit(image)

@@ -27,7 +27,8 @@ MASK_MODES = ("auto", "none")
 # outside that the mappers see something they never learned from.
 COVERAGE_RANGE = (0.02, 0.8)
 NO_OBJECT = "no object found: pass --mask FILE, --object TEXT or --mask none"
-SOURCE_WORDS = {"file": "mask file", "alpha": "the picture's transparency", "auto": "automatic",
+SOURCE_WORDS = {"file": "mask file", "painted": "painted (given as an image, e.g. in `elite ui`)",
+                "alpha": "the picture's transparency", "auto": "automatic",
                 "none": "none (the whole picture)", "": "not recorded"}
 
 

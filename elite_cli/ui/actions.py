@@ -7,6 +7,7 @@ page; nothing here stores anything the API did not store.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from elite_cli.errors import InputError
 from elite_cli.common.failures import internal_message, user_message
+from elite_cli.common.outputs import code_keys
 from elite_cli.ui.worker import SessionWorker
 
 if TYPE_CHECKING:
@@ -53,6 +55,28 @@ def parse_tags(text: str | None) -> list[str]:
     return [tag for tag in TAG_SEPARATORS.split(text or "") if tag]
 
 
+def form_settings(*, images: Any, seed: Any, lambda_: Any, guidance: Any, steps: Any, width: Any,
+                  height: Any) -> dict[str, Any]:
+    """The Generate form's numbers as `Actions.generate` takes them. The page's sliders only send
+    numbers, but its API (`gradio_client`, plain HTTP) may send anything: NaN, Infinity, null or
+    text is one `Error:` line naming the field, as the API says for a bad lambda or guidance;
+    the ranges are the API's to check. A seed that is empty or below 0 means a random one."""
+
+    def number(value: Any, label: str, whole: bool) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            shown = "null" if value is None else repr(value) if isinstance(value, str) else value
+            raise InputError(f"{label} must be a {'whole ' if whole else ''}number, not {shown}.")
+        if whole and value != int(value):
+            raise InputError(f"{label} must be a whole number, not {value}.")
+        return int(value) if whole else float(value)
+
+    checked_seed = None if seed is None else number(seed, "Seed", whole=True)
+    return dict(n=number(images, "Images", True), seed=None if checked_seed is None or checked_seed < 0 else checked_seed,
+                lambda_=number(lambda_, "Lambda", False), guidance=number(guidance, "Guidance", False),
+                steps=number(steps, "Steps", True), width=number(width, "Width", True),
+                height=number(height, "Height", True))
+
+
 def insert_placeholder(prompt: str | None, name: str) -> str:
     """The prompt with `<name>` added at its end (a space between), for a concept picked in the gallery."""
     prompt = (prompt or "").rstrip()
@@ -90,6 +114,7 @@ class ConceptCard:
     tags: tuple[str, ...]
     thumbnail: Path
     stale: bool | None  # encoded by other mappers than the configured ones (generation refuses it)
+    picture: Path | None = None  # the stored picture it was encoded from (None: imported without one)
 
     @property
     def caption(self) -> str:
@@ -97,6 +122,15 @@ class ConceptCard:
         if self.tags:
             caption += "  " + ", ".join(self.tags)
         return caption + ("  (stale)" if self.stale else "")
+
+
+@dataclass
+class ConceptDetails:
+    """The selected concept as the Library shows it."""
+
+    name: str
+    picture: Path | None  # the preview (object on the picture), else the picture, else the thumbnail
+    markdown: str
 
 
 @dataclass
@@ -133,8 +167,14 @@ class HistoryRow:
 HISTORY_COLUMNS = ["made", "prompt", "seed", "steps", "guidance", "lambda", "scheduler", "size", "file"]
 
 
+def settings_of(entry: "HistoryEntry") -> dict[str, Any]:
+    """A history row's parameters under the code's names: rows store `lambda` (older ones
+    `llambda`), the code and the page's form say `llambda`."""
+    return code_keys(entry.parameters)
+
+
 def history_cells(entry: "HistoryEntry") -> list[Any]:
-    parameters = entry.parameters
+    parameters = settings_of(entry)
     created = entry.created.replace("T", " ")[:16]
     size = f"{parameters.get('width', '?')}x{parameters.get('height', '?')}"
     return [created, entry.prompt, entry.seed, parameters.get("steps"), parameters.get("guidance_scale"),
@@ -146,7 +186,7 @@ def describe(entry: "HistoryEntry") -> str:
     """The parameters of one history image as Markdown (user text escaped: `<name>` is no HTML tag)."""
     from html import escape
 
-    parameters = entry.parameters
+    parameters = settings_of(entry)
     lines = [f"**{escape(entry.prompt)}**", "",
              f"- seed {entry.seed}, {parameters.get('steps')} steps, guidance {parameters.get('guidance_scale')}, "
              f"lambda {parameters.get('llambda')}, scheduler {parameters.get('scheduler')}, "
@@ -167,7 +207,8 @@ def job_for_image(entry: "HistoryEntry"):
     it used, by id), from its row alone: the PNG may have been moved or deleted since."""
     from elite_cli.generation.jobs import MODEL_KEYS, GenerationJob
 
-    settings = {key: entry.parameters[key] for key in GenerationJob("").settings() if key in entry.parameters}
+    parameters = settings_of(entry)
+    settings = {key: parameters[key] for key in GenerationJob("").settings() if key in parameters}
     return GenerationJob(prompt=entry.prompt, negative_prompt=entry.negative_prompt, seed=entry.seed, num_images=1,
                          concept_ids=dict(entry.concept_ids),
                          recorded_models={key: str(entry.parameters[key]) for key in MODEL_KEYS
@@ -187,7 +228,7 @@ class Actions:
         def read(session: "Session") -> list[ConceptCard]:
             concepts = session.concepts()
             stale = session.stale_flags(concepts)
-            return [ConceptCard(concept.name, tuple(concept.tags), concept.thumbnail_path, flag)
+            return [ConceptCard(concept.name, tuple(concept.tags), concept.thumbnail_path, flag, concept.image_path)
                     for concept, flag in zip(concepts, stale)]
 
         return self.worker.call(read)
@@ -203,10 +244,12 @@ class Actions:
         return Outcome("")
 
     def add_concept(self, picture: str | None, mask_mode: str, mask_file: str | None, painted: Any,
-                    name: str | None, tags: str | None, uploads: dict[str, str] | None = None) -> Outcome:
+                    name: str | None, tags: str | None, uploads: dict[str, str] | None = None,
+                    object_text: str | None = None) -> Outcome:
         """Add the uploaded picture as a concept, checked by the API exactly as `elite add` checks files.
 
-        painted: the editor's paint layers (RGBA arrays) when the mask is painted.
+        painted: the editor's paint layers (RGBA arrays) when the mask is painted; object_text: what
+        the automatic mask looks for (`elite add --object`; empty: the default object).
         """
         uploads = dict(uploads or {})
         try:
@@ -224,14 +267,75 @@ class Actions:
                 mask = "none"  # None would ask the API for the picture's transparency, else the segmenter
             elif mask_mode == MASK_AUTO:
                 mask = "auto"
+            wanted_object = (object_text or "").strip() or None if mask_mode == MASK_AUTO else None
             stored = self.worker.call(lambda session: session.add_concept(
-                picture, mask, name=(name or "").strip() or None, tags=parse_tags(tags)))
+                picture, mask, name=(name or "").strip() or None, tags=parse_tags(tags), object_text=wanted_object))
         except Exception as error:  # every failure is one message in the page; the API stored nothing
             return Outcome(error_message(error, uploads), ok=False)
         if stored.duplicate:
             return Outcome(f"This picture is in the library already, as <{stored.name}>.")
         tags_text = f" (tags: {', '.join(stored.tags)})" if stored.tags else ""
         return Outcome(f"Added <{stored.name}>{tags_text}; use it in a prompt as <{stored.name}>.")
+
+    def preview_automatic_mask(self, picture: str, object_text: str | None = None,
+                               uploads: dict[str, str] | None = None) -> tuple[bytes | None, Outcome]:
+        """The automatic mask `add` would use (the same segmenter, object and threshold), drawn as
+        `elite add` draws its preview: the object kept, the background dimmed, the encoder's square
+        outlined. Nothing is stored."""
+
+        def find(session: "Session") -> tuple[bytes, str]:
+            from elite_cli.library.thumbnails import preview_png
+            from elite_cli.model.masks import MaskChooser
+
+            segmenter = session.setting("segmenter")
+            session.fetch_missing_models(encoding=False, segmenter=segmenter)
+            with MaskChooser("auto", (object_text or "").strip() or None, segmenter, session.setting("device"),
+                             session.setting("dtype")) as chooser:
+                chosen = chooser.choose(picture)
+                drawn = preview_png(Path(picture), chosen.path)
+            share = f"{chosen.coverage * 100:.1f}%" if chosen.coverage < 0.1 else f"{chosen.coverage * 100:.0f}%"
+            text = f"Found '{chosen.object_text}': it covers {share} of the picture (shown bright in the preview)."
+            return drawn, text + (f" Warning: {chosen.warning}" if chosen.warning else "")
+
+        try:
+            drawn, text = self.worker.call(find)
+        except Exception as error:
+            return None, Outcome(error_message(error, uploads), ok=False)
+        for copy, original in (uploads or {}).items():
+            text = text.replace(copy, original)
+        return drawn, Outcome(text)
+
+    def concept_details(self, name: str) -> ConceptDetails:
+        """What the Library shows of the selected concept: its picture with the mask, where the mask
+        came from, its tags and when it was added."""
+        from html import escape
+
+        from elite_cli.model.masks import describe_mask_source
+
+        def read(session: "Session") -> ConceptDetails:
+            stored = session.concept(name)
+            origin = session.mask_origin(stored)
+            shown = next((path for path in (stored.preview_path, stored.image_path, stored.thumbnail_path)
+                          if path is not None and path.is_file()), None)
+            lines = [f"**&lt;{escape(stored.name)}&gt;** (id {stored.short_id})",
+                     f"- mask: {escape(describe_mask_source(origin), quote=False)}",
+                     f"- tags: {escape(', '.join(stored.tags), quote=False) or 'none'}",
+                     f"- added {stored.created.replace('T', ' ')[:16]}"]
+            if stored.image_path is None:
+                lines.append("- no stored picture (imported from a concept file)")
+            return ConceptDetails(stored.name, shown, "\n".join(lines))
+
+        return self.worker.call(read)
+
+    def export_concept(self, name: str, folder: Path) -> tuple[Path | None, Outcome]:
+        """Write the concept as `elite export NAME -o FOLDER/NAME.elite.safetensors` writes it."""
+        target = Path(folder) / f"{name}.elite.safetensors"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            result = self.worker.call(lambda session: session.export(name, target, "elite", overwrite=True))
+        except Exception as error:
+            return None, Outcome(error_message(error), ok=False)
+        return Path(result.path), Outcome("")
 
     def rename(self, old: str | None, new: str | None) -> tuple[Outcome, str | None]:
         """Rename a concept; also returns the name it has afterwards (for the selection)."""
@@ -339,6 +443,7 @@ def _painted_mask_for(session: "Session", picture: str, painted: Any) -> "np.nda
         size = ImageOps.exif_transpose(opened).size
     mask = painted_mask(painted, size)
     if mask is None:
+        others = "'Find it automatically', 'Mask file'" if automatic_mask_available() else "'Mask file'"
         raise InputError("nothing is painted on the picture; paint over the object (the brush marks it), "
-                         "or choose 'Mask file' or 'Whole picture'.")
+                         f"or choose {others} or 'Whole picture'.")
     return mask

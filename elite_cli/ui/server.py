@@ -24,6 +24,11 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 MAX_UPLOAD = "100mb"  # a concept picture is never that large; the API refuses over 90 megapixels anyway
 UI_EXTRA_HINT = "install it with: pip install 'elite-cli[ui]'"
+# Browser tabs whose state (history rows, selection) the server keeps; the oldest is dropped first.
+# Gradio keeps 10,000, each with a copy of the page's whole configuration: `elite ui` grew with every
+# visit. One person's tabs never come near this.
+SESSIONS_KEPT = 64
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def require_gradio() -> None:
@@ -51,6 +56,48 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to any interface
+
+
+def allowed_host_names(host: str) -> set[str] | None:
+    """The names a request's Host header may carry for a server bound to `host`: that address and
+    localhost's names. None (any name) when it listens on every interface, where the machine's
+    names and addresses cannot all be known. Refusing the others stops DNS rebinding: a web page
+    whose host name is re-pointed at 127.0.0.1 would otherwise drive the UI from the user's browser."""
+    if host in WILDCARD_HOSTS:
+        return None
+    return {host.lower().strip("[]"), "localhost", "127.0.0.1", "::1"}
+
+
+def host_name(header: str) -> str:
+    """'example.org:7860' -> 'example.org'; '[::1]:7860' -> '::1'."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class HostCheck:
+    """ASGI middleware: a request (HTTP or websocket) whose Host is not an allowed name gets 421."""
+
+    def __init__(self, app, allowed: set[str]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            headers = dict(scope.get("headers") or [])
+            name = host_name(headers.get(b"host", b"").decode("latin-1"))
+            if name not in self.allowed:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                body = (f"elite ui: Host '{name}' is not this server's address; open "
+                        "http://127.0.0.1:PORT/ (or the address given to --host).\n").encode()
+                await send({"type": "http.response.start", "status": 421,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 def check_port(host: str, port: int) -> int:
@@ -117,10 +164,14 @@ def start(session: "Session", *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     files = Files([output_dir])
     page = build_page(Actions(worker), files)
     page.queue(default_concurrency_limit=1)
+    allowed = allowed_host_names(host)
+    from starlette.middleware import Middleware
+
+    middleware = [Middleware(HostCheck, allowed=allowed)] if allowed is not None else []
     page.launch(server_name=host, server_port=port, auth=auth, share=False, quiet=True, show_error=False,
                 prevent_thread_lock=True, inbrowser=False, theme=theme(), css=CSS, allowed_paths=[str(output_dir)],
                 max_file_size=MAX_UPLOAD, ssr_mode=False, footer_links=[], enable_monitoring=False, mcp_server=False,
-                pwa=False)
+                pwa=False, app_kwargs={"middleware": middleware}, state_session_capacity=SESSIONS_KEPT)
     shown_host = host if is_loopback(host) or host not in ("0.0.0.0", "::") else "127.0.0.1"
     url = f"http://{f'[{shown_host}]' if ':' in shown_host else shown_host}:{port}/"
     return RunningUi(url=url, port=port, page=page, worker=worker, stop_callbacks=[worker.close, files.close])
