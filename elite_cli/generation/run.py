@@ -45,6 +45,10 @@ class GenerationListener:
     def warning(self, message: str) -> None:
         """A one-sentence warning (no 'Warning: ' prefix)."""
 
+    def precision(self, line: str) -> None:
+        """The models are loaded: what they compute in and why, in one line such as 'bfloat16 (auto:
+        this CPU computes bfloat16 natively (AVX512-BF16); ...)' (main process only)."""
+
     def planned(self, plan: "GenerationPlan", jobs: list[GenerationJob], directory: Path, processes: int,
                 is_main: bool) -> None:
         """Every image is named and batched; the first batch starts next."""
@@ -169,6 +173,8 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
     # Prompts that do not fit the text encoder fail (or warn) now, not after some images exist.
     reported_warnings = check_prompts_fit(spec, jobs, listener if workers.is_main else None)
     models = load_models(spec)
+    if workers.is_main:
+        listener.precision(models.precision.line())
     if not allow_stale:
         from elite_cli.model.concept import refuse_stale
 

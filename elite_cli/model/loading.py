@@ -3,7 +3,8 @@
 Sources: the Stable Diffusion 1.x base model (hub id or local diffusers folder) for UNet, VAE,
 tokenizer and text encoder (the SD text encoder *is* the CLIP text tower the reference uses),
 the CLIP vision tower (hub id or folder), and the two mapper checkpoints (reference `.pt` or
-our `.safetensors`). Half precision on CUDA, float32 elsewhere unless asked otherwise.
+our `.safetensors`). Half precision on CUDA; on the CPU bfloat16 where the CPU computes it
+natively, else float32 (elite_cli/model/precision.py), unless asked otherwise.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from pathlib import Path
 import torch
 
 from elite_cli.errors import InputError, ModelError
+from elite_cli.model.precision import DTYPES, DtypeChoice, choose_dtype, encoding_dtype  # noqa: F401  (DTYPES re-exported)
 from elite_cli.model.spec import DEFAULT_BASE_MODEL, DEFAULT_IMAGE_ENCODER, ModelSpec  # noqa: F401  (re-exported)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -43,21 +42,15 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    if requested in ("auto", "", None):
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-    if requested not in DTYPES:
-        raise InputError(f"--dtype {requested!r} is not supported; use auto, float32, float16 or bfloat16.")
-    dtype = DTYPES[requested]
-    if device.type == "cpu" and dtype == torch.float16:
-        raise InputError("--dtype float16 is too slow and imprecise on the CPU; use float32 or bfloat16 there.")
-    return dtype
+    """The dtype the models compute in for `--dtype requested` (precision.choose_dtype says why)."""
+    return choose_dtype(requested, device).dtype
 
 
 @dataclass
 class Models:
     spec: ModelSpec
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # what the UNet, VAE, text encoder and the mappers' key/value layers compute in
     backend: str
     tokenizer: object
     text_encoder: torch.nn.Module
@@ -70,6 +63,8 @@ class Models:
     global_fingerprint: str
     local_fingerprint: str
     scheduler_config: dict = field(default_factory=dict)
+    # Why `dtype` was chosen, in a few words (`elite doctor` and the start of `elite gen` say it).
+    dtype_reason: str = ""
     _image_encoder: torch.nn.Module | None = field(default=None, repr=False)
     _mappings_on_device: bool = field(default=False, repr=False)
 
@@ -94,8 +89,17 @@ class Models:
         """
         if self._image_encoder is None:
             resting = torch.device("cpu") if self.spec.low_vram else self.device
-            self._image_encoder = load_image_encoder(self.spec.image_encoder, resting, self.dtype)
+            self._image_encoder = load_image_encoder(self.spec.image_encoder, resting, self.encoding_dtype)
         return self._image_encoder
+
+    @property
+    def encoding_dtype(self) -> torch.dtype:
+        """What encoding computes in: float32 on the CPU whatever `dtype` is (precision.encoding_dtype)."""
+        return encoding_dtype(self.dtype, self.device)
+
+    @property
+    def precision(self) -> DtypeChoice:
+        return DtypeChoice(self.dtype, self.dtype_reason)
 
     @property
     def text_width(self) -> int:
@@ -139,7 +143,9 @@ class Models:
         }
 
 
-_CACHE: dict[ModelSpec, Models] = {}
+# Keyed by the spec and the dtype it resolved to: `--dtype auto` can mean another dtype once the
+# CPU probe is replaced (tests stand for other CPUs that way).
+_CACHE: dict[tuple[ModelSpec, torch.dtype], Models] = {}
 
 
 def _disable_progress_bars() -> None:
@@ -237,24 +243,24 @@ def resolve_mapper(value: str, role: str, convert_dir: Path) -> str:
 
 def forget_models(spec: ModelSpec | None = None) -> None:
     """Drop loaded models from the per-process cache (every spec when None), so the next load_models reloads."""
-    if spec is None:
-        _CACHE.clear()
-    else:
-        _CACHE.pop(spec, None)
+    for key in list(_CACHE):
+        if spec is None or key[0] == spec:
+            del _CACHE[key]
 
 
 def load_models(spec: ModelSpec) -> Models:
     """Load (or return the already loaded) models for a spec. Raises ModelError / InputError."""
-    if spec in _CACHE:
-        return _CACHE[spec]
+    device = resolve_device(spec.device)
+    choice = choose_dtype(spec.dtype, device)
+    dtype = choice.dtype
+    if (spec, dtype) in _CACHE:
+        return _CACHE[(spec, dtype)]
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
 
     from elite_cli.model.attention import cross_attention_modules, install_elite_processors, resolve_backend
     from elite_cli.model.mappers import GlobalMapper, LocalMapper, check_against_unet, fingerprint, load_mapper_state, module_key
 
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
     backend = resolve_backend(spec.attention, device)
     if not spec.global_mapper or not spec.local_mapper:
         raise ModelError("no mapper checkpoints are configured; run `elite config unset global_mapper` (and "
@@ -302,9 +308,15 @@ def load_models(spec: ModelSpec) -> Models:
     for module in (text_encoder, unet, vae):
         module.to(device=resting, dtype=dtype).eval().requires_grad_(False)
     for module in (global_mapper, local_mapper):
-        module.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        for mlp in module.mapping_modules():  # see Models.prepare_encoding
-            mlp.to("cpu")
+        # The ten MLPs wait in CPU memory until the first encode (Models.prepare_encoding), in the
+        # encoding precision, converted once from the file's values (float32 on the CPU even when
+        # generation runs in bfloat16: a bfloat16 detour would change the concepts).
+        for mlp in module.mapping_modules():
+            mlp.to(device="cpu", dtype=encoding_dtype(dtype, device))
+        for key in module.kv_modules:
+            for layer in module.key_value(key):
+                layer.to(device=device, dtype=dtype)
+        module.eval().requires_grad_(False)
     install_elite_processors(unet, global_mapper, local_mapper, backend)
     if spec.compile:
         unet.compile()
@@ -322,7 +334,7 @@ def load_models(spec: ModelSpec) -> Models:
         spec=spec, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer, text_encoder=text_encoder,
         unet=unet, vae=vae, image_encoder_config=image_encoder_config, global_mapper=global_mapper, local_mapper=local_mapper,
         global_fingerprint=fingerprint(global_state), local_fingerprint=fingerprint(local_state),
-        scheduler_config=scheduler_config,
+        scheduler_config=scheduler_config, dtype_reason=choice.reason,
     )
-    _CACHE[spec] = models
+    _CACHE[(spec, dtype)] = models
     return models
