@@ -51,13 +51,20 @@ def elite_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     import elite_cli.commands.common
 
     monkeypatch.setattr(elite_cli.commands.common, "options", elite_cli.commands.common.GlobalOptions())
-    # `--dtype auto` on the CPU depends on the CPU (elite_cli/model/precision.py): in-process tests
-    # run on a stand-in CPU without native bfloat16 (float32, as every CPU got before), whatever
-    # machine runs them; tests of the bfloat16 path put a CPU that has it in its place.
+    return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_without_bfloat16():
+    """`--dtype auto` on the CPU depends on the CPU (elite_cli/model/precision.py): in-process tests
+    run on a stand-in CPU without native bfloat16 (float32, as every CPU got before), whatever
+    machine runs them; tests of the bfloat16 path put one that has it in its place
+    (`cpu_with_bfloat16`). Session-wide, so that module and session fixtures see it too."""
     from elite_cli.model import precision
 
-    monkeypatch.setattr(precision, "cpu_features_probe", lambda: CPU_WITHOUT_BFLOAT16)
-    return home
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_features_probe", lambda: CPU_WITHOUT_BFLOAT16)
+        yield CPU_WITHOUT_BFLOAT16
 
 
 # What torch.cpu.get_capabilities() says on an AVX512 CPU without its BF16 extension (Skylake-X,

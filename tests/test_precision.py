@@ -63,9 +63,14 @@ def test_auto_loads_generation_in_bfloat16_and_keeps_encoding_in_float32(tiny_sp
     assert models.dtype == torch.bfloat16 and "AVX512-BF16" in models.precision.line()
     for module in (models.unet, models.vae, models.text_encoder):
         assert {parameter.dtype for parameter in module.parameters()} == {torch.bfloat16}
-    for mapper in (models.global_mapper, models.local_mapper):
+    mappers = (models.global_mapper, models.local_mapper)
+    for mapper in mappers:
         assert {layer.weight.dtype for key in mapper.kv_modules for layer in mapper.key_value(key)} == {torch.bfloat16}
-        assert {parameter.dtype for mlp in mapper.mapping_modules() for parameter in mlp.parameters()} == {torch.float32}
+        # Generation holds no MLPs (their memory is the mappers' bulk): they are read on the first encode.
+        assert {parameter.device.type for mlp in mapper.mapping_modules() for parameter in mlp.parameters()} == {"meta"}
+    models.prepare_encoding()
+    assert {(parameter.device.type, parameter.dtype) for mapper in mappers for mlp in mapper.mapping_modules()
+            for parameter in mlp.parameters()} == {("cpu", torch.float32)}
     assert models.encoding_dtype == torch.float32
     assert {parameter.dtype for parameter in models.image_encoder.parameters()} == {torch.float32}
 

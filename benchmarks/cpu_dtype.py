@@ -1,0 +1,277 @@
+"""Benchmark 10: float32 against bfloat16 on the CPU, elite against plain diffusers (issue 24).
+
+Four configurations, each in a process of its own so that its peak resident memory (ru_maxrss)
+is its own, all from the same model folder, prompt tokens, seed, LMS scheduler and size:
+
+    elite float32        Session(dtype="float32").generate(...)   (what `elite gen --dtype float32` runs)
+    elite auto           Session(dtype="auto").generate(...)      (bfloat16 where the CPU has it natively)
+    diffusers float32    StableDiffusionPipeline(torch_dtype=float32), SDPA attention, the same LMS
+    diffusers bfloat16   the same in bfloat16
+
+Each process loads its models, makes one image and saves it (elite also records its history
+row): the whole of `elite gen`'s work, so the peak memory covers loading as well as denoising and
+VAE decoding. Seconds per step are the medians of the intervals between step callbacks after the
+first step (the first one also creates oneDNN's kernels). The concept is encoded once beforehand
+(float32, as `elite add` encodes on the CPU) into a library the elite processes read.
+
+    flock /tmp/elite-bench.lock python benchmarks/cpu_dtype.py --real     # figures (~15 min, 2 cores)
+    python benchmarks/cpu_dtype.py --tiny                                 # smoke, seconds
+
+`--extra` adds the measurements that decided what else the CPU path does: diffusers bfloat16
+with a channels-last UNet, elite auto with `--compile` (torch.compile, inductor) and elite auto
+on one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import harness
+
+NAME = "cpu_dtype"
+DEFAULTS = {
+    "real": harness.SizeDefaults(runs=1, warmup=0, extra=dict(size_px=512, steps=4)),
+    "tiny": harness.SizeDefaults(runs=1, warmup=0, extra=dict(size_px=64, steps=3)),
+}
+PROMPT = "a photo of a <object>"
+PLAIN_PROMPT = "a photo of a S"  # the same tokens: elite's placeholder slot holds the reference's "S"
+# name: (which code, --dtype, options)
+CONFIGURATIONS = {
+    "elite float32": ("elite", "float32", {}),
+    "elite auto": ("elite", "auto", {}),
+    "diffusers float32": ("diffusers", "float32", {}),
+    "diffusers bfloat16": ("diffusers", "bfloat16", {}),
+}
+EXTRA = {
+    "diffusers bfloat16 channels-last": ("diffusers", "bfloat16", {"channels_last": True}),
+    "elite auto compile": ("elite", "auto", {"compile": True}),
+    "elite auto 1 thread": ("elite", "auto", {"threads": 1}),
+}
+LIMITS = {"speed-up auto/float32": 1.7, "time elite/diffusers": 1.10, "memory elite/diffusers": 1.05}
+
+
+def parse(argv):
+    parser = harness.parser(NAME, "float32 against bfloat16 on the CPU, elite against plain diffusers, at real size.")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 4: 3 timed; tiny 3)")
+    parser.add_argument("--size-px", dest="size_px", type=int, default=None, help="image side (default 512; tiny 64)")
+    parser.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default 5, elite gen's)")
+    parser.add_argument("--extra", action="store_true", help="also channels-last, --compile and one thread")
+    parser.add_argument("--only", default="", help="comma-separated configuration names to run (default all)")
+    args = harness.parse_arguments(parser, argv, DEFAULTS)
+    if args.steps < 2:
+        raise SystemExit("--steps must be at least 2 (the first step is not timed).")
+    args.device = "cpu"
+    return args
+
+
+# ---- the child processes ------------------------------------------------------------------------
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def run_elite(job: dict) -> dict:
+    from elite_cli.api import Session
+
+    paths = job["paths"]
+    stamps: list[float] = []
+    session = Session(job["library"], base_model=paths["base_model"], image_encoder=paths["image_encoder"],
+                      global_mapper=paths["global_mapper"], local_mapper=paths["local_mapper"], device="cpu",
+                      dtype=job["dtype"], compile=job["options"].get("compile", False))
+    started = time.perf_counter()
+    result = session.generate(PROMPT, seed=0, steps=job["steps"], guidance=job["guidance"], width=job["size_px"],
+                              height=job["size_px"], scheduler="lms", output_dir=job["out"],
+                              progress=lambda step, total: stamps.append(time.perf_counter()))
+    return {"seconds": time.perf_counter() - started, "stamps": [stamp - started for stamp in stamps],
+            "image": str(result.paths[0]), "precision": session.models.precision.line()}
+
+
+def run_diffusers(job: dict) -> dict:
+    import warnings
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from elite_cli.model.generator import make_scheduler
+
+    dtype = getattr(torch, job["dtype"])
+    stamps: list[float] = []
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = StableDiffusionPipeline.from_pretrained(job["paths"]["base_model"], torch_dtype=dtype, safety_checker=None,
+                                                       feature_extractor=None, requires_safety_checker=False)
+    pipe.scheduler = make_scheduler("lms", pipe.scheduler.config)  # elite's LMS constructor
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    if job["options"].get("channels_last"):
+        pipe.unet.to(memory_format=torch.channels_last)
+    pipe.set_progress_bar_config(disable=True)
+
+    def on_step(pipeline, step, timestep, kwargs):
+        stamps.append(time.perf_counter())
+        return kwargs
+
+    image = pipe(PLAIN_PROMPT, num_inference_steps=job["steps"], guidance_scale=job["guidance"], height=job["size_px"],
+                 width=job["size_px"], generator=torch.Generator("cpu").manual_seed(0), callback_on_step_end=on_step).images[0]
+    path = Path(job["out"]) / "diffusers.png"
+    image.save(path)
+    return {"seconds": time.perf_counter() - started, "stamps": [stamp - started for stamp in stamps],
+            "image": str(path), "precision": f"{job['dtype']} (torch_dtype)"}
+
+
+def child(job: dict) -> None:
+    harness.quiet_libraries()
+    import torch
+
+    if job["options"].get("threads"):
+        torch.set_num_threads(job["options"]["threads"])
+    Path(job["out"]).mkdir(parents=True, exist_ok=True)
+    if job["code"] == "encode":
+        from elite_cli.api import Session
+
+        paths = job["paths"]
+        with tempfile.TemporaryDirectory() as folder:
+            picture, mask = harness.sample_pictures(Path(folder))
+            Session(job["library"], base_model=paths["base_model"], image_encoder=paths["image_encoder"],
+                    global_mapper=paths["global_mapper"], local_mapper=paths["local_mapper"], device="cpu",
+                    dtype="float32").add_concept(picture, mask, name="object")
+        result = {}
+    else:
+        result = (run_elite if job["code"] == "elite" else run_diffusers)(job)
+    result.update(peak_rss_bytes=peak_rss_bytes(), threads=torch.get_num_threads())
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_child(job: dict) -> dict:
+    """One configuration in a fresh interpreter; its RESULT line."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
+    env = dict(os.environ, PYTHONPATH=str(harness.REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    process = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+    if process.returncode or not lines:
+        raise SystemExit(f"{job['code']} {job['dtype']} failed (exit {process.returncode}):\n{process.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+# ---- the parent ---------------------------------------------------------------------------------
+
+def seconds_per_step(stamps: list[float]) -> float:
+    """Median interval between step callbacks, the first step left out."""
+    return statistics.median(later - earlier for earlier, later in zip(stamps, stamps[1:]))
+
+
+def mean_abs_difference(first: str, second: str) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(path).convert("RGB")).astype(np.int16) for path in (first, second))
+    return {"mean_abs": float(np.abs(a - b).mean()), "max_abs": int(np.abs(a - b).max())}
+
+
+def ratio(results: dict, top: str, bottom: str, key: str) -> float | None:
+    if top in results and bottom in results:
+        return results[top][key] / results[bottom][key]
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--child"]:
+        child(json.loads(argv[1]))
+        return {}
+    args = parse(argv)
+    import torch
+
+    from elite_cli.model.precision import choose_dtype, cpu_features
+
+    features = cpu_features()
+    choice = choose_dtype("auto", torch.device("cpu"), features)
+    paths = {key: str(value) for key, value in vars(harness.model_paths(args.size, args.models_dir)).items()}
+    configurations = {**CONFIGURATIONS, **(EXTRA if args.extra else {})}
+    if args.only:
+        configurations = {name: configurations[name] for name in args.only.split(",")}
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="elite-cpu-dtype-") as scratch:
+        library = str(Path(scratch) / "library")
+        common = dict(paths=paths, library=library, steps=args.steps, guidance=args.guidance, size_px=args.size_px)
+        run_child(dict(common, code="encode", dtype="float32", options={}, out=str(Path(scratch) / "encode")))
+        for name, (code, dtype, options) in configurations.items():
+            started = time.perf_counter()
+            result = run_child(dict(common, code=code, dtype=dtype, options=options,
+                                    out=str(Path(scratch) / name.replace(" ", "-"))))
+            result["seconds_per_step"] = seconds_per_step(result["stamps"])
+            result["process_seconds"] = time.perf_counter() - started
+            print(f"{name}: {result['seconds_per_step']:.3f} s/step, peak RSS "
+                  f"{harness.format_bytes(result['peak_rss_bytes'])}, {result['precision']}", flush=True)
+            results[name] = result
+        checks = {}
+        for code in ("elite", "diffusers"):
+            low = "elite auto" if code == "elite" else "diffusers bfloat16"
+            if f"{code} float32" in results and low in results:
+                checks[f"{code}: float32 vs {low.split()[-1]}"] = mean_abs_difference(results[f"{code} float32"]["image"],
+                                                                                     results[low]["image"])
+        for result in results.values():
+            result["image"] = Path(result["image"]).name  # the scratch folder is gone after this
+
+    ratios = {
+        "speed-up elite float32/auto": ratio(results, "elite float32", "elite auto", "seconds_per_step"),
+        "speed-up diffusers float32/bfloat16": ratio(results, "diffusers float32", "diffusers bfloat16", "seconds_per_step"),
+        "time elite/diffusers float32": ratio(results, "elite float32", "diffusers float32", "seconds_per_step"),
+        "time elite auto/diffusers bfloat16": ratio(results, "elite auto", "diffusers bfloat16", "seconds_per_step"),
+        "memory elite/diffusers float32": ratio(results, "elite float32", "diffusers float32", "peak_rss_bytes"),
+        "memory elite auto/diffusers bfloat16": ratio(results, "elite auto", "diffusers bfloat16", "peak_rss_bytes"),
+    }
+    for name in EXTRA:
+        base = "diffusers bfloat16" if name.startswith("diffusers") else "elite auto"
+        if name in results:
+            ratios[f"time {name}/{base}"] = ratio(results, name, base, "seconds_per_step")
+
+    title = (f"CPU precisions ({args.size} models, {args.size_px}x{args.size_px}, {args.steps} steps, "
+             f"guidance {args.guidance}, lms; auto = {choice.line()})")
+    rows = [[name, f"{result['seconds_per_step']:.3f} s", f"{result['seconds']:.1f} s",
+             harness.format_bytes(result["peak_rss_bytes"]), result["threads"]] for name, result in results.items()]
+    harness.print_table(title, ["configuration", "per step", "load + image", "peak RSS", "threads"], rows)
+    harness.print_table("Ratios (same run)", ["ratio", "value"],
+                        [[name, harness.format_ratio(value)] for name, value in ratios.items()])
+    harness.print_table("float32 against bfloat16 images (0..255)", ["comparison", "mean abs", "max abs"],
+                        [[name, f"{check['mean_abs']:.2f}", check["max_abs"]] for name, check in checks.items()])
+    native = choice.dtype == torch.bfloat16
+    note = "" if args.size == "real" else "does not count: only real sizes do"
+
+    def target(label: str, key: str, limit: str, bfloat16: bool, at_most: bool = True) -> dict:
+        applies = args.size == "real" and (native or not bfloat16)
+        return harness.target(label, ratios[key], LIMITS[limit], at_most=at_most, applies=applies,
+                              note=note or ("" if applies else "this CPU has no native bfloat16"))
+
+    targets = [
+        target("elite auto / float32 speed-up", "speed-up elite float32/auto", "speed-up auto/float32", True, False),
+        target("elite / diffusers time, float32", "time elite/diffusers float32", "time elite/diffusers", False),
+        target("elite auto / diffusers bfloat16 time", "time elite auto/diffusers bfloat16", "time elite/diffusers", True),
+        target("elite / diffusers peak RSS, float32", "memory elite/diffusers float32", "memory elite/diffusers", False),
+        target("elite auto / diffusers bfloat16 peak RSS", "memory elite auto/diffusers bfloat16",
+               "memory elite/diffusers", True),
+    ]
+    harness.print_targets(targets)
+    flags = sorted(key for key, value in features.items() if value is True)
+    settings = {"steps": args.steps, "size_px": args.size_px, "guidance": args.guidance, "scheduler": "lms",
+                "prompt": PROMPT, "plain_prompt": PLAIN_PROMPT, "auto": choice.line(), "cpu_flags": flags,
+                "load_average": os.getloadavg()}
+    payload = {"settings": settings, "results": results, "ratios": ratios, "image_checks": checks, "targets": targets}
+    payload["json_path"] = str(harness.write_json(NAME, args, payload, torch.device("cpu")))
+    return payload
+
+
+if __name__ == "__main__":
+    main()
