@@ -120,6 +120,10 @@ def test_bfloat16_images_are_close_to_float32_and_repeat_exactly(run_cli, use_ti
     # The same run again in the same precision: the same pixels.
     again = generate(run_cli, tmp_path / "again", "auto", "--again", half["run_id"][:8])
     assert pixels(again["path"]) == pixels(half["path"])
+    # In another precision the picture is nearly the same only, and --again says why.
+    other = run_cli("--dtype", "float32", "gen", "--again", half["path"], "-o", tmp_path / "other")
+    assert other.exit_code == 0, other.output
+    assert "made with other models, so the images may differ: precision 'bfloat16' (now 'float32')" in other.stderr
 
 
 @pytest.mark.parametrize("dtype, status, start", [

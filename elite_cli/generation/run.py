@@ -193,6 +193,8 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
         "global_mapper": models.global_fingerprint,
         "local_mapper": models.local_fingerprint,
         "elite_version": __version__,
+        # The same run in another precision is nearly, not exactly, the same picture (--again says so).
+        "dtype": models.precision.name,
     }
     if again is not None and workers.is_main:
         changed = model_changes(jobs, model_parameters)
