@@ -173,14 +173,13 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
     # Prompts that do not fit the text encoder fail (or warn) now, not after some images exist.
     reported_warnings = check_prompts_fit(spec, jobs, listener if workers.is_main else None)
     models = load_models(spec)
-    if workers.is_main:
-        listener.precision(models.precision.line())
     if not allow_stale:
         from elite_cli.model.concept import refuse_stale
 
         refuse_stale(((name, record.name, concept) for name, (record, concept) in concepts.items()),
                      models.global_fingerprint, models.local_fingerprint)
     if workers.is_main:
+        listener.precision(models.precision.line())  # once the call is known to go ahead
         from elite_cli.model.concept import outdated_preprocessing_warnings
 
         for line in outdated_preprocessing_warnings((name, record.name, concept)
