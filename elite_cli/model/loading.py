@@ -285,10 +285,22 @@ def load_models(spec: ModelSpec) -> Models:
     local_file = resolve_mapper(spec.local_mapper, "local", convert_dir)
     global_state = load_mapper_state(global_file, "global mapper", role="global")
     local_state = load_mapper_state(local_file, "local mapper", role="local")
-    global_mapper = GlobalMapper.from_state_dict(global_state, f"global mapper '{spec.global_mapper}'")
-    local_mapper = LocalMapper.from_state_dict(local_state, f"local mapper '{spec.local_mapper}'")
+    # The networks take the states' tensors (share=True: no copies, 0.15 GB less at real size).
+    global_mapper = GlobalMapper.from_state_dict(global_state, f"global mapper '{spec.global_mapper}'", share=True)
+    local_mapper = LocalMapper.from_state_dict(local_state, f"local mapper '{spec.local_mapper}'", share=True)
     fingerprints = fingerprint(global_state), fingerprint(local_state)
-    del global_state, local_state  # the networks hold copies: not kept alive through the big loads below
+    del global_state, local_state
+    for module in (global_mapper, local_mapper):
+        # Generation only needs the key/value layers: the ten MLPs (0.23 GB in float32 at real
+        # size) leave memory before the big models load, until the first encode reads them again
+        # from the file in the encoding precision (Models.prepare_encoding). The mappers always sit
+        # on the compute device (~80 MB in fp16): the UNet's processors use their layers.
+        for mlp in module.mapping_modules():
+            mlp.to("meta")
+        for key in module.kv_modules:
+            for layer in module.key_value(key):
+                layer.to(device=device, dtype=dtype)
+        module.eval().requires_grad_(False)
 
     base = spec.base_model
     fp16 = dtype == torch.float16
@@ -319,20 +331,10 @@ def load_models(spec: ModelSpec) -> Models:
     if int(image_encoder_config.num_hidden_layers) < 16:
         raise ModelError("the image encoder has fewer than 16 layers; ELITE reads hidden states 4, 8, 12 and 16 (use CLIP ViT-L/14).")
 
-    # With low_vram the large models wait in CPU memory; the mappers (~200 MB in fp16) always
-    # stay on the device because the UNet's processors use their key/value layers.
+    # With low_vram the large models wait in CPU memory (the mappers' layers stay on the device).
     resting = torch.device("cpu") if spec.low_vram else device
     for module in (text_encoder, unet, vae):
         module.to(device=resting, dtype=dtype).eval().requires_grad_(False)
-    for module in (global_mapper, local_mapper):
-        # Generation only needs the key/value layers: the ten MLPs leave memory until the first
-        # encode reads them again from the file, in the encoding precision (Models.prepare_encoding).
-        for mlp in module.mapping_modules():
-            mlp.to("meta")
-        for key in module.kv_modules:
-            for layer in module.key_value(key):
-                layer.to(device=device, dtype=dtype)
-        module.eval().requires_grad_(False)
     install_elite_processors(unet, global_mapper, local_mapper, backend)
     if spec.compile:
         unet.compile()
