@@ -90,6 +90,13 @@ def rss_bytes() -> int | None:
         return None
 
 
+def step_times(stamps: list[tuple[float, float]], started: float) -> dict:
+    """When each step ended (wall clock since `started`) and the CPU time of this process (all its
+    threads) at that moment: on a machine shared with other work the CPU seconds a step takes are
+    steadier than its wall seconds."""
+    return {"stamps": [wall - started for wall, _ in stamps], "cpu_stamps": [cpu for _, cpu in stamps]}
+
+
 def run_elite(job: dict) -> dict:
     from diffusers import StableDiffusionPipeline  # noqa: F401  (imported before the clock, as run_diffusers does)
     from transformers import CLIPTextModel  # noqa: F401
@@ -97,7 +104,7 @@ def run_elite(job: dict) -> dict:
     from elite_cli.api import Session
 
     paths = job["paths"]
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     session = Session(job["library"], base_model=paths["base_model"], image_encoder=paths["image_encoder"],
                       global_mapper=paths["global_mapper"], local_mapper=paths["local_mapper"], device="cpu",
                       dtype=job["dtype"], compile=job["options"].get("compile", False))
@@ -106,8 +113,8 @@ def run_elite(job: dict) -> dict:
     loaded = {"loaded_peak_rss_bytes": peak_rss_bytes(), "loaded_rss_bytes": rss_bytes()}
     result = session.generate(PROMPT, seed=0, steps=job["steps"], guidance=job["guidance"], width=job["size_px"],
                               height=job["size_px"], scheduler="lms", output_dir=job["out"],
-                              progress=lambda step, total: stamps.append(time.perf_counter()))
-    return {"seconds": time.perf_counter() - started, "stamps": [stamp - started for stamp in stamps],
+                              progress=lambda step, total: stamps.append((time.perf_counter(), time.process_time())))
+    return {"seconds": time.perf_counter() - started, **step_times(stamps, started),
             "image": str(result.paths[0]), "precision": session.models.precision.line(), **loaded}
 
 
@@ -121,7 +128,7 @@ def run_diffusers(job: dict) -> dict:
     from elite_cli.model.generator import make_scheduler
 
     dtype = getattr(torch, job["dtype"])
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -135,14 +142,14 @@ def run_diffusers(job: dict) -> dict:
     loaded = {"loaded_peak_rss_bytes": peak_rss_bytes(), "loaded_rss_bytes": rss_bytes()}
 
     def on_step(pipeline, step, timestep, kwargs):
-        stamps.append(time.perf_counter())
+        stamps.append((time.perf_counter(), time.process_time()))
         return kwargs
 
     image = pipe(PLAIN_PROMPT, num_inference_steps=job["steps"], guidance_scale=job["guidance"], height=job["size_px"],
                  width=job["size_px"], generator=torch.Generator("cpu").manual_seed(0), callback_on_step_end=on_step).images[0]
     path = Path(job["out"]) / "diffusers.png"
     image.save(path)
-    return {"seconds": time.perf_counter() - started, "stamps": [stamp - started for stamp in stamps],
+    return {"seconds": time.perf_counter() - started, **step_times(stamps, started),
             "image": str(path), "precision": f"{job['dtype']} (torch_dtype)", **loaded}
 
 
@@ -227,8 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
             result = run_child(dict(common, code=code, dtype=dtype, options=options,
                                     out=str(Path(scratch) / name.replace(" ", "-"))))
             result["seconds_per_step"] = seconds_per_step(result["stamps"])
+            result["cpu_seconds_per_step"] = seconds_per_step(result["cpu_stamps"])
             result["process_seconds"] = time.perf_counter() - started
-            print(f"{name}: {result['seconds_per_step']:.3f} s/step, peak RSS "
+            print(f"{name}: {result['seconds_per_step']:.3f} s/step ({result['cpu_seconds_per_step']:.3f} CPU s), peak RSS "
                   f"{harness.format_bytes(result['peak_rss_bytes'])}, {result['precision']}", flush=True)
             results[name] = result
         checks = {}
@@ -242,6 +250,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     ratios = {
         "speed-up elite float32/auto": ratio(results, "elite float32", "elite auto", "seconds_per_step"),
+        "speed-up elite float32/auto, CPU seconds": ratio(results, "elite float32", "elite auto", "cpu_seconds_per_step"),
+        "speed-up diffusers float32/bfloat16, CPU seconds": ratio(results, "diffusers float32", "diffusers bfloat16",
+                                                                  "cpu_seconds_per_step"),
+        "time elite/diffusers float32, CPU seconds": ratio(results, "elite float32", "diffusers float32",
+                                                           "cpu_seconds_per_step"),
+        "time elite auto/diffusers bfloat16, CPU seconds": ratio(results, "elite auto", "diffusers bfloat16",
+                                                                 "cpu_seconds_per_step"),
         "speed-up diffusers float32/bfloat16": ratio(results, "diffusers float32", "diffusers bfloat16", "seconds_per_step"),
         "time elite/diffusers float32": ratio(results, "elite float32", "diffusers float32", "seconds_per_step"),
         "time elite auto/diffusers bfloat16": ratio(results, "elite auto", "diffusers bfloat16", "seconds_per_step"),
@@ -255,10 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     title = (f"CPU precisions ({args.size} models, {args.size_px}x{args.size_px}, {args.steps} steps, "
              f"guidance {args.guidance}, lms; auto = {choice.line()})")
-    rows = [[name, f"{result['seconds_per_step']:.3f} s", f"{result['seconds']:.1f} s",
+    rows = [[name, f"{result['seconds_per_step']:.3f} s", f"{result['cpu_seconds_per_step']:.3f} s", f"{result['seconds']:.1f} s",
              harness.format_bytes(result["peak_rss_bytes"]), harness.format_bytes(result["loaded_peak_rss_bytes"]),
              harness.format_bytes(result["loaded_rss_bytes"]), result["threads"]] for name, result in results.items()]
-    harness.print_table(title, ["configuration", "per step", "load + image", "peak RSS", "peak RSS by end of loading",
+    harness.print_table(title, ["configuration", "per step", "CPU s per step", "load + image", "peak RSS", "peak RSS by end of loading",
                                 "RSS after loading", "threads"], rows)
     harness.print_table("Ratios (same run)", ["ratio", "value"],
                         [[name, harness.format_ratio(value)] for name, value in ratios.items()])

@@ -179,7 +179,6 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
         refuse_stale(((name, record.name, concept) for name, (record, concept) in concepts.items()),
                      models.global_fingerprint, models.local_fingerprint)
     if workers.is_main:
-        listener.precision(models.precision.line())  # once the call is known to go ahead
         from elite_cli.model.concept import outdated_preprocessing_warnings
 
         for line in outdated_preprocessing_warnings((name, record.name, concept)
@@ -206,6 +205,8 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
     if workers.is_main:
         plan = plan_generation(jobs, directory, store.new_run_id(), agreed_batch_size, model_parameters, resume=resume)
     plan = workers.share(plan)
+    if workers.is_main and plan.batches:  # said once there is an image to make
+        listener.precision(models.precision.line())
     listener.planned(plan, jobs, directory, workers.world, workers.is_main)
 
     # The images really written: a name reserved in the plan can still be taken by another
