@@ -17,9 +17,11 @@ first step (the first one also creates oneDNN's kernels). The concept is encoded
     flock /tmp/elite-bench.lock python benchmarks/cpu_dtype.py --real     # figures (~15 min, 2 cores)
     python benchmarks/cpu_dtype.py --tiny                                 # smoke, seconds
 
-`--extra` adds the measurements that decided what else the CPU path does: diffusers bfloat16
-with a channels-last UNet, elite auto with `--compile` (torch.compile, inductor) and elite auto
-on one thread.
+`--unet-options` measures, instead, what else could make the CPU path faster, on elite's UNet
+(ELITE processors, the auto dtype) in one process, one forward at a time (guidance batch of 2):
+eager, channels-last memory format, one thread instead of torch's default, and torch.compile
+(inductor; what `--compile` does), each against eager on wall and CPU seconds, with the largest
+difference of its output from eager's.
 """
 
 from __future__ import annotations
@@ -53,11 +55,6 @@ CONFIGURATIONS = {
     "diffusers float32": ("diffusers", "float32", {}),
     "diffusers bfloat16": ("diffusers", "bfloat16", {}),
 }
-EXTRA = {
-    "diffusers bfloat16 channels-last": ("diffusers", "bfloat16", {"channels_last": True}),
-    "elite auto compile": ("elite", "auto", {"compile": True}),
-    "elite auto 1 thread": ("elite", "auto", {"threads": 1}),
-}
 LIMITS = {"speed-up auto/float32": 1.7, "time elite/diffusers": 1.10, "memory elite/diffusers": 1.05}
 
 
@@ -66,7 +63,9 @@ def parse(argv):
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 4: 3 timed; tiny 3)")
     parser.add_argument("--size-px", dest="size_px", type=int, default=None, help="image side (default 512; tiny 64)")
     parser.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default 5, elite gen's)")
-    parser.add_argument("--extra", action="store_true", help="also channels-last, --compile and one thread")
+    parser.add_argument("--unet-options", action="store_true",
+                        help="instead: UNet forwards eager / channels-last / one thread / torch.compile")
+    parser.add_argument("--skip-compile", action="store_true", help="with --unet-options: leave torch.compile out")
     parser.add_argument("--only", default="", help="comma-separated configuration names to run (default all)")
     args = harness.parse_arguments(parser, argv, DEFAULTS)
     if args.steps < 2:
@@ -153,6 +152,68 @@ def run_diffusers(job: dict) -> dict:
             "image": str(path), "precision": f"{job['dtype']} (torch_dtype)", **loaded}
 
 
+def forward_seconds(run, repeats: int) -> dict:
+    """Wall and CPU seconds of one call (the best of `repeats`, after one untimed call)."""
+    output = run()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        output = run()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return {"wall_s": min(walls), "cpu_s": min(cpus), "output": output}
+
+
+def run_unet_options(job: dict) -> dict:
+    """elite's UNet in the auto dtype, one guidance batch, under each option in turn."""
+    import dataclasses
+
+    import torch
+
+    from elite_cli.model.loading import load_models
+    from elite_cli.model.spec import ModelSpec
+
+    paths = job["paths"]
+    spec = ModelSpec(**{key: paths[key] for key in ("base_model", "image_encoder", "global_mapper", "local_mapper")},
+                     device="cpu", dtype="auto")
+    models = load_models(dataclasses.replace(spec))
+    unet, dtype = models.unet, models.dtype
+    side = job["size_px"] // models.vae_scale_factor
+    generator = torch.Generator("cpu").manual_seed(0)
+    latents = torch.randn(2, unet.config.in_channels, side, side, generator=generator).to(dtype)
+    context = torch.randn(2, 77, models.text_width, generator=generator).to(dtype)
+
+    def forward(module, sample):
+        with torch.no_grad():
+            return module(sample, 500, encoder_hidden_states=context, cross_attention_kwargs={"elite": None}).sample.float()
+
+    results = {}
+    eager = forward_seconds(lambda: forward(unet, latents), job["repeats"])
+    reference = eager.pop("output")
+    results["eager"] = eager
+    unet.to(memory_format=torch.channels_last)
+    entry = forward_seconds(lambda: forward(unet, latents.to(memory_format=torch.channels_last)), job["repeats"])
+    entry["max_abs_vs_eager"] = float((entry.pop("output") - reference).abs().max())
+    results["channels-last"] = entry
+    unet.to(memory_format=torch.contiguous_format)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    entry = forward_seconds(lambda: forward(unet, latents), job["repeats"])
+    entry["max_abs_vs_eager"] = float((entry.pop("output") - reference).abs().max())
+    results[f"1 thread (default {threads})"] = entry
+    torch.set_num_threads(threads)
+    if not job["skip_compile"]:
+        compiled = torch.compile(unet)
+        started = time.perf_counter()
+        forward(compiled, latents)
+        compile_seconds = time.perf_counter() - started
+        entry = forward_seconds(lambda: forward(compiled, latents), job["repeats"])
+        entry["max_abs_vs_eager"] = float((entry.pop("output") - reference).abs().max())
+        entry["first_call_s"] = compile_seconds
+        results["torch.compile"] = entry
+    return {"options": results, "precision": models.precision.line()}
+
+
 def child(job: dict) -> None:
     harness.quiet_libraries()
     import torch
@@ -171,7 +232,7 @@ def child(job: dict) -> None:
                     dtype="float32").add_concept(picture, mask, name="object")
         result = {}
     else:
-        result = (run_elite if job["code"] == "elite" else run_diffusers)(job)
+        result = {"elite": run_elite, "diffusers": run_diffusers, "unet": run_unet_options}[job["code"]](job)
     result.update(peak_rss_bytes=peak_rss_bytes(), threads=torch.get_num_threads())
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -208,6 +269,29 @@ def ratio(results: dict, top: str, bottom: str, key: str) -> float | None:
     return None
 
 
+def unet_options(args, paths: dict, choice) -> dict:
+    """--unet-options: one child process, each option against eager."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="elite-cpu-dtype-") as scratch:
+        result = run_child(dict(code="unet", dtype="auto", options={}, paths=paths, size_px=args.size_px,
+                                repeats=2, skip_compile=args.skip_compile, out=scratch))
+    options = result["options"]
+    eager = options["eager"]
+    rows = [[name, f"{entry['wall_s']:.3f} s", f"{entry['cpu_s']:.3f} s",
+             harness.format_ratio(eager["wall_s"] / entry["wall_s"]), harness.format_ratio(eager["cpu_s"] / entry["cpu_s"]),
+             "-" if "max_abs_vs_eager" not in entry else f"{entry['max_abs_vs_eager']:.3g}",
+             "-" if "first_call_s" not in entry else f"{entry['first_call_s']:.0f} s"]
+            for name, entry in options.items()]
+    harness.print_table(f"elite's UNet, one forward, guidance batch 2, {args.size_px // 8}x{args.size_px // 8} latents, "
+                        f"{result['precision']}",
+                        ["option", "wall", "CPU", "speed-up (wall)", "speed-up (CPU)", "max abs vs eager", "first call"], rows)
+    payload = {"settings": {"size_px": args.size_px, "auto": choice.line(), "load_average": os.getloadavg()},
+               "unet_options": options, "peak_rss_bytes": result["peak_rss_bytes"]}
+    payload["json_path"] = str(harness.write_json(f"{NAME}-unet-options", args, payload, torch.device("cpu")))
+    return payload
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--child"]:
@@ -221,7 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
     features = cpu_features()
     choice = choose_dtype("auto", torch.device("cpu"), features)
     paths = {key: str(value) for key, value in vars(harness.model_paths(args.size, args.models_dir)).items()}
-    configurations = {**CONFIGURATIONS, **(EXTRA if args.extra else {})}
+    if args.unet_options:
+        return unet_options(args, paths, choice)
+    configurations = dict(CONFIGURATIONS)
     if args.only:
         configurations = {name: configurations[name] for name in args.only.split(",")}
     results: dict[str, dict] = {}
@@ -263,11 +349,6 @@ def main(argv: list[str] | None = None) -> dict:
         "memory elite/diffusers float32": ratio(results, "elite float32", "diffusers float32", "peak_rss_bytes"),
         "memory elite auto/diffusers bfloat16": ratio(results, "elite auto", "diffusers bfloat16", "peak_rss_bytes"),
     }
-    for name in EXTRA:
-        base = "diffusers bfloat16" if name.startswith("diffusers") else "elite auto"
-        if name in results:
-            ratios[f"time {name}/{base}"] = ratio(results, name, base, "seconds_per_step")
-
     title = (f"CPU precisions ({args.size} models, {args.size_px}x{args.size_px}, {args.steps} steps, "
              f"guidance {args.guidance}, lms; auto = {choice.line()})")
     rows = [[name, f"{result['seconds_per_step']:.3f} s", f"{result['cpu_seconds_per_step']:.3f} s", f"{result['seconds']:.1f} s",
