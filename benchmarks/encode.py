@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
             lambda: clip_inputs(prepare_image(image_path, mask_path), models.image_size, models.grid), **timing)
 
         pixels, _ = clip_inputs(prepare_image(image_path, mask_path), models.image_size, models.grid)
-        pixels = pixels.to(device=device, dtype=models.dtype)
+        pixels = pixels.to(device=device, dtype=models.encoding_dtype)
 
         @torch.no_grad()
         def clip_pass():

@@ -84,9 +84,17 @@ def generation_modules(models) -> list:
     return modules
 
 
+def mapper_parts(mapper) -> list:
+    """A mapper's key/value layers and, once an encode has read them, its MLPs (load_models leaves
+    them on the meta device until then, which has nothing to move)."""
+    mlps = [mlp for mlp in mapper.mapping_modules() if all(p.device.type != "meta" for p in mlp.parameters())]
+    return key_value_layers(mapper) + mlps
+
+
 def elite_modules(models) -> list:
     """Every module of a loaded set, without loading a lazy image encoder that was never used."""
-    modules = [models.text_encoder, models.unet, models.vae, models.global_mapper, models.local_mapper]
+    modules = [models.text_encoder, models.unet, models.vae, *mapper_parts(models.global_mapper),
+               *mapper_parts(models.local_mapper)]
     image_encoder = models.__dict__.get("_image_encoder") if image_encoder_is_lazy(models) else models.image_encoder
     return modules + ([image_encoder] if image_encoder is not None else [])
 
@@ -172,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
                        if offloaded is not None else [])
     # Parking moves whole mappers (MLPs included) to CPU memory; the resident key/value layers
     # then go back to the device.
-    offload_mappers = [offloaded.global_mapper, offloaded.local_mapper] if offloaded is not None else []
+    offload_mappers = [*mapper_parts(offloaded.global_mapper), *mapper_parts(offloaded.local_mapper)] \
+        if offloaded is not None else []
     everything = elite_modules(models) + pipe_weights + offload_mappers
 
     def runner(variant: str, batch: int):

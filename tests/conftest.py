@@ -54,6 +54,35 @@ def elite_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_without_bfloat16():
+    """`--dtype auto` on the CPU depends on the CPU (elite_cli/model/precision.py): in-process tests
+    run on a stand-in CPU without native bfloat16 (float32, as every CPU got before), whatever
+    machine runs them; tests of the bfloat16 path put one that has it in its place
+    (`cpu_with_bfloat16`). Session-wide, so that module and session fixtures see it too."""
+    from elite_cli.model import precision
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_features_probe", lambda: CPU_WITHOUT_BFLOAT16)
+        yield CPU_WITHOUT_BFLOAT16
+
+
+# What torch.cpu.get_capabilities() says on an AVX512 CPU without its BF16 extension (Skylake-X,
+# Ice Lake, Zen 3), plus the oneDNN answer precision.cpu_features adds; and one with it (Zen 4).
+CPU_WITHOUT_BFLOAT16 = {"architecture": "x86_64", "avx2": True, "avx512_f": True, "avx512_bw": True,
+                        "avx512_vnni": True, "avx512_bf16": False, "amx_bf16": False, "onednn_bf16": True}
+CPU_WITH_BFLOAT16 = {**CPU_WITHOUT_BFLOAT16, "avx512_bf16": True}
+
+
+@pytest.fixture
+def cpu_with_bfloat16(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The CPU probe answers for a CPU that computes bfloat16 natively (AVX512-BF16)."""
+    from elite_cli.model import precision
+
+    monkeypatch.setattr(precision, "cpu_features_probe", lambda: CPU_WITH_BFLOAT16)
+    return CPU_WITH_BFLOAT16
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """Paths of the tiny model set (real on-disk layouts), built once per test session:

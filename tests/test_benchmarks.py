@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import backends, encode, generate, startup
+from benchmarks import backends, cpu_dtype, encode, generate, startup
 from benchmarks.harness import REAL_SIZES, target
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,6 +119,31 @@ def test_startup_smoke(tiny_models, tmp_path):
         # Once the CLI exists, its --help must run and must not import torch & co.
         assert commands["python -m elite_cli --help"]["returncode"] == 0
         assert document["help_heavy_imports"] == []
+
+
+def test_cpu_dtype_smoke_runs_each_configuration_in_its_own_process(tiny_models, tmp_path):
+    """Two of the four configurations (the other two are the same code in diffusers): each process
+    reports its step times, its own peak RSS and its image; the float32 and auto images are compared."""
+    import torch
+
+    from elite_cli.model.precision import choose_dtype, cpu_features
+
+    cpu_dtype.main(smoke_arguments(tiny_models, tmp_path / "cpu_dtype.json", "--steps", "3",
+                                   "--only", "elite float32,elite auto"))
+    document = read(tmp_path / "cpu_dtype.json")
+    results = document["results"]
+    assert set(results) == {"elite float32", "elite auto"}
+    for result in results.values():
+        assert len(result["stamps"]) == 3 and 0 < result["seconds_per_step"] < result["seconds"]
+        assert result["peak_rss_bytes"] > 100 * 2**20  # torch alone is more: the child's own figure
+    # auto is what this machine's CPU gets (the benchmark's child processes ask the real probe).
+    expected = choose_dtype("auto", torch.device("cpu"), cpu_features())
+    assert results["elite auto"]["precision"] == expected.line()
+    assert results["elite float32"]["precision"] == "float32 (--dtype float32)"
+    check = document["image_checks"]["elite: float32 vs auto"]
+    assert (check["max_abs"] == 0) == (expected.dtype == torch.float32)
+    assert document["ratios"]["speed-up elite float32/auto"] > 0
+    assert all(entry["met"] is None for entry in document["targets"])
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,9 @@ def elite_environment(tiny_models, home: Path) -> dict[str, str]:
         ELITE_LOCAL_MAPPER=str(tiny_models.local_mapper),
         ELITE_SEGMENTER=str(tiny_models.segmenter),
         ELITE_DEVICE="cpu",
+        # The processes ask the real CPU what --dtype auto means; this test's own process runs on
+        # conftest's stand-in CPU without bfloat16: float32 on both sides.
+        ELITE_DTYPE="float32",
         OMP_NUM_THREADS="1",
     )
     return env

@@ -93,3 +93,33 @@ def test_generation_alone_never_loads_the_image_encoder(tiny_spec):
 def test_missing_image_encoder_folder_fails_at_load_time(tmp_path, tiny_spec):
     with pytest.raises(ModelError, match="image encoder folder .* does not exist"):
         load_models(dataclasses.replace(tiny_spec, image_encoder=str(tmp_path / "nowhere")))
+
+
+def test_a_mapper_file_changed_after_loading_is_refused_at_the_first_encode(tiny_models, other_tiny_models, tmp_path):
+    """load_models keeps no mapper MLPs (a generation-only process needs none): the first encode
+    reads them from the file again, and refuses a file that is not the one loaded."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from elite_cli.model.encoder import Encoder
+    from elite_cli.model.loading import ModelSpec, forget_models
+
+    global_file = tmp_path / "global_mapper.pt"
+    shutil.copyfile(tiny_models.global_mapper, global_file)
+    spec = ModelSpec(base_model=str(tiny_models.base_model), image_encoder=str(tiny_models.image_encoder),
+                     global_mapper=str(global_file), local_mapper=str(tiny_models.local_mapper), device="cpu",
+                     dtype="float32")
+    models = load_models(spec)
+    assert {p.device.type for mlp in models.global_mapper.mapping_modules() for p in mlp.parameters()} == {"meta"}
+    shutil.copyfile(other_tiny_models.global_mapper, global_file)
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    with pytest.raises(ModelError, match="global mapper file .* changed since elite loaded it"):
+        Encoder(models).encode(picture)
+    forget_models(spec)
+    # Loaded again, the file's own weights encode, the same as the other set's models do.
+    concept = Encoder(load_models(spec)).encode(picture)
+    other = Encoder(load_models(dataclasses.replace(spec, global_mapper=str(other_tiny_models.global_mapper)))).encode(picture)
+    assert torch.equal(concept.words, other.words)
+    forget_models(spec)

@@ -135,8 +135,9 @@ def model_findings(settings: dict[str, Resolved]) -> list[Finding]:
     return findings
 
 
-def environment_findings(device: str) -> list[Finding]:
-    """Python, torch, CUDA, xformers and the device the configured setting resolves to."""
+def environment_findings(device: str, dtype: str = "auto") -> list[Finding]:
+    """Python, torch, CUDA, xformers, the device the configured setting resolves to and the
+    precision the models will compute in there."""
     findings = [Finding("python", OK if sys.version_info >= (3, 11) else FAIL, platform.python_version(), "")]
     if sys.version_info < (3, 11):
         findings[0].fix = "install Python 3.11 or newer"
@@ -177,7 +178,22 @@ def environment_findings(device: str) -> list[Finding]:
             "use --device cpu or install the matching torch build" if unavailable else "",
         )
     )
+    findings.append(precision_finding(resolved, dtype))
     return findings
+
+
+def precision_finding(device: str, dtype: str) -> Finding:
+    """The dtype `--dtype` resolves to on the device, and why (elite_cli/model/precision.py)."""
+    import torch
+
+    from elite_cli.errors import InputError
+    from elite_cli.model.precision import choose_dtype
+
+    try:
+        choice = choose_dtype(dtype, torch.device(device))
+    except (InputError, RuntimeError) as error:
+        return Finding("dtype", FAIL, str(error).rstrip("."), "use --dtype auto (or set ELITE_DTYPE=auto)")
+    return Finding("dtype", OK, choice.line())
 
 
 def library_findings(library: Path, open_store: Callable[[], Any]) -> list[Finding]:

@@ -252,6 +252,10 @@ class CliGenerationListener(GenerationListener):
     def warning(self, message: str) -> None:
         typer.echo(f"Warning: {message}", err=True)
 
+    def precision(self, line: str) -> None:
+        if not self.as_json:
+            typer.echo(f"Precision: {line}", err=True)
+
     def planned(self, plan: Any, jobs: list[GenerationJob], directory: Path, processes: int, is_main: bool) -> None:
         self.plan, self.jobs, self.directory, self.processes = plan, jobs, directory, processes
         if is_main and not self.as_json:

@@ -338,7 +338,7 @@ def doctor(as_json: JsonFlag = False) -> None:
         findings = [Finding("settings", FAIL, message, fix)]
         findings += environment_findings("auto")
     else:
-        findings = environment_findings(resolved["device"].value)
+        findings = environment_findings(resolved["device"].value, resolved["dtype"].value)
         findings += model_findings(resolved)
     findings += library_findings(library_dir(), open_store)
     if as_json:

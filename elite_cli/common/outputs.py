@@ -60,6 +60,8 @@ class GenerationRecord:
     index: int = 0  # which image of the call; its seed is the call's seed + index
     run_id: str | int | None = None
     elite_version: str = ""
+    # What the models computed in ("float32", "bfloat16", "float16"); "" in files made before it was recorded.
+    dtype: str = ""
 
     def to_json(self) -> str:
         return json.dumps(user_keys(asdict(self)), ensure_ascii=False, sort_keys=True)

@@ -94,7 +94,7 @@ def repeated_prompts(prompts: list[str]) -> list[str]:
 
 # What a generated image records about the models that made it (PNG chunk and history rows).
 MODEL_KEYS = {"base_model": "base model", "image_encoder": "image encoder", "global_mapper": "global mapper",
-              "local_mapper": "local mapper"}
+              "local_mapper": "local mapper", "dtype": "precision"}
 
 
 def model_changes(jobs: list[GenerationJob], current: dict[str, Any]) -> list[str]:

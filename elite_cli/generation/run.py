@@ -45,6 +45,10 @@ class GenerationListener:
     def warning(self, message: str) -> None:
         """A one-sentence warning (no 'Warning: ' prefix)."""
 
+    def precision(self, line: str) -> None:
+        """The models are loaded: what they compute in and why, in one line such as 'bfloat16 (auto:
+        this CPU computes bfloat16 natively (AVX512-BF16); ...)' (main process only)."""
+
     def planned(self, plan: "GenerationPlan", jobs: list[GenerationJob], directory: Path, processes: int,
                 is_main: bool) -> None:
         """Every image is named and batched; the first batch starts next."""
@@ -187,6 +191,8 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
         "global_mapper": models.global_fingerprint,
         "local_mapper": models.local_fingerprint,
         "elite_version": __version__,
+        # The same run in another precision is nearly, not exactly, the same picture (--again says so).
+        "dtype": models.precision.name,
     }
     if again is not None and workers.is_main:
         changed = model_changes(jobs, model_parameters)
@@ -199,6 +205,8 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
     if workers.is_main:
         plan = plan_generation(jobs, directory, store.new_run_id(), agreed_batch_size, model_parameters, resume=resume)
     plan = workers.share(plan)
+    if workers.is_main and plan.batches:  # said once there is an image to make
+        listener.precision(models.precision.line())
     listener.planned(plan, jobs, directory, workers.world, workers.is_main)
 
     # The images really written: a name reserved in the plan can still be taken by another

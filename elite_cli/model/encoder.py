@@ -31,7 +31,8 @@ class Encoder:
         prepared = prepare_image(image, mask, crop)
         models.prepare_encoding()
         pixels, grid_mask = clip_inputs(prepared, models.image_size, models.grid)
-        pixels = pixels.to(device=models.device, dtype=models.dtype)
+        # float32 on the CPU even when generation runs in bfloat16 (Models.encoding_dtype).
+        pixels = pixels.to(device=models.device, dtype=models.encoding_dtype)
         # One forward over [full image, object image].
         with models.using(models.image_encoder):
             output = models.image_encoder(pixel_values=pixels, output_hidden_states=True)

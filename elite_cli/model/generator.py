@@ -126,12 +126,20 @@ class Generator:
         )
 
     # 4. latents
+    @property
+    def latent_dtype(self) -> torch.dtype:
+        """What the latents and the scheduler's arithmetic use: float32 when the UNet computes in
+        bfloat16 (its 8-bit significand would round away a step's small update to a latent of
+        norm ~1; the UNet's input is cast, its output cast back), the UNet's dtype otherwise (as
+        diffusers' pipeline does, and as elite did before bfloat16)."""
+        return torch.float32 if self.models.dtype == torch.bfloat16 else self.models.dtype
+
     def prepare_latents(self, jobs: Sequence[Job], width: int, height: int, init_sigma: float) -> torch.Tensor:
         """Seeded on a CPU generator per image, so a seed gives the same image on any device and batch."""
         factor = self.models.vae_scale_factor
         shape = (1, self.models.unet.config.in_channels, height // factor, width // factor)
         noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(job.seed)) for job in jobs]
-        latents = torch.cat(noise).to(device=self.models.device, dtype=self.models.dtype)
+        latents = torch.cat(noise).to(device=self.models.device, dtype=self.latent_dtype)
         return latents * init_sigma
 
     @torch.no_grad()
@@ -171,11 +179,11 @@ class Generator:
         timesteps = noise_scheduler.timesteps
         for step, timestep in enumerate(timesteps):
             model_input = torch.cat([latents, latents]) if guided else latents
-            model_input = noise_scheduler.scale_model_input(model_input, timestep)
+            model_input = noise_scheduler.scale_model_input(model_input, timestep).to(models.dtype)
             noise = models.unet(
                 model_input, timestep, encoder_hidden_states=context,
                 cross_attention_kwargs={"elite": injection},
-            ).sample
+            ).sample.to(latents.dtype)
             if guided:
                 noise_uncond, noise_text = noise.chunk(2)
                 noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
@@ -189,7 +197,7 @@ class Generator:
         images = []
         # One image at a time: VAE decoding at 512 px is the memory peak, and it is cheap.
         for latent in latents:
-            pixels = vae.decode(latent[None] / vae.config.scaling_factor).sample
+            pixels = vae.decode((latent[None] / vae.config.scaling_factor).to(vae.dtype)).sample
             pixels = (pixels / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
             images.append(Image.fromarray((pixels * 255).round().astype("uint8")))
         return images

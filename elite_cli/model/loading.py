@@ -3,7 +3,8 @@
 Sources: the Stable Diffusion 1.x base model (hub id or local diffusers folder) for UNet, VAE,
 tokenizer and text encoder (the SD text encoder *is* the CLIP text tower the reference uses),
 the CLIP vision tower (hub id or folder), and the two mapper checkpoints (reference `.pt` or
-our `.safetensors`). Half precision on CUDA, float32 elsewhere unless asked otherwise.
+our `.safetensors`). Half precision on CUDA; on the CPU bfloat16 where the CPU computes it
+natively, else float32 (elite_cli/model/precision.py), unless asked otherwise.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from pathlib import Path
 import torch
 
 from elite_cli.errors import InputError, ModelError
+from elite_cli.model.precision import DTYPES, DtypeChoice, choose_dtype, encoding_dtype  # noqa: F401  (DTYPES re-exported)
 from elite_cli.model.spec import DEFAULT_BASE_MODEL, DEFAULT_IMAGE_ENCODER, ModelSpec  # noqa: F401  (re-exported)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -43,21 +42,15 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    if requested in ("auto", "", None):
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-    if requested not in DTYPES:
-        raise InputError(f"--dtype {requested!r} is not supported; use auto, float32, float16 or bfloat16.")
-    dtype = DTYPES[requested]
-    if device.type == "cpu" and dtype == torch.float16:
-        raise InputError("--dtype float16 is too slow and imprecise on the CPU; use float32 or bfloat16 there.")
-    return dtype
+    """The dtype the models compute in for `--dtype requested` (precision.choose_dtype says why)."""
+    return choose_dtype(requested, device).dtype
 
 
 @dataclass
 class Models:
     spec: ModelSpec
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # what the UNet, VAE, text encoder and the mappers' key/value layers compute in
     backend: str
     tokenizer: object
     text_encoder: torch.nn.Module
@@ -70,20 +63,35 @@ class Models:
     global_fingerprint: str
     local_fingerprint: str
     scheduler_config: dict = field(default_factory=dict)
+    # Why `dtype` was chosen, in a few words (`elite doctor` and the start of `elite gen` say it).
+    dtype_reason: str = ""
+    # The mapper files the two mappers came from (their MLPs are read again on the first encode).
+    mapper_files: tuple[str, str] = ("", "")
     _image_encoder: torch.nn.Module | None = field(default=None, repr=False)
     _mappings_on_device: bool = field(default=False, repr=False)
 
     def prepare_encoding(self) -> None:
-        """Move both mappers' ten MLPs to the compute device, once, on the first encode.
+        """Read both mappers' ten MLPs from their files onto the compute device, once, on the first encode.
 
-        They wait in CPU memory until then (0.12 GB in fp16 at real size), so a process that only
-        generates holds just the mappers' key/value layers on the GPU.
+        load_models keeps only the mappers' key/value layers (the MLPs are left on the meta device:
+        0.23 GB in float32 at real size), so a process that only generates holds no more than
+        plain diffusers plus those layers, in CPU memory as on the GPU.
         """
-        if not self._mappings_on_device:
-            for mapper in (self.global_mapper, self.local_mapper):
-                for module in mapper.mapping_modules():
-                    module.to(self.device)
-            self._mappings_on_device = True
+        if self._mappings_on_device:
+            return
+        from elite_cli.model.mappers import fingerprint, load_mapper_state
+
+        recorded = (self.global_fingerprint, self.local_fingerprint)
+        for role, mapper, path, expected in zip(("global", "local"), (self.global_mapper, self.local_mapper),
+                                                self.mapper_files, recorded):
+            state = load_mapper_state(path, f"{role} mapper", role=role)
+            if fingerprint(state) != expected:
+                raise ModelError(f"the {role} mapper file '{path}' changed since elite loaded it; run the command again.")
+            mlps = {name: tensor for name, tensor in state.items() if name.startswith("mapping_")}
+            mapper.load_state_dict(mlps, strict=False, assign=True)
+            for module in mapper.mapping_modules():
+                module.to(device=self.device, dtype=self.encoding_dtype).requires_grad_(False)
+        self._mappings_on_device = True
 
     @property
     def image_encoder(self) -> torch.nn.Module:
@@ -94,8 +102,17 @@ class Models:
         """
         if self._image_encoder is None:
             resting = torch.device("cpu") if self.spec.low_vram else self.device
-            self._image_encoder = load_image_encoder(self.spec.image_encoder, resting, self.dtype)
+            self._image_encoder = load_image_encoder(self.spec.image_encoder, resting, self.encoding_dtype)
         return self._image_encoder
+
+    @property
+    def encoding_dtype(self) -> torch.dtype:
+        """What encoding computes in: float32 on the CPU whatever `dtype` is (precision.encoding_dtype)."""
+        return encoding_dtype(self.dtype, self.device)
+
+    @property
+    def precision(self) -> DtypeChoice:
+        return DtypeChoice(self.dtype, self.dtype_reason)
 
     @property
     def text_width(self) -> int:
@@ -139,7 +156,9 @@ class Models:
         }
 
 
-_CACHE: dict[ModelSpec, Models] = {}
+# Keyed by the spec and the dtype it resolved to: `--dtype auto` can mean another dtype once the
+# CPU probe is replaced (tests stand for other CPUs that way).
+_CACHE: dict[tuple[ModelSpec, torch.dtype], Models] = {}
 
 
 def _disable_progress_bars() -> None:
@@ -223,7 +242,7 @@ def load_image_encoder(source: str, device: torch.device, dtype: torch.dtype) ->
     from transformers import CLIPVisionModel
 
     image_encoder = load_pretrained(CLIPVisionModel.from_pretrained, source, "image encoder", kind="image_encoder",
-                                    weights=True, prefer_fp16=dtype == torch.float16)
+                                    weights=True, prefer_fp16=dtype == torch.float16, torch_dtype=dtype)
     return image_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
@@ -262,24 +281,24 @@ def resolve_mapper(value: str, role: str, convert_dir: Path) -> str:
 
 def forget_models(spec: ModelSpec | None = None) -> None:
     """Drop loaded models from the per-process cache (every spec when None), so the next load_models reloads."""
-    if spec is None:
-        _CACHE.clear()
-    else:
-        _CACHE.pop(spec, None)
+    for key in list(_CACHE):
+        if spec is None or key[0] == spec:
+            del _CACHE[key]
 
 
 def load_models(spec: ModelSpec) -> Models:
     """Load (or return the already loaded) models for a spec. Raises ModelError / InputError."""
-    if spec in _CACHE:
-        return _CACHE[spec]
+    device = resolve_device(spec.device)
+    choice = choose_dtype(spec.dtype, device)
+    dtype = choice.dtype
+    if (spec, dtype) in _CACHE:
+        return _CACHE[(spec, dtype)]
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
 
     from elite_cli.model.attention import cross_attention_modules, install_elite_processors, resolve_backend
     from elite_cli.model.mappers import GlobalMapper, LocalMapper, check_against_unet, fingerprint, load_mapper_state, module_key
 
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
     backend = resolve_backend(spec.attention, device)
     if not spec.global_mapper or not spec.local_mapper:
         raise ModelError("no mapper checkpoints are configured; run `elite config unset global_mapper` (and "
@@ -291,19 +310,35 @@ def load_models(spec: ModelSpec) -> Models:
     local_file = resolve_mapper(spec.local_mapper, "local", convert_dir)
     global_state = load_mapper_state(global_file, "global mapper", role="global")
     local_state = load_mapper_state(local_file, "local mapper", role="local")
-    global_mapper = GlobalMapper.from_state_dict(global_state, f"global mapper '{spec.global_mapper}'")
-    local_mapper = LocalMapper.from_state_dict(local_state, f"local mapper '{spec.local_mapper}'")
+    # The networks take the states' tensors (share=True: no copies, 0.15 GB less at real size).
+    global_mapper = GlobalMapper.from_state_dict(global_state, f"global mapper '{spec.global_mapper}'", share=True)
+    local_mapper = LocalMapper.from_state_dict(local_state, f"local mapper '{spec.local_mapper}'", share=True)
+    fingerprints = fingerprint(global_state), fingerprint(local_state)
+    del global_state, local_state
+    for module in (global_mapper, local_mapper):
+        # Generation only needs the key/value layers: the ten MLPs (0.23 GB in float32 at real
+        # size) leave memory before the big models load, until the first encode reads them again
+        # from the file in the encoding precision (Models.prepare_encoding). The mappers always sit
+        # on the compute device (~80 MB in fp16): the UNet's processors use their layers.
+        for mlp in module.mapping_modules():
+            mlp.to("meta")
+        for key in module.kv_modules:
+            for layer in module.key_value(key):
+                layer.to(device=device, dtype=dtype)
+        module.eval().requires_grad_(False)
 
     base = spec.base_model
     fp16 = dtype == torch.float16
     tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, base, "base model tokenizer", kind="base_model",
                                 subfolder="tokenizer")
+    # Converted to `dtype` while loading, as diffusers' pipelines do (torch_dtype): a float32 copy of
+    # the UNet beside its bfloat16 one would raise the peak memory by 3.4 GB at real size.
     text_encoder = load_pretrained(CLIPTextModel.from_pretrained, base, "base model text encoder", kind="base_model",
-                                   subfolder="text_encoder", weights=True, prefer_fp16=fp16)
+                                   subfolder="text_encoder", weights=True, prefer_fp16=fp16, torch_dtype=dtype)
     unet = load_pretrained(UNet2DConditionModel.from_pretrained, base, "base model UNet", kind="base_model",
-                           subfolder="unet", weights=True, prefer_fp16=fp16)
+                           subfolder="unet", weights=True, prefer_fp16=fp16, torch_dtype=dtype)
     vae = load_pretrained(AutoencoderKL.from_pretrained, base, "base model VAE", kind="base_model", subfolder="vae",
-                          weights=True, prefer_fp16=fp16)
+                          weights=True, prefer_fp16=fp16, torch_dtype=dtype)
     # Only the config now (the checks below need it); the weights load on first encode.
     image_encoder_config = load_pretrained(CLIPVisionConfig.from_pretrained, spec.image_encoder, "image encoder",
                                            kind="image_encoder_config")
@@ -321,15 +356,10 @@ def load_models(spec: ModelSpec) -> Models:
     if int(image_encoder_config.num_hidden_layers) < 16:
         raise ModelError("the image encoder has fewer than 16 layers; ELITE reads hidden states 4, 8, 12 and 16 (use CLIP ViT-L/14).")
 
-    # With low_vram the large models wait in CPU memory; the mappers (~200 MB in fp16) always
-    # stay on the device because the UNet's processors use their key/value layers.
+    # With low_vram the large models wait in CPU memory (the mappers' layers stay on the device).
     resting = torch.device("cpu") if spec.low_vram else device
     for module in (text_encoder, unet, vae):
         module.to(device=resting, dtype=dtype).eval().requires_grad_(False)
-    for module in (global_mapper, local_mapper):
-        module.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        for mlp in module.mapping_modules():  # see Models.prepare_encoding
-            mlp.to("cpu")
     install_elite_processors(unet, global_mapper, local_mapper, backend)
     if spec.compile:
         unet.compile()
@@ -346,8 +376,8 @@ def load_models(spec: ModelSpec) -> Models:
     models = Models(
         spec=spec, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer, text_encoder=text_encoder,
         unet=unet, vae=vae, image_encoder_config=image_encoder_config, global_mapper=global_mapper, local_mapper=local_mapper,
-        global_fingerprint=fingerprint(global_state), local_fingerprint=fingerprint(local_state),
-        scheduler_config=scheduler_config,
+        global_fingerprint=fingerprints[0], local_fingerprint=fingerprints[1],
+        scheduler_config=scheduler_config, dtype_reason=choice.reason, mapper_files=(global_file, local_file),
     )
-    _CACHE[spec] = models
+    _CACHE[(spec, dtype)] = models
     return models

@@ -72,10 +72,16 @@ class MappingNetwork(nn.Module):
         return getattr(self, f"mapping_patch_{i}")
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor], what: str) -> "MappingNetwork":
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor], what: str, *, share: bool = False) -> "MappingNetwork":
+        """The network holding `state`'s weights: copies in float32, or with share=True the state's own
+        tensors in the file's dtype (no second copy: what loading for generation wants)."""
         shapes = infer_shapes(state, what)
-        network = cls(*shapes)
-        missing, unexpected = network.load_state_dict(dict(state), strict=False)
+        if share:
+            with torch.device("meta"):  # no random initial weights to allocate and throw away
+                network = cls(*shapes)
+        else:
+            network = cls(*shapes)
+        missing, unexpected = network.load_state_dict(dict(state), strict=False, assign=share)
         if missing or unexpected:  # infer_shapes already checked; this guards its logic
             first = (missing or unexpected)[0]
             raise ModelError(f"{what} does not fit the ELITE layout: {'missing' if missing else 'unexpected'} key '{first}'.")

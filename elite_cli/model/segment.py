@@ -52,9 +52,11 @@ def load_segmenter(source: str = DEFAULT_SEGMENTER, device: str = "auto", dtype:
 
     from elite_cli.errors import ModelError
     from elite_cli.model.loading import load_pretrained, resolve_device, resolve_dtype
+    from elite_cli.model.precision import encoding_dtype
 
     resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    # The mask is part of the concept: float32 on the CPU, as encoding (precision.encoding_dtype).
+    resolved_dtype = encoding_dtype(resolve_dtype(dtype, resolved_device), resolved_device)
     model = load_pretrained(CLIPSegForImageSegmentation.from_pretrained, source, "segmenter")
     if getattr(model.config, "model_type", "") != "clipseg":
         raise ModelError(f"the segmenter '{source}' is a {model.config.model_type} model; set ELITE_SEGMENTER to a "
