@@ -17,9 +17,13 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# Document this checkout's code, whatever elite is installed.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 PACKAGE = ROOT / "elite_cli"
 ERROR_LIST_MARKER = "<!-- elite:error-list -->"
 
@@ -242,7 +246,7 @@ def error_messages() -> tuple[dict[str, dict[str, str]], int]:
                      if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
                      and isinstance(node.value, (ast.Constant, ast.JoinedStr))}
         for node, kind in message_nodes(tree, constants):
-            text = render(node)
+            text = render(node, constants)
             if text is None:
                 composed += 1
                 continue
@@ -272,14 +276,20 @@ def starts_with_error(node: ast.expr) -> bool:
     return bool(text) and text.startswith("Error: ") and text != "Error: …"
 
 
-def render(node: ast.expr) -> str | None:
-    """The message's text with each run-time value as `…`; None when nothing of it is literal."""
+def render(node: ast.expr, constants: dict[str, ast.expr] | None = None) -> str | None:
+    """The message's text with each run-time value as `…` (a module's string constant is spelt
+    out); None when nothing of it is literal."""
+    constants = constants or {}
+    if isinstance(node, ast.Name) and node.id in constants:
+        return render(constants[node.id])
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         text = node.value
     elif isinstance(node, ast.JoinedStr):
-        text = "".join(part.value if isinstance(part, ast.Constant) else "…" for part in node.values)
+        text = "".join(part.value if isinstance(part, ast.Constant)
+                       else render(part.value, constants) or "…" if isinstance(part.value, ast.Name)
+                       else "…" for part in node.values)
     elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        left, right = render(node.left), render(node.right)
+        left, right = render(node.left, constants), render(node.right, constants)
         text = None if left is None and right is None else (left or "…") + (right or "…")
     else:
         return None
