@@ -213,7 +213,9 @@ def test_the_reference_has_the_global_options_and_their_environment(site):
     reference = page_text(site, "reference")
     for parameter in ROOT_COMMAND.params:
         assert max(parameter.opts, key=len) in reference
-    for variable in ("ELITE_HOME", "ELITE_DEVICE", "ELITE_BASE_MODEL", "ELITE_UI_AUTH"):
+    from elite_cli.common.config import SETTINGS
+
+    for variable in ["ELITE_HOME", "ELITE_UI_AUTH"] + [setting.env for setting in SETTINGS]:
         assert variable in reference
 
 

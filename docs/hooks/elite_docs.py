@@ -108,9 +108,28 @@ def command_reference() -> str:
         "",
     ]
     lines += command_section(root, root_context, level=2)
+    lines += settings_section()
     for command, context, depth in walk_commands(root, root_context):
-        lines += command_section(command, context, level=min(2 + depth, 4))
+        lines += command_section(command, context, level=min(1 + depth, 4))
     return "\n".join(lines) + "\n"
+
+
+def settings_section() -> list[str]:
+    """The settings of elite_cli/common/config.py: config.toml key, environment variable, default."""
+    from elite_cli.common import config
+
+    built_in = config.defaults(Path("/nonexistent-library"))  # no imported mappers: the Hub files
+    lines = ["## Settings and environment variables", "",
+             "Each comes from the flag (where there is one), else the environment variable, else "
+             "`config.toml` in the library folder (`elite config set KEY VALUE`), else the default. "
+             "The library folder itself comes from `--library`, else `ELITE_HOME`, else the "
+             "platform's user data folder.", "",
+             "| `config.toml` key | environment | default | what |", "|---|---|---|---|"]
+    for setting in config.SETTINGS:
+        choices = f" ({', '.join(setting.choices)})" if setting.choices else ""
+        lines.append(f"| `{setting.key}` | `{setting.env}` | `{built_in[setting.key]}` | "
+                     f"{escape(setting.help)}{choices} |")
+    return lines + [""]
 
 
 def walk_commands(group, context, depth: int = 0):
