@@ -286,17 +286,19 @@ def test_the_console_examples_of_a_page_run_in_order(page, use_tiny_models, chec
         assert result.exit_code == 0, f"{page}: `elite {shlex.join(arguments)}` failed:\n{result.output}"
 
 
-def test_the_readme_quick_start_works_as_written_with_the_tiny_models(checkout_folder, run_cli):
-    """A clean library, the tiny-models line the README gives, then the quick start line by line
-    (with the sizes the README says to add to `elite gen`); `elite ui` starts, serves its page
-    and stops on Ctrl+C."""
+def test_the_readme_quick_start_works_as_written_with_the_tiny_models(use_tiny_models, checkout_folder, run_cli):
+    """A clean library with the tiny models, then the quick start line by line (with the sizes the
+    README says to add to `elite gen`); `elite ui` starts, serves its page and stops on Ctrl+C.
+    The tiny models come from the test session's set through the environment, as a user would
+    point elite at them; the README's own tiny-models line is getting-started.md's, which
+    test_the_console_examples_of_a_page_run_in_order runs."""
     blocks = fenced_blocks(section(README, "Quick start"), "console")
     quick_start = console_commands(f"```console\n{blocks[0]}```\n")
     tiny_line = console_commands(f"```console\n{blocks[1]}```\n")
     assert [arguments[0] for arguments in quick_start] == ["add", "gen", "list", "export", "ui"]
-    assert tiny_line == [["models", "tiny", "elite-tiny", "--use"]]
+    assert tiny_line[0] in console_commands((ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8"))
     assert " ".join(TINY_GEN_FLAGS) in section(README, "Quick start")
-    for arguments in tiny_line + quick_start[:-1]:
+    for arguments in quick_start[:-1]:
         result = run_cli(*with_tiny_sizes(arguments))
         assert result.exit_code == 0, f"`elite {shlex.join(arguments)}` failed:\n{result.output}"
     assert len(list((checkout_folder / "elite-out").glob("*.png"))) == 4
