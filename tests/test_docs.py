@@ -313,8 +313,11 @@ def serve_and_stop_ui(folder: Path) -> str:
     subprocess: the page it serves, after which Ctrl+C (SIGINT) must stop it cleanly."""
     pytest.importorskip("gradio")
     env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_TEMP_DIR=str(folder / "gradio-tmp"))
+    # Ctrl+C as a terminal delivers it: a shell that ran pytest in the background may have left
+    # SIGINT ignored, which the server would inherit.
     process = subprocess.Popen([sys.executable, "-m", "elite_cli", "ui", "--port", "0"], cwd=folder, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     errors: list[str] = []
     threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True).start()
     url = None

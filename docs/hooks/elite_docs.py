@@ -102,7 +102,8 @@ def command_reference() -> str:
         "# Command reference",
         "",
         "Every `elite` command, its arguments and options, generated from the command line itself "
-        "when the site is built (so it says what `elite COMMAND --help` says). Settings that also "
+        "when the site is built (so it says what `elite COMMAND --help` says: every command has "
+        "`-h`/`--help` with an example, and those that report data take `--json`). Settings that also "
         "come from the environment name their variable; [Models and settings](models.md) explains "
         "the order in which flag, environment, `config.toml` and default win.",
         "",
