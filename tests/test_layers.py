@@ -1,5 +1,5 @@
-"""The package's folders are its layers, and each imports only the layers below it (README,
-Development). Read from the source, so a lazy import inside a function counts as well."""
+"""The package's folders are its layers, and each imports only the layers below it (docs/contributing.md,
+"The layers"). Read from the source, so a lazy import inside a function counts as well."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def layer_of(module: str) -> str:
     for end in range(len(parts), 0, -1):
         if ".".join(parts[:end]) in LAYERS:
             return ".".join(parts[:end])
-    raise AssertionError(f"{module} is in no layer; add its folder to LAYERS (and to the README's table)")
+    raise AssertionError(f"{module} is in no layer; add its folder to LAYERS (and to the table in docs/contributing.md)")
 
 
 def module_name(path: Path) -> str:

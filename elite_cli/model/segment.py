@@ -3,7 +3,7 @@
 The model is CLIPSeg (transformers' CLIPSegForImageSegmentation): a small decoder over a frozen
 CLIP ViT-B/16 that marks, pixel by pixel, where a text prompt is in the picture. It fits what
 users bring to ELITE, one main object on any background, and the prompt lets them name the
-object when the default finds the wrong thing (README, "Automatic masks", says why this model).
+object when the default finds the wrong thing (docs/masks.md says why this model).
 
 Nothing here prints: loading fails with ModelError, the caller decides what an empty mask means.
 """
