@@ -37,26 +37,28 @@ def pictures(tmp_path_factory) -> dict[str, Path]:
     return {path.stem: path for path in folder.iterdir()}
 
 
-def random_controlnet(unet_folder: Path, destination: Path, **config) -> Path:
-    """A tiny ControlNet shaped like the base UNet, with random (not zero) output convolutions so
-    that it really steers."""
+def random_controlnet(base_model: Path, destination: Path, **config) -> Path:
+    """A tiny random ControlNet made with diffusers' `ControlNetModel.from_unet`, from a UNet with
+    the base UNet's config changed by `config` (e.g. another cross-attention width)."""
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     torch.manual_seed(5)
-    unet = UNet2DConditionModel.from_pretrained(unet_folder, subfolder="unet")
-    if config:
-        unet = UNet2DConditionModel.from_config({**unet.config, **config})
-    controlnet = ControlNetModel.from_unet(unet)
-    for name, parameter in controlnet.named_parameters():
-        if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
-            torch.nn.init.normal_(parameter, std=0.05)
-    controlnet.save_pretrained(destination)
+    unet = UNet2DConditionModel.from_config({**UNet2DConditionModel.load_config(base_model, subfolder="unet"), **config})
+    ControlNetModel.from_unet(unet).save_pretrained(destination)
     return destination
 
 
 @pytest.fixture(scope="module")
-def tiny_controlnet(tiny_models, tmp_path_factory) -> Path:
-    return random_controlnet(tiny_models.base_model, tmp_path_factory.mktemp("controlnet") / "canny")
+def tiny_modes(tiny_models, tmp_path_factory):
+    """elite_cli.model.tiny_modes: two ControlNets, a DPT depth model and a 9-channel inpainting model."""
+    from elite_cli.model.tiny_modes import build_tiny_mode_models
+
+    return build_tiny_mode_models(tmp_path_factory.mktemp("tiny-modes"), tiny_models.base_model)
+
+
+@pytest.fixture(scope="module")
+def tiny_controlnet(tiny_modes) -> Path:
+    return tiny_modes.controlnet_canny
 
 
 def diffusers_pipeline(cls, tiny_models, loaded_models, **components):
@@ -298,3 +300,58 @@ def test_a_controlnet_not_for_sd1_is_refused(run_cli, use_tiny_models, tiny_mode
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "reads 48-wide text but the base model's is 32-wide" in result.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_nine_channel_inpainting_model_equals_diffusers(use_tiny_models, tiny_models, loaded_models, pictures,
+                                                         tiny_modes):
+    import diffusers
+
+    for strength in (1.0, 0.75):
+        ours = elite_image(dict(inpaint=pictures["sofa"], region=pictures["spot"], strength=strength,
+                                inpaint_model=str(tiny_modes.inpaint_model)))
+        unet = diffusers.UNet2DConditionModel.from_pretrained(tiny_modes.inpaint_model, subfolder="unet")
+        pipeline = diffusers_pipeline(diffusers.StableDiffusionInpaintPipeline, tiny_models, loaded_models, unet=unet)
+        assert pipeline.unet.config.in_channels == 9
+        theirs = pipeline(PROMPT, image=Image.open(pictures["sofa"]), mask_image=Image.open(pictures["spot"]),
+                          strength=strength, height=SIZE, width=SIZE, num_inference_steps=STEPS,
+                          guidance_scale=GUIDANCE, generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
+        assert np.abs(ours - np.asarray(theirs, dtype=np.int16)).max() == 0  # measured: 0/255
+    four_channels = elite_image(dict(inpaint=pictures["sofa"], region=pictures["spot"]))
+    assert np.abs(ours - four_channels).max() > 10  # the named model is the one used
+
+
+def test_depth_control_equals_diffusers_and_a_ready_map_gives_the_same_image(
+        use_tiny_models, tiny_models, loaded_models, pictures, tiny_modes, monkeypatch, tmp_path):
+    import diffusers
+
+    from elite_cli.model.mode_options import build_image_mode
+    from elite_cli.model.modes import control_map
+
+    monkeypatch.setenv("ELITE_CONTROLNET_DEPTH", str(tiny_modes.controlnet_depth))
+    monkeypatch.setenv("ELITE_DEPTH_MODEL", str(tiny_modes.depth_model))
+    ours = elite_image(dict(control=[f"depth={pictures['sofa']}"]))
+    mode = build_image_mode(control=[f"depth={pictures['sofa']}"],
+                            settings={"controlnet_depth": str(tiny_modes.controlnet_depth),
+                                      "depth_model": str(tiny_modes.depth_model)})
+    depth = control_map(mode.controls[0], loaded_models, SIZE, SIZE)
+    assert np.asarray(depth).std() > 20  # the depth model's map, stretched over 0-255
+    pipeline = diffusers_pipeline(diffusers.StableDiffusionControlNetPipeline, tiny_models, loaded_models,
+                                  controlnet=diffusers.ControlNetModel.from_pretrained(tiny_modes.controlnet_depth))
+    theirs = pipeline(PROMPT, image=depth, num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=SIZE, width=SIZE,
+                      generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
+    assert np.abs(ours - np.asarray(theirs, dtype=np.int16)).max() == 0  # measured: 0/255
+    depth.save(tmp_path / "depth-map.png")
+    from_map = elite_image(dict(control=[f"depth={tmp_path / 'depth-map.png'}"], control_image_is_map=True))
+    assert np.array_equal(from_map, ours)
+
+
+def test_region_auto_is_the_segmenter_mask(use_tiny_models, tiny_models, pictures, tmp_path):
+    from elite_cli.model import segment
+
+    found = segment.auto_mask(segment.load_segmenter(str(tiny_models.segmenter), "cpu"),
+                              Image.open(pictures["sofa"]).convert("RGB"), "the cushion")
+    assert 0 < found.mean() < 1
+    Image.fromarray(found.astype(np.uint8) * 255).save(tmp_path / "found.png")
+    automatic = elite_image(dict(inpaint=pictures["sofa"], region="auto", region_object="the cushion"))
+    by_file = elite_image(dict(inpaint=pictures["sofa"], region=tmp_path / "found.png"))
+    assert np.array_equal(automatic, by_file)

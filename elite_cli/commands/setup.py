@@ -208,7 +208,8 @@ def models_tiny(
 ) -> None:
     """Build a tiny random model set (seconds, offline) to try every command without downloads.
 
-    Also builds tiny metric models for `elite eval` (in DIRECTORY/metrics). The images it makes
+    Also builds tiny metric models for `elite eval` (in DIRECTORY/metrics), and ControlNets, a depth
+    model and a 9-channel inpainting model for `elite gen`'s modes (in DIRECTORY/modes). The images it makes
     are noise and the scores meaningless: it is for smoke tests, not pictures.
 
     Example: elite models tiny ./tiny --use
@@ -216,8 +217,11 @@ def models_tiny(
     from elite_cli.evaluation.tiny_metric_models import build_tiny_metric_models
     from elite_cli.model.tiny import build_tiny_models
 
+    from elite_cli.model.tiny_modes import build_tiny_mode_models
+
     tiny = build_tiny_models(directory)
     metrics = build_tiny_metric_models(Path(directory) / "metrics")
+    modes = build_tiny_mode_models(Path(directory) / "modes", tiny.base_model)
     values = {
         "base_model": str(Path(tiny.base_model).resolve()),
         "image_encoder": str(Path(tiny.image_encoder).resolve()),
@@ -226,6 +230,9 @@ def models_tiny(
         "segmenter": str(Path(tiny.segmenter).resolve()),
         "eval_clip_model": str(metrics.clip.resolve()),
         "eval_dino_model": str(metrics.dino.resolve()),
+        "controlnet_canny": str(modes.controlnet_canny.resolve()),
+        "controlnet_depth": str(modes.controlnet_depth.resolve()),
+        "depth_model": str(modes.depth_model.resolve()),
     }
     if use:
         for key, value in values.items():

@@ -216,6 +216,10 @@ class Generator:
         start.noise = torch.cat(noises)
         if picture_latents:
             start.picture_latents = torch.cat(picture_latents)
+            if mode.is_inpainting:
+                # diffusers' inpainting repeats them per image, which makes them contiguous (img2img
+                # keeps the VAE's channels-last strides); the decoder's rounding follows the strides.
+                start.picture_latents = start.picture_latents.contiguous()
         if from_noise_only:
             latents = start.noise * noise_scheduler.init_noise_sigma
         else:
@@ -226,7 +230,9 @@ class Generator:
             start.mask = mask.to(device=device, dtype=dtype).repeat(len(jobs), 1, 1, 1)
             start.blend = not nine_channels
         if masked_latents:
-            start.masked_latents = torch.cat(masked_latents)
+            # One job: its own tensor, as diffusers keeps it (torch.cat of one tensor would change its
+            # channels-last strides, and the UNet's first convolution rounds by the strides).
+            start.masked_latents = masked_latents[0] if len(masked_latents) == 1 else torch.cat(masked_latents)
         start.controls = [(control.controlnet, control.image.to(device=device, dtype=dtype).repeat(len(jobs), 1, 1, 1))
                           for control in mode.controls]
         return latents, start
