@@ -527,11 +527,19 @@ class Session:
         with self._model_lock:  # one generation at a time on the shared models
             return run_generation(store, jobs, directory, self.spec, self.load_models, listener, again=again,
                                   batch_size=batch_size, resume=resume, allow_stale=allow_stale,
-                                  fetch_models=self._fetch_for_generation)
+                                  fetch_models=lambda spec, main: self._fetch_for_generation(spec, main, jobs))
 
-    def _fetch_for_generation(self, spec: "ModelSpec", main_process: bool) -> None:
+    def _fetch_for_generation(self, spec: "ModelSpec", main_process: bool, jobs: list[GenerationJob] = ()) -> None:
         # Generation needs the image encoder's config only: its weights are not downloaded.
         self.fetch_missing_models(spec, encoding=False, main_process=main_process)
+        # And the ControlNets, depth model, inpainting model or segmenter that its modes name.
+        values = {key: value for job in jobs if job.mode is not None for key, value in job.mode.model_settings().items()}
+        if values:
+            from elite_cli.model.hub import fetch, missing_mode_downloads
+
+            plans = missing_mode_downloads(values, spec)
+            if plans:
+                (self.downloader or (lambda plans, main: fetch(plans)))(plans, main_process)
 
     # --- the library -----------------------------------------------------------------------------
 

@@ -87,9 +87,21 @@ def download_with_progress(plans: list, show: bool = True) -> None:
         fetch(plans, on_file, lambda size: progress.advance(task, size))
 
 
+def download_settings(spec, modes: bool) -> dict[str, str]:
+    """{setting: value} of what `models download` fetches."""
+    values = {key: getattr(spec, key) for key in ("base_model", "image_encoder", "global_mapper", "local_mapper")}
+    values["segmenter"] = setting("segmenter")  # `elite add` finds objects with it (automatic masks)
+    if modes:  # docs/modes.md: otherwise each is fetched by the first `gen` that needs it
+        values.update({key: setting(key) for key in ("controlnet_canny", "controlnet_depth", "depth_model",
+                                                     "inpaint_model")})
+    return values
+
+
 @models_app.command("download")
 def models_download(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be downloaded.")] = False,
+    modes: Annotated[bool, typer.Option("--modes", help="Also the ControlNets and depth model of `gen --control` "
+                                        "(and inpaint_model when set).")] = False,
 ) -> None:
     """Download every model the settings name into the Hugging Face cache, then check they load.
 
@@ -103,9 +115,7 @@ def models_download(
     from elite_cli.model.hub import hub_plan, plans_for
 
     spec = model_spec()
-    values = {key: getattr(spec, key) for key in ("base_model", "image_encoder", "global_mapper", "local_mapper")}
-    values["segmenter"] = setting("segmenter")  # `elite add` finds objects with it (automatic masks)
-    plans = plans_for(values, encoding=True)
+    plans = plans_for(download_settings(spec, modes), encoding=True)
     if any(plan.needs_fetch for plan in plans):
         fp16 = prefers_fp16(spec.device, spec.dtype)
         plans = [hub_plan(plan, fp16) for plan in plans]

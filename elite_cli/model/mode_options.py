@@ -120,6 +120,19 @@ class ImageMode:
                    inpaint_model=str(data.get("inpaint_model", "")), strength=float(data.get("strength", 1.0)),
                    controls=controls, control_scale=float(data.get("control_scale", 1.0)))
 
+    def model_settings(self) -> dict[str, str]:
+        """{setting: value} of the models this mode loads besides the base ones (for downloads)."""
+        values = {}
+        for control in self.controls:
+            values[f"controlnet_{control.kind}"] = control.controlnet
+            if control.depth_model:
+                values[DEPTH_MODEL_SETTING] = control.depth_model
+        if self.inpaint is not None and self.inpaint_model:
+            values["inpaint_model"] = self.inpaint_model
+        if self.inpaint is not None and self.region is None:
+            values["segmenter"] = self.segmenter
+        return {key: value for key, value in values.items() if value}
+
     def check_sources_unchanged(self, again: str) -> None:
         """--again: every source picture must still be there with the same bytes."""
         pictures = [self.init_image, self.inpaint, self.region] + [control.picture for control in self.controls]

@@ -158,10 +158,11 @@ def load_inpaint_unet(source: str, models):
     if key not in _INPAINT_UNETS:
         from pathlib import Path
 
-        subfolder = "unet" if (Path(source).expanduser() / "unet").is_dir() or not Path(source).expanduser().exists() else ""
-        unet = load_pretrained(UNet2DConditionModel.from_pretrained, source, "inpainting model", kind="base_model"
-                               if subfolder else "transformers", subfolder=subfolder, weights=True,
-                               prefer_fp16=models.dtype == torch.float16)
+        folder = Path(source).expanduser()
+        # A diffusers SD folder or hub id (its unet/), or a UNet folder itself.
+        subfolder = "unet" if (folder / "unet").is_dir() or not folder.exists() else ""
+        unet = load_pretrained(UNet2DConditionModel.from_pretrained, source, "inpainting model", kind="unet",
+                               subfolder=subfolder, weights=True, prefer_fp16=models.dtype == torch.float16)
         if int(unet.config.in_channels) != 9:
             raise ModelError(f"the inpainting model '{source}' has a {unet.config.in_channels}-channel UNet, not the 9 "
                              "channels of an SD inpainting model; unset inpaint_model to inpaint with the base model.")
