@@ -45,6 +45,7 @@ def test_the_canny_controlnet_is_downloaded_once_then_used_offline(tiny_models, 
 
     # Another cache with the base models but not the ControlNet, offline: one line, nothing written.
     cache = tmp_path / "other"
+    cache.mkdir()
     server = HubServer({key: value for key, value in repos.items() if key != CANNY}).start()
     try:
         (base_only,) = run_elite(hub_env(cache, server.url), [*GEN, "-o", cache / "plain"])
