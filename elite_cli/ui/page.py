@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from elite_cli.model.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SCHEDULERS
 from elite_cli.ui.actions import (HISTORY_COLUMNS, MASK_AUTO, MASK_FILE, MASK_NONE, MASK_PAINT, Actions, HistoryRow,
                                   automatic_mask_available, describe, error_message, insert_placeholder)
+from elite_cli.ui.modes import build_mode_panel
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -128,6 +129,7 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
                                 width = gr.Slider(64, MAX_IMAGE_SIDE, value=512, step=8, label="Width", elem_id="width")
                                 height = gr.Slider(64, MAX_IMAGE_SIDE, value=512, step=8, label="Height",
                                                    elem_id="height")
+                        mode_panel = build_mode_panel(gr)
                         generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
                         picker = gr.Gallery(label="Your concepts: click one to put it in the prompt", columns=6,
                                             height=220, allow_preview=False, elem_id="picker")
@@ -192,12 +194,12 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
         # --- generating -----------------------------------------------------------------------------
 
         def generate(prompt_text, negative_text, images, seed_value, lambda_value, guidance_value, steps_value,
-                     scheduler_name, width_value, height_value, progress=gr.Progress()):
+                     scheduler_name, width_value, height_value, *source, progress=gr.Progress()):
             updates = actions.generate(
                 prompt_text or "", negative_prompt=negative_text or "", n=int(images),
                 seed=None if seed_value is None or seed_value < 0 else int(seed_value), steps=int(steps_value),
                 guidance=float(guidance_value), lambda_=float(lambda_value), scheduler=scheduler_name,
-                width=int(width_value), height=int(height_value))
+                width=int(width_value), height=int(height_value), source=tuple(source))
             yield from follow(updates, progress)
 
         def follow(updates, progress):
@@ -231,7 +233,8 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
                         text += " Warning: " + " ".join(warnings)
                     yield shown, message_html(text)
 
-        generation_inputs = [prompt, negative_prompt, count, seed, llambda, guidance, steps, scheduler, width, height]
+        generation_inputs = [prompt, negative_prompt, count, seed, llambda, guidance, steps, scheduler, width, height,
+                             *mode_panel.inputs]
         # One progress bar, over the images, labelled with the step (the CSS above hides Gradio's timer).
         progress_display = dict(show_progress="minimal", show_progress_on=results)
         generate_button.click(generate, generation_inputs, [results, run_info], api_name="generate",
@@ -346,7 +349,7 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
                     parameters.get("scheduler", "lms"), parameters.get("width", 512), parameters.get("height", 512),
                     gr.Tabs(selected="generate"))
 
-        reuse_button.click(reuse, selected_row, [*generation_inputs, tabs])
+        reuse_button.click(reuse, selected_row, [*generation_inputs[:10], tabs])  # the picture panel stays
     return page
 
 
