@@ -35,7 +35,7 @@ def painted(box=(8, 16, 40, 48)):
     layer = np.zeros((64, 64, 4), dtype=np.uint8)
     left, top, right, bottom = box
     layer[top:bottom, left:right] = (255, 45, 111, 255)
-    return [layer]  # the editor's paint layers
+    return {"background": None, "layers": [layer], "composite": None}  # the editor's value, as Gradio sends it
 
 
 def finished(updates):

@@ -74,7 +74,9 @@ def region_file(library: Path, picture: Path, painted: Any) -> Path:
 
     with Image.open(picture) as opened:
         size = ImageOps.exif_transpose(opened).size
-    mask = painted_mask(painted, size)
+    # The editor's value ({"background", "layers", "composite"}), or its paint layers alone.
+    layers = painted.get("layers") if isinstance(painted, dict) else painted
+    mask = painted_mask(layers, size)
     if mask is None:
         raise InputError("nothing is painted on the picture; paint the region to repaint, or choose another way to "
                          "use the picture.")
