@@ -355,3 +355,21 @@ def test_region_auto_is_the_segmenter_mask(use_tiny_models, tiny_models, picture
     automatic = elite_image(dict(inpaint=pictures["sofa"], region="auto", region_object="the cushion"))
     by_file = elite_image(dict(inpaint=pictures["sofa"], region=tmp_path / "found.png"))
     assert np.array_equal(automatic, by_file)
+
+
+def test_resume_makes_only_the_missing_image_of_an_inpainting_run(run_cli, use_tiny_models, pictures, tmp_path):
+    out = tmp_path / "out"
+    command = ["gen", PROMPT, "--inpaint", pictures["sofa"], "--region", pictures["spot"], "-n", "2", "-o", out, *FAST]
+    first = run_cli(*command, "--json")
+    assert first.exit_code == 0, first.output
+    kept, removed = (Path(item["path"]) for item in json.loads(first.stdout))
+    removed_pixels = pixels(removed)
+    removed.unlink()
+    resumed = run_cli(*command, "--resume", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    (remade,) = json.loads(resumed.stdout)
+    assert remade["seed"] == SEED + 1 and pixels(remade["path"]) == removed_pixels
+    # Another strength is another image: --resume does not take the finished ones for it.
+    other = run_cli(*command, "--strength", "0.75", "--resume", "--json")
+    assert other.exit_code == 0, other.output
+    assert len(json.loads(other.stdout)) == 2
