@@ -35,8 +35,12 @@ Public signatures (stable: new keyword options may be added, none removed):
     session.generate(prompt=None, *, jobs=None, n=1, seed=None, steps=50, guidance=5.0,
                      lambda_=0.8, negative_prompt="", width=512, height=512, scheduler="lms",
                      output_dir=None, batch_size=None, resume=False, allow_stale=False,
-                     progress=None, on_image=None, on_warning=None, listener=None)
+                     progress=None, on_image=None, on_warning=None, listener=None,
+                     init_image=None, strength=None, inpaint=None, region=None, region_object=None,
+                     inpaint_model=None, control=(), control_scale=1.0, control_image_is_map=False)
         -> GenerationResult                  # prompt: one prompt or a list (each from `seed`)
+        init_image/strength: img2img; inpaint/region ("auto": region_object)/inpaint_model:
+        inpainting; control ["canny=FILE", "depth=FILE"]: ControlNet (docs/modes.md).
     session.repeat(run_or_png, *, output_dir=None, batch_size=None, resume=False,
                    allow_stale=False, progress=None, on_image=None, on_warning=None,
                    listener=None) -> GenerationResult
@@ -488,14 +492,23 @@ class Session:
                  allow_stale: bool = False, progress: Callable[[int, int], None] | None = None,
                  on_image: Callable[[GeneratedImage], None] | None = None,
                  on_warning: Callable[[str], None] | None = None,
-                 listener: GenerationListener | None = None) -> GenerationResult:
+                 listener: GenerationListener | None = None, init_image: str | Path | None = None,
+                 strength: float | None = None, inpaint: str | Path | None = None, region: str | Path | None = None,
+                 region_object: str | None = None, inpaint_model: str | None = None, control: Sequence[str] = (),
+                 control_scale: float = 1.0, control_image_is_map: bool = False) -> GenerationResult:
         """Generate `n` images per prompt into output_dir (default: the output_dir setting), each a PNG
         holding its parameters, each with a history row. Image i of a prompt uses seed + i; every
         prompt of a list starts at the same seed (random when None). `jobs` instead of a prompt gives
         each prompt its own settings. progress(step, total) follows the denoising steps of each
         batch, on_image(GeneratedImage) each saved file; warnings go to on_warning(message), else to
-        Python's warnings (GenerationWarning). A `listener` (GenerationListener) hears all of it."""
+        Python's warnings (GenerationWarning). A `listener` (GenerationListener) hears all of it.
+
+        From the user's pictures (docs/modes.md): init_image + strength (img2img); inpaint + region
+        (a mask file, white = repaint, or "auto" with region_object) + strength, inpaint_model (a
+        9-channel inpainting model; default: the inpaint_model setting, empty = the base UNet);
+        control ["canny=FILE", "depth=FILE"] with control_scale and control_image_is_map."""
         from elite_cli.model.generation_limits import SEED_LIMIT
+        from elite_cli.model.mode_options import build_image_mode
 
         if (prompt is None) == (jobs is None):
             raise InputError("give exactly one of a prompt (or a list of prompts) and jobs.")
@@ -504,10 +517,16 @@ class Session:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
             if not prompts:
                 raise InputError('there are no prompts; pass text such as "<mycat> on the beach".')
+            mode_settings = ("controlnet_canny", "controlnet_depth", "depth_model", "segmenter", "inpaint_model")
+            mode = build_image_mode(
+                init_image=init_image, strength=strength, inpaint=inpaint, region=region, region_object=region_object,
+                inpaint_model=inpaint_model,
+                control=list(control), control_scale=control_scale, control_image_is_map=control_image_is_map,
+                settings={key: self.setting(key) for key in mode_settings})
             first_seed = secrets.randbelow(max(1, SEED_LIMIT - n)) if seed is None else seed
             jobs = [GenerationJob(prompt=text, negative_prompt=negative_prompt, seed=first_seed, steps=steps,
                                   guidance_scale=guidance, llambda=lambda_, width=width, height=height,
-                                  scheduler=scheduler, num_images=n)
+                                  scheduler=scheduler, num_images=n, mode=mode)
                     for text in prompts]
         return self._run(list(jobs), None, output_dir, batch_size, resume, allow_stale,
                          listener or CallbackListener(progress, on_image, on_warning))
@@ -539,11 +558,19 @@ class Session:
         with self._model_lock:  # one generation at a time on the shared models
             return run_generation(store, jobs, directory, self.spec, self.load_models, listener, again=again,
                                   batch_size=batch_size, resume=resume, allow_stale=allow_stale,
-                                  fetch_models=self._fetch_for_generation)
+                                  fetch_models=lambda spec, main: self._fetch_for_generation(spec, main, jobs))
 
-    def _fetch_for_generation(self, spec: "ModelSpec", main_process: bool) -> None:
+    def _fetch_for_generation(self, spec: "ModelSpec", main_process: bool, jobs: list[GenerationJob] = ()) -> None:
         # Generation needs the image encoder's config only: its weights are not downloaded.
         self.fetch_missing_models(spec, encoding=False, main_process=main_process)
+        # And the ControlNets, depth model, inpainting model or segmenter that its modes name.
+        values = {key: value for job in jobs if job.mode is not None for key, value in job.mode.model_settings().items()}
+        if values:
+            from elite_cli.model.hub import fetch, missing_mode_downloads
+
+            plans = missing_mode_downloads(values, spec)
+            if plans:
+                (self.downloader or (lambda plans, main: fetch(plans)))(plans, main_process)
 
     # --- the library -----------------------------------------------------------------------------
 

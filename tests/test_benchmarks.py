@@ -226,3 +226,14 @@ def test_ui_overhead_smoke_times_both_sides_with_the_browser(tiny_models, tmp_pa
     assert len(payload["chromium_cpu_s"]["during_ui"]) == len(payload["server_process_cpu_s"]["during_ui"]) == 1
     assert payload["server_process_cpu_s"]["during_ui"][0] > 0
     assert "ratio UI / API" in done.stdout
+
+
+def test_modes_smoke(tiny_models, tmp_path):
+    from benchmarks import modes
+
+    payload = modes.main(smoke_arguments(tiny_models, tmp_path / "modes.json", "--runs", "1", "--warmup", "0"))
+    document = read(tmp_path / "modes.json")
+    assert set(document["results"]) == {"img2img", "inpaint", "canny"} == set(payload["results"])
+    for entry in document["results"].values():
+        assert len(entry["times_s"]["a"]) == len(entry["times_s"]["b"]) == 1
+        assert entry["ratio b/a"] == entry["median_s"]["b"] / entry["median_s"]["a"] > 0

@@ -61,6 +61,9 @@ def positive_limit(value: int) -> int:
 IMAGE_OPTIONS = {
     "number": "-n", "seed": "--seed", "steps": "--steps", "guidance": "--guidance", "llambda": "--lambda",
     "negative": "--negative", "width": "--width", "height": "--height", "scheduler": "--scheduler",
+    "init_image": "--init-image", "strength": "--strength", "inpaint": "--inpaint", "region": "--region",
+    "region_object": "--object", "inpaint_model": "--inpaint-model", "control": "--control",
+    "control_scale": "--control-scale", "control_image_is_map": "--control-image-is-map",
 }
 
 
@@ -89,6 +92,27 @@ BatchSizeOption = Annotated[Optional[int], typer.Option(
 GpusOption = Annotated[Optional[str], typer.Option(
     "--gpus", metavar="<all|N>", callback=check_gpus_value,
     help="Spread the images over this many local GPUs ('all' or N), via accelerate.", show_default=False)]
+InitImageOption = Annotated[Optional[Path], typer.Option(
+    "--init-image", metavar="FILE", help="Start from this picture (img2img); see --strength.", show_default=False)]
+StrengthOption = Annotated[Optional[float], typer.Option(
+    "--strength", metavar="S", help="How much of the picture is repainted, 0 < S <= 1 (default 0.8; inpainting 1).",
+    show_default=False)]
+InpaintOption = Annotated[Optional[Path], typer.Option(
+    "--inpaint", metavar="FILE", help="Repaint a region of this picture; see --region.", show_default=False)]
+RegionOption = Annotated[Optional[str], typer.Option(
+    "--region", metavar="<MASK|auto>", help="With --inpaint: mask picture (white = repaint), or auto (see --object).",
+    show_default=False)]
+RegionObjectOption = Annotated[Optional[str], typer.Option(
+    "--object", metavar="TEXT", help="With --region auto: what the segmenter finds to repaint.", show_default=False)]
+InpaintModelOption = Annotated[Optional[str], typer.Option(
+    "--inpaint-model", metavar="ID|DIR", help="A 9-channel SD inpainting model (default: the inpaint_model setting; "
+    "empty: the base model).", show_default=False)]
+ControlOption = Annotated[Optional[list[str]], typer.Option(
+    "--control", metavar="KIND=FILE", help="Follow the picture's edges or depth with a ControlNet: canny=FILE, depth=FILE.",
+    show_default=False)]
+ControlScaleOption = Annotated[float, typer.Option("--control-scale", help="How strongly the ControlNets steer.")]
+ControlIsMapOption = Annotated[bool, typer.Option(
+    "--control-image-is-map", help="The --control pictures are ready edge/depth maps.")]
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="Skip images this command already wrote in the output folder.")]
 
@@ -100,7 +124,10 @@ def gen(
     width: WidthOption = 512, height: HeightOption = 512, scheduler: SchedulerOption = "lms",
     output_dir: OutputDirOption = None, prompts_file: PromptsFileOption = None, again: AgainOption = None,
     allow_stale: AllowStaleOption = False, batch_size: BatchSizeOption = None, gpus: GpusOption = None,
-    resume: ResumeOption = False, as_json: JsonFlag = False,
+    resume: ResumeOption = False, as_json: JsonFlag = False, init_image: InitImageOption = None,
+    strength: StrengthOption = None, inpaint: InpaintOption = None, region: RegionOption = None,
+    region_object: RegionObjectOption = None, inpaint_model: InpaintModelOption = None, control: ControlOption = None,
+    control_scale: ControlScaleOption = 1.0, control_image_is_map: ControlIsMapOption = False,
 ) -> None:
     """Generate images from a prompt that names concepts as <name>.
 
@@ -109,6 +136,8 @@ def gen(
     Example: elite gen "<mycat> on the beach" -n 4 --seed 7
 
     Example: elite gen --prompts prompts.txt -n 8 --seed 1 --gpus all --resume
+
+    Example: elite gen "<mycat> sleeping" --inpaint sofa.jpg --region spot.png  (more in docs/modes.md)
     """
     from elite_cli.generation.workers import launched_world_size
 
@@ -124,9 +153,12 @@ def gen(
         else:
             prompts = [prompt] if prompt is not None else read_prompts_file(prompts_file)
             warn_about_repeated_prompts(prompts, prompts_file)
+            modes = dict(init_image=init_image, strength=strength, inpaint=inpaint, region=region,
+                         region_object=region_object, inpaint_model=inpaint_model, control=control or (),
+                         control_scale=control_scale, control_image_is_map=control_image_is_map)
             result = session.generate(prompts, n=number, seed=seed, steps=steps, guidance=guidance, lambda_=llambda,
                                       negative_prompt=negative, width=width, height=height, scheduler=scheduler,
-                                      **where, listener=listener)
+                                      **where, **modes, listener=listener)
     if result.is_main:
         report_generation(result, as_json)
         if not as_json and result.images:

@@ -110,11 +110,23 @@ def print_download_plan(plans: list, force: bool) -> None:
         typer.echo(f"To download: {human_size(total)}." if total else "Nothing to download.")
 
 
+def download_settings(spec, modes: bool) -> dict[str, str]:
+    """{setting: value} of what `models download` fetches."""
+    values = {key: getattr(spec, key) for key in ("base_model", "image_encoder", "global_mapper", "local_mapper")}
+    values["segmenter"] = setting("segmenter")  # `elite add` finds objects with it (automatic masks)
+    if modes:  # docs/modes.md: otherwise each is fetched by the first `gen` that needs it
+        values.update({key: setting(key) for key in ("controlnet_canny", "controlnet_depth", "depth_model",
+                                                     "inpaint_model")})
+    return values
+
+
 @models_app.command("download")
 def models_download(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be downloaded.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Ask the Hub even when everything is cached, check every "
                                         "cached file against its checksum and download the damaged ones anew.")] = False,
+    modes: Annotated[bool, typer.Option("--modes", help="Also the ControlNets and depth model of `gen --control` "
+                                        "(and inpaint_model when set).")] = False,
 ) -> None:
     """Download every model the settings name into the Hugging Face cache, then check they load.
 
@@ -130,9 +142,7 @@ def models_download(
     from elite_cli.model.hub import hub_plan, plans_for
 
     spec = model_spec()
-    values = {key: getattr(spec, key) for key in ("base_model", "image_encoder", "global_mapper", "local_mapper")}
-    values["segmenter"] = setting("segmenter")  # `elite add` finds objects with it (automatic masks)
-    plans = plans_for(values, encoding=True)
+    plans = plans_for(download_settings(spec, modes), encoding=True)
     if force or any(plan.needs_fetch for plan in plans):
         fp16 = prefers_fp16(spec.device, spec.dtype)
         plans = [hub_plan(plan, fp16, recheck=force) for plan in plans]
@@ -149,7 +159,7 @@ def models_download(
     models.image_encoder  # the weights `elite add` needs load on first use: check them too
     from elite_cli.model.segment import load_segmenter
 
-    load_segmenter(values["segmenter"], spec.device, spec.dtype)
+    load_segmenter(setting("segmenter"), spec.device, spec.dtype)
     typer.echo("Every model loads; `elite add` and `elite gen` can now run offline (HF_HUB_OFFLINE=1).")
 
 
@@ -224,7 +234,8 @@ def models_tiny(
 ) -> None:
     """Build a tiny random model set (seconds, offline) to try every command without downloads.
 
-    Also builds tiny metric models for `elite eval` (in DIRECTORY/metrics). The images it makes
+    Also builds tiny metric models for `elite eval` (in DIRECTORY/metrics), and ControlNets, a depth
+    model and a 9-channel inpainting model for `elite gen`'s modes (in DIRECTORY/modes). The images it makes
     are noise and the scores meaningless: it is for smoke tests, not pictures.
 
     Example: elite models tiny ./tiny --use
@@ -232,8 +243,11 @@ def models_tiny(
     from elite_cli.evaluation.tiny_metric_models import build_tiny_metric_models
     from elite_cli.model.tiny import build_tiny_models
 
+    from elite_cli.model.tiny_modes import build_tiny_mode_models
+
     tiny = build_tiny_models(directory)
     metrics = build_tiny_metric_models(Path(directory) / "metrics")
+    modes = build_tiny_mode_models(Path(directory) / "modes", tiny.base_model)
     values = {
         "base_model": str(Path(tiny.base_model).resolve()),
         "image_encoder": str(Path(tiny.image_encoder).resolve()),
@@ -242,6 +256,9 @@ def models_tiny(
         "segmenter": str(Path(tiny.segmenter).resolve()),
         "eval_clip_model": str(metrics.clip.resolve()),
         "eval_dino_model": str(metrics.dino.resolve()),
+        "controlnet_canny": str(modes.controlnet_canny.resolve()),
+        "controlnet_depth": str(modes.controlnet_depth.resolve()),
+        "depth_model": str(modes.depth_model.resolve()),
     }
     if use:
         for key, value in values.items():

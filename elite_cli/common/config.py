@@ -54,6 +54,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("output_dir", "ELITE_OUTPUT_DIR", "where `elite gen` writes PNG files", is_path=True),
     Setting("eval_clip_model", "ELITE_EVAL_CLIP_MODEL", "CLIP of `elite eval`'s CLIP-T/CLIP-I: hub id or folder"),
     Setting("eval_dino_model", "ELITE_EVAL_DINO_MODEL", "DINO ViT of `elite eval`'s DINO score: hub id or folder"),
+    Setting("controlnet_canny", "ELITE_CONTROLNET_CANNY", "ControlNet for SD 1.x that `gen --control canny=FILE` follows: hub id or folder"),
+    Setting("controlnet_depth", "ELITE_CONTROLNET_DEPTH", "ControlNet for SD 1.x that `gen --control depth=FILE` follows: hub id or folder"),
+    Setting("depth_model", "ELITE_DEPTH_MODEL", "transformers depth estimator (DPT, Depth Anything) that makes depth maps: hub id or folder"),
+    Setting("inpaint_model", "ELITE_INPAINT_MODEL", "9-channel SD 1.x inpainting model for `gen --inpaint` (empty: the base model's UNet): hub id or folder"),
 )
 SETTINGS_BY_KEY = {setting.key: setting for setting in SETTINGS}
 
@@ -90,6 +94,11 @@ def defaults(library: Path) -> dict[str, str]:
         "output_dir": "elite-out",
         "eval_clip_model": DEFAULT_CLIP_MODEL,
         "eval_dino_model": DEFAULT_DINO_MODEL,
+        # The SD 1.5 ControlNets fit SD 1.4 (same UNet); MiDaS (DPT-Hybrid) made the depth model's training maps.
+        "controlnet_canny": "lllyasviel/sd-controlnet-canny",
+        "controlnet_depth": "lllyasviel/sd-controlnet-depth",
+        "depth_model": "Intel/dpt-hybrid-midas",
+        "inpaint_model": "",
     }
 
 

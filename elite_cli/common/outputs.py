@@ -62,9 +62,15 @@ class GenerationRecord:
     elite_version: str = ""
     # What the models computed in ("float32", "bfloat16", "float16"); "" in files made before it was recorded.
     dtype: str = ""
+    # img2img / inpainting / ControlNet (elite_cli/model/mode_options.py): the source pictures
+    # with their sha256 and every option; None (left out of the chunk) for text-to-image.
+    mode: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(user_keys(asdict(self)), ensure_ascii=False, sort_keys=True)
+        data = user_keys(asdict(self))
+        if data["mode"] is None:
+            del data["mode"]
+        return json.dumps(data, ensure_ascii=False, sort_keys=True)
 
 
 # `lambda` is the user's word (`--lambda`) but a Python keyword, so the code's name is `llambda`.
@@ -92,6 +98,8 @@ def a1111_parameters(record: GenerationRecord) -> str:
     ]
     if record.concepts:
         fields.append(("ELITE concepts", " ".join(sorted(record.concepts))))
+    if record.mode and "strength" in record.mode:
+        fields.append(("Denoising strength", _number(record.mode["strength"])))
     if record.elite_version:
         fields.append(("Version", f"elite {record.elite_version}"))
     # A1111 separates fields with ", " and quotes values that contain one.

@@ -11,6 +11,7 @@ from typing import Any
 
 from elite_cli.errors import InputError
 from elite_cli.model.generation_limits import check_image_settings
+from elite_cli.model.mode_options import ImageMode
 from elite_cli.common.outputs import code_keys, read_png_parameters
 from elite_cli.common.paths import check_file_exists
 
@@ -48,12 +49,16 @@ class GenerationJob(ImageSettings):
     concept_ids: dict[str, str] = field(default_factory=dict)
     # The models a repeated run recorded (base_model, image_encoder, mapper fingerprints).
     recorded_models: dict[str, str] = field(default_factory=dict)
+    # Starting from the user's pictures (img2img, inpainting, ControlNet); None: from noise.
+    mode: ImageMode | None = None
 
     def check(self) -> None:
         """Fail before any model loads if a parameter cannot work."""
+        from elite_cli.model.mode_options import check_mode_fits
         from elite_cli.model.prompts import check_placeholders
 
         self.check_image_settings(self.seed, self.num_images)
+        check_mode_fits(self.mode, self.steps)
         if not self.prompt.strip():
             raise InputError('the prompt is empty; pass text such as "<mycat> on the beach".')
         check_placeholders(self.prompt)
@@ -67,6 +72,8 @@ class GenerationJob(ImageSettings):
             "width": self.width,
             "height": self.height,
             "scheduler": self.scheduler,
+            # Only when set: a text-to-image run's rows and PNGs stay as they were.
+            **({"mode": self.mode.to_dict()} if self.mode is not None else {}),
         }
 
 
@@ -126,9 +133,10 @@ def jobs_from_png(path: Path) -> list[GenerationJob]:
                 height=int(parameters["height"]),
                 scheduler=str(parameters["scheduler"]),
                 recorded_models={key: str(parameters[key]) for key in MODEL_KEYS if parameters.get(key)},
+                mode=ImageMode.from_dict(parameters.get("mode")),
             )
         ]
-    except (TypeError, ValueError, AttributeError) as error:
+    except (TypeError, ValueError, AttributeError, KeyError) as error:
         raise InputError(f"'{path}' has a damaged elite parameters chunk ({error}); pass a PNG written by `elite gen`.") from None
 
 
@@ -144,6 +152,7 @@ def jobs_from_history(store: Any, run_id: str) -> list[GenerationJob]:
         parameters = code_keys(entry.parameters)  # `lambda` (newer rows) or `llambda` (older ones)
         settings = {key: parameters[key] for key in GenerationJob("").settings() if key in parameters}
         number = int(entry.parameters.get("job", len(jobs)))
+        settings.pop("mode", None)  # rebuilt below from the row's own record
         key = (number, entry.prompt, entry.negative_prompt, first_seed, tuple(sorted(settings.items())))
         # Rows written before the image count was recorded: the highest finished index tells.
         count = int(entry.parameters.get("num_images", entry.image_index + 1))
@@ -157,6 +166,7 @@ def jobs_from_history(store: Any, run_id: str) -> list[GenerationJob]:
                 num_images=count,
                 concept_ids=dict(entry.concept_ids),
                 recorded_models={key: str(entry.parameters[key]) for key in MODEL_KEYS if entry.parameters.get(key)},
+                mode=ImageMode.from_dict(entry.parameters.get("mode")),
                 **settings,
             )
             jobs[key] = (number, job)

@@ -47,6 +47,7 @@ def identity(prompt: str, negative_prompt: str, seed: int, settings: dict[str, A
     """What makes an image the same image: used by --resume to recognise finished work."""
     values = {"prompt": prompt, "negative_prompt": negative_prompt, "seed": int(seed)}
     values.update({key: settings[key] for key in SETTING_KEYS})
+    values["mode"] = settings.get("mode")  # img2img/inpainting/ControlNet options; None for text-to-image
     values.update({key: models.get(key, "") for key in MODEL_KEYS})
     return json.dumps(values, sort_keys=True)
 

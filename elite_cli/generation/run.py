@@ -162,6 +162,8 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
 
     for job in jobs:
         job.check()
+        if again is not None and job.mode is not None:
+            job.mode.check_sources_unchanged(again)
     check_output_folder(directory)
     concepts = load_concepts(store, jobs, again)
 
@@ -185,6 +187,9 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
                                                     for name, (record, concept) in concepts.items()):
             listener.warning(line.removeprefix("Warning: "))
     generator = Generator(models)
+    # Pictures, regions and ControlNets are read and loaded before the first image, so that a bad
+    # one fails with nothing written.
+    prepare_modes(generator, jobs)
     model_parameters = {
         "base_model": models.spec.base_model,
         "image_encoder": models.spec.image_encoder,
@@ -300,6 +305,19 @@ def default_batch_size(models: Any, jobs: list[GenerationJob]) -> int:
     return max(1, min(8, int(free * 0.8 // per_image)))
 
 
+def prepare_modes(generator: Any, jobs: list[GenerationJob]) -> dict[tuple, Any]:
+    """{(mode, width, height): PreparedMode} for the jobs that start from pictures, made once per
+    call (kept on the generator)."""
+    prepared = generator.__dict__.setdefault("prepared_modes", {})
+    for job in jobs:
+        key = (job.mode, job.width, job.height)
+        if job.mode is not None and key not in prepared:
+            from elite_cli.model.modes import prepare_mode
+
+            prepared[key] = prepare_mode(job.mode, generator.models, job.width, job.height)
+    return prepared
+
+
 def generate_batch(generator: Any, batch: list[Any], jobs: list[GenerationJob], concepts: dict[str, Any],
                    listener: GenerationListener, reported: set[str]) -> list[Any]:
     """One batch of images; each prompt-truncation warning is told once per call (`reported`)."""
@@ -307,6 +325,8 @@ def generate_batch(generator: Any, batch: list[Any], jobs: list[GenerationJob], 
     from elite_cli.model.text import PromptTruncatedWarning
 
     first = jobs[0]
+    # The batch's jobs share every setting, their mode included (plan.cut_batches).
+    prepared = prepare_modes(generator, [first])[(first.mode, first.width, first.height)] if first.mode else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PromptTruncatedWarning)
         images = generator.generate_batch(
@@ -319,6 +339,7 @@ def generate_batch(generator: Any, batch: list[Any], jobs: list[GenerationJob], 
             height=first.height,
             scheduler=first.scheduler,
             progress=listener.step,
+            mode=prepared,
         )
     for warning in caught:
         message = str(warning.message)

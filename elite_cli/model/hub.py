@@ -162,6 +162,9 @@ def select_files(kind: str, names: Iterable[str], prefer_fp16: bool = False,
         need("config.json")
         if kind == "image_encoder":
             weights("")
+    elif kind == "unet":  # a 9-channel inpainting model: only its UNet is loaded
+        need("unet/config.json")
+        weights("unet")
     elif kind == "transformers":
         need("config.json")
         wanted.extend(sorted(name for name in names if "/" not in name and name != "config.json"
@@ -801,7 +804,11 @@ def plans_for(settings: dict[str, str], encoding: bool = True) -> list[ModelPlan
              "global_mapper": "file", "local_mapper": "file",
              # Only when asked: the segmenter (CLIPSeg, model and processor files at the root) is
              # needed by `elite add` for pictures without a mask, and by `elite models download`.
-             "segmenter": "transformers"}
+             "segmenter": "transformers",
+             # Only when a call or `models download --modes` asks: the models of gen's modes
+             # (docs/modes.md). ControlNets and depth models keep config and weights at the root.
+             "controlnet_canny": "transformers", "controlnet_depth": "transformers", "depth_model": "transformers",
+             "inpaint_model": "unet"}
     return [local_plan(key, settings[key], kind) for key, kind in kinds.items() if settings.get(key)]
 
 
@@ -817,6 +824,15 @@ def prefers_fp16(device: str, dtype: str) -> bool:
     import torch
 
     return resolve_dtype(dtype, resolve_device(device)) == torch.float16
+
+
+def missing_mode_downloads(values: dict[str, str], spec: Any) -> list[ModelPlan]:
+    """What the models of img2img/inpainting/ControlNet calls ({setting: value}) lack in the cache."""
+    missing = [plan for plan in plans_for(values) if plan.needs_fetch]
+    if not missing:
+        return []
+    fp16 = prefers_fp16(spec.device, spec.dtype)
+    return [hub_plan(plan, fp16) for plan in missing]
 
 
 def missing_downloads(spec: Any, encoding: bool = True, segmenter: str | None = None) -> list[ModelPlan]:

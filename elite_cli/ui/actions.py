@@ -206,6 +206,7 @@ def job_for_image(entry: "HistoryEntry"):
     """The job that makes exactly this history image again (its seed, settings and the concepts
     it used, by id), from its row alone: the PNG may have been moved or deleted since."""
     from elite_cli.generation.jobs import MODEL_KEYS, GenerationJob
+    from elite_cli.model.mode_options import ImageMode
 
     parameters = settings_of(entry)
     settings = {key: parameters[key] for key in GenerationJob("").settings() if key in parameters}
@@ -213,7 +214,7 @@ def job_for_image(entry: "HistoryEntry"):
                          concept_ids=dict(entry.concept_ids),
                          recorded_models={key: str(entry.parameters[key]) for key in MODEL_KEYS
                                           if entry.parameters.get(key)},
-                         **settings)
+                         mode=ImageMode.from_dict(entry.parameters.get("mode")), **settings)
 
 
 class Actions:
@@ -382,15 +383,18 @@ class Actions:
 
     def generate(self, prompt: str, *, negative_prompt: str = "", n: int = 1, seed: int | None = None,
                  steps: int = 50, guidance: float = 5.0, lambda_: float = 0.8, scheduler: str = "lms",
-                 width: int = 512, height: int = 512) -> Iterator[GenerationUpdate]:
+                 width: int = 512, height: int = 512, source: tuple | None = None) -> Iterator[GenerationUpdate]:
         """Generate through the API, yielding each step, saved image and warning as they come,
-        then one update with the result (or the error)."""
+        then one update with the result (or the error). source: the values of the "Start from a
+        picture" panel (elite_cli/ui/modes.py)."""
 
         def run(session: "Session", emit: Callable[[Any], None]) -> "GenerationResult":
+            from elite_cli.ui.modes import generation_options
+
             return session.generate(
                 prompt, n=n, seed=seed, steps=steps, guidance=guidance, lambda_=lambda_,
                 negative_prompt=negative_prompt or "", width=width, height=height, scheduler=scheduler,
-                **_reporting(emit))
+                **(generation_options(session, *source) if source else {}), **_reporting(emit))
 
         return self._follow(run)
 

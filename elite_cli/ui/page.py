@@ -19,6 +19,7 @@ from elite_cli.model.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SCHE
 from elite_cli.ui.actions import (HISTORY_COLUMNS, MASK_AUTO, MASK_FILE, MASK_NONE, MASK_PAINT, Actions, HistoryRow,
                                   automatic_mask_available, describe, error_message, form_settings, insert_placeholder,
                                   settings_of)
+from elite_cli.ui.modes import build_mode_panel
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -162,6 +163,7 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
                                 width = gr.Slider(64, MAX_IMAGE_SIDE, value=512, step=8, label="Width", elem_id="width")
                                 height = gr.Slider(64, MAX_IMAGE_SIDE, value=512, step=8, label="Height",
                                                    elem_id="height")
+                        mode_panel = build_mode_panel(gr)
                         generate_button = gr.Button(GENERATE_LABEL, variant="primary", elem_id="generate")
                         picker = gr.Gallery(label="Your concepts: click one to put it in the prompt", columns=6,
                                             height=220, allow_preview=False, elem_id="picker")
@@ -242,7 +244,7 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
         # --- generating -----------------------------------------------------------------------------
 
         def generate(prompt_text, negative_text, images, seed_value, lambda_value, guidance_value, steps_value,
-                     scheduler_name, width_value, height_value, progress=gr.Progress()):
+                     scheduler_name, width_value, height_value, *source, progress=gr.Progress()):
             try:
                 settings = form_settings(images=images, seed=seed_value, lambda_=lambda_value, guidance=guidance_value,
                                          steps=steps_value, width=width_value, height=height_value)
@@ -250,7 +252,7 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
                 yield [], message_html(error_message(error))
                 return
             updates = actions.generate(str(prompt_text or ""), negative_prompt=str(negative_text or ""),
-                                       scheduler=str(scheduler_name), **settings)
+                                       scheduler=str(scheduler_name), source=mode_panel.preprocess(source), **settings)
             yield from follow(updates, progress, settings["n"])
 
         def follow(updates, progress, images_wanted):
@@ -290,7 +292,8 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
                         text += " Warning: " + " ".join(warnings)
                     yield shown, message_html(text)
 
-        generation_inputs = [prompt, negative_prompt, count, seed, llambda, guidance, steps, scheduler, width, height]
+        generation_inputs = [prompt, negative_prompt, count, seed, llambda, guidance, steps, scheduler, width, height,
+                             *mode_panel.inputs]
         # One progress bar, over the images, labelled with the step (the CSS above hides Gradio's timer).
         progress_display = dict(show_progress="minimal", show_progress_on=results)
         generation_buttons = [generate_button, again_button]
@@ -460,7 +463,7 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
                     parameters.get("scheduler", "lms"), parameters.get("width", 512), parameters.get("height", 512),
                     gr.Tabs(selected="generate"))
 
-        reuse_button.click(reuse, selected_row, [*generation_inputs, tabs])
+        reuse_button.click(reuse, selected_row, [*generation_inputs[:10], tabs])  # the picture panel stays
     return page
 
 
