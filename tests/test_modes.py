@@ -302,6 +302,29 @@ def test_a_controlnet_not_for_sd1_is_refused(run_cli, use_tiny_models, tiny_mode
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("variable, kind, label, holds", [
+    ("ELITE_CONTROLNET_CANNY", "canny", "canny ControlNet", "holds a UNet2DConditionModel (its _class_name) in config.json"),
+    ("ELITE_CONTROLNET_DEPTH", "depth", "depth ControlNet", "holds a UNet2DConditionModel (its _class_name) in config.json"),
+    ("ELITE_DEPTH_MODEL", "depth", "depth model", "holds a 'clip_vision_model' model (its model_type) in config.json"),
+])
+def test_a_mode_model_setting_at_a_folder_of_the_wrong_kind_is_one_line(variable, kind, label, holds, run_cli,
+                                                                        use_tiny_models, tiny_models, tiny_modes,
+                                                                        pictures, tmp_path, monkeypatch):
+    # Issue 26 item 9 for the settings the modes added: the folder's config is read before its weights.
+    wrong = Path(tiny_models.image_encoder) if variable == "ELITE_DEPTH_MODEL" else Path(tiny_models.base_model) / "unet"
+    monkeypatch.setenv("ELITE_CONTROLNET_DEPTH", str(tiny_modes.controlnet_depth))  # the right one, unless tested
+    monkeypatch.setenv(variable, str(wrong))
+    out = tmp_path / "out"
+    # A ready map for the depth ControlNet, so that the depth model (another setting) is not asked for.
+    as_map = ["--control-image-is-map"] if variable == "ELITE_CONTROLNET_DEPTH" else []
+    result = run_cli("gen", PROMPT, "--control", f"{kind}={pictures['sofa']}", *as_map, "-o", out, *FAST)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"Error: the {label} '{wrong}' ({variable} or `elite config set") and holds in result.stderr
+    assert "nexpected" not in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_nine_channel_inpainting_model_equals_diffusers(use_tiny_models, tiny_models, loaded_models, pictures,
                                                          tiny_modes):
     import diffusers

@@ -60,6 +60,22 @@ FOLDER_KINDS = {
         "segmenter", "segmenter", "ELITE_SEGMENTER or `elite config set segmenter`",
         "a CLIPSeg model (config.json with model_type 'clipseg')", "CIDAS/clipseg-rd64-refined",
         (Component("config.json", model_types=("clipseg",)),)),
+    "controlnet_canny": FolderKind(
+        "controlnet_canny", "canny ControlNet", "ELITE_CONTROLNET_CANNY or `elite config set controlnet_canny`",
+        "a diffusers ControlNet (config.json with _class_name 'ControlNetModel')", "lllyasviel/sd-controlnet-canny",
+        (Component("config.json", class_names=("ControlNetModel",)),)),
+    "controlnet_depth": FolderKind(
+        "controlnet_depth", "depth ControlNet", "ELITE_CONTROLNET_DEPTH or `elite config set controlnet_depth`",
+        "a diffusers ControlNet (config.json with _class_name 'ControlNetModel')", "lllyasviel/sd-controlnet-depth",
+        (Component("config.json", class_names=("ControlNetModel",)),)),
+    "depth_model": FolderKind(
+        "depth_model", "depth model", "ELITE_DEPTH_MODEL or `elite config set depth_model`",
+        "a transformers depth estimation model (config.json with model_type 'dpt', 'depth_anything', "
+        "'zoedepth' or another depth type)", "Intel/dpt-hybrid-midas",
+        # transformers' AutoModelForDepthEstimation types (MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES),
+        # written out because this module reads JSON only and imports no transformers.
+        (Component("config.json", model_types=("dpt", "depth_anything", "glpn", "zoedepth", "depth_pro",
+                                               "prompt_depth_anything", "chmv2", "tipsv2_dpt")),)),
 }
 
 

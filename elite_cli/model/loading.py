@@ -226,6 +226,10 @@ def setting_of(what: str, kind: str) -> str:
         return "image_encoder"
     if what.startswith("segmenter"):
         return "segmenter"
+    if what.startswith("depth model"):
+        return "depth_model"
+    if what.endswith(" ControlNet"):  # "canny ControlNet" -> controlnet_canny
+        return "controlnet_" + what.split()[0]
     return what
 
 
