@@ -90,7 +90,10 @@ def hub_env(tmp_path: Path, url: str, offline: bool = False, **extra: str) -> di
            if not name.startswith(("ELITE_", "HF_", "HUGGINGFACE_")) and name != "TRANSFORMERS_OFFLINE"
            and "proxy" not in name.lower()}
     env.update(HF_ENDPOINT=url, HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"),
-               ELITE_HOME=str(tmp_path / "library"), ELITE_DEVICE="cpu", HF_HUB_DISABLE_TELEMETRY="1")
+               ELITE_HOME=str(tmp_path / "library"), ELITE_DEVICE="cpu", HF_HUB_DISABLE_TELEMETRY="1",
+               # In a fresh process --dtype auto asks the real CPU; the in-process runs compared with
+               # these stand on conftest's CPU without bfloat16: float32 on both sides.
+               ELITE_DTYPE="float32")
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     env.update(extra)
