@@ -214,12 +214,13 @@ def test_a_run_keeps_the_page_busy_and_its_settings_come_back(page):
     expect(page.locator("#width input[type=number]").first).to_be_visible()
     assert sliders_clipped(page) == []
     page.locator("#prompt textarea").fill("a quiet street")
-    for element, value in (("#count", 3), ("#seed", 5), ("#steps", 40), ("#width", 64), ("#height", 64)):
+    for element, value in (("#count", 3), ("#seed", 5), ("#steps", 20), ("#width", 64), ("#height", 64)):
         set_number(page, element, value)
     set_number(page, "#lambda", 0.6)
     page.evaluate(WATCH_GENERATION)
     page.locator("#generate").click()
-    expect(page.locator("#run-info")).to_contain_text("Made 3 images (seeds 5, 6, 7)")
+    # 60 denoising steps: on a machine loaded by other work this took over WAIT_MS once in 28 runs.
+    expect(page.locator("#run-info")).to_contain_text("Made 3 images (seeds 5, 6, 7)", timeout=3 * WAIT_MS)
     samples = page.evaluate("() => { clearInterval(window.eliteWatch); return window.eliteSamples; }")
     expect(page.locator("#generate")).to_be_enabled()
     expect(page.locator("#generate")).to_have_text("Generate")
@@ -268,7 +269,7 @@ def test_a_run_keeps_the_page_busy_and_its_settings_come_back(page):
     # Edit these settings: the form gets the run's lambda back (it got 0.8).
     page.locator("#reuse-settings").click()
     expect(page.locator("#lambda input[type=number]").first).to_have_value("0.6")
-    expect(page.locator("#steps input[type=number]").first).to_have_value("40")
+    expect(page.locator("#steps input[type=number]").first).to_have_value("20")
 
 
 def test_the_library_keeps_its_selection_by_name_and_shows_sharp_pictures(page, ui_server):
