@@ -338,3 +338,26 @@ def serve_and_stop_ui(folder: Path) -> str:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_the_readme_mode_examples_are_run_in_the_modes_page():
+    """The README's three mode lines are docs/modes.md's (run by the console-example test there)
+    without the tiny sizes that page adds, so they cannot drift into something that fails."""
+    readme_lines = console_commands(f"```console\n{fenced_blocks(section(README, 'From your own picture'), 'console')[0]}```\n")
+    page_lines = console_commands((ROOT / "docs" / "modes.md").read_text(encoding="utf-8"))
+
+    def without_sizes(arguments: list[str]) -> list[str]:
+        kept, skip = [], False
+        for word in arguments:
+            if skip:
+                skip = False
+            elif word in ("--width", "--height", "--steps"):
+                skip = True
+            else:
+                kept.append(word)
+        return kept
+
+    assert [next(word for word in arguments if word in ("--init-image", "--inpaint", "--control"))
+            for arguments in readme_lines] == ["--init-image", "--inpaint", "--control"]
+    for arguments in readme_lines:
+        assert arguments in [without_sizes(line) for line in page_lines], f"docs/modes.md lacks `elite {shlex.join(arguments)}`"
