@@ -188,7 +188,12 @@ def test_the_readme_example_runs_as_written(use_tiny_models, elite_home, tmp_pat
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert printed.rstrip().endswith("['chelsea'] True")
-    assert len(list((tmp_path / "elite-out").glob("*.png"))) == 2
+    pngs = sorted((tmp_path / "elite-out").glob("*.png"))
+    assert len(pngs) == 3  # the inpainted picture and the two of the prompt
+    from PIL import Image
+
+    modes = [json.loads(Image.open(png).info["elite"]).get("mode") for png in pngs]
+    assert sum(mode is not None and mode.get("inpaint") is not None for mode in modes) == 1, modes
     assert "step " in printed
 
 
