@@ -15,8 +15,11 @@ from ui_support import start_ui_server
 
 pytest.importorskip("gradio", reason="the UI tests need the ui extra (pip install -e '.[ui]')")
 
+# The Generate event's inputs in order: the form, then the "Start from a picture" panel (elite_cli/ui/modes.py:
+# its choice, picture, painted region, strength and control scale), left at "Only the prompt".
 FORM = dict(prompt="a quiet street", negative="", images=1, seed=3, lambda_=0.8, guidance=5.0, steps=2,
-            scheduler="lms", width=64, height=64)
+            scheduler="lms", width=64, height=64, mode="Only the prompt", picture=None, painted=None, strength=0.8,
+            control_scale=1.0)
 
 
 @pytest.fixture(scope="module")

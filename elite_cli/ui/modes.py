@@ -107,7 +107,11 @@ class ModePanel:
         for component, value in zip(self.inputs, values):
             data_model = getattr(component, "data_model", None)
             if data_model is not None and value is not None:
-                value = component.preprocess(data_model.model_validate(value))
+                try:
+                    value = component.preprocess(data_model.model_validate(value))
+                except (ValueError, TypeError, OSError) as error:  # pydantic's ValidationError is a ValueError
+                    raise InputError(f"the panel's {component.label!r} is not an uploaded picture ({type(error).__name__}); "
+                                     "upload a PNG, JPEG or WebP picture.") from None
             processed.append(value)
         return tuple(processed)
 

@@ -248,11 +248,12 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
             try:
                 settings = form_settings(images=images, seed=seed_value, lambda_=lambda_value, guidance=guidance_value,
                                          steps=steps_value, width=width_value, height=height_value)
+                source = mode_panel.preprocess(source)
             except InputError as error:
                 yield [], message_html(error_message(error))
                 return
             updates = actions.generate(str(prompt_text or ""), negative_prompt=str(negative_text or ""),
-                                       scheduler=str(scheduler_name), source=mode_panel.preprocess(source), **settings)
+                                       scheduler=str(scheduler_name), source=source, **settings)
             yield from follow(updates, progress, settings["n"])
 
         def follow(updates, progress, images_wanted):
