@@ -13,20 +13,14 @@ from PIL import Image
 
 from conftest import REPO
 from elite_cli.api import Session
-from elite_cli.ui.actions import (MASK_AUTO, MASK_FILE, MASK_NONE, MASK_PAINT, Actions, insert_placeholder, painted_mask,
+from elite_cli.ui.actions import (MASK_AUTO, MASK_FILE, MASK_NONE, MASK_PAINT, insert_placeholder, painted_mask,
                                   describe, parse_tags)
 from elite_cli.ui.server import check_port, is_loopback, parse_auth
 from elite_cli.ui.worker import SessionWorker
+from ui_support import actions  # noqa: F401  (a fixture)
 
 SAMPLES = REPO / "library" / "samples"
 FAST = dict(steps=2, width=64, height=64)
-
-
-@pytest.fixture
-def actions(use_tiny_models, elite_home):
-    worker = SessionWorker(Session())
-    yield Actions(worker)
-    worker.close()
 
 
 def painted_layer(size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, pixels
-from ui_support import start_ui_server
+from ui_support import ui_server  # noqa: F401  (a fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -26,14 +26,6 @@ WAIT_MS = 90_000  # the first add or generation may wait for the models that loa
 expect.set_options(timeout=WAIT_MS)
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions"]
-
-
-@pytest.fixture(scope="module")
-def ui_server(tiny_models, tmp_path_factory):
-    server = start_ui_server(tiny_models, tmp_path_factory.mktemp("ui-home"))
-    yield server
-    server.stop()
-    assert server.process.returncode == 0, "".join(server.stderr)[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from elite_cli.api import Session
-from elite_cli.ui.actions import Actions
 from elite_cli.ui.modes import FOLLOW_EDGES, FROM_PROMPT, REPAINT, START_FROM
-from elite_cli.ui.worker import SessionWorker
+from ui_support import actions  # noqa: F401  (a fixture)
 
 FAST = dict(steps=2, width=64, height=64)
-
-
-@pytest.fixture
-def actions(use_tiny_models, elite_home):
-    worker = SessionWorker(Session())
-    yield Actions(worker)
-    worker.close()
 
 
 @pytest.fixture

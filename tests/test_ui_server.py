@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_support import start_ui_server
+from ui_support import ui_server  # noqa: F401  (a fixture)
 
 pytest.importorskip("gradio", reason="the UI tests need the ui extra (pip install -e '.[ui]')")
 
@@ -20,14 +20,6 @@ pytest.importorskip("gradio", reason="the UI tests need the ui extra (pip instal
 FORM = dict(prompt="a quiet street", negative="", images=1, seed=3, lambda_=0.8, guidance=5.0, steps=2,
             scheduler="lms", width=64, height=64, mode="Only the prompt", picture=None, painted=None, strength=0.8,
             control_scale=1.0)
-
-
-@pytest.fixture(scope="module")
-def ui_server(tiny_models, tmp_path_factory):
-    server = start_ui_server(tiny_models, tmp_path_factory.mktemp("ui-home"))
-    yield server
-    server.stop()
-    assert server.process.returncode == 0, "".join(server.stderr)[-3000:]
 
 
 def request(server, method: str, path: str, body: bytes | None = None, host: str | None = None):

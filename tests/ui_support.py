@@ -1,5 +1,7 @@
-"""`elite ui` started as a user starts it (a subprocess on the tiny models, a free port), for the
-tests that drive it through a browser (test_ui_browser.py) or over plain HTTP (test_ui_server.py)."""
+"""The web UI's test support: `elite ui` started as a user starts it (a subprocess on the tiny
+models, a free port), for the tests that drive it through a browser (test_ui_browser.py) or over
+plain HTTP (test_ui_server.py); and the UI's actions over an in-process session (test_ui_actions.py,
+test_ui_modes.py). Test modules import the fixtures they use from here."""
 
 from __future__ import annotations
 
@@ -66,3 +68,22 @@ def start_ui_server(tiny_models, home: Path) -> UiServer:
                ELITE_SEGMENTER=str(tiny_models.segmenter),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_TEMP_DIR=str(home / "gradio-tmp"))
     return UiServer(env, home)
+
+
+@pytest.fixture(scope="module")
+def ui_server(tiny_models, tmp_path_factory):
+    server = start_ui_server(tiny_models, tmp_path_factory.mktemp("ui-home"))
+    yield server
+    server.stop()
+    assert server.process.returncode == 0, "".join(server.stderr)[-3000:]
+
+
+@pytest.fixture
+def actions(use_tiny_models, elite_home):
+    from elite_cli.api import Session
+    from elite_cli.ui.actions import Actions
+    from elite_cli.ui.worker import SessionWorker
+
+    worker = SessionWorker(Session())
+    yield Actions(worker)
+    worker.close()
