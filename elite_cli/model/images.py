@@ -47,14 +47,15 @@ class PreparedImage:
     mask_source: str = "none"  # where the mask came from: "file", "alpha" or "none" (whole picture)
 
 
-def _sha256(data: bytes) -> str:
+def sha256_tag(data: bytes) -> str:
+    """The tagged digest ("sha256:<hex>") elite records for pictures, masks and source files."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _open(source: ImageSource, what: str) -> tuple[Image.Image, str]:
     """Open an image file (or take a PIL image) and return it with the sha256 of its bytes."""
     if isinstance(source, Image.Image):
-        return source, _sha256(source.tobytes())
+        return source, sha256_tag(source.tobytes())
     path = Path(source)
     if not path.is_file():
         raise InputError(f"{what} file '{path}' does not exist; pass the path of a PNG, JPEG or WebP image.")
@@ -75,7 +76,7 @@ def _open(source: ImageSource, what: str) -> tuple[Image.Image, str]:
         raise InputError(f"{what} '{path}' is not an image PIL can read; use PNG, JPEG or WebP.") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise InputError(f"{what} '{path}' is corrupt or truncated ({error}); re-export it as PNG or JPEG.") from None
-    return image, _sha256(data)
+    return image, sha256_tag(data)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

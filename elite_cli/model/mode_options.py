@@ -13,7 +13,6 @@ Torch-free (Pillow and numpy only).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +147,9 @@ class ImageMode:
 
 
 def file_sha256(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from elite_cli.model.images import sha256_tag  # Pillow and numpy load only when a source is hashed
+
+    return sha256_tag(Path(path).read_bytes())
 
 
 def open_picture(path: str | Path, what: str) -> tuple[Any, SourcePicture]:

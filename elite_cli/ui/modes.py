@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from elite_cli.errors import InputError
+from elite_cli.library.conceptfile import atomic_write
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -36,9 +37,7 @@ def keep(library: Path, data: bytes, suffix: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
     if not path.is_file():
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_bytes(data)
-        partial.replace(path)
+        atomic_write(path, data)
     return path
 
 
