@@ -1,6 +1,7 @@
 """Model loading through the same code path users take, on the tiny models."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +124,41 @@ def test_a_mapper_file_changed_after_loading_is_refused_at_the_first_encode(tiny
     other = Encoder(load_models(dataclasses.replace(spec, global_mapper=str(other_tiny_models.global_mapper)))).encode(picture)
     assert torch.equal(concept.words, other.words)
     forget_models(spec)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads Linux's /proc/self/smaps")
+def test_no_mapper_file_stays_mapped_after_loading_or_encoding(tiny_models, tmp_path):
+    """A tensor read from a safetensors file keeps the whole file mapped (and what was read of it
+    resident, MLPs included): loading keeps copies of the key/value layers only, encoding copies of
+    the MLPs, and neither file stays in the process's memory map."""
+    import numpy as np
+    from PIL import Image
+
+    from elite_cli.model.encoder import Encoder
+    from elite_cli.model.loading import ModelSpec, forget_models
+    from elite_cli.model.mappers import load_mapper_state, save_mapper_state
+
+    files = {}
+    for role in ("global", "local"):
+        files[role] = tmp_path / f"{role}_mapper.safetensors"
+        save_mapper_state(load_mapper_state(getattr(tiny_models, f"{role}_mapper"), role=role), files[role],
+                          metadata={"mapper": role})
+
+    def mapped() -> set[str]:
+        return {line.split()[-1] for line in Path("/proc/self/smaps").read_text().splitlines()
+                if line.endswith(".safetensors") and str(tmp_path) in line}
+
+    spec = ModelSpec(base_model=str(tiny_models.base_model), image_encoder=str(tiny_models.image_encoder),
+                     global_mapper=str(files["global"]), local_mapper=str(files["local"]), device="cpu", dtype="float32")
+    models = load_models(spec)
+    try:
+        assert mapped() == set()
+        picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        Encoder(models).encode(picture)
+        assert mapped() == set()
+        # Holding a tensor of the file would show it: the check above can fail.
+        held = load_mapper_state(files["global"], role="global")
+        assert mapped() == {str(files["global"])}
+        del held
+    finally:
+        forget_models(spec)

@@ -79,7 +79,7 @@ class Models:
         """
         if self._mappings_on_device:
             return
-        from elite_cli.model.mappers import fingerprint, load_mapper_state
+        from elite_cli.model.mappers import fingerprint, load_mapper_state, owned_copies
 
         recorded = (self.global_fingerprint, self.local_fingerprint)
         for role, mapper, path, expected in zip(("global", "local"), (self.global_mapper, self.local_mapper),
@@ -87,10 +87,12 @@ class Models:
             state = load_mapper_state(path, f"{role} mapper", role=role)
             if fingerprint(state) != expected:
                 raise ModelError(f"the {role} mapper file '{path}' changed since elite loaded it; run the command again.")
-            mlps = {name: tensor for name, tensor in state.items() if name.startswith("mapping_")}
+            mlps = owned_copies({name: tensor for name, tensor in state.items() if name.startswith("mapping_")},
+                                lambda name: True, self.device, self.encoding_dtype)
+            del state  # the file's mapping goes with it: the copies are all that is kept
             mapper.load_state_dict(mlps, strict=False, assign=True)
             for module in mapper.mapping_modules():
-                module.to(device=self.device, dtype=self.encoding_dtype).requires_grad_(False)
+                module.requires_grad_(False)
         self._mappings_on_device = True
 
     @property
@@ -301,7 +303,8 @@ def load_models(spec: ModelSpec) -> Models:
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
 
     from elite_cli.model.attention import cross_attention_modules, install_elite_processors, resolve_backend
-    from elite_cli.model.mappers import GlobalMapper, LocalMapper, check_against_unet, fingerprint, load_mapper_state, module_key
+    from elite_cli.model.mappers import (KV_SUFFIXES, GlobalMapper, LocalMapper, check_against_unet, fingerprint,
+                                         load_mapper_state, module_key, owned_copies)
 
     backend = resolve_backend(spec.attention, device)
     if not spec.global_mapper or not spec.local_mapper:
@@ -314,22 +317,20 @@ def load_models(spec: ModelSpec) -> Models:
     local_file = resolve_mapper(spec.local_mapper, "local", convert_dir)
     global_state = load_mapper_state(global_file, "global mapper", role="global")
     local_state = load_mapper_state(local_file, "local mapper", role="local")
-    # The networks take the states' tensors (share=True: no copies, 0.15 GB less at real size).
+    fingerprints = fingerprint(global_state), fingerprint(local_state)
+    # Generation only needs the key/value layers, copied out of the files onto the compute device
+    # (~80 MB in fp16; the UNet's processors use them). The ten MLPs (0.23 GB in float32 at real
+    # size) stay on the meta device until the first encode reads them again from the file in the
+    # encoding precision (Models.prepare_encoding).
+    def is_key_value(name: str) -> bool:
+        return name.endswith(KV_SUFFIXES)
+
+    global_state = owned_copies(global_state, is_key_value, device, dtype)
+    local_state = owned_copies(local_state, is_key_value, device, dtype)
+    # The networks take those tensors as they are (share=True: no second copy).
     global_mapper = GlobalMapper.from_state_dict(global_state, f"global mapper '{spec.global_mapper}'", share=True)
     local_mapper = LocalMapper.from_state_dict(local_state, f"local mapper '{spec.local_mapper}'", share=True)
-    fingerprints = fingerprint(global_state), fingerprint(local_state)
     del global_state, local_state
-    for module in (global_mapper, local_mapper):
-        # Generation only needs the key/value layers: the ten MLPs (0.23 GB in float32 at real
-        # size) leave memory before the big models load, until the first encode reads them again
-        # from the file in the encoding precision (Models.prepare_encoding). The mappers always sit
-        # on the compute device (~80 MB in fp16): the UNet's processors use their layers.
-        for mlp in module.mapping_modules():
-            mlp.to("meta")
-        for key in module.kv_modules:
-            for layer in module.key_value(key):
-                layer.to(device=device, dtype=dtype)
-        module.eval().requires_grad_(False)
 
     base = spec.base_model
     fp16 = dtype == torch.float16

@@ -177,6 +177,18 @@ def _check_tensors(state: object, what: str) -> dict[str, torch.Tensor]:
     return checked
 
 
+def owned_copies(state: Mapping[str, torch.Tensor], keep, device, dtype) -> dict[str, torch.Tensor]:
+    """`state` with the tensors whose name `keep` accepts copied onto device/dtype, the rest on "meta".
+
+    A tensor read from a safetensors file is a view into the file's whole memory mapping: while any
+    one of them lives, every page of the file that was read stays resident (0.19 GB per mapper at
+    real size, the ten MLPs included, even after they are dropped). Copies of what the process keeps
+    let the mapping go with the state.
+    """
+    return {name: tensor.to(device=device, dtype=dtype, copy=True) if keep(name) else tensor.to("meta")
+            for name, tensor in state.items()}
+
+
 def load_mapper_state(path: str | Path, what: str = "mapper checkpoint", role: str | None = None) -> dict[str, torch.Tensor]:
     """Read a mapper checkpoint safely: safetensors, or a reference .pt through weights_only loading.
 
