@@ -125,3 +125,31 @@ def test_xformers_is_refused_where_it_cannot_run():
         pytest.skip("xformers can run here")
     with pytest.raises(InputError, match="xformers attention needs a CUDA device"):
         resolve_backend("xformers", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+@torch.no_grad()
+def test_kept_projections_are_made_once_per_text_and_change_nothing():
+    """A generation keeps each layer's text and local-token keys/values across its steps: the layers
+    project once per text tensor, the output is bit for bit what projecting every call gives, and a
+    new text tensor is projected again."""
+    attn, linears = make_layer()
+    torch.manual_seed(6)
+    c, tokens = torch.randn(2, TOKENS, TEXT), torch.randn(1, 1, PATCHES, TEXT)
+    calls = {index: 0 for index in range(4)}
+    for index, linear in enumerate(linears):
+        linear.register_forward_hook(lambda module, args, output, index=index: calls.__setitem__(index, calls[index] + 1))
+
+    def injection(projections):
+        return LocalInjection(rows=torch.tensor([1]), tokens=tokens, positions=torch.tensor([[3]]),
+                              weights=torch.ones(1, 1), llambda=0.8, projections=projections)
+
+    processor, kept = EliteCrossAttnProcessor(*linears), injection({})
+    for step in range(3):  # the same text every step, new hidden states (as the denoising loop has)
+        x = torch.randn(2, 9, QUERY_DIM)
+        reused = processor(attn, x, encoder_hidden_states=c, elite=kept)
+        fresh = processor(attn, x, encoder_hidden_states=c, elite=injection(None))
+        assert torch.equal(reused, fresh)
+    # global k, v, local k, v: once for the kept injection, plus once per call of the fresh ones
+    assert calls == {index: 1 + 3 for index in range(4)}
+    processor(attn, x, encoder_hidden_states=c.clone(), elite=kept)
+    assert calls == {index: 5 for index in range(4)}  # another text tensor: projected again

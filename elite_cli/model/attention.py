@@ -13,7 +13,7 @@ use belong to the mapper modules, which the model loader moves between devices a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -34,6 +34,11 @@ class LocalInjection:
     llambda:   the spec's lambda: how much local detail to add.
     local_values: when a list, every cross-attention layer appends its local values v_L
         ([R, H, P, D]) to it (local-mapper training regularises their magnitude).
+    projections: when a dict, each cross-attention layer keeps in it the keys and values it
+        projected from the text and from the local tokens, and reuses them in later UNet calls
+        with the same text tensor: across one generation's denoising steps neither changes, so
+        projecting them again every step (as diffusers' pipelines do) is wasted work. Only for
+        inference with fixed weights; training leaves it None.
     """
 
     rows: torch.Tensor
@@ -42,6 +47,7 @@ class LocalInjection:
     weights: torch.Tensor
     llambda: float
     local_values: list | None = None
+    projections: dict | None = field(default=None, repr=False)
 
 
 def xformers_available() -> bool:
@@ -166,32 +172,64 @@ class EliteCrossAttnProcessor:
         column = column / column.amax(dim=(1, 2), keepdim=True)
         return column.permute(0, 3, 1, 2).unsqueeze(-1)
 
+    def text_projections(self, attn, encoder_hidden_states, elite) -> "_Projections":
+        """The global keys and values of the text, projected once per text tensor when `elite` keeps them."""
+        kept = elite.projections if elite is not None else None
+        projections = kept.get(self) if kept is not None else None
+        if projections is None or projections.text is not encoder_hidden_states:
+            key = _heads(self.to_k_global(encoder_hidden_states), attn.heads)
+            value = _heads(self.to_v_global(encoder_hidden_states), attn.heads)
+            projections = _Projections(encoder_hidden_states, key, value)
+            if kept is not None:
+                kept[self] = projections
+        return projections
+
+    def local_projections(self, attn, elite, slot: int, device, dtype, projections: "_Projections"):
+        """Keys and values of slot `slot`'s local tokens (kept beside the text's when `elite` keeps them)."""
+        if elite.projections is not None and slot in projections.local:
+            return projections.local[slot]
+        tokens = elite.tokens[:, slot].to(device=device, dtype=dtype)
+        local = _heads(self.to_k_local(tokens), attn.heads), _heads(self.to_v_local(tokens), attn.heads)
+        if elite.projections is not None:
+            projections.local[slot] = local
+        return local
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, elite=None):
         if encoder_hidden_states is None:
             raise ValueError("EliteCrossAttnProcessor is for cross-attention layers but got no `encoder_hidden_states`.")
         batch = hidden_states.shape[0]
         mask = _prepare_mask(attn, attention_mask, encoder_hidden_states.shape[1], batch)
         query = _heads(attn.to_q(hidden_states), attn.heads)
-        key = _heads(self.to_k_global(encoder_hidden_states), attn.heads)
-        value = _heads(self.to_v_global(encoder_hidden_states), attn.heads)
+        projections = self.text_projections(attn, encoder_hidden_states, elite)
+        key, value = projections.key, projections.value
         out = attend(query, key, value, attn.scale, self.backend, mask)
         if elite is not None and elite.rows.numel():
             rows = elite.rows.to(out.device)
             row_query = query.index_select(0, rows)
             weight = self.placeholder_weight(row_query, key.index_select(0, rows), elite.positions, attn.scale)
-            local_out = torch.zeros_like(row_query)
+            local_out = None
             for slot in range(elite.tokens.shape[1]):
-                tokens = elite.tokens[:, slot].to(device=query.device, dtype=query.dtype)
-                local_key = _heads(self.to_k_local(tokens), attn.heads)
-                local_value = _heads(self.to_v_local(tokens), attn.heads)
+                local_key, local_value = self.local_projections(attn, elite, slot, query.device, query.dtype, projections)
                 if elite.local_values is not None:
                     elite.local_values.append(local_value)
                 local = attend(row_query, local_key, local_value, attn.scale, self.backend)
                 gain = (elite.weights[:, slot].to(out.device, torch.float32) * elite.llambda).view(-1, 1, 1, 1)
-                local_out = local_out + (weight[:, slot] * gain * local.float()).to(local_out.dtype)
-            out = out.index_add(0, rows, local_out)
+                added = (weight[:, slot] * gain * local.float()).to(row_query.dtype)
+                local_out = added if local_out is None else local_out + added
+            # In place where nothing needs the attention's output for a backward pass (a copy of it less).
+            out = out.index_add(0, rows, local_out) if torch.is_grad_enabled() else out.index_add_(0, rows, local_out)
         out = _merge_heads(out).to(query.dtype)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+@dataclass
+class _Projections:
+    """One cross-attention layer's keys and values for one text tensor, and for each local slot."""
+
+    text: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    local: dict = field(default_factory=dict)
 
 
 def cross_attention_modules(unet) -> dict[str, nn.Module]:

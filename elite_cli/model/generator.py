@@ -106,12 +106,13 @@ class Generator:
 
     # 3. local injection
     def local_injection(self, tokenized: list[TokenizedPrompt], concepts: Mapping[str, Concept], first_row: int,
-                        llambda: float) -> LocalInjection | None:
+                        llambda: float) -> LocalInjection:
+        """What the cross-attention layers get: the local tokens of the concepts in the prompts (none
+        for prompts without concepts) and a place to keep the text's and tokens' projections over
+        the steps of this call."""
         slots = max((len(prompt.slots) for prompt in tokenized), default=0)
-        if slots == 0:
-            return None
         models = self.models
-        rows = len(tokenized)
+        rows = len(tokenized) if slots else 0
         tokens = torch.zeros(rows, slots, models.grid ** 2, models.text_width, dtype=models.dtype)
         positions = torch.zeros(rows, slots, dtype=torch.long)
         weights = torch.zeros(rows, slots)
@@ -126,6 +127,7 @@ class Generator:
             positions=positions.to(models.device),
             weights=weights.to(models.device),
             llambda=float(llambda),
+            projections={},
         )
 
     # 4. latents
