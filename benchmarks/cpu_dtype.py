@@ -66,6 +66,11 @@ def parse(argv):
     parser.add_argument("--unet-options", action="store_true",
                         help="instead: UNet forwards eager / channels-last / one thread / torch.compile")
     parser.add_argument("--skip-compile", action="store_true", help="with --unet-options: leave torch.compile out")
+    parser.add_argument("--pair-rounds", dest="pair_rounds", type=int, default=2,
+                        help="images per side in the paired time runs (elite and diffusers in one process, "
+                             "alternated, after one warm-up image each; 0 leaves them out; default 2)")
+    parser.add_argument("--pair-dtypes", dest="pair_dtypes", default="float32,auto",
+                        help="which elite --dtype values get a paired run (default float32,auto)")
     parser.add_argument("--only", default="", help="comma-separated configuration names to run (default all)")
     args = harness.parse_arguments(parser, argv, DEFAULTS)
     if args.steps < 2:
@@ -96,28 +101,30 @@ def step_times(stamps: list[tuple[float, float]], started: float) -> dict:
     return {"stamps": [wall - started for wall, _ in stamps], "cpu_stamps": [cpu for _, cpu in stamps]}
 
 
-def run_elite(job: dict) -> dict:
-    from diffusers import StableDiffusionPipeline  # noqa: F401  (imported before the clock, as run_diffusers does)
-    from transformers import CLIPTextModel  # noqa: F401
-
+def elite_runner(job: dict):
+    """elite's Session in the job's dtype, and a function that makes one image with it (what
+    `elite gen` runs): it returns the (wall, CPU) time at each step's end and the image's path."""
     from elite_cli.api import Session
 
     paths = job["paths"]
-    stamps: list[tuple[float, float]] = []
     session = Session(job["library"], base_model=paths["base_model"], image_encoder=paths["image_encoder"],
                       global_mapper=paths["global_mapper"], local_mapper=paths["local_mapper"], device="cpu",
                       dtype=job["dtype"], compile=job["options"].get("compile", False))
-    started = time.perf_counter()
     session.models  # noqa: B018  (loaded here, as generate would, to read the memory after loading)
-    loaded = {"loaded_peak_rss_bytes": peak_rss_bytes(), "loaded_rss_bytes": rss_bytes()}
-    result = session.generate(PROMPT, seed=0, steps=job["steps"], guidance=job["guidance"], width=job["size_px"],
-                              height=job["size_px"], scheduler="lms", output_dir=job["out"],
-                              progress=lambda step, total: stamps.append((time.perf_counter(), time.process_time())))
-    return {"seconds": time.perf_counter() - started, **step_times(stamps, started),
-            "image": str(result.paths[0]), "precision": session.models.precision.line(), **loaded}
+
+    def make_image(out: str):
+        stamps: list[tuple[float, float]] = []
+        result = session.generate(PROMPT, seed=0, steps=job["steps"], guidance=job["guidance"], width=job["size_px"],
+                                  height=job["size_px"], scheduler="lms", output_dir=out,
+                                  progress=lambda step, total: stamps.append((time.perf_counter(), time.process_time())))
+        return stamps, str(result.paths[0])
+
+    return make_image, session.models.precision.line()
 
 
-def run_diffusers(job: dict) -> dict:
+def diffusers_runner(job: dict):
+    """diffusers' StableDiffusionPipeline in the job's dtype (SDPA, elite's LMS), and a function that
+    makes one image with it, as elite_runner's does."""
     import warnings
 
     import torch
@@ -127,8 +134,6 @@ def run_diffusers(job: dict) -> dict:
     from elite_cli.model.generator import make_scheduler
 
     dtype = getattr(torch, job["dtype"])
-    stamps: list[tuple[float, float]] = []
-    started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         pipe = StableDiffusionPipeline.from_pretrained(job["paths"]["base_model"], torch_dtype=dtype, safety_checker=None,
@@ -138,18 +143,63 @@ def run_diffusers(job: dict) -> dict:
     if job["options"].get("channels_last"):
         pipe.unet.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
+
+    def make_image(out: str):
+        stamps: list[tuple[float, float]] = []
+
+        def on_step(pipeline, step, timestep, kwargs):
+            stamps.append((time.perf_counter(), time.process_time()))
+            return kwargs
+
+        image = pipe(PLAIN_PROMPT, num_inference_steps=job["steps"], guidance_scale=job["guidance"],
+                     height=job["size_px"], width=job["size_px"], generator=torch.Generator("cpu").manual_seed(0),
+                     callback_on_step_end=on_step).images[0]
+        path = Path(out) / f"diffusers-{len(list(Path(out).glob('diffusers*.png')))}.png"
+        image.save(path)
+        return stamps, str(path)
+
+    return make_image, f"{job['dtype']} (torch_dtype)"
+
+
+def run_alone(runner, job: dict) -> dict:
+    """Load, then one image: the whole work of one command, for its peak memory."""
+    if runner is elite_runner:
+        from diffusers import StableDiffusionPipeline  # noqa: F401  (imported before the clock, as diffusers' side does)
+        from transformers import CLIPTextModel  # noqa: F401
+    started = time.perf_counter()
+    make_image, precision = runner(job)
     loaded = {"loaded_peak_rss_bytes": peak_rss_bytes(), "loaded_rss_bytes": rss_bytes()}
+    stamps, image = make_image(job["out"])
+    return {"seconds": time.perf_counter() - started, **step_times(stamps, started), "image": image,
+            "precision": precision, **loaded}
 
-    def on_step(pipeline, step, timestep, kwargs):
-        stamps.append((time.perf_counter(), time.process_time()))
-        return kwargs
 
-    image = pipe(PLAIN_PROMPT, num_inference_steps=job["steps"], guidance_scale=job["guidance"], height=job["size_px"],
-                 width=job["size_px"], generator=torch.Generator("cpu").manual_seed(0), callback_on_step_end=on_step).images[0]
-    path = Path(job["out"]) / "diffusers.png"
-    image.save(path)
-    return {"seconds": time.perf_counter() - started, **step_times(stamps, started),
-            "image": str(path), "precision": f"{job['dtype']} (torch_dtype)", **loaded}
+def run_elite(job: dict) -> dict:
+    return run_alone(elite_runner, job)
+
+
+def run_diffusers(job: dict) -> dict:
+    return run_alone(diffusers_runner, job)
+
+
+def run_pair(job: dict) -> dict:
+    """elite and diffusers in one process and one dtype, their images alternated (e, d, then d, e,
+    ...) so that the load of a shared machine falls on both alike: each side's step intervals
+    (wall and CPU seconds, the first step of each image left out) over all its images."""
+    elite_dtype = job["dtype"]
+    runners = {"elite": elite_runner(job)[0],
+               "diffusers": diffusers_runner(dict(job, dtype="bfloat16" if elite_dtype == "auto" else elite_dtype))[0]}
+    intervals = {side: {"wall": [], "cpu": []} for side in runners}
+    for round_index in range(job["rounds"] + 1):
+        order = ("elite", "diffusers") if round_index % 2 == 0 else ("diffusers", "elite")
+        for side in order:
+            stamps, _ = runners[side](job["out"])
+            if round_index == 0:
+                continue  # the warm-up round: oneDNN builds its kernels
+            for kind, index in (("wall", 0), ("cpu", 1)):
+                times = [stamp[index] for stamp in stamps]
+                intervals[side][kind] += [later - earlier for earlier, later in zip(times, times[1:])]
+    return {"intervals": intervals}
 
 
 def forward_seconds(run, repeats: int) -> dict:
@@ -232,7 +282,8 @@ def child(job: dict) -> None:
                     dtype="float32").add_concept(picture, mask, name="object")
         result = {}
     else:
-        result = {"elite": run_elite, "diffusers": run_diffusers, "unet": run_unet_options}[job["code"]](job)
+        result = {"elite": run_elite, "diffusers": run_diffusers, "unet": run_unet_options,
+                  "pair": run_pair}[job["code"]](job)
     result.update(peak_rss_bytes=peak_rss_bytes(), threads=torch.get_num_threads())
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -267,6 +318,12 @@ def ratio(results: dict, top: str, bottom: str, key: str) -> float | None:
     if top in results and bottom in results:
         return results[top][key] / results[bottom][key]
     return None
+
+
+def paired_ratio(paired: dict, dtype: str, kind: str) -> float | None:
+    if dtype not in paired:
+        return None
+    return paired[dtype]["elite"][kind] / paired[dtype]["diffusers"][kind]
 
 
 def unet_options(args, paths: dict, choice) -> dict:
@@ -325,6 +382,18 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name}: {result['seconds_per_step']:.3f} s/step ({result['cpu_seconds_per_step']:.3f} CPU s), peak RSS "
                   f"{harness.format_bytes(result['peak_rss_bytes'])}, {result['precision']}", flush=True)
             results[name] = result
+        paired = {}
+        for dtype in [name.strip() for name in args.pair_dtypes.split(",") if name.strip()] if args.pair_rounds else ():
+            if dtype == "auto" and choice.dtype != torch.bfloat16:
+                continue  # auto is float32 here: the float32 pair says it
+            result = run_child(dict(common, code="pair", dtype=dtype, options={}, rounds=args.pair_rounds,
+                                    out=str(Path(scratch) / f"pair-{dtype}")))
+            paired[dtype] = {side: {kind: statistics.median(values) for kind, values in entry.items()}
+                             for side, entry in result["intervals"].items()}
+            paired[dtype]["intervals"] = result["intervals"]
+            print(f"paired {dtype}: elite {paired[dtype]['elite']['wall']:.3f} s/step "
+                  f"({paired[dtype]['elite']['cpu']:.3f} CPU s), diffusers {paired[dtype]['diffusers']['wall']:.3f} s/step "
+                  f"({paired[dtype]['diffusers']['cpu']:.3f} CPU s)", flush=True)
         checks = {}
         for code in ("elite", "diffusers"):
             low = "elite auto" if code == "elite" else "diffusers bfloat16"
@@ -346,6 +415,10 @@ def main(argv: list[str] | None = None) -> dict:
         "speed-up diffusers float32/bfloat16": ratio(results, "diffusers float32", "diffusers bfloat16", "seconds_per_step"),
         "time elite/diffusers float32": ratio(results, "elite float32", "diffusers float32", "seconds_per_step"),
         "time elite auto/diffusers bfloat16": ratio(results, "elite auto", "diffusers bfloat16", "seconds_per_step"),
+        "paired time elite/diffusers float32": paired_ratio(paired, "float32", "wall"),
+        "paired time elite/diffusers float32, CPU seconds": paired_ratio(paired, "float32", "cpu"),
+        "paired time elite auto/diffusers bfloat16": paired_ratio(paired, "auto", "wall"),
+        "paired time elite auto/diffusers bfloat16, CPU seconds": paired_ratio(paired, "auto", "cpu"),
         "memory elite/diffusers float32": ratio(results, "elite float32", "diffusers float32", "peak_rss_bytes"),
         "memory elite auto/diffusers bfloat16": ratio(results, "elite auto", "diffusers bfloat16", "peak_rss_bytes"),
     }
@@ -370,8 +443,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     targets = [
         target("elite auto / float32 speed-up", "speed-up elite float32/auto", "speed-up auto/float32", True, False),
-        target("elite / diffusers time, float32", "time elite/diffusers float32", "time elite/diffusers", False),
-        target("elite auto / diffusers bfloat16 time", "time elite auto/diffusers bfloat16", "time elite/diffusers", True),
+        # Time against diffusers from the paired runs where they ran (one process, alternated), else
+        # from the separate processes (which run at different moments of a shared machine's load).
+        target("elite / diffusers time, float32", "paired time elite/diffusers float32" if paired
+               else "time elite/diffusers float32", "time elite/diffusers", False),
+        target("elite auto / diffusers bfloat16 time", "paired time elite auto/diffusers bfloat16" if paired
+               else "time elite auto/diffusers bfloat16", "time elite/diffusers", True),
         target("elite / diffusers peak RSS, float32", "memory elite/diffusers float32", "memory elite/diffusers", False),
         target("elite auto / diffusers bfloat16 peak RSS", "memory elite auto/diffusers bfloat16",
                "memory elite/diffusers", True),
@@ -381,7 +458,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"steps": args.steps, "size_px": args.size_px, "guidance": args.guidance, "scheduler": "lms",
                 "prompt": PROMPT, "plain_prompt": PLAIN_PROMPT, "auto": choice.line(), "cpu_flags": flags,
                 "load_average": os.getloadavg()}
-    payload = {"settings": settings, "results": results, "ratios": ratios, "image_checks": checks, "targets": targets}
+    payload = {"settings": settings, "results": results, "paired": paired, "ratios": ratios, "image_checks": checks,
+               "targets": targets}
     payload["json_path"] = str(harness.write_json(NAME, args, payload, torch.device("cpu")))
     return payload
 

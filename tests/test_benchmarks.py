@@ -129,7 +129,8 @@ def test_cpu_dtype_smoke_runs_each_configuration_in_its_own_process(tiny_models,
     from elite_cli.model.precision import choose_dtype, cpu_features
 
     cpu_dtype.main(smoke_arguments(tiny_models, tmp_path / "cpu_dtype.json", "--steps", "3",
-                                   "--only", "elite float32,elite auto"))
+                                   "--only", "elite float32,elite auto", "--pair-rounds", "1",
+                                   "--pair-dtypes", "float32"))
     document = read(tmp_path / "cpu_dtype.json")
     results = document["results"]
     assert set(results) == {"elite float32", "elite auto"}
@@ -143,6 +144,13 @@ def test_cpu_dtype_smoke_runs_each_configuration_in_its_own_process(tiny_models,
     check = document["image_checks"]["elite: float32 vs auto"]
     assert (check["max_abs"] == 0) == (expected.dtype == torch.float32)
     assert document["ratios"]["speed-up elite float32/auto"] > 0
+    # The paired run: elite and diffusers in one process, one image each after the warm-up round,
+    # 3 steps of which the 2 intervals after the first count.
+    paired = document["paired"]
+    assert set(paired) == {"float32"}
+    for side in ("elite", "diffusers"):
+        assert len(paired["float32"]["intervals"][side]["wall"]) == 2 and paired["float32"][side]["cpu"] > 0
+    assert document["ratios"]["paired time elite/diffusers float32"] > 0
     assert all(entry["met"] is None for entry in document["targets"])
 
 
