@@ -219,16 +219,21 @@ def build_mode_panel(gr: "gr") -> ModePanel:
             control_scale = gr.Slider(0.0, 2.0, value=SLIDER_CONTROL_SCALE, step=0.05, label="Control scale (how closely it is followed)",
                                       visible=False, elem_id="control-scale")
 
-    def shown(choice_value, picture_path):
-        repaint = choice_value == REPAINT
+    def picture_changed(choice_value, picture_path):
         background = {"background": picture_path, "layers": [], "composite": None} if picture_path else None
-        return (gr.ImageEditor(value=background, visible=repaint and bool(picture_path)),
-                gr.Slider(visible=choice_value in (START_FROM, REPAINT), value=1.0 if repaint else 0.8),
+        return gr.ImageEditor(value=background, visible=choice_value == REPAINT and bool(picture_path))
+
+    def choice_changed(choice_value, picture_path):
+        # Visibility only: a region painted before the user switched to another way and back stays.
+        repaint = choice_value == REPAINT
+        return (gr.ImageEditor(visible=repaint and bool(picture_path)),
+                gr.Slider(visible=choice_value in (START_FROM, REPAINT), value=1.0 if repaint else SLIDER_STRENGTH),
                 gr.Slider(visible=choice_value in (FOLLOW_EDGES, FOLLOW_DEPTH)))
 
-    # The user's changes only: "Edit these settings" sets the panel whole (ModePanel.show), and a
+    # The user's changes only: "Edit these settings" sets the whole panel (ModePanel.show), and a
     # `change` event would then clear the region it restored.
-    for event in (choice.input, picture.upload, picture.clear):
-        event(shown, [choice, picture], [editor, strength, control_scale])
+    choice.input(choice_changed, [choice, picture], [editor, strength, control_scale])
+    for event in (picture.upload, picture.clear):
+        event(picture_changed, [choice, picture], editor)
     return ModePanel(accordion, choice, picture, editor, strength, control_scale)
 
