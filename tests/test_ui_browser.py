@@ -464,6 +464,21 @@ def test_a_painted_region_is_repainted_and_edit_these_settings_brings_it_back(pa
     assert again.parameters["mode"] == mode and again.output_path != entry.output_path
     assert pixels(again.output_path) == pixels(entry.output_path)
 
+    # A text-to-image row empties the panel (the picture stayed while only the prompt was used).
+    page.locator("#mode-choice").get_by_text("Only the prompt").click()
+    page.locator("#prompt textarea").fill("a plain street")
+    page.locator("#generate").click()
+    expect(page.locator("#run-info")).to_contain_text("Made 1 image (seed 11)")
+    expect(page.locator("#mode-picture")).to_contain_text(Path(mode["inpaint"]["path"]).stem)
+    open_tab(page, "History")
+    page.locator("#history").get_by_text("a plain street").filter(visible=True).first.click()
+    expect(page.locator("#history-details")).to_contain_text("a plain street")
+    page.locator("#reuse-settings").click()
+    expect(page.locator("#prompt textarea")).to_have_value("a plain street")
+    expect(page.locator("#mode-picture")).not_to_contain_text(Path(mode["inpaint"]["path"]).stem)
+    expect(page.locator("#mode-choice input[value='Only the prompt']")).to_be_checked()
+    expect(page.locator("#region-editor")).to_be_hidden()
+
     # Outside the region the image is the picture, inside it is new: checked where tests/test_modes.py checks
     # it, on the latents the VAE decodes (a random tiny VAE does not give the picture back in pixels), with its
     # tolerance: exactly equal outside, more than 0.1 apart inside. The run made again here, in the precision

@@ -455,16 +455,21 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
         download_button.click(nothing_to_download, selected_row, history_message, **quick)
 
         def reuse(row):
+            unchanged = [gr.update()] * (len(generation_inputs) + 2)  # the form, the panel's accordion, run_info
             if row is None:
-                return [gr.update()] * (len(generation_inputs) + 2) + [gr.Tabs()]
-            reused = actions.reuse_settings(row.entry)
+                return [*unchanged, gr.update(), gr.Tabs()]
+            try:
+                reused = actions.reuse_settings(row.entry)
+            except Exception as error:  # a row elite cannot read back: said under it, the form left as it is
+                return [*unchanged, message_html(error_message(error)), gr.Tabs()]
             job, panel = reused.job, reused.panel
             picture_shown = files.servable(panel.picture) if panel.picture else None
             return (job.prompt, job.negative_prompt, 1, job.seed, job.llambda, job.guidance_scale, job.steps,
                     job.scheduler, job.width, job.height, *mode_panel.show(gr, panel, picture_shown),
-                    message_html(reused.message), gr.Tabs(selected="generate"))
+                    message_html(reused.message), "", gr.Tabs(selected="generate"))
 
-        reuse_button.click(reuse, selected_row, [*generation_inputs, mode_panel.accordion, run_info, tabs])
+        reuse_button.click(reuse, selected_row,
+                           [*generation_inputs, mode_panel.accordion, run_info, history_message, tabs])
     return page
 
 
