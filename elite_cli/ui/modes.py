@@ -177,7 +177,8 @@ class ModePanel:
 
     def show(self, gr: "gr", settings: PanelSettings, picture: str | None) -> list[Any]:
         """Updates of `inputs` (then the accordion) that show `settings`; `picture` is its picture as the page
-        serves it. Set from the server, these values fire no `input`/`upload` event: `shown` does not clear them."""
+        serves it. Set from the server, these values fire none of the panel's own events (input, upload,
+        clear), which would clear the region."""
         repaint = settings.choice == REPAINT and picture is not None
         editor = ({"background": picture, "layers": [] if settings.region is None else [settings.region],
                    "composite": None} if picture else None)
