@@ -312,3 +312,179 @@ def test_the_library_keeps_its_selection_by_name_and_shows_sharp_pictures(page, 
     # Pictures are at least as large as their cells (the 128 px thumbnails were blown up).
     sizes = page.evaluate("() => [...document.querySelectorAll('#library img')].map(i => [i.naturalWidth, i.clientWidth])")
     assert sizes and all(natural >= shown for natural, shown in sizes), sizes
+
+
+BRUSH_COLOR = (255, 45, 111)  # elite_cli/ui/modes.py BRUSH_COLOR, the one colour of both editors
+
+
+def colour_at(page, x: float, y: float) -> tuple[int, int, int]:
+    """The colour the page shows at (x, y): a screenshot reads the editor's WebGL canvas as drawn."""
+    import io
+
+    from PIL import Image
+
+    shot = page.screenshot(clip={"x": x, "y": y, "width": 1, "height": 1})
+    return Image.open(io.BytesIO(shot)).convert("RGB").getpixel((0, 0))
+
+
+def settled_zoom(page, editor: str, quiet_ms: int = 500) -> None:
+    """Wait until the editor has fitted its picture: its zoom (a first value, then the fitted one once the
+    picture has loaded) stops changing. A stroke painted before that is dropped when the picture arrives."""
+    zoom = page.locator(f"{editor} .zoom-number")
+    expect(zoom).to_contain_text("%")
+    last, unchanged_ms = None, 0
+    for _ in range(WAIT_MS // 50):
+        text = zoom.inner_text()
+        last, unchanged_ms = text, (unchanged_ms + 50 if text == last else 0)
+        if unchanged_ms >= quiet_ms:
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"the zoom of {editor} never settled (last {last})")
+
+
+def paint_stroke(page, editor: str) -> None:
+    """One brush stroke across the middle of the picture in an ImageEditor. Gradio 6's editor is a pixi.js
+    canvas that follows the mouse's pointer events (page.mouse works), with the brush as its tool from the
+    start; the picture is drawn centred on the canvas, once it has loaded."""
+    canvas = page.locator(f"{editor} canvas").first
+    expect(canvas).to_be_visible()
+    settled_zoom(page, editor)
+    box = canvas.bounding_box()
+    middle_x, middle_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(middle_x - 20, middle_y)
+    page.mouse.down()
+    page.mouse.move(middle_x + 20, middle_y, steps=8)
+    page.mouse.up()
+    page.mouse.move(box["x"] + 5, box["y"] + 5)  # the brush's outline follows the mouse: away from the stroke
+    painted = colour_at(page, middle_x, middle_y)
+    assert max(abs(a - b) for a, b in zip(painted, BRUSH_COLOR)) <= 10, f"no stroke on {editor}: {painted}"
+
+
+def decoded_latents(ui_server, tiny_models, entry, folder: Path):
+    """The history row's image made again in this process through the API (`job_for_image`, as 'Make it again'
+    rebuilds it): the latents its VAE decoded, the source picture's own latents for that seed (the known
+    region's, taken as tests/test_modes.py takes them), the region at the latents' size, the new image's path."""
+    import torch
+
+    from elite_cli.api import Session
+    from elite_cli.model.mode_options import ImageMode
+    from elite_cli.model.modes import prepare_mode
+    from elite_cli.ui.actions import job_for_image
+
+    job = job_for_image(entry)
+    # In the precision the server chose (`auto`: bfloat16 on a CPU that has it), which the row records.
+    with Session(ui_server.home / "library", base_model=str(tiny_models.base_model), device="cpu",
+                 dtype=entry.parameters["dtype"],
+                 image_encoder=str(tiny_models.image_encoder), global_mapper=str(tiny_models.global_mapper),
+                 local_mapper=str(tiny_models.local_mapper)) as session:
+        vae = session.models.vae
+        decoded = []
+        hook = vae.post_quant_conv.register_forward_pre_hook(lambda module, inputs: decoded.append(inputs[0].clone()))
+        try:
+            [image] = session.generate(jobs=[job], output_dir=folder).images
+        finally:
+            hook.remove()
+        prepared = prepare_mode(ImageMode.from_dict(entry.parameters["mode"]), session.models, job.width, job.height)
+        with torch.no_grad():
+            sample = vae.encode(prepared.source.to(vae.dtype)).latent_dist.sample(torch.Generator("cpu").manual_seed(job.seed))
+    # The picture's latents as elite_cli/model/generator.py keeps them (float32) and hands them to the VAE.
+    scale = vae.config.scaling_factor
+    source = ((sample * scale).to(torch.float32) / scale).to(vae.dtype)
+    repainted = torch.nn.functional.interpolate(prepared.mask, size=source.shape[-2:]) >= 0.5
+    return decoded[0].float(), source.float(), repainted, image.path
+
+
+def test_a_painted_region_is_repainted_and_edit_these_settings_brings_it_back(page, ui_server, tiny_models, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from elite_cli.common.outputs import read_png_parameters
+    from elite_cli.model.mode_options import file_sha256
+
+    # A concept whose mask is painted on the Library's editor (the same ImageEditor as the region's).
+    open_tab(page, "Library")
+    page.locator("#picture input[type=file]").set_input_files(str(SAMPLES / "chelsea.png"))
+    paint_stroke(page, "#mask-editor")
+    page.locator("#concept-name textarea, #concept-name input").first.fill("paintcat")
+    page.locator("#add").click()
+    expect(page.locator("#add-message")).to_contain_text("Added <paintcat>")
+    with library_session(ui_server) as session:
+        stored = session.concept("paintcat")
+        assert session.mask_origin(stored)["mask_source"] == "painted"
+        mask = np.asarray(Image.open(stored.mask_path).convert("L")) >= 128
+    height, width = mask.shape
+    assert mask[height // 2, width // 2] and not mask[0, 0] and not mask[-1, -1]  # the stroke, not the picture
+
+    # The picture panel: upload, choose to repaint, paint a stroke over its middle, generate with the concept.
+    sofa = tmp_path / "sofa.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(sofa)
+    open_tab(page, "Generate")
+    page.get_by_text("Scheduler and size").click()
+    expect(page.locator("#width input[type=number]").first).to_be_visible()
+    page.get_by_text("Start from a picture").click()
+    # Chosen first: the upload then shows the editor with its picture in one update.
+    page.locator("#mode-choice").get_by_text("Repaint the painted region").click()
+    expect(page.locator("#strength")).to_be_visible()
+    page.locator("#mode-picture input[type=file]").set_input_files(str(sofa))
+    paint_stroke(page, "#region-editor")
+    page.locator("#prompt textarea").fill("<paintcat> on a sofa")
+    for element, value in (("#seed", 11), ("#steps", 3), ("#width", 64), ("#height", 64)):
+        set_number(page, element, value)
+    page.locator("#generate").click()
+    expect(page.locator("#run-info")).to_contain_text("Made 1 image (seed 11)")
+
+    # What History and the PNG recorded: inpainting, from the kept picture and the painted region.
+    with library_session(ui_server) as session:
+        [entry] = session.history(limit=1)[0].images
+    mode = entry.parameters["mode"]
+    assert entry.prompt == "<paintcat> on a sofa" and set(entry.concept_ids) == {"paintcat"}
+    assert set(mode) == {"inpaint", "region", "strength"} and mode["strength"] == 1.0
+    assert mode["inpaint"]["sha256"] == file_sha256(sofa) and Path(mode["inpaint"]["path"]).is_file()
+    assert file_sha256(Path(mode["region"]["path"])) == mode["region"]["sha256"]
+    assert read_png_parameters(Path(entry.output_path))["mode"] == mode
+    region = np.asarray(Image.open(mode["region"]["path"]).convert("L")) >= 128
+    assert region.shape == (64, 64) and region[32, 32] and not region[0, 0] and not region[-1, -1]
+
+    # Edit these settings, on a reloaded page: the panel gets the picture and the painted region back, and
+    # Generate makes the same image.
+    page.reload()
+    open_tab(page, "History")
+    page.locator("#history").get_by_text("<paintcat> on a sofa").filter(visible=True).first.click()
+    expect(page.locator("#history-details")).to_contain_text("seed 11")
+    page.locator("#reuse-settings").click()
+    expect(page.locator("#prompt textarea")).to_have_value("<paintcat> on a sofa")
+    expect(page.locator("#mode-choice input[value='Repaint the painted region']")).to_be_checked()
+    expect(page.locator("#mode-picture")).to_contain_text(Path(mode["inpaint"]["path"]).stem)  # the kept copy
+    expect(page.locator("#region-editor canvas").first).to_be_visible()
+    expect(page.locator("#strength input[type=number]").first).to_have_value("1")
+    page.locator("#generate").click()
+    expect(page.locator("#run-info")).to_contain_text("Made 1 image (seed 11)")
+    with library_session(ui_server) as session:
+        [again] = session.history(limit=1)[0].images
+    assert again.parameters["mode"] == mode and again.output_path != entry.output_path
+    assert pixels(again.output_path) == pixels(entry.output_path)
+
+    # A text-to-image row empties the panel (the picture stayed while only the prompt was used).
+    page.locator("#mode-choice").get_by_text("Only the prompt").click()
+    page.locator("#prompt textarea").fill("a plain street")
+    page.locator("#generate").click()
+    expect(page.locator("#run-info")).to_contain_text("Made 1 image (seed 11)")
+    expect(page.locator("#mode-picture")).to_contain_text(Path(mode["inpaint"]["path"]).stem)
+    open_tab(page, "History")
+    page.locator("#history").get_by_text("a plain street").filter(visible=True).first.click()
+    expect(page.locator("#history-details")).to_contain_text("a plain street")
+    page.locator("#reuse-settings").click()
+    expect(page.locator("#prompt textarea")).to_have_value("a plain street")
+    expect(page.locator("#mode-picture")).not_to_contain_text(Path(mode["inpaint"]["path"]).stem)
+    expect(page.locator("#mode-choice input[value='Only the prompt']")).to_be_checked()
+    expect(page.locator("#region-editor")).to_be_hidden()
+
+    # Outside the region the image is the picture, inside it is new: checked where tests/test_modes.py checks
+    # it, on the latents the VAE decodes (a random tiny VAE does not give the picture back in pixels), with its
+    # tolerance: exactly equal outside, more than 0.1 apart inside. The run made again here, in the precision
+    # the row records, is the page's image pixel for pixel.
+    final, source, repainted, remade = decoded_latents(ui_server, tiny_models, entry, tmp_path / "again")
+    assert pixels(remade) == pixels(entry.output_path)
+    assert repainted.any() and (~repainted).any()
+    assert (final - source).abs()[(~repainted).expand_as(final)].max() == 0
+    assert (final - source).abs()[repainted.expand_as(final)].max() > 0.1

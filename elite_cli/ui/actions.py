@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     import numpy as np
 
     from elite_cli.api import Session
+    from elite_cli.generation.jobs import GenerationJob
     from elite_cli.generation.run import GeneratedImage, GenerationResult
     from elite_cli.library import HistoryEntry, StoredConcept
+    from elite_cli.ui.modes import PanelSettings
 
 # How the object is marked on an added picture: painted in the page, a mask file, the whole
 # picture ("none"), or found by the segmenter ("auto", as `elite add` without a mask does).
@@ -215,6 +217,16 @@ def job_for_image(entry: "HistoryEntry"):
                          recorded_models={key: str(entry.parameters[key]) for key in MODEL_KEYS
                                           if entry.parameters.get(key)},
                          mode=ImageMode.from_dict(entry.parameters.get("mode")), **settings)
+
+
+@dataclass
+class ReusedSettings:
+    """"Edit these settings" for one history image: the job that made it (the form's prompt, seed
+    and settings), what the picture panel shows, and one line when the picture is not put back."""
+
+    job: "GenerationJob"
+    panel: "PanelSettings"
+    message: str = ""
 
 
 class Actions:
@@ -409,6 +421,16 @@ class Actions:
             return session.generate(jobs=[job], **_reporting(emit))
 
         return self._follow(run)
+
+    def reuse_settings(self, entry: "HistoryEntry") -> ReusedSettings:
+        """The settings of one history image for the Generate form, read as "Make it again" reads
+        them (`job_for_image`), with its picture and painted region when the run started from one."""
+        from elite_cli.ui.modes import panel_settings
+
+        job = job_for_image(entry)
+        panel = panel_settings(job.mode)
+        message = f"Error: the settings are back but not the picture: {panel.problem}" if panel.problem else ""
+        return ReusedSettings(job, panel, message)
 
     def _follow(self, run: Callable[..., "GenerationResult"]) -> Iterator[GenerationUpdate]:
         for event in self.worker.call_with_events(run):

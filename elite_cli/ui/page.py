@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 from elite_cli.errors import InputError
 from elite_cli.model.generation_limits import LAMBDA_RANGE, MAX_IMAGE_SIDE, SCHEDULERS
 from elite_cli.ui.actions import (HISTORY_COLUMNS, MASK_AUTO, MASK_FILE, MASK_NONE, MASK_PAINT, Actions, HistoryRow,
-                                  automatic_mask_available, describe, error_message, form_settings, insert_placeholder,
-                                  settings_of)
+                                  automatic_mask_available, describe, error_message, form_settings, insert_placeholder)
 from elite_cli.ui.modes import build_mode_panel
 
 if TYPE_CHECKING:
@@ -456,15 +455,21 @@ def build_page(actions: Actions, files: Files) -> "gr.Blocks":
         download_button.click(nothing_to_download, selected_row, history_message, **quick)
 
         def reuse(row):
+            unchanged = [gr.update()] * (len(generation_inputs) + 2)  # the form, the panel's accordion, run_info
             if row is None:
-                return [gr.update()] * 10 + [gr.Tabs()]
-            entry, parameters = row.entry, settings_of(row.entry)
-            return (entry.prompt, entry.negative_prompt, 1, entry.seed, parameters.get("llambda", 0.8),
-                    parameters.get("guidance_scale", 5.0), parameters.get("steps", 50),
-                    parameters.get("scheduler", "lms"), parameters.get("width", 512), parameters.get("height", 512),
-                    gr.Tabs(selected="generate"))
+                return [*unchanged, gr.update(), gr.Tabs()]
+            try:
+                reused = actions.reuse_settings(row.entry)
+            except Exception as error:  # a row elite cannot read back: said under it, the form left as it is
+                return [*unchanged, message_html(error_message(error)), gr.Tabs()]
+            job, panel = reused.job, reused.panel
+            picture_shown = files.servable(panel.picture) if panel.picture else None
+            return (job.prompt, job.negative_prompt, 1, job.seed, job.llambda, job.guidance_scale, job.steps,
+                    job.scheduler, job.width, job.height, *mode_panel.show(gr, panel, picture_shown),
+                    message_html(reused.message), "", gr.Tabs(selected="generate"))
 
-        reuse_button.click(reuse, selected_row, [*generation_inputs[:10], tabs])  # the picture panel stays
+        reuse_button.click(reuse, selected_row,
+                           [*generation_inputs, mode_panel.accordion, run_info, history_message, tabs])
     return page
 
 
