@@ -112,7 +112,7 @@ def test_two_processes_make_exactly_the_single_process_images(run_cli, use_tiny_
         torch.set_num_threads(threads)
     assert single.exit_code == 0, single.output[-3000:]
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                *gen, "-o", str(tmp_path / "multi"), "--json"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -347,8 +347,17 @@ runpy.run_module("elite_cli", run_name="__main__", alter_sys=True)
 """
 
 
-def torchrun_gen(program: list, arguments: list, env: dict[str, str], cwd: Path, port: int) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+def free_port() -> int:
+    """A port no one listens on now: runs of the suite in other checkouts may launch at the same time."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun_gen(program: list, arguments: list, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                *map(str, program), "gen", *map(str, arguments), "--json"]
     return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
 
@@ -412,7 +421,7 @@ def test_two_processes_make_the_single_process_images_from_a_picture(mode, run_c
     assert single.exit_code == 0, single.output[-3000:]
 
     env = elite_environment(use_tiny_models, elite_home)
-    result = torchrun_gen(program, [*common, *typed, "-o", tmp_path / "multi"], env, cwd, 29518 + (mode == "img2img"))
+    result = torchrun_gen(program, [*common, *typed, "-o", tmp_path / "multi"], env, cwd)
     assert result.returncode == 0, result.stderr[-6000:]
     reported = json.loads(result.stdout)
     assert len(reported) == 4 and {Path(item["path"]).parent for item in reported} == {tmp_path / "multi"}
@@ -443,7 +452,7 @@ def test_resume_after_a_killed_two_process_inpainting_run(run_cli, use_tiny_mode
     output = tmp_path / "out"
     options = ["-n", "8", "--seed", "11", "--batch-size", "1", "--width", "64", "--height", "64", "--steps", "10",
                "--region", str(spot), "-o", str(output)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29520",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                "-m", "elite_cli", "gen", "a red cushion", "--inpaint", "sofa.png", *options]
     with open(tmp_path / "gen.log", "wb") as log:  # a file: an unread pipe could fill up and stall the run
         process = subprocess.Popen(command, env=elite_environment(use_tiny_models, elite_home), cwd=sofa.parent,
