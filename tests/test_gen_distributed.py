@@ -446,8 +446,10 @@ def test_two_processes_make_the_single_process_images_from_a_picture(mode, run_c
 
 
 def test_resume_after_a_killed_two_process_inpainting_run(run_cli, use_tiny_models, tmp_path, elite_home):
-    """Both processes killed part-way (each may leave a partial file); --resume, from another folder
-    and in one process, recognises what either process finished (same picture, same record)."""
+    """Both processes killed part-way (each may leave a partial file); --resume, in one process and
+    from another folder (the picture's absolute path), recognises what either process finished."""
+    import psutil  # a dependency of accelerate
+
     sofa, spot = draw_sofa_and_spot(tmp_path / "pictures")
     output = tmp_path / "out"
     options = ["-n", "8", "--seed", "11", "--batch-size", "1", "--width", "64", "--height", "64", "--steps", "10",
@@ -458,7 +460,6 @@ def test_resume_after_a_killed_two_process_inpainting_run(run_cli, use_tiny_mode
         process = subprocess.Popen(command, env=elite_environment(use_tiny_models, elite_home), cwd=sofa.parent,
                                    stdout=subprocess.DEVNULL, stderr=log)
 
-
     def ranks_done() -> set[int]:  # batches of one image are dealt in turn: rank 0 odd seeds, rank 1 even ones
         return {int(path.stem.rsplit("-", 1)[1]) % 2 for path in finished_pngs(output)}
 
@@ -466,8 +467,6 @@ def test_resume_after_a_killed_two_process_inpainting_run(run_cli, use_tiny_mode
     while time.monotonic() < deadline and len(ranks_done()) < 2 and process.poll() is None:
         time.sleep(0.05)
     still_running = process.poll() is None
-    import psutil  # accelerate's dependency
-
     # torchrun starts each process in a session of its own: all three are killed, torchrun first (so
     # that it restarts nothing), as a crash of the machine would stop them.
     workers = psutil.Process(process.pid).children(recursive=True)
