@@ -18,7 +18,9 @@ body and drop the connection; `stall_once(path, after)` sends `after` bytes and 
 
 Switchable misbehaviours, for what a hostile or broken mirror does (each keyed by `repo_id/path`):
 `etags` (an ETag header of the server's choosing), `tampered` (other bytes than the ETag says),
-`cut_always` / `stall_always` (every GET of the file), `extra_names` (names a listing adds, per repo),
+`cut_always` / `stall_always` (every GET of the file), `silent_get` (every GET of the file is
+accepted and never answered, not even a status line, while HEAD answers: a proxy that hangs on
+the transfer only), `extra_names` (names a listing adds, per repo),
 and `redirect_lfs_to` (LFS files answered with a 302 to another server, as the Hub's CDN redirects:
 every request records its Authorization header, so a test sees where the token went).
 """
@@ -96,6 +98,7 @@ class HubServer:
     tampered: dict[str, bytes] = field(default_factory=dict)
     cut_always: dict[str, int] = field(default_factory=dict)
     stall_always: dict[str, int] = field(default_factory=dict)
+    silent_get: set[str] = field(default_factory=set)
     extra_names: dict[str, list[str]] = field(default_factory=dict)
     redirect_lfs_to: str = ""
 
@@ -251,6 +254,11 @@ class HubHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return 302
+        if send_body and key in hub.silent_get:
+            entry.status = 0  # nothing sent: the client waits for a status line until its timeout
+            hub._release.wait(timeout=60)
+            self.close_connection = True
+            return 0
         data = hub.tampered.get(key, repo.files[file_path])
         start = 0
         requested = self.headers.get("Range")

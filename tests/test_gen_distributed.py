@@ -112,7 +112,7 @@ def test_two_processes_make_exactly_the_single_process_images(run_cli, use_tiny_
         torch.set_num_threads(threads)
     assert single.exit_code == 0, single.output[-3000:]
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                *gen, "-o", str(tmp_path / "multi"), "--json"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -204,6 +204,31 @@ def test_resume_with_nothing_left_says_so_and_records_no_run(run_cli, use_tiny_m
     assert run_cli(*arguments, "-n", "2", "--resume", "--json").exit_code == 0  # makes image 2
     all_there = run_cli(*arguments, "-n", "2", "--resume")
     assert "Nothing left to make: all 2 images of this command are already in" in all_there.stderr
+
+
+@pytest.mark.parametrize("gpus", [["--gpus", "2"], ["--gpus=all"]], ids=["--gpus 2", "--gpus=all"])
+def test_gpus_hands_every_other_option_to_the_launched_processes_unchanged(gpus):
+    """--gpus re-runs the same command line under accelerate: the mode options and their values
+    (an --object of several words, repeated --control KIND=FILE, a path with a space, -n with
+    the value --gpus had) reach each process as typed, and parse there to the same values."""
+    import typer
+
+    from elite_cli.commands import app
+    from elite_cli.generation.workers import launch_command, without_gpus_option
+
+    options = ["<mycat> sleeping", "--inpaint", "sofa.png", "--region", "auto", "--object", "the cat", "--strength",
+               "0.7", "--control", "canny=pic.png", "--control", "depth=my pictures/room.png", "--control-scale=0.5",
+               "-n", "2", "--seed", "1", "--resume"]
+    argv = ["--device", "cpu", "gen", *options[:3], *gpus, *options[3:]]
+    handed = without_gpus_option(argv)
+    assert handed == ["--device", "cpu", "gen", *options]
+    assert launch_command(2, handed)[-len(handed) - 2:] == ["-m", "elite_cli", *handed]
+
+    gen = typer.main.get_command(app).commands["gen"]
+    typed, launched = (gen.make_context("gen", arguments[3:], resilient_parsing=True).params for arguments in (argv, handed))
+    assert typed.pop("gpus") == gpus[-1].removeprefix("--gpus=") and launched.pop("gpus") is None
+    assert typed == launched
+    assert launched["region_object"] == "the cat" and launched["control"] == ["canny=pic.png", "depth=my pictures/room.png"]
 
 
 def test_resume_needs_a_seed_and_gpus_needs_cuda(run_cli, use_tiny_models):
@@ -299,3 +324,168 @@ def test_resume_recognises_pngs_whose_chunk_says_llambda(tmp_path):
     info.add_text(ELITE_CHUNK, json.dumps(chunk))
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     assert finished_images(tmp_path) == current and len(current) == 1
+
+
+def draw_sofa_and_spot(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A random 64 px picture to start from, and a region of it to repaint (white)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / "sofa.png")
+    region = np.zeros((64, 64), np.uint8)
+    region[16:48, 8:40] = 255
+    Image.fromarray(region).save(folder / "spot.png")
+    return folder / "sofa.png", folder / "spot.png"
+
+
+# `python -m elite_cli ARGS`, except that the process of rank 1 starts in the folder given first:
+# there a relative path finds another file, as on a second machine started from another folder.
+RANK_1_ELSEWHERE = """import os, runpy, sys
+folder = sys.argv.pop(1)
+if os.environ["RANK"] == "1":
+    os.chdir(folder)
+runpy.run_module("elite_cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def free_port() -> int:
+    """A port no one listens on now: runs of the suite in other checkouts may launch at the same time."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun_gen(program: list, arguments: list, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               *map(str, program), "gen", *map(str, arguments), "--json"]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def single_process_gen(run_cli, arguments: list):
+    """`elite gen` in this process (models already loaded), on one thread as the launched processes are."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_cli("gen", *arguments)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def tiny_modes(tiny_models, tmp_path_factory):
+    """The tiny ControlNets (elite_cli/model/tiny_modes.py), built once per session."""
+    from elite_cli.model.tiny_modes import build_tiny_mode_models
+
+    return build_tiny_mode_models(tmp_path_factory.getbasetemp() / "tiny-modes-distributed", tiny_models.base_model)
+
+
+@pytest.mark.parametrize("mode", ["inpaint", "img2img"])
+def test_two_processes_make_the_single_process_images_from_a_picture(mode, run_cli, use_tiny_models, cat_picture,
+                                                                    tmp_path, elite_home, tmp_path_factory):
+    """Issue 23 under a launcher (what --gpus runs): the pictures are found from the paths as the
+    user typed them, relative ones included; every process draws from the main process's record
+    of them (path and sha256), reading them itself; each PNG and history row names them."""
+    from elite_cli.library import ConceptStore
+    from elite_cli.model.mode_options import file_sha256
+
+    assert run_cli("add", cat_picture, "--name", "mycat").exit_code == 0
+    sofa, spot = draw_sofa_and_spot(tmp_path / "pictures")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("<mycat> on a sofa\na red cushion\n")
+    common = ["--prompts", prompts, "-n", "2", "--seed", "5", "--batch-size", "2", *SMALL]
+    if mode == "inpaint":
+        # The picture relative to the working directory, the region absolute; rank 1 starts where
+        # `sofa.png` is another picture: it must still draw from the one the main process recorded.
+        other_sofa, _ = draw_sofa_and_spot(tmp_path / "other", seed=1)
+        script = tmp_path / "rank_1_elsewhere.py"
+        script.write_text(RANK_1_ELSEWHERE)
+        program = [script, other_sofa.parent]
+        typed, cwd = ["--inpaint", "sofa.png", "--region", str(spot), "--strength", "0.75"], sofa.parent
+        expected = {"inpaint": {"path": str(sofa), "sha256": file_sha256(sofa)},
+                    "region": {"path": str(spot), "sha256": file_sha256(spot)}, "strength": 0.75}
+    else:  # img2img following the picture's edges too, relative with a '..', from another folder
+        (tmp_path / "elsewhere").mkdir()
+        program = ["-m", "elite_cli"]
+        controlnet = tiny_modes(use_tiny_models, tmp_path_factory).controlnet_canny
+        assert run_cli("config", "set", "controlnet_canny", controlnet).exit_code == 0  # every process reads it
+        typed = ["--init-image", "../pictures/sofa.png", "--strength", "0.6", "--control", "canny=../pictures/sofa.png"]
+        cwd = tmp_path / "elsewhere"
+        picture = {"path": str(sofa), "sha256": file_sha256(sofa)}
+        expected = {"init_image": picture, "strength": 0.6, "control_scale": 1.0,
+                    "control": [{"kind": "canny", **picture, "controlnet": str(controlnet), "is_map": False}]}
+    relative = "sofa.png" if mode == "inpaint" else "../pictures/sofa.png"
+    absolute = [argument.replace(relative, str(sofa)) for argument in typed]  # for the run in this process
+    single = single_process_gen(run_cli, [*common, *absolute, "-o", tmp_path / "single"])
+    assert single.exit_code == 0, single.output[-3000:]
+
+    env = elite_environment(use_tiny_models, elite_home)
+    result = torchrun_gen(program, [*common, *typed, "-o", tmp_path / "multi"], env, cwd)
+    assert result.returncode == 0, result.stderr[-6000:]
+    reported = json.loads(result.stdout)
+    assert len(reported) == 4 and {Path(item["path"]).parent for item in reported} == {tmp_path / "multi"}
+
+    single_images, multi_images = images_by_seed(tmp_path / "single"), images_by_seed(tmp_path / "multi")
+    assert len(multi_images) == 4 and set(multi_images) == set(single_images)
+    for key, image in single_images.items():  # the second batch is rank 1's
+        assert np.array_equal(image, multi_images[key]), f"{key} differs between 1 and 2 processes"
+    # And the picture really steers them: the same command without it makes other images.
+    text_only = single_process_gen(run_cli, [*common, "-o", tmp_path / "text-only"])
+    assert text_only.exit_code == 0
+    assert all(np.abs(image.astype(int) - single_images[key].astype(int)).max() > 10
+               for key, image in images_by_seed(tmp_path / "text-only").items())
+
+    for path in finished_pngs(tmp_path / "multi"):
+        assert read_png_parameters(path)["mode"] == expected, path
+    rows = ConceptStore(elite_home).list_history(limit=None)
+    multi_rows = [row for row in rows if str(tmp_path / "multi") in str(row.output_path)]
+    single_rows = [row for row in rows if str(tmp_path / "single") in str(row.output_path)]
+    assert len(multi_rows) == 4 and len({row.run_id for row in multi_rows}) == 1
+    assert [row.parameters["mode"] for row in multi_rows + single_rows] == [expected] * 8
+
+
+def test_resume_after_a_killed_two_process_inpainting_run(run_cli, use_tiny_models, tmp_path, elite_home):
+    """Both processes killed part-way (each may leave a partial file); --resume, in one process and
+    from another folder (the picture's absolute path), recognises what either process finished."""
+    import psutil  # a dependency of accelerate
+
+    sofa, spot = draw_sofa_and_spot(tmp_path / "pictures")
+    output = tmp_path / "out"
+    options = ["-n", "8", "--seed", "11", "--batch-size", "1", "--width", "64", "--height", "64", "--steps", "10",
+               "--region", str(spot), "-o", str(output)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               "-m", "elite_cli", "gen", "a red cushion", "--inpaint", "sofa.png", *options]
+    with open(tmp_path / "gen.log", "wb") as log:  # a file: an unread pipe could fill up and stall the run
+        process = subprocess.Popen(command, env=elite_environment(use_tiny_models, elite_home), cwd=sofa.parent,
+                                   stdout=subprocess.DEVNULL, stderr=log)
+
+    def ranks_done() -> set[int]:  # batches of one image are dealt in turn: rank 0 odd seeds, rank 1 even ones
+        return {int(path.stem.rsplit("-", 1)[1]) % 2 for path in finished_pngs(output)}
+
+    deadline = time.monotonic() + 900  # a busy 2-core machine may take minutes to start it
+    while time.monotonic() < deadline and len(ranks_done()) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    still_running = process.poll() is None
+    # torchrun starts each process in a session of its own: all three are killed, torchrun first (so
+    # that it restarts nothing), as a crash of the machine would stop them.
+    workers = psutil.Process(process.pid).children(recursive=True)
+    process.kill()
+    for worker in workers:
+        worker.kill()
+    process.wait()
+    psutil.wait_procs(workers, timeout=60)
+    assert still_running, f"the run ended before it was killed: {(tmp_path / 'gen.log').read_text()[-3000:]}"
+    before = {path.name: path.stat().st_ino for path in finished_pngs(output)}
+    assert ranks_done() == {0, 1} and len(before) < 8, "the run was not killed part-way"
+
+    resumed = run_cli("gen", "a red cushion", "--inpaint", sofa, *options, "--resume", "--json")
+    assert resumed.exit_code == 0, resumed.output[-3000:]
+    made = json.loads(resumed.stdout)
+    assert len(made) == 8 - len(before) and not {Path(item["path"]).name for item in made} & set(before)
+    after = {path.name: path.stat().st_ino for path in finished_pngs(output)}
+    assert len(after) == 8 and all(after[name] == inode for name, inode in before.items())  # untouched
+    assert sorted(seed for _, seed in images_by_seed(output)) == list(range(11, 19))
+    assert not list(output.glob(".elite-partial-*"))  # the dead processes' partial files are gone
+    modes = {json.dumps(read_png_parameters(path)["mode"], sort_keys=True) for path in finished_pngs(output)}
+    assert len(modes) == 1 and json.loads(modes.pop())["inpaint"]["path"] == str(sofa)

@@ -154,6 +154,29 @@ def test_a_server_that_keeps_stalling_or_cutting_ends_in_one_line_saying_so(hub_
     assert partial.stat().st_size == 1000
 
 
+def test_a_transfer_that_never_answers_names_the_download_timeout_that_governed_it(hub_models, tmp_path):
+    """The file's metadata (HEAD) answers; its GET is accepted and never answered. The GET waits
+    HF_HUB_DOWNLOAD_TIMEOUT, not HF_HUB_ETAG_TIMEOUT (set apart here), and the line says so."""
+    server = HubServer(hub_repos(hub_models))
+    server.silent_get.add(WEIGHTS)
+    server.start()
+    try:
+        started = time.monotonic()
+        (download,) = run_elite(hub_env(tmp_path, server.url, HF_HUB_ETAG_TIMEOUT="7", HF_HUB_DOWNLOAD_TIMEOUT="1"),
+                                ["models", "download"])
+        seconds = time.monotonic() - started
+    finally:
+        server.stop()
+    line = one_error_line(download)
+    assert line.startswith(f"Error: the image encoder '{CLIP}' is not in the Hugging Face cache and {server.url} cannot "
+                           "be reached (no answer within 1 s, HF_HUB_DOWNLOAD_TIMEOUT; a stalled proxy or mirror?"), line
+    assert "HF_HUB_ETAG_TIMEOUT" not in line
+    gets = [entry for entry in server.log if entry.method == "GET" and entry.path.endswith(f"/{WEIGHTS.split('/')[-1]}")
+            and entry.path.startswith(f"/{CLIP}/")]
+    assert len(gets) == 3  # RETRIES_WITHOUT_PROGRESS tries, each cut off by the 1 s timeout
+    assert seconds < 60
+
+
 # ---- 27.4: small files are checked too, and a damaged cache is repaired -------------------------
 
 def test_a_small_file_that_is_not_what_its_etag_says_is_refused_and_the_next_honest_run_repairs(hub_models, tmp_path):

@@ -250,6 +250,37 @@ def test_again_remakes_the_pixels_and_refuses_a_changed_source(run_cli, use_tiny
     assert sorted(out.iterdir()) == files
 
 
+@pytest.mark.parametrize("changed", ["sofa", "spot"])
+def test_a_picture_saved_again_while_the_models_load_is_refused(changed, use_tiny_models, loaded_models, pictures,
+                                                                 tmp_path):
+    """The PNG names the picture by its sha256, read when the command starts; the pixels are read
+    after the models load. Bytes that differ by then (saved again meanwhile; under several
+    processes, another process's copy) would make an image its record misnames: one Error, nothing written."""
+    import shutil
+
+    from elite_cli.api import Session
+    from elite_cli.errors import InputError
+
+    sofa, spot = tmp_path / "sofa.png", tmp_path / "spot.png"
+    shutil.copy(pictures["sofa"], sofa)
+    shutil.copy(pictures["spot"], spot)
+
+    def load_while_the_picture_is_saved_again(spec):
+        # Another picture of the same kind and size: still a valid source and region.
+        (tmp_path / f"{changed}.png").write_bytes(pictures["spot-twice" if changed == "spot" else "spot"].read_bytes())
+        return loaded_models
+
+    out = tmp_path / "out"
+    with Session(model_loader=load_while_the_picture_is_saved_again) as session:
+        with pytest.raises(InputError) as raised:
+            session.generate(PROMPT, seed=SEED, steps=STEPS, width=SIZE, height=SIZE, inpaint=sofa, region=spot,
+                             output_dir=out)
+        assert session.history() == []
+    flag = "--inpaint" if changed == "sofa" else "--region"
+    assert str(raised.value).startswith(f"{flag} '{tmp_path / changed}.png' is not the picture this run recorded")
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_region_of_the_same_aspect_ratio_is_resized(run_cli, use_tiny_models, pictures, tmp_path):
     out = tmp_path / "out"
     result = run_cli("gen", PROMPT, "--inpaint", pictures["sofa"], "--region", pictures["spot-twice"], "-o", out,

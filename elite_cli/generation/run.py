@@ -168,6 +168,12 @@ def run_generation(store: "ConceptStore", jobs: list[GenerationJob], directory: 
     concepts = load_concepts(store, jobs, again)
 
     workers = join_workers(spec.device)
+    if workers.world > 1:
+        # One run, one set of source pictures: every process draws from the pictures the main
+        # process recorded (paths and sha256, as each PNG and history row names them), each reading
+        # them itself; prepare_modes refuses a picture whose bytes differ from that record.
+        main_modes = workers.share([job.mode for job in jobs])
+        jobs = [dataclasses.replace(job, mode=mode) for job, mode in zip(jobs, main_modes)]
     if workers.device is not None:
         spec = dataclasses.replace(spec, device=workers.device)
     if fetch_models is not None:  # the first run downloads the models

@@ -432,6 +432,15 @@ def timed_out(error: BaseException) -> bool:
     return isinstance(error, TimeoutError) or any(cls.__name__ == "TimeoutException" for cls in type(error).__mro__)
 
 
+class TransferNotAnswered(Exception):
+    """A file's GET got no answer at all (not even a status line) within HF_HUB_DOWNLOAD_TIMEOUT,
+    try after try: the timeout that governed is the download's, not the metadata request's."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"no answer within {seconds:g} s")
+        self.seconds = seconds
+
+
 def no_answer(plan: ModelPlan, seconds: float, variable: str) -> ModelError:
     """A server that accepted the connection and then said nothing: a hung proxy, a captive portal."""
     return not_reachable(plan, f"no answer within {seconds:g} s, {variable}; a stalled proxy or mirror? "
@@ -458,7 +467,9 @@ def hub_error(plan: ModelPlan, error: Exception) -> ModelError:
         return ModelError(f"the {plan.label} '{plan.value}' is not on {endpoint()} ({first_line(error)}); check the path.")
     if isinstance(error, OfflineModeIsEnabled):
         return not_reachable(plan, "HF_HUB_OFFLINE is set")
-    if timed_out(error):
+    if isinstance(error, TransferNotAnswered):
+        return no_answer(plan, error.seconds, "HF_HUB_DOWNLOAD_TIMEOUT")
+    if timed_out(error):  # model_info and the file metadata wait HF_HUB_ETAG_TIMEOUT
         return no_answer(plan, answer_timeout(), "HF_HUB_ETAG_TIMEOUT")
     if isinstance(error, HfHubHTTPError) and status is not None and status >= 500:
         return not_reachable(plan, f"the server answered {status}")
@@ -688,7 +699,9 @@ def append_until_complete(partial: Path, url: str, size: int | None, on_bytes: B
             raise  # refused (401, 404, ...) or misbehaving: asking again would not help
         except Exception as error:  # the connection dropped, stalled or could not be made
             if not answered and have == before and fruitless + 1 >= RETRIES_WITHOUT_PROGRESS:
-                raise  # never any answer: said as "cannot be reached"
+                if timed_out(error):  # said as "cannot be reached", naming this request's timeout
+                    raise TransferNotAnswered(download_timeout()) from error
+                raise  # never any answer (refused, no route): said as "cannot be reached"
             problem = "stalled" if timed_out(error) else "cut"
         fruitless = fruitless + 1 if have == before else 0
         if fruitless >= RETRIES_WITHOUT_PROGRESS:

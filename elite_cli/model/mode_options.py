@@ -163,6 +163,19 @@ def open_picture(path: str | Path, what: str) -> tuple[Any, SourcePicture]:
     return image, SourcePicture(str(path.resolve()), sha256)
 
 
+def open_recorded_picture(picture: SourcePicture, what: str) -> Any:
+    """The decoded picture a mode recorded, refused unless its bytes still have the recorded sha256:
+    every image is made from the very picture its PNG and history row name. Under several processes
+    each one reads the picture itself and checks it against the main process's record (a file
+    saved again while the run started, or another machine's different copy, is one Error line)."""
+    image, current = open_picture(picture.path, what)
+    if current.sha256 != picture.sha256:
+        raise InputError(f"{what} '{picture.path}' is not the picture this run recorded (it changed while the run "
+                         "started, or another process's machine holds a different copy); run the command again "
+                         "once the picture is the same everywhere.")
+    return image
+
+
 def check_strength(strength: float) -> None:
     import math
 

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from elite_cli.errors import InputError, ModelError
-from elite_cli.model.mode_options import Control, ImageMode, open_picture
+from elite_cli.model.mode_options import Control, ImageMode, open_recorded_picture
 
 # Pillow's edge filter (not OpenCV's Canny): a light blur against noise, FIND_EDGES, then this
 # threshold on the 0-255 edge strength gives the white-on-black map the canny ControlNet reads.
@@ -192,10 +192,10 @@ def prepare_mode(mode: ImageMode, models, width: int, height: int) -> PreparedMo
     picture_processor, mask_processor, control_processor = image_processors(models)
     prepared = PreparedMode(strength=mode.strength, control_scale=mode.control_scale)
     if mode.source is not None:
-        picture = open_picture(mode.source.path, "--inpaint" if mode.inpaint else "--init-image")[0]
+        picture = open_recorded_picture(mode.source, "--inpaint" if mode.inpaint else "--init-image")
         prepared.source = picture_processor.preprocess(picture.convert("RGB"), height=height, width=width).to(torch.float32)
         if mode.inpaint is not None:
-            region = (open_picture(mode.region.path, "--region")[0] if mode.region is not None
+            region = (open_recorded_picture(mode.region, "--region") if mode.region is not None
                       else find_region(mode, picture, models))
             prepared.mask = mask_processor.preprocess(region, height=height, width=width)
             if mode.inpaint_model:
@@ -210,7 +210,7 @@ def prepare_mode(mode: ImageMode, models, width: int, height: int) -> PreparedMo
 
 def control_map(control: Control, models, width: int, height: int) -> Image.Image:
     """The map a ControlNet follows, as a picture: the user's own map, or one made from the picture."""
-    picture = open_picture(control.picture.path, f"--control {control.kind} picture")[0]
+    picture = open_recorded_picture(control.picture, f"--control {control.kind} picture")
     if control.is_map:
         return picture.convert("RGB")
     if control.kind == "canny":
