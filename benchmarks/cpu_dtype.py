@@ -241,6 +241,14 @@ def run_unet_options(job: dict) -> dict:
     eager = forward_seconds(lambda: forward(unet, latents), job["repeats"])
     reference = eager.pop("output")
     results["eager"] = eager
+    if models.backend != "sdpa":  # the attention kernel auto picked (tiled) against PyTorch's fused one
+        from elite_cli.model.attention import install_elite_processors
+
+        install_elite_processors(unet, models.global_mapper, models.local_mapper, "sdpa")
+        entry = forward_seconds(lambda: forward(unet, latents), job["repeats"])
+        entry["max_abs_vs_eager"] = float((entry.pop("output") - reference).abs().max())
+        results["fused attention (sdpa)"] = entry
+        install_elite_processors(unet, models.global_mapper, models.local_mapper, models.backend)
     unet.to(memory_format=torch.channels_last)
     entry = forward_seconds(lambda: forward(unet, latents.to(memory_format=torch.channels_last)), job["repeats"])
     entry["max_abs_vs_eager"] = float((entry.pop("output") - reference).abs().max())
@@ -261,7 +269,7 @@ def run_unet_options(job: dict) -> dict:
         entry["max_abs_vs_eager"] = float((entry.pop("output") - reference).abs().max())
         entry["first_call_s"] = compile_seconds
         results["torch.compile"] = entry
-    return {"options": results, "precision": models.precision.line()}
+    return {"options": results, "precision": models.precision.line(), "attention": models.backend}
 
 
 def child(job: dict) -> None:
@@ -341,7 +349,7 @@ def unet_options(args, paths: dict, choice) -> dict:
              "-" if "first_call_s" not in entry else f"{entry['first_call_s']:.0f} s"]
             for name, entry in options.items()]
     harness.print_table(f"elite's UNet, one forward, guidance batch 2, {args.size_px // 8}x{args.size_px // 8} latents, "
-                        f"{result['precision']}",
+                        f"{result['precision']}, {result['attention']} attention",
                         ["option", "wall", "CPU", "speed-up (wall)", "speed-up (CPU)", "max abs vs eager", "first call"], rows)
     payload = {"settings": {"size_px": args.size_px, "auto": choice.line(), "load_average": os.getloadavg()},
                "unet_options": options, "peak_rss_bytes": result["peak_rss_bytes"]}

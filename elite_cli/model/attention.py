@@ -20,7 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Backend = Literal["sdpa", "xformers"]
+Backend = Literal["sdpa", "xformers", "tiled"]
+BACKENDS = ("sdpa", "xformers", "tiled")
+
+# The tiled kernel (tiled_attention) takes attention calls with at least this many keys: Stable
+# Diffusion's self-attention at 64x64 and 32x32 latents (4096 and 1024 keys), where it measured
+# 1.4x and 1.8x faster than PyTorch's fused kernel in bfloat16 (benchmarks/README section 12).
+# With the 77 text keys or the 257 local tokens the two are within noise of each other.
+TILED_MIN_KEYS = 1024
+# Query rows per tile: enough that each matrix product is large, few enough that a tile's
+# scores (rows x keys, 4 MiB in bfloat16) stay in the CPU's cache; 512 rows at 4096 keys.
+TILE_SCORES = 1 << 21
 
 
 @dataclass
@@ -58,12 +68,15 @@ def xformers_available() -> bool:
     return True
 
 
-def resolve_backend(requested: str, device: torch.device) -> Backend:
-    """'auto' picks xformers on CUDA when it imports, PyTorch SDPA everywhere else."""
+def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype | None = None) -> Backend:
+    """'auto' picks xformers on CUDA when it imports, the tiled kernel on the CPU in bfloat16 and
+    PyTorch SDPA everywhere else."""
     if requested == "auto":
-        return "xformers" if device.type == "cuda" and xformers_available() else "sdpa"
-    if requested not in ("sdpa", "xformers"):
-        raise ValueError(f"`attention` must be 'auto', 'sdpa' or 'xformers' but is {requested!r}.")
+        if device.type == "cuda" and xformers_available():
+            return "xformers"
+        return "tiled" if device.type == "cpu" and dtype == torch.bfloat16 else "sdpa"
+    if requested not in BACKENDS:
+        raise ValueError(f"`attention` must be 'auto', 'sdpa', 'xformers' or 'tiled' but is {requested!r}.")
     if requested == "xformers" and (device.type != "cuda" or not xformers_available()):
         from elite_cli.errors import InputError
 
@@ -91,7 +104,41 @@ def attend(query, key, value, scale: float, backend: Backend, mask=None) -> torc
             scale=scale,
         )
         return out.transpose(1, 2)
+    if backend == "tiled" and mask is None and key.shape[2] >= TILED_MIN_KEYS and not (
+            torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)):
+        return tiled_attention(query, key, value, scale)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+
+
+def tiled_attention(query, key, value, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v for [B, H, L, D] tensors, one head and one block of query rows at a
+    time, with plain matrix products. Inference only (it writes into its output in place).
+
+    Why it exists: in bfloat16 on the CPU, PyTorch's fused attention kernel is no faster than in
+    float32 (it is built around small matrix products of head_dim, 40 at Stable Diffusion's 64x64
+    level), while oneDNN's bfloat16 matrix products are twice as fast as float32 ones. Here each
+    tile's scores come from one product (the scale applied inside it, to the float32 sums) and
+    stay in the cache for the softmax and the product with the values.
+
+    What it changes: the scores are rounded to bfloat16 before the softmax, where the fused kernel
+    keeps them in float32; the images stay as close to float32 ones as the fused kernel's (measured
+    in benchmarks/README section 12 and held by tests/test_precision.py's bound).
+    """
+    batch, heads, length, _ = query.shape
+    keys = key.shape[2]
+    rows = min(length, max(256, TILE_SCORES // keys))
+    out = query.new_empty(batch, length, heads, value.shape[-1])  # [B, L, H, D]: merging heads is then free
+    scores = query.new_empty(rows, keys)
+    for sample in range(batch):
+        for head in range(heads):
+            keys_t, values = key[sample, head].transpose(0, 1), value[sample, head]
+            queries, head_out = query[sample, head], out[sample, :, head]
+            for start in range(0, length, rows):
+                block = queries[start:start + rows]
+                tile = scores[:block.shape[0]]
+                torch.addmm(tile, block, keys_t, beta=0, alpha=scale, out=tile)
+                head_out[start:start + rows] = torch.mm(tile.softmax(dim=-1), values)
+    return out.transpose(1, 2)
 
 
 def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:

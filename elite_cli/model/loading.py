@@ -306,7 +306,9 @@ def load_models(spec: ModelSpec) -> Models:
     from elite_cli.model.mappers import (KV_SUFFIXES, GlobalMapper, LocalMapper, check_against_unet, fingerprint,
                                          load_mapper_state, module_key, owned_copies)
 
-    backend = resolve_backend(spec.attention, device)
+    backend = resolve_backend(spec.attention, device, dtype)
+    if spec.compile and backend == "tiled" and spec.attention == "auto":
+        backend = "sdpa"  # torch.compile would unroll the tiled kernel's loops into one huge graph
     if not spec.global_mapper or not spec.local_mapper:
         raise ModelError("no mapper checkpoints are configured; run `elite config unset global_mapper` (and "
                          "local_mapper) for the ELITE files from the Hub, or `elite models import global_mapper.pt local_mapper.pt`, or try elite offline with `elite models tiny ./tiny --use`.")

@@ -19,7 +19,7 @@ class ModelSpec:
     local_mapper: str = ""
     device: str = "auto"
     dtype: str = "auto"
-    attention: str = "auto"  # auto | sdpa | xformers
+    attention: str = "auto"  # auto | sdpa | xformers | tiled
     # Keep the big models in CPU memory and move each to the GPU only while it runs.
     low_vram: bool = False
     # torch.compile the UNet (with the ELITE processors; they trace without graph breaks).
