@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,6 +304,7 @@ def load_models(spec: ModelSpec) -> Models:
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
 
     from elite_cli.model.attention import cross_attention_modules, install_elite_processors, resolve_backend
+    from elite_cli.model.converting import load_converting
     from elite_cli.model.mappers import (KV_SUFFIXES, GlobalMapper, LocalMapper, check_against_unet, fingerprint,
                                          load_mapper_state, module_key, owned_copies)
 
@@ -342,7 +344,8 @@ def load_models(spec: ModelSpec) -> Models:
     # the UNet beside its bfloat16 one would raise the peak memory by 3.4 GB at real size.
     text_encoder = load_pretrained(CLIPTextModel.from_pretrained, base, "base model text encoder", kind="base_model",
                                    subfolder="text_encoder", weights=True, prefer_fp16=fp16, torch_dtype=dtype)
-    unet = load_pretrained(UNet2DConditionModel.from_pretrained, base, "base model UNet", kind="base_model",
+    # The UNet is most of the weights: converted tensor by tensor, not beside its whole mapped file.
+    unet = load_pretrained(partial(load_converting, UNet2DConditionModel), base, "base model UNet", kind="base_model",
                            subfolder="unet", weights=True, prefer_fp16=fp16, torch_dtype=dtype)
     vae = load_pretrained(AutoencoderKL.from_pretrained, base, "base model VAE", kind="base_model", subfolder="vae",
                           weights=True, prefer_fp16=fp16, torch_dtype=dtype)
