@@ -57,12 +57,26 @@ def converted_state(file: Path, dtype: torch.dtype, expected: dict[str, tuple[in
     return state
 
 
+def header_dtypes(file: Path) -> set:
+    """The dtypes a safetensors file holds (empty when its header does not read): whether there is
+    anything to convert, known before the model is built."""
+    try:
+        with open(file, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 0 < length <= LARGEST_HEADER:
+                return set()
+            header = json.loads(handle.read(length))
+        return {SAFETENSORS_DTYPES.get(entry.get("dtype")) for name, entry in header.items() if name != "__metadata__"}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
 def load_converting(model_class, folder: str, *, torch_dtype: torch.dtype, variant: str | None = None, **kwargs):
     """`model_class.from_pretrained(folder, torch_dtype=..., variant=...)`, with the same weights,
     built tensor by tensor where the folder holds one safetensors file to convert (see above)."""
     name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
     file = Path(folder) / name
-    if file.is_file():
+    if file.is_file() and header_dtypes(file) - {torch_dtype}:
         try:
             config = model_class.load_config(folder, **kwargs)
             with torch.device("meta"):
