@@ -25,7 +25,8 @@ BACKENDS = ("sdpa", "xformers", "tiled")
 
 # The tiled kernel (tiled_attention) takes attention calls with at least this many keys: Stable
 # Diffusion's self-attention at 64x64 and 32x32 latents (4096 and 1024 keys), where it measured
-# 1.4x and 1.8x faster than PyTorch's fused kernel in bfloat16 (benchmarks/README section 12).
+# 1.3-1.6x and 1.2-1.8x faster than PyTorch's fused kernel in bfloat16 (benchmarks/README
+# section 10, run 5).
 # With the 77 text keys or the 257 local tokens the two are within noise of each other.
 TILED_MIN_KEYS = 1024
 # Query rows per tile: enough that each matrix product is large, few enough that a tile's
@@ -68,13 +69,15 @@ def xformers_available() -> bool:
     return True
 
 
-def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype | None = None) -> Backend:
-    """'auto' picks xformers on CUDA when it imports, the tiled kernel on the CPU in bfloat16 and
+def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype | None = None,
+                    compiled: bool = False) -> Backend:
+    """'auto' picks xformers on CUDA when it imports, the tiled kernel on the CPU in bfloat16 (unless
+    the UNet is compiled: torch.compile would unroll the kernel's loops into one huge graph) and
     PyTorch SDPA everywhere else."""
     if requested == "auto":
         if device.type == "cuda" and xformers_available():
             return "xformers"
-        return "tiled" if device.type == "cpu" and dtype == torch.bfloat16 else "sdpa"
+        return "tiled" if device.type == "cpu" and dtype == torch.bfloat16 and not compiled else "sdpa"
     if requested not in BACKENDS:
         raise ValueError(f"`attention` must be 'auto', 'sdpa', 'xformers' or 'tiled' but is {requested!r}.")
     if requested == "xformers" and (device.type != "cuda" or not xformers_available()):
@@ -122,7 +125,7 @@ def tiled_attention(query, key, value, scale: float) -> torch.Tensor:
 
     What it changes: the scores are rounded to bfloat16 before the softmax, where the fused kernel
     keeps them in float32; the images stay as close to float32 ones as the fused kernel's (measured
-    in benchmarks/README section 12 and held by tests/test_precision.py's bound).
+    in benchmarks/README section 10, run 5, and held by tests/test_precision.py's bound).
     """
     batch, heads, length, _ = query.shape
     keys = key.shape[2]

@@ -23,22 +23,37 @@ SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.
 LARGEST_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 
 
+def read_header(handle, size: int) -> tuple[dict, int] | None:
+    """A safetensors file's header ({name: entry}, without `__metadata__`) and where its data
+    starts, read from an open file of `size` bytes; None when the header does not read."""
+    header_length = int.from_bytes(handle.read(8), "little")
+    if not 0 < header_length <= min(LARGEST_HEADER, size - 8):
+        return None
+    header = json.loads(handle.read(header_length))
+    if not isinstance(header, dict):
+        return None
+    header.pop("__metadata__", None)
+    return header, 8 + header_length
+
+
+def held_dtypes(header: dict) -> set:
+    """The dtypes a header's tensors are stored in (None for one elite does not convert)."""
+    return {SAFETENSORS_DTYPES.get(entry.get("dtype")) for entry in header.values()}
+
+
 def converted_state(file: Path, dtype: torch.dtype, expected: dict[str, tuple[int, ...]]) -> dict | None:
     """{name: tensor in dtype} for a safetensors file holding exactly `expected` (name: shape), or
     None when the file is not that, or holds nothing to convert (then mapping it costs nothing extra)."""
     try:
         size = file.stat().st_size
         with open(file, "rb") as handle:
-            header_length = int.from_bytes(handle.read(8), "little")
-            if not 0 < header_length <= min(LARGEST_HEADER, size - 8):
+            read = read_header(handle, size)
+            if read is None:
                 return None
-            header = json.loads(handle.read(header_length))
-            header.pop("__metadata__", None)
-            if not isinstance(header, dict) or set(header) != set(expected):
+            header, data_start = read
+            if set(header) != set(expected) or held_dtypes(header) == {dtype}:
                 return None
-            if all(SAFETENSORS_DTYPES.get(entry.get("dtype")) == dtype for entry in header.values()):
-                return None
-            data_start, state = 8 + header_length, {}
+            state = {}
             for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
                 source, shape = SAFETENSORS_DTYPES.get(entry["dtype"]), tuple(entry["shape"])
                 begin, end = entry["data_offsets"]
@@ -62,11 +77,8 @@ def header_dtypes(file: Path) -> set:
     anything to convert, known before the model is built."""
     try:
         with open(file, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            if not 0 < length <= LARGEST_HEADER:
-                return set()
-            header = json.loads(handle.read(length))
-        return {SAFETENSORS_DTYPES.get(entry.get("dtype")) for name, entry in header.items() if name != "__metadata__"}
+            read = read_header(handle, file.stat().st_size)
+        return held_dtypes(read[0]) if read is not None else set()
     except (OSError, ValueError, AttributeError):
         return set()
 

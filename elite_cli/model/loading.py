@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -308,9 +308,7 @@ def load_models(spec: ModelSpec) -> Models:
     from elite_cli.model.mappers import (KV_SUFFIXES, GlobalMapper, LocalMapper, check_against_unet, fingerprint,
                                          load_mapper_state, module_key, owned_copies)
 
-    backend = resolve_backend(spec.attention, device, dtype)
-    if spec.compile and backend == "tiled" and spec.attention == "auto":
-        backend = "sdpa"  # torch.compile would unroll the tiled kernel's loops into one huge graph
+    backend = resolve_backend(spec.attention, device, dtype, compiled=spec.compile)
     if not spec.global_mapper or not spec.local_mapper:
         raise ModelError("no mapper checkpoints are configured; run `elite config unset global_mapper` (and "
                          "local_mapper) for the ELITE files from the Hub, or `elite models import global_mapper.pt local_mapper.pt`, or try elite offline with `elite models tiny ./tiny --use`.")
